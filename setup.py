@@ -1,0 +1,48 @@
+"""vwt_jax: TiTok, LlamaGen and Vript in JAX/Flax."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "jax>=0.7",
+    "flax>=0.11",
+    "optax>=0.2.4",
+    "orbax-checkpoint>=0.11",
+    "grain>=0.2.10",
+    "tensorflow-datasets>=4.9.8",
+    "array_record>=0.7",
+    "ml-collections>=1.0",
+    "clu>=0.0.12",
+    "chex>=0.1.88",
+    "absl-py",
+    "etils[epath]",
+    "numpy>=1.26",
+    "pillow>=10",
+    "safetensors>=0.4",
+    "tensorboardX>=2.6",
+    "tqdm",
+    "einops",
+]
+
+EXTRAS = {
+    # torch is only used to read official `.bin`/`.pt` checkpoints
+    # (weights_only=True) and by converter tests; the CPU build is enough.
+    "torch": ["torch==2.13.0"],
+    "test": ["pytest>=8", "pytest-timeout", "torch==2.13.0"],
+    "tf": ["tensorflow-cpu>=2.18", "tensorboard>=2.18"],
+    "tpu": ["jax[tpu]"],
+    "cuda": ["jax[cuda12]"],
+    "gcs": ["gcsfs"],
+}
+
+setuptools.setup(
+    name="vwt_jax",
+    version="0.1.0",
+    description="TiTok, LlamaGen and Vript reproduced in JAX/Flax for TPU and GPU.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["vwt_jax", "vwt_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+)

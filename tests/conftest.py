@@ -1,0 +1,23 @@
+"""Every test sees 8 fake CPU devices so the sharded code path is the real one."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=8").strip()
+
+import jax  # noqa: E402  (must come after XLA_FLAGS)
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+  path = os.path.abspath(os.environ.get("VWT_FIXTURES", FIXTURES))
+  if not os.path.isdir(path):
+    pytest.fail(f"parity fixtures not found at {path}; set VWT_FIXTURES")
+  return path

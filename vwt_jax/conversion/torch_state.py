@@ -1,0 +1,189 @@
+"""Reading PyTorch state dicts and turning torch layouts into Flax params.
+
+Converters read keys through a `StateDictReader`, which records which keys were
+missing or never used, then call `check_params` against the model's
+`jax.eval_shape` init so that every problem surfaces in a single error.
+"""
+
+import os
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import numpy as np
+from flax import traverse_util
+
+StateDict = dict[str, np.ndarray]
+# Checkpoints saved as {'model': sd} or {'state_dict': sd}.
+_NESTING_KEYS = ("model", "state_dict")
+
+
+class ConversionError(ValueError):
+  """A state dict does not match the model it is converted for."""
+
+
+def _unwrap(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+  for key in _NESTING_KEYS:
+    if key in obj and isinstance(obj[key], Mapping):
+      return obj[key]
+  return obj
+
+
+def _torch_to_numpy(tensor) -> np.ndarray:
+  import torch  # pylint: disable=g-import-not-at-top
+  if tensor.dtype in (torch.bfloat16, torch.float16):
+    tensor = tensor.float()
+  return tensor.detach().cpu().numpy()
+
+
+def load_state_dict(path: str) -> StateDict:
+  """Loads `.npz`, `.safetensors` or torch `.bin/.pt/.pth` into numpy arrays."""
+  ext = os.path.splitext(path)[1].lower()
+  if ext == ".npz":
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  if ext == ".safetensors":
+    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+    return dict(_unwrap(load_file(path)))
+  if ext in (".bin", ".pt", ".pth"):
+    try:
+      import torch  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      raise ImportError(
+          f"reading {path} needs PyTorch (pip install 'vwt_jax[torch]'); "
+          "or convert it to .safetensors / .npz first") from e
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: _torch_to_numpy(v) for k, v in _unwrap(obj).items()
+            if isinstance(v, torch.Tensor)}
+  raise ValueError(f"unsupported checkpoint format {ext!r} for {path}")
+
+
+class StateDictReader:
+  """Key access that remembers missing and unused keys for `check_params`."""
+
+  def __init__(self, state_dict: Mapping[str, Any]):
+    self._sd = {k: np.asarray(v) for k, v in state_dict.items()}
+    self._used: set[str] = set()
+    self.missing: list[str] = []
+
+  def __contains__(self, key: str) -> bool:
+    return key in self._sd
+
+  def has_prefix(self, prefix: str) -> bool:
+    return any(k.startswith(prefix) for k in self._sd)
+
+  def get(self, key: str) -> Optional[np.ndarray]:
+    """The array under `key`, or None (recorded as missing)."""
+    if key not in self._sd:
+      self.missing.append(key)
+      return None
+    self._used.add(key)
+    return self._sd[key]
+
+  def unused(self) -> list[str]:
+    return sorted(set(self._sd) - self._used)
+
+
+def _apply(array: Optional[np.ndarray], fn: Callable[[np.ndarray], np.ndarray]):
+  return None if array is None else fn(array)
+
+
+def _drop_none(tree: dict) -> dict:
+  return {k: v for k, v in tree.items() if v is not None}
+
+
+def linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
+  """torch Linear (out,in) -> Dense kernel (in,out)."""
+  return _drop_none({
+      "kernel": _apply(sd.get(f"{prefix}.weight"), lambda w: w.T),
+      "bias": sd.get(f"{prefix}.bias") if bias else None,
+  })
+
+
+def conv1x1_as_linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
+  """torch 1x1 Conv2d (O,I,1,1) -> Dense kernel (I,O)."""
+  return _drop_none({
+      "kernel": _apply(sd.get(f"{prefix}.weight"), lambda w: w.reshape(w.shape[:2]).T),
+      "bias": sd.get(f"{prefix}.bias") if bias else None,
+  })
+
+
+def conv(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
+  """torch Conv2d (O,I,kh,kw) -> Flax Conv kernel (kh,kw,I,O)."""
+  return _drop_none({
+      "kernel": _apply(sd.get(f"{prefix}.weight"), lambda w: w.transpose(2, 3, 1, 0)),
+      "bias": sd.get(f"{prefix}.bias") if bias else None,
+  })
+
+
+def norm(sd: StateDictReader, prefix: str) -> dict:
+  """LayerNorm / GroupNorm weight, bias -> scale, bias."""
+  return _drop_none({"scale": sd.get(f"{prefix}.weight"), "bias": sd.get(f"{prefix}.bias")})
+
+
+def embedding(sd: StateDictReader, key: str) -> dict:
+  """nn.Embedding (num, dim) -> Flax Embed, same layout."""
+  return _drop_none({"embedding": sd.get(key)})
+
+
+def multihead_attention(sd: StateDictReader, prefix: str, num_heads: int) -> dict:
+  """torch nn.MultiheadAttention (packed in_proj rows [q; k; v]) -> our attention.
+
+  Produces query/key/value kernels (embed, heads, head_dim) and out kernel
+  (heads, head_dim, embed) for `layers.MultiHeadAttention`.
+  """
+  tree = {}
+  w_in, b_in = sd.get(f"{prefix}.in_proj_weight"), sd.get(f"{prefix}.in_proj_bias")
+  for i, name in enumerate(("query", "key", "value")):
+    def rows(a, i=i):
+      third = a.shape[0] // 3
+      return a[i * third:(i + 1) * third]
+    tree[name] = _drop_none({
+        "kernel": _apply(w_in, lambda w: rows(w).T.reshape(w.shape[1], num_heads, -1)),
+        "bias": _apply(b_in, lambda b: rows(b).reshape(num_heads, -1)),
+    })
+  tree["out"] = _drop_none({
+      "kernel": _apply(sd.get(f"{prefix}.out_proj.weight"),
+                       lambda w: w.T.reshape(num_heads, -1, w.shape[0])),
+      "bias": sd.get(f"{prefix}.out_proj.bias"),
+  })
+  return tree
+
+
+def _flatten_shapes(tree) -> dict[str, tuple]:
+  flat = traverse_util.flatten_dict(nn.meta.unbox(tree), sep="/")
+  return {k: tuple(v.shape) for k, v in flat.items()}
+
+
+def check_params(params: Mapping[str, Any], expected: Mapping[str, Any],
+                 reader: Optional[StateDictReader] = None,
+                 ignore_unused: Iterable[str] = ()) -> None:
+  """Raises one `ConversionError` listing every mismatch between trees.
+
+  Args:
+    params: converted parameter tree.
+    expected: abstract tree (e.g. `jax.eval_shape(model.init, ...)['params']`,
+      boxed or not).
+    reader: if given, its missing keys and never-read keys are reported too.
+    ignore_unused: state-dict keys that may legitimately be left unread.
+  """
+  got, want = _flatten_shapes(params), _flatten_shapes(expected)
+  problems = []
+  if reader is not None:
+    problems += [f"  missing state-dict key: {k}" for k in reader.missing]
+    skip = set(ignore_unused)
+    problems += [f"  unexpected state-dict key: {k}" for k in reader.unused() if k not in skip]
+  problems += [f"  missing param: {k} {want[k]}" for k in sorted(set(want) - set(got))]
+  problems += [f"  unexpected param: {k} {got[k]}" for k in sorted(set(got) - set(want))]
+  problems += [f"  shape mismatch: {k} converted {got[k]} vs model {want[k]}"
+               for k in sorted(set(got) & set(want)) if got[k] != want[k]]
+  if problems:
+    raise ConversionError("state dict does not match the model:\n" + "\n".join(problems))
+
+
+def cast_tree(params, dtype) -> Any:
+  """numpy leaves -> arrays of `dtype` (integers are left alone)."""
+  def cast(x):
+    x = np.asarray(x)
+    return jax.numpy.asarray(x, dtype) if np.issubdtype(x.dtype, np.floating) else x
+  return jax.tree_util.tree_map(cast, params)

@@ -1,0 +1,89 @@
+"""Throughput, ETA and model-FLOPs utilisation of a training run."""
+
+import time
+
+from absl import logging
+import jax
+
+# Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
+_PEAK_FLOPS = (
+    ("h200", 989e12),
+    ("h100", 989e12),
+    ("a100", 312e12),
+    ("l4", 121e12),
+    ("v6", 918e12),
+    ("v5p", 459e12),
+    ("v5 lite", 197e12),
+    ("v5e", 197e12),
+    ("v4", 275e12),
+    ("v3", 123e12),
+)
+
+
+def peak_flops_per_device(device=None) -> float | None:
+  kind = (device or jax.devices()[0]).device_kind.lower()
+  for name, flops in _PEAK_FLOPS:
+    if name in kind:
+      return flops
+  return None
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled computation, as XLA counts them."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else None
+  if not analysis or "flops" not in analysis:
+    return None
+  return float(analysis["flops"])
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(seconds)
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f"{hours:d}:{minutes:02d}:{secs:02d}"
+
+
+class Progress:
+  """Reports steps/s, examples/s, ETA and MFU every time `report` is called."""
+
+  def __init__(self, total_steps: int, global_batch_size: int, start_step: int = 0,
+               flops_per_step: float | None = None):
+    self.total_steps = total_steps
+    self.global_batch_size = global_batch_size
+    self.flops_per_step = flops_per_step
+    self._peak = peak_flops_per_device()
+    self._last_time = time.perf_counter()
+    self._last_step = start_step
+    self._paused = 0.0
+
+  def pause(self, seconds: float):
+    """Excludes time spent outside training steps (evals, checkpoints)."""
+    self._paused += seconds
+
+  def report(self, step: int) -> dict[str, float]:
+    now = time.perf_counter()
+    elapsed = max(now - self._last_time - self._paused, 1e-9)
+    steps = step - self._last_step
+    self._last_time, self._last_step, self._paused = now, step, 0.0
+    if steps <= 0:
+      return {}
+    steps_per_sec = steps / elapsed
+    out = {
+        "perf/steps_per_sec": steps_per_sec,
+        "perf/examples_per_sec": steps_per_sec * self.global_batch_size,
+    }
+    eta = (self.total_steps - step) / steps_per_sec
+    mfu = ""
+    if self.flops_per_step and self._peak:
+      # The compiled SPMD module is per device, and so is its FLOP count.
+      out["perf/mfu"] = self.flops_per_step * steps_per_sec / self._peak
+      mfu = f", MFU {100 * out['perf/mfu']:.1f}%"
+    logging.info("step %d/%d: %.2f steps/s, %.1f examples/s, ETA %s%s", step,
+                 self.total_steps, steps_per_sec, out["perf/examples_per_sec"],
+                 _format_seconds(eta), mfu)
+    return out

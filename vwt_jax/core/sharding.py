@@ -1,0 +1,100 @@
+"""Device mesh, logical-axis rules and host-batch -> global-array plumbing.
+
+Models name every parameter axis logically ('embed', 'mlp', ...); the config's
+`logical_axis_rules` decide which mesh axis each name lands on, so one model
+definition serves data parallelism, FSDP and tensor parallelism alike.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Batch dimension of activations/inputs is split over every data-like axis.
+BATCH_AXES = ("data", "fsdp")
+
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("token", None),
+    ("length", None),
+    ("conv_in", "fsdp"),
+    ("conv_out", "tensor"),
+    ("norm", None),
+)
+
+
+def resolve_mesh_shape(mesh_shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
+  """Replaces the single -1 in `mesh_shape` so the product is `num_devices`."""
+  shape = [int(s) for s in mesh_shape]
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(
+        f"config.mesh_shape={tuple(mesh_shape)} must have {len(MESH_AXES)} entries "
+        f"for the axes {MESH_AXES}")
+  wild = [i for i, s in enumerate(shape) if s == -1]
+  if len(wild) > 1:
+    raise ValueError(f"config.mesh_shape={tuple(mesh_shape)} may contain at most one -1")
+  if any(s == 0 or s < -1 for s in shape):
+    raise ValueError(f"config.mesh_shape={tuple(mesh_shape)} has a non-positive size")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if wild:
+    if num_devices % known:
+      raise ValueError(
+          f"config.mesh_shape={tuple(mesh_shape)}: {num_devices} devices are not "
+          f"divisible by {known}")
+    shape[wild[0]] = num_devices // known
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(
+        f"config.mesh_shape={tuple(mesh_shape)} needs {int(np.prod(shape))} devices, "
+        f"but {num_devices} are available")
+  return tuple(shape)
+
+
+def create_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else list(devices)
+  shape = resolve_mesh_shape(mesh_shape, len(devices))
+  # create_device_mesh orders devices so the innermost axes use the fastest links.
+  device_array = jax.experimental.mesh_utils.create_device_mesh(
+      shape, devices=devices, allow_split_physical_axes=True)
+  return Mesh(device_array, MESH_AXES)
+
+
+def logical_to_sharding(tree: Any, mesh: Mesh, rules) -> Any:
+  """NamedShardings for a pytree of (possibly boxed) abstract parameters."""
+  specs = nn.get_partition_spec(tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+
+def host_batch_to_global(batch: Any, mesh: Mesh) -> Any:
+  """Stitches each process's slice of the batch into one global jax.Array."""
+  sharding = batch_sharding(mesh)
+
+  def to_global(x):
+    x = np.asarray(x)
+    if x.ndim == 0:
+      return jax.make_array_from_process_local_data(replicated(mesh), x)
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree.map(to_global, batch)
+

@@ -1,0 +1,95 @@
+"""Numpy image preprocessing shared by every image dataset.
+
+Images travel through the pipeline as uint8 HWC arrays (4x smaller than float
+when they cross worker processes) and become float32 in [-1, 1] only once
+batched (`to_float`). Random choices take an explicit `np.random.Generator`;
+`record_rng(seed, index)` derives one from the pipeline seed and the record's
+position so a record's augmentation never depends on thread or worker timing.
+"""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+class CorruptRecordError(ValueError):
+  """Raised when a record's image bytes cannot be decoded."""
+
+
+def decode_image(data):
+  """PNG/JPEG/... bytes -> uint8 RGB array of shape (H, W, 3)."""
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()
+      return np.asarray(image.convert('RGB'))
+  except Exception as e:  # Pillow raises many types for broken files.
+    raise CorruptRecordError(
+        f'cannot decode image ({type(e).__name__}: {e})') from e
+
+
+def resize_shorter_side(image, size):
+  """Bicubic resize so min(H, W) == size, keeping the aspect ratio."""
+  height, width = image.shape[:2]
+  scale = size / min(height, width)
+  # round() rather than int() so e.g. 500x375 -> 256 keeps 341, not 340.
+  new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+  if new_size == (width, height):
+    return image
+  # Pillow widens the bicubic kernel when shrinking, i.e. it antialiases.
+  resized = Image.fromarray(image).resize(
+      new_size, Image.Resampling.BICUBIC)
+  return np.asarray(resized)
+
+
+def center_crop(image, size):
+  height, width = image.shape[:2]
+  top = (height - size) // 2
+  left = (width - size) // 2
+  return image[top:top + size, left:left + size]
+
+
+def random_crop(image, size, rng):
+  height, width = image.shape[:2]
+  top = rng.integers(height - size + 1)
+  left = rng.integers(width - size + 1)
+  return image[top:top + size, left:left + size]
+
+
+def random_flip(image, rng):
+  """Mirrors left-right with probability 1/2."""
+  return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def record_rng(seed, index):
+  return np.random.default_rng((seed, index))
+
+
+def preprocess_image(data, *, image_size, train, rng=None):
+  """Decodes and crops one image to (image_size, image_size, 3) uint8.
+
+  Train: resize the shorter side to `image_size` (bicubic, antialiased), random
+  crop, random horizontal flip (the TiTok recipe). Eval: resize + center crop.
+
+  Args:
+    data: encoded image bytes.
+    image_size: output height and width.
+    train: whether to apply the random augmentations.
+    rng: numpy Generator for the augmentations; required when `train`.
+
+  Returns:
+    uint8 array of shape (image_size, image_size, 3).
+
+  Raises:
+    CorruptRecordError: the bytes are not a decodable image.
+  """
+  image = resize_shorter_side(decode_image(data), image_size)
+  if not train:
+    return np.ascontiguousarray(center_crop(image, image_size))
+  image = random_flip(random_crop(image, image_size, rng), rng)
+  return np.ascontiguousarray(image)
+
+
+def to_float(images):
+  """uint8 -> float32 in [-1, 1]."""
+  return images.astype(np.float32) / 127.5 - 1.0

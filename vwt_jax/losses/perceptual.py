@@ -1,0 +1,96 @@
+"""Perceptual losses on pixel reconstructions.
+
+'convnext_s' is TiTok's term: a frozen torchvision ConvNeXt-S classifies both
+images and the loss is the MSE between the two 1000-d logit vectors. A loss
+object is a pytree (its network weights are leaves), so a jitted train step can
+take it as an argument instead of baking ~200 MB of constants into the program.
+"""
+
+from typing import Any, Callable, Optional
+
+from absl import logging
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from vwt_jax.conversion.convnext import load_convnext
+from vwt_jax.models.convnext import CONVNEXT_SMALL, ConvNeXt, ConvNeXtConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CONVNEXT_INPUT_SIZE = 224
+
+
+def imagenet_preprocess(images: jax.Array, size: int = CONVNEXT_INPUT_SIZE) -> jax.Array:
+  """NHWC [-1, 1] -> [0, 1] -> bilinear antialiased resize to size² -> mean/std.
+
+  `jax.image.resize(antialias=True)` uses the same scaled triangle filter as
+  torch's `interpolate(mode='bilinear', antialias=True, align_corners=False)`.
+  """
+  x = (images.astype(jnp.float32) + 1.0) * 0.5
+  x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), "bilinear", antialias=True)
+  return (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
+
+
+@flax.struct.dataclass
+class ConvNeXtPerceptualLoss:
+  """`mean((ConvNeXt(x) - ConvNeXt(x̂))^2)` over the batch and the class logits."""
+  params: Any
+  model: ConvNeXt = flax.struct.field(pytree_node=False)
+
+  def logits(self, images: jax.Array) -> jax.Array:
+    logits, _ = self.model.apply({"params": self.params}, imagenet_preprocess(images))
+    return logits.astype(jnp.float32)
+
+  def __call__(self, images: jax.Array, reconstructions: jax.Array) -> jax.Array:
+    # One forward over the concatenated batch reads the weights once, not twice.
+    both = self.logits(jnp.concatenate([images, reconstructions], axis=0))
+    real, fake = jnp.split(both, 2, axis=0)
+    return jnp.mean(jnp.square(real - fake))
+
+
+PerceptualLoss = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _build_convnext_s(weights_path: str, dtype: Any,
+                      convnext_config: ConvNeXtConfig) -> ConvNeXtPerceptualLoss:
+  params = jax.tree.map(jnp.asarray, load_convnext(weights_path, convnext_config))
+  return ConvNeXtPerceptualLoss(params=params, model=ConvNeXt(convnext_config, dtype=dtype))
+
+
+# LPIPS (and TiTok's "lpips-convnext_s-a-b" mix) register here once ported.
+_BUILDERS = {
+    "convnext_s": _build_convnext_s,
+}
+_CONVERTERS = {
+    "convnext_s": "a torchvision convnext_small IMAGENET1K_V1 state dict "
+                  "(converted by vwt_jax.conversion.convnext)",
+}
+
+
+def make_perceptual_loss(kind: str, weights_path: Optional[str], *, dtype: Any = jnp.float32,
+                         convnext_config: ConvNeXtConfig = CONVNEXT_SMALL
+                         ) -> Optional[PerceptualLoss]:
+  """Builds the perceptual loss `fn(images, reconstructions) -> scalar`, or None.
+
+  Args:
+    kind: perceptual network; one of `_BUILDERS` ('convnext_s').
+    weights_path: checkpoint of that network; None or '' turns the term off.
+    dtype: compute dtype of the network (the reference runs it in float32).
+    convnext_config: architecture the 'convnext_s' weights must match.
+
+  Returns:
+    A pytree callable on NHWC images in [-1, 1], or None when no weights are given.
+
+  Raises:
+    ValueError: for an unknown `kind`.
+  """
+  if kind not in _BUILDERS:
+    raise ValueError(
+        f"perceptual loss kind {kind!r} is not implemented; available: {sorted(_BUILDERS)}")
+  if not weights_path:
+    logging.warning(
+        "perceptual loss OFF: no weights for kind %r; set config.losses.perceptual_weights "
+        "to %s.", kind, _CONVERTERS[kind])
+    return None
+  return _BUILDERS[kind](weights_path, dtype, convnext_config)

@@ -1,0 +1,134 @@
+"""MaskGIT-style patch discriminator used by TiTok (`NLayerDiscriminator`).
+
+Conv5x5 stem, then per stage Conv3x3 -> BlurPool(stride 2) -> GroupNorm ->
+LeakyReLU, an adaptive max pool to a fixed grid (so the logit map has the same
+size for any input resolution), and a 1x1 + 5x5 conv head to one logit per cell.
+All convolutions use TF-"SAME" padding like the reference's `Conv2dSame`.
+"""
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vwt_jax.models.layers import zeros_init
+
+Dtype = Any
+CONV_AXES = (None, None, "conv_in", "conv_out")
+
+
+def _torch_uniform(bound: float):
+  """U(-bound, bound): torch's default Conv2d bias init, given fan_in up front."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _conv(features: int, kernel: int, in_features: int, *, dtype: Dtype, param_dtype: Dtype,
+          name: str, axes: Sequence[str | None] = CONV_AXES) -> nn.Conv:
+  """Conv with torch's default init, so a from-scratch D trains like the reference."""
+  return nn.Conv(
+      features, (kernel, kernel), padding="SAME", dtype=dtype, param_dtype=param_dtype,
+      kernel_init=nn.with_logical_partitioning(
+          nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"), tuple(axes)),
+      bias_init=nn.with_logical_partitioning(
+          _torch_uniform(1.0 / np.sqrt(in_features * kernel * kernel)), (axes[-1],)),
+      name=name)
+
+
+def blur_pool(x: jax.Array, taps: Sequence[int] = (1, 3, 3, 1)) -> jax.Array:
+  """Depthwise blur with the normalised outer product of `taps`, stride 2, SAME pad.
+
+  lax's "SAME" puts the odd padding pixel at the bottom/right, exactly like the
+  reference BlurBlock's `calc_same_pad` + `F.pad`.
+  """
+  k = np.asarray(taps, np.float32)
+  k = np.outer(k, k)
+  k /= k.sum()
+  channels = x.shape[-1]
+  kernel = jnp.broadcast_to(jnp.asarray(k, x.dtype)[:, :, None, None], k.shape + (1, channels))
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(2, 2), padding="SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+
+
+def _adaptive_max_axis(x: jax.Array, axis: int, out: int) -> jax.Array:
+  """torch's adaptive max pooling along one axis.
+
+  Window i covers [floor(i*n/out), ceil((i+1)*n/out)); windows can differ in
+  length when out does not divide n, so each is padded to the longest by
+  repeating its last index (harmless under max) and reduced with one gather.
+  """
+  n = x.shape[axis]
+  i = np.arange(out)
+  starts = (i * n) // out
+  ends = -((-(i + 1) * n) // out)
+  width = int((ends - starts).max())
+  idx = np.minimum(starts[:, None] + np.arange(width)[None, :], ends[:, None] - 1)
+  gathered = jnp.take(x, idx.reshape(-1), axis=axis)
+  gathered = gathered.reshape(x.shape[:axis] + (out, width) + x.shape[axis + 1:])
+  return jnp.max(gathered, axis=axis + 1)
+
+
+def adaptive_max_pool2d(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+  """`F.adaptive_max_pool2d` for NHWC inputs (max is separable over H and W)."""
+  x = _adaptive_max_axis(x, 1, output_size[0])
+  return _adaptive_max_axis(x, 2, output_size[1])
+
+
+class NLayerDiscriminator(nn.Module):
+  """TiTok / MaskGIT discriminator on NHWC images in [-1, 1].
+
+  Attributes:
+    hidden_channels: width of the stem; stage i outputs
+      `hidden_channels * channel_mults[i + 1]` channels.
+    channel_mults: the reference's `in_channel_mult`; one stage per entry after
+      the first. (1, 1, 2, 4) gives 128 -> 128 -> 256 -> 512.
+    norm_groups: GroupNorm groups (32 in the reference; lower it for tiny widths).
+    pool_size: side of the adaptive max pool grid, i.e. of the logit map.
+    blur_taps: 1-D blur filter of the stride-2 downsampling.
+    negative_slope: LeakyReLU slope.
+    norm_epsilon: torch GroupNorm's default 1e-5 (Flax defaults to 1e-6).
+    dtype: compute dtype.
+    param_dtype: parameter dtype (float32 in training).
+  """
+  hidden_channels: int = 128
+  channel_mults: Sequence[int] = (1, 1, 2, 4)
+  norm_groups: int = 32
+  pool_size: int = 16
+  blur_taps: Sequence[int] = (1, 3, 3, 1)
+  negative_slope: float = 0.1
+  norm_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (logits (B, pool_size, pool_size, 1), aux={})."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    act = lambda h: nn.leaky_relu(h, self.negative_slope)
+    widths = [self.hidden_channels * m for m in self.channel_mults]
+    in_channels = images.shape[-1]
+    # RGB input channels never divide a mesh axis, so that kernel axis stays unsharded.
+    h = _conv(widths[0], 5, in_channels, axes=(None, None, None, "conv_out"), name="conv_in",
+              **kw)(images.astype(self.dtype))
+    h = act(h)
+    for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+      h = _conv(w_out, 3, w_in, name=f"stage_{i}_conv", **kw)(h)
+      h = blur_pool(h, self.blur_taps)
+      h = nn.GroupNorm(
+          num_groups=self.norm_groups, epsilon=self.norm_epsilon, **kw,
+          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+          bias_init=zeros_init(("norm",)),
+          name=f"stage_{i}_norm")(h)
+      h = act(h)
+    h = adaptive_max_pool2d(h, (self.pool_size, self.pool_size))
+    h = act(_conv(widths[-1], 1, widths[-1], name="head_conv", **kw)(h))
+    # A single output channel cannot be sharded either.
+    logits = _conv(1, 5, widths[-1], axes=(None, None, "conv_in", None), name="to_logits",
+                   **kw)(h)
+    return logits, {}

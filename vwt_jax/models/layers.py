@@ -1,0 +1,109 @@
+"""Shared Linen building blocks for the tokenizers and generators.
+
+Every parameter is created through `nn.with_logical_partitioning` so the mesh
+rules in `vwt_jax.core.sharding` decide its placement.
+"""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Axes = Sequence[Optional[str]]
+
+# torch's trunc_normal_(std=0.02) truncates at +-2 *absolute*, i.e. ~100 std,
+# so the official init is effectively an untruncated normal.
+WEIGHT_STDDEV = 0.02
+
+
+def weight_init(names: Axes):
+  return nn.with_logical_partitioning(nn.initializers.normal(WEIGHT_STDDEV), names)
+
+
+def zeros_init(names: Axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def scaled_normal_init(scale: float, names: Axes):
+  """`scale * randn`, the init of class/positional embeddings and latent tokens."""
+  return nn.with_logical_partitioning(nn.initializers.normal(scale), names)
+
+
+def dense(features, names: Axes, *, dtype: Dtype, param_dtype: Dtype,
+          use_bias: bool = True, name: Optional[str] = None) -> nn.Dense:
+  """A Linear layer with logical names `names` = (in_axis, out_axis)."""
+  return nn.Dense(
+      features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=weight_init(names), bias_init=zeros_init(names[-1:]), name=name)
+
+
+def layer_norm(*, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-5,
+               name: Optional[str] = None) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=zeros_init(("norm",)), name=name)
+
+
+class MultiHeadAttention(nn.Module):
+  """Bidirectional (or causal) multi-head self-attention with q/k/v/out biases."""
+  num_heads: int
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, is_causal: bool = False) -> jax.Array:
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
+    head_dim = width // self.num_heads
+
+    def project(name):
+      return nn.DenseGeneral(
+          (self.num_heads, head_dim), axis=-1, use_bias=self.use_bias,
+          dtype=self.dtype, param_dtype=self.param_dtype,
+          kernel_init=weight_init(("embed", "heads", "kv")),
+          bias_init=zeros_init(("heads", "kv")), name=name)(x)
+
+    q, k, v = project("query"), project("key"), project("value")
+    y = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
+    return nn.DenseGeneral(
+        width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=weight_init(("heads", "kv", "embed")),
+        bias_init=zeros_init(("embed",)), name="out")(y)
+
+
+class Mlp(nn.Module):
+  """Dense -> exact (erf) GELU -> Dense, as open_clip / ViT."""
+  hidden_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = dense(self.hidden_dim, ("embed", "mlp"), name="c_fc", **kw)(x)
+    h = nn.gelu(h, approximate=False)
+    return dense(x.shape[-1], ("mlp", "embed"), name="c_proj", **kw)(h)
+
+
+class ResidualAttentionBlock(nn.Module):
+  """Pre-LN transformer block: x + attn(ln_1(x)); x + mlp(ln_2(x))."""
+  num_heads: int
+  mlp_ratio: float = 4.0
+  ln_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    width = x.shape[-1]
+    h = layer_norm(epsilon=self.ln_epsilon, name="ln_1", **kw)(x)
+    x = x + MultiHeadAttention(self.num_heads, name="attn", **kw)(h)
+    h = layer_norm(epsilon=self.ln_epsilon, name="ln_2", **kw)(x)
+    return x + Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(h)

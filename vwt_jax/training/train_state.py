@@ -1,0 +1,77 @@
+"""Sharding of a train state and the pieces every jitted train step shares."""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from vwt_jax.core import sharding as sharding_lib
+
+
+def init_params(module: nn.Module, rng, *args, mesh, rules, **kwargs):
+  """Abstract (boxed) params, their NamedShardings and an init producing them.
+
+  The init function runs under `jax.jit(out_shardings=...)`, so each device
+  only ever materialises its own shard of the parameters.
+  """
+  def init(rng):
+    return module.init(rng, *args, **kwargs)["params"]
+
+  with nn.logical_axis_rules(tuple(rules)):
+    boxed = jax.eval_shape(init, rng)
+  shardings = sharding_lib.logical_to_sharding(boxed, mesh, rules)
+  return boxed, shardings, lambda rng: nn.meta.unbox(init(rng))
+
+
+def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
+                        param_shardings: Any, mesh) -> Any:
+  """Optimizer moments shard like their parameters; counters are replicated."""
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  return optax.tree_map_params(
+      tx, lambda _, s: s, abstract_opt, param_shardings,
+      transform_non_params=lambda _: sharding_lib.replicated(mesh),
+      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+
+
+def accumulate_gradients(loss_and_grad: Callable, params: Any, batch: Any, rng,
+                         num_micro_batches: int):
+  """Averages `loss_and_grad` over micro-batches with a `lax.scan`.
+
+  `loss_and_grad(params, micro_batch, rng) -> ((loss, aux), grads)`. Metrics in
+  aux are averaged too; one optimizer update follows, whatever the count.
+  """
+  if num_micro_batches == 1:
+    return loss_and_grad(params, batch, rng)
+
+  def split(x):
+    if x.shape[0] % num_micro_batches:
+      raise ValueError(
+          f"batch of {x.shape[0]} is not divisible by grad_accum_steps={num_micro_batches}")
+    return x.reshape((num_micro_batches, -1) + x.shape[1:])
+
+  micro = jax.tree.map(split, batch)
+  rngs = jax.random.split(rng, num_micro_batches)
+  (loss0, aux0), grads0 = jax.eval_shape(
+      loss_and_grad, params, jax.tree.map(lambda x: x[0], micro), rngs[0])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((loss0, aux0), grads0))
+
+  def body(carry, xs):
+    mb, r = xs
+    out = loss_and_grad(params, mb, r)
+    return jax.tree.map(jnp.add, carry, out), None
+
+  total, _ = jax.lax.scan(body, zeros, (micro, rngs))
+  return jax.tree.map(lambda x: x / num_micro_batches, total)
+
+
+def all_finite(tree: Any) -> jnp.ndarray:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def keep_if(ok: jnp.ndarray, new: Any, old: Any) -> Any:
+  """`new` when `ok`, else `old`: a non-finite step never reaches the state."""
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
