@@ -21,6 +21,8 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tqdm",
     "einops",
+    # tfds imports it while preparing a dataset but only declares it for Python < 3.9.
+    "importlib_resources",
 ]
 
 EXTRAS = {

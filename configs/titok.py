@@ -132,6 +132,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.name = "synthetic_shapes"
     c.data.data_dir = "./data"
     c.data.image_size = 32
+    c.data.synthetic.resolution = 32
     c.total_steps = 500
     c.global_batch_size = 32
     c.compute_dtype = "float32"

@@ -31,6 +31,13 @@ def _nhwc(t):
   return jnp.asarray(t.permute(0, 2, 3, 1).numpy())
 
 
+def _random_params(model, x, seed=0):
+  """Numpy-filled params: jitting `init` pays seconds of XLA:CPU compile for threefry."""
+  shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), x))["params"]
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.3, s.shape), s.dtype), shapes)
+
+
 @pytest.mark.parametrize("size", [(8, 8), (7, 9), (32, 5)])
 @pytest.mark.parametrize("taps", [(1, 3, 3, 1), (1, 2, 1)])
 def test_blur_pool_matches_torch(size, taps):
@@ -81,8 +88,8 @@ def test_forward_matches_torch_functional():
   """Whole network against the reference op sequence written with torch.nn.functional."""
   model = disc.NLayerDiscriminator(**TINY, pool_size=4)
   x = np.random.default_rng(0).uniform(-1, 1, (2, 33, 30, 3)).astype(np.float32)
-  params = nn.unbox(model.init(jax.random.key(1), jnp.asarray(x))["params"])
-  got, _ = model.apply({"params": params}, jnp.asarray(x))
+  params = _random_params(model, x)
+  got, _ = jax.jit(model.apply)({"params": params}, jnp.asarray(x))
 
   def conv(h, name):
     w = torch.tensor(np.asarray(params[name]["kernel"])).permute(3, 2, 0, 1)
@@ -103,7 +110,7 @@ def test_forward_matches_torch_functional():
 def test_bfloat16_compute_keeps_float32_params():
   model = disc.NLayerDiscriminator(**TINY, dtype=jnp.bfloat16)
   x = jnp.zeros((1, 32, 32, 3))
-  variables = model.init(jax.random.key(0), x)
-  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nn.unbox(variables)))
-  logits, _ = model.apply(variables, x)
+  params = _random_params(model, x)
+  assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(params))
+  logits, _ = jax.jit(model.apply)({"params": params}, x)
   assert logits.dtype == jnp.bfloat16

@@ -2,102 +2,55 @@
 
 torchvision layout: `features.0` = stem (conv 4x4/4, LayerNorm2d);
 `features.{2s+1}.{i}` = CNBlocks of stage s (`block.0` dwconv, `block.2` LN,
-`block.3` / `block.5` Linears, `layer_scale`); `features.{2s}` = downsample
-(LayerNorm2d, conv 2x2/2) before stage s >= 1; `classifier.0` LN, `classifier.2`
-Linear.
+`block.3` / `block.5` Linears, `layer_scale` (C,1,1)); `features.{2s}` =
+downsample (LayerNorm2d, conv 2x2/2) before stage s >= 1; `classifier.0` LN,
+`classifier.2` Linear.
 """
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping, Union
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
-from vwt_jax.conversion.torch_state import load_state_dict
-from vwt_jax.models.convnext import CONVNEXT_SMALL, ConvNeXtConfig
-
-
-def _conv_kernel(w: np.ndarray) -> np.ndarray:
-  return np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO
+from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models.convnext import CONVNEXT_SMALL, ConvNeXt, ConvNeXtConfig
 
 
-def _linear_kernel(w: np.ndarray) -> np.ndarray:
-  return w.T  # (out, in) -> (in, out)
+def _block(sd: ts.StateDictReader, prefix: str) -> dict:
+  tree = {"dwconv": ts.conv(sd, f"{prefix}.block.0"), "norm": ts.norm(sd, f"{prefix}.block.2"),
+          "fc1": ts.linear(sd, f"{prefix}.block.3"), "fc2": ts.linear(sd, f"{prefix}.block.5")}
+  gamma = sd.get(f"{prefix}.layer_scale")
+  if gamma is not None:
+    tree["layer_scale"] = gamma.reshape(-1)
+  return tree
 
 
-def _identity(w: np.ndarray) -> np.ndarray:
-  return w
+def convert_convnext(state_dict: Mapping[str, Any],
+                     config: ConvNeXtConfig = CONVNEXT_SMALL) -> dict:
+  """Converts a torchvision ConvNeXt state dict for `ConvNeXt(config)`.
 
-
-def _per_channel(w: np.ndarray) -> np.ndarray:
-  return w.reshape(-1)  # layer_scale is stored as (C, 1, 1)
-
-
-# (torch key, flax param path, transform, torch shape)
-_Entry = tuple[str, tuple[str, ...], Callable[[np.ndarray], np.ndarray], tuple[int, ...]]
-
-
-def _layer_norm(prefix: str, path: tuple[str, ...], dim: int) -> list[_Entry]:
-  return [(f"{prefix}.weight", path + ("scale",), _identity, (dim,)),
-          (f"{prefix}.bias", path + ("bias",), _identity, (dim,))]
-
-
-def _weight_bias(prefix: str, path: tuple[str, ...], transform, shape) -> list[_Entry]:
-  return [(f"{prefix}.weight", path + ("kernel",), transform, shape),
-          (f"{prefix}.bias", path + ("bias",), _identity, shape[:1])]
-
-
-def _entries(cfg: ConvNeXtConfig) -> list[_Entry]:
-  d0 = cfg.dims[0]
-  out = _weight_bias("features.0.0", ("stem_conv",), _conv_kernel, (d0, 3, 4, 4))
-  out += _layer_norm("features.0.1", ("stem_norm",), d0)
-  for s, (depth, dim) in enumerate(zip(cfg.depths, cfg.dims)):
-    if s > 0:
-      prev = cfg.dims[s - 1]
-      out += _layer_norm(f"features.{2 * s}.0", (f"down_{s}_norm",), prev)
-      out += _weight_bias(f"features.{2 * s}.1", (f"down_{s}_conv",), _conv_kernel,
-                          (dim, prev, 2, 2))
-    for i in range(depth):
-      t = f"features.{2 * s + 1}.{i}"
-      f = (f"stage_{s}_block_{i}",)
-      out += _weight_bias(f"{t}.block.0", f + ("dwconv",), _conv_kernel, (dim, 1, 7, 7))
-      out += _layer_norm(f"{t}.block.2", f + ("norm",), dim)
-      out += _weight_bias(f"{t}.block.3", f + ("fc1",), _linear_kernel, (4 * dim, dim))
-      out += _weight_bias(f"{t}.block.5", f + ("fc2",), _linear_kernel, (dim, 4 * dim))
-      out.append((f"{t}.layer_scale", f + ("layer_scale",), _per_channel, (dim, 1, 1)))
-  out += _layer_norm("classifier.0", ("head_norm",), cfg.dims[-1])
-  out += _weight_bias("classifier.2", ("head",), _linear_kernel,
-                      (cfg.num_classes, cfg.dims[-1]))
-  return out
-
-
-def convert_convnext(state_dict: Mapping[str, np.ndarray],
-                     config: ConvNeXtConfig = CONVNEXT_SMALL) -> dict[str, Any]:
-  """Maps a torchvision ConvNeXt state dict onto our params (float32 numpy).
-
-  Raises:
-    ValueError: listing every missing key, unexpected key and shape mismatch.
+  Returns float32 params. Raises `ConversionError` listing every missing /
+  unexpected key and shape mismatch.
   """
-  entries = _entries(config)
-  expected = {key for key, *_ in entries}
-  missing = sorted(expected - set(state_dict))
-  unexpected = sorted(set(state_dict) - expected)
-  mismatched = [f"{key}: got {tuple(np.shape(state_dict[key]))}, want {shape}"
-                for key, _, _, shape in entries
-                if key in state_dict and tuple(np.shape(state_dict[key])) != shape]
-  if missing or unexpected or mismatched:
-    raise ValueError(
-        f"torchvision ConvNeXt state dict does not match {config}:\n"
-        f"  missing ({len(missing)}): {missing}\n"
-        f"  unexpected ({len(unexpected)}): {unexpected}\n"
-        f"  shape mismatches ({len(mismatched)}): {mismatched}")
-  params: dict[str, Any] = {}
-  for key, path, transform, _ in entries:
-    node = params
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = np.ascontiguousarray(transform(np.asarray(state_dict[key], np.float32)))
-  return params
+  sd = ts.StateDictReader(state_dict)
+  params = {"stem_conv": ts.conv(sd, "features.0.0"), "stem_norm": ts.norm(sd, "features.0.1"),
+            "head_norm": ts.norm(sd, "classifier.0"), "head": ts.linear(sd, "classifier.2")}
+  for stage, depth in enumerate(config.depths):
+    if stage > 0:
+      params[f"down_{stage}_norm"] = ts.norm(sd, f"features.{2 * stage}.0")
+      params[f"down_{stage}_conv"] = ts.conv(sd, f"features.{2 * stage}.1")
+    for i in range(depth):
+      params[f"stage_{stage}_block_{i}"] = _block(sd, f"features.{2 * stage + 1}.{i}")
+  # The stem stride is 4 and each later stage halves: 32 px reach a 1x1 map.
+  expected = jax.eval_shape(ConvNeXt(config).init, jax.random.key(0),
+                            jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+  ts.check_params(params, expected, sd)
+  return ts.cast_tree(params, jnp.float32)
 
 
-def load_convnext(path: str, config: ConvNeXtConfig = CONVNEXT_SMALL) -> dict[str, Any]:
-  """Reads a torchvision ConvNeXt checkpoint (.pth/.bin/.safetensors/.npz) as params."""
-  return convert_convnext(load_state_dict(path), config)
+def load_convnext(path_or_state_dict: Union[str, Mapping[str, Any]],
+                  config: ConvNeXtConfig = CONVNEXT_SMALL) -> dict:
+  """Reads a torchvision ConvNeXt checkpoint (path or state dict) as params."""
+  state_dict = (ts.load_state_dict(path_or_state_dict)
+                if isinstance(path_or_state_dict, str) else path_or_state_dict)
+  return convert_convnext(state_dict, config)

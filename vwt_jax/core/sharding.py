@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -63,15 +63,22 @@ def create_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
   devices = jax.devices() if devices is None else list(devices)
   shape = resolve_mesh_shape(mesh_shape, len(devices))
   # create_device_mesh orders devices so the innermost axes use the fastest links.
-  device_array = jax.experimental.mesh_utils.create_device_mesh(
+  device_array = mesh_utils.create_device_mesh(
       shape, devices=devices, allow_split_physical_axes=True)
   return Mesh(device_array, MESH_AXES)
+
+
+def normalize_rules(rules) -> tuple:
+  """Rules as nested tuples, also when they come back from a JSON config."""
+  def axis(a):
+    return tuple(a) if isinstance(a, (list, tuple)) else a
+  return tuple((str(name), axis(a)) for name, a in rules)
 
 
 def logical_to_sharding(tree: Any, mesh: Mesh, rules) -> Any:
   """NamedShardings for a pytree of (possibly boxed) abstract parameters."""
   specs = nn.get_partition_spec(tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+  return nn.logical_to_mesh_sharding(specs, mesh, normalize_rules(rules))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -17,8 +17,6 @@ import os
 
 import tensorflow_datasets as tfds
 
-from vwt_jax.data import transforms
-
 NAME = 'imagenet2012'
 NUM_CLASSES = 1000
 
@@ -47,21 +45,20 @@ def data_source(data_dir, split):
     DatasetNotPreparedError: the dataset is not prepared under `data_dir`.
   """
   try:
+    # download=False: never start a preparation from a training job.
     return tfds.data_source(
-        NAME, split=split, data_dir=data_dir or None, decoders=DECODERS)
-  except (tfds.core.DatasetNotFoundError, FileNotFoundError,
-          AssertionError) as e:
+        NAME, split=split, data_dir=data_dir or None, download=False,
+        decoders=DECODERS)
+  # tfds reports a missing preparation as NotImplementedError ("random access
+  # ... not supported"), AssertionError or a not-found error.
+  except (tfds.core.DatasetNotFoundError, FileNotFoundError, AssertionError,
+          NotImplementedError) as e:
     where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')
     raise DatasetNotPreparedError(
-        f'{NAME} split {split!r} is not prepared under data_dir={where!r} '
-        f'({type(e).__name__}: {e}). Put ILSVRC2012_img_train.tar and '
+        f'{NAME} split {split!r} is not prepared as ArrayRecord under '
+        f'data_dir={where!r}. Put ILSVRC2012_img_train.tar and '
         f'ILSVRC2012_img_val.tar in {where}/downloads/manual and run (with '
         f'TensorFlow installed, pip install "vwt_jax[tf]"): tfds build {NAME} '
-        f'--data_dir={where} --file_format=array_record') from e
+        f'--data_dir={where} --file_format=array_record '
+        f'[tfds said: {type(e).__name__}: {e}]') from e
 
-
-def preprocess(record, *, image_size, train, rng=None):
-  """One source record -> {'image': uint8 (S, S, 3), 'label': int32}."""
-  image = transforms.preprocess_image(
-      record['image'], image_size=image_size, train=train, rng=rng)
-  return {'image': image, 'label': int(record['label'])}

@@ -269,12 +269,16 @@ def prepare_synthetic_shapes(data_dir, resolution=64,
     seed: picture seed (see `render_example`).
 
   Returns:
-    The prepared `SyntheticShapes` builder; read it with
-    `builder.as_data_source(split)` or `tfds.data_source(builder.info.full_name
-    without the version, data_dir=data_dir)`.
+    The prepared `SyntheticShapes` builder: read it with
+    `builder.as_data_source(split)`, or with `tfds.data_source(
+    f'synthetic_shapes/{builder.builder_config.name}', data_dir=data_dir)`.
   """
+  config = make_config(resolution, num_train, num_validation, seed)
+  if config.name in SyntheticShapes.builder_configs:
+    # tfds refuses a config object that shadows a named one; pass the name.
+    config = config.name
   builder = SyntheticShapes(
-      config=make_config(resolution, num_train, num_validation, seed),
+      config=config,
       data_dir=data_dir,
       file_format='array_record',
   )

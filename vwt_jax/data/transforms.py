@@ -72,7 +72,8 @@ def preprocess_image(data, *, image_size, train, rng=None):
   crop, random horizontal flip (the TiTok recipe). Eval: resize + center crop.
 
   Args:
-    data: encoded image bytes.
+    data: encoded image bytes, or an already decoded uint8 (H, W, 3) array
+      (what tfds serves when it decodes, e.g. under `tfds.testing.mock_data`).
     image_size: output height and width.
     train: whether to apply the random augmentations.
     rng: numpy Generator for the augmentations; required when `train`.
@@ -83,7 +84,8 @@ def preprocess_image(data, *, image_size, train, rng=None):
   Raises:
     CorruptRecordError: the bytes are not a decodable image.
   """
-  image = resize_shorter_side(decode_image(data), image_size)
+  image = data if isinstance(data, np.ndarray) else decode_image(data)
+  image = resize_shorter_side(image, image_size)
   if not train:
     return np.ascontiguousarray(center_crop(image, image_size))
   image = random_flip(random_crop(image, image_size, rng), rng)

@@ -137,6 +137,8 @@ def train_and_evaluate(trainer: Trainer, workdir: str) -> dict[str, Any]:
         last_metrics = _average(host)
         if report:
           last_metrics.update(progress.report(step))
+          if hasattr(train_iter, "stats"):
+            last_metrics.update({f"data/{k}": v for k, v in train_iter.stats().items()})
           writer.write_scalars(step, {f"train/{k}": v for k, v in last_metrics.items()})
       if will_save:
         t0 = time.perf_counter()

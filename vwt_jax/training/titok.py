@@ -117,7 +117,7 @@ class TiTokTrainer:
     self.config = config
     self.workdir = workdir
     self.mesh = mesh or sharding_lib.create_mesh(config.mesh_shape)
-    self.rules = tuple(tuple(r) for r in config.logical_axis_rules)
+    self.rules = sharding_lib.normalize_rules(config.logical_axis_rules)
     self.recipe = config.recipe
     self.cfg = model_config(config)
     self.model = titok_lib.TiTok(self.cfg)
@@ -190,7 +190,7 @@ class TiTokTrainer:
         in_shardings=(self.state_shardings, self.batch_sharding, repl),
         out_shardings=(self.state_shardings, repl),
         donate_argnums=(0,))
-    self._reconstruct = jax.jit(
+    self.reconstruct_images = jax.jit(
         self._reconstruct_fn,
         in_shardings=(self.param_shardings, self.batch_sharding),
         out_shardings=self.batch_sharding)
@@ -373,7 +373,7 @@ class TiTokTrainer:
         seed=self.config.seed, train=False)
     params = self.eval_params(state)
     result = recon_eval.evaluate_reconstruction(
-        lambda images: self._reconstruct(params, images), ds, self.mesh,
+        lambda images: self.reconstruct_images(params, images), ds, self.mesh,
         num_images=ev.num_images, grid_images=ev.grid_images)
     grid = result.pop("grid")
     recon_eval.save_grid(grid, os.path.join(self.workdir, "reconstructions.png"))

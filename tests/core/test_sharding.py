@@ -1,0 +1,61 @@
+"""Mesh construction and logical-axis sharding on 8 fake CPU devices."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from vwt_jax.core import sharding
+
+
+def test_resolve_mesh_shape_fills_the_wildcard():
+  assert sharding.resolve_mesh_shape((-1, 1, 1), 8) == (8, 1, 1)
+  assert sharding.resolve_mesh_shape((2, -1, 2), 8) == (2, 2, 2)
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((3, -1, 1), "not divisible"),
+    ((-1, -1, 1), "at most one -1"),
+    ((2, 2, 1), "needs 4 devices"),
+    ((8, 1), "3 entries"),
+])
+def test_resolve_mesh_shape_rejects_bad_shapes(shape, message):
+  with pytest.raises(ValueError, match=message):
+    sharding.resolve_mesh_shape(shape, 8)
+
+
+def test_mesh_axes_and_size():
+  mesh = sharding.create_mesh((2, 2, 2))
+  assert mesh.axis_names == ("data", "fsdp", "tensor")
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+
+
+class _Mlp(nn.Module):
+
+  @nn.compact
+  def __call__(self, x):
+    init = nn.initializers.normal()
+    h = nn.Dense(16, kernel_init=nn.with_logical_partitioning(init, ("embed", "mlp")))(x)
+    return nn.Dense(8, kernel_init=nn.with_logical_partitioning(init, ("mlp", "embed")))(h)
+
+
+def test_parameters_shard_as_the_rules_say():
+  mesh = sharding.create_mesh((2, 2, 2))
+  boxed = jax.eval_shape(_Mlp().init, jax.random.key(0), np.zeros((1, 8)))["params"]
+  shardings = sharding.logical_to_sharding(boxed, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES)
+  assert shardings["Dense_0"]["kernel"].spec == P("fsdp", "tensor")
+  assert shardings["Dense_1"]["kernel"].spec == P("tensor", "fsdp")
+  # Unannotated biases are replicated.
+  assert shardings["Dense_0"]["bias"].spec == P()
+
+
+def test_host_batch_becomes_global_array_split_over_data_axes():
+  mesh = sharding.create_mesh((2, 2, 2))
+  batch = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3)}
+  out = sharding.host_batch_to_global(batch, mesh)["image"]
+  assert out.shape == (8, 3)
+  assert out.sharding.spec == P(("data", "fsdp"))
+  np.testing.assert_array_equal(np.asarray(out), batch["image"])
+  # 4 data-parallel shards of 2 rows, each replicated over 'tensor'.
+  assert {s.data.shape for s in out.addressable_shards} == {(2, 3)}

@@ -1,0 +1,313 @@
+"""Grain input pipelines for the image datasets.
+
+`create_image_dataset` returns a grain `IterDataset` of host-local batches
+
+  {'image': float32 (B_local, S, S, 3) in [-1, 1], 'label': int32 (B_local,)}
+
+plus, on eval splits, 'mask': bool (B_local,) (False on padding and on corrupt
+records). Order and augmentations are functions of `seed` only: records are
+read by a globally shuffled index, every record's crop/flip comes from
+`transforms.record_rng(seed, position)`, and the iterator state
+(`get_state`/`set_state`, or `grain.checkpoint.CheckpointSave/Restore` inside an
+orbax `Composite`) restores the exact next batches.
+
+Corrupt images (bytes Pillow cannot decode) are logged with their record index,
+then skipped in training or masked out in evaluation (so every process still
+sees the same number of eval batches). The iterator's `stats()` gives the count
+so far, which is part of the checkpointed state; past
+`data_config.max_corrupt_records` the iterator raises
+`TooManyCorruptRecordsError` naming the source.
+
+`data_config` fields (see `default_data_config`):
+  name: 'synthetic_shapes' (prepared under data_dir on first use) or
+    'imagenet2012' (prepared by the user, see `imagenet.py`).
+  data_dir: tfds data directory; '' = tfds default ($TFDS_DATA_DIR or
+    ~/tensorflow_datasets).
+  image_size: output height and width (resize shorter side + crop).
+  train_split, eval_split: tfds split names (slices like 'train[:1%]' work).
+  eval_drop_remainder: drop the last partial eval batch instead of padding it.
+  num_workers: grain worker processes per host; 0 = decode in-process.
+  num_threads: reader threads per process (grain.ReadOptions.num_threads).
+  prefetch: records read ahead per process (ReadOptions.prefetch_buffer_size).
+  max_corrupt_records: corrupt records tolerated per host before raising.
+  synthetic.resolution, .num_train, .num_validation, .seed: the
+    synthetic_shapes variant (see `synthetic_shapes.prepare_synthetic_shapes`).
+With several processes and a shared data_dir, prepare synthetic_shapes once
+beforehand (or give each host its own data_dir): preparation is not guarded
+against concurrent writers.
+"""
+
+import math
+
+from absl import logging
+import grain
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vwt_jax.data import imagenet
+from vwt_jax.data import synthetic_shapes
+from vwt_jax.data import transforms
+
+# Per-example count of corrupt records skipped just before it; summed into the
+# iterator's statistics and removed from the batch.
+_CORRUPT_KEY = 'num_corrupt'
+
+
+class TooManyCorruptRecordsError(RuntimeError):
+  """More corrupt records than `data_config.max_corrupt_records`."""
+
+
+def default_data_config():
+  """Defaults for `config.data`: a small synthetic_shapes run at 64px."""
+  config = ml_collections.ConfigDict()
+  config.name = 'synthetic_shapes'
+  config.data_dir = ''
+  config.image_size = 64
+  config.train_split = 'train'
+  config.eval_split = 'validation'
+  config.eval_drop_remainder = False
+  config.num_workers = 0
+  config.num_threads = 8
+  config.prefetch = 128
+  config.max_corrupt_records = 100
+  config.synthetic = ml_collections.ConfigDict({
+      'resolution': 64,
+      'num_train': synthetic_shapes.DEFAULT_NUM_TRAIN,
+      'num_validation': synthetic_shapes.DEFAULT_NUM_VALIDATION,
+      'seed': synthetic_shapes.DEFAULT_SEED,
+  })
+  return config
+
+
+def num_classes(data_config):
+  return {
+      'synthetic_shapes': synthetic_shapes.NUM_CLASSES,
+      imagenet.NAME: imagenet.NUM_CLASSES,
+  }[data_config.name]
+
+
+def open_source(data_config, split):
+  """Returns (random-access source of encoded records, description for logs)."""
+  data_dir = data_config.data_dir or None
+  if data_config.name == 'synthetic_shapes':
+    synthetic = data_config.synthetic
+    builder = synthetic_shapes.prepare_synthetic_shapes(
+        data_dir, resolution=synthetic.resolution,
+        num_train=synthetic.num_train, num_validation=synthetic.num_validation,
+        seed=synthetic.seed)
+    source = builder.as_data_source(
+        split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    where = f'synthetic_shapes/{builder.builder_config.name}'
+  elif data_config.name == imagenet.NAME:
+    source = imagenet.data_source(data_dir, split)
+    where = imagenet.NAME
+  else:
+    raise ValueError(
+        f'unknown data_config.name {data_config.name!r}; expected '
+        f"'synthetic_shapes' or {imagenet.NAME!r}")
+  return source, f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
+
+
+class _CorruptRecord:
+  """Stands in the stream for a training record that failed to decode."""
+
+
+class _ReadRecord:
+  """(position in the stream, record index) -> preprocessed example.
+
+  Reading inside the map (rather than `MapDataset.source`) keeps the record
+  index at hand for the corrupt-record log line.
+  """
+
+  def __init__(self, source, description, *, image_size, train, seed):
+    self._source = source
+    self._num_records = len(source)
+    self._description = description
+    self._image_size = image_size
+    self._train = train
+    self._seed = seed
+
+  def _padding(self, num_corrupt):
+    size = self._image_size
+    return {
+        'image': np.zeros((size, size, 3), np.uint8),
+        'label': np.int32(0),
+        'mask': np.False_,
+        _CORRUPT_KEY: np.int32(num_corrupt),
+    }
+
+  def __call__(self, position, record_index):
+    if record_index >= self._num_records:
+      return self._padding(num_corrupt=0)
+    record = self._source[record_index]
+    rng = transforms.record_rng(self._seed, position) if self._train else None
+    try:
+      image = transforms.preprocess_image(
+          record['image'], image_size=self._image_size, train=self._train,
+          rng=rng)
+    except transforms.CorruptRecordError as e:
+      logging.warning('Corrupt record %d of %s, %s: %s', record_index,
+                      self._description,
+                      'skipped' if self._train else 'masked out', e)
+      if self._train:
+        return _CorruptRecord()
+      return self._padding(num_corrupt=1)
+    example = {'image': image, 'label': np.int32(record['label'])}
+    if not self._train:
+      example['mask'] = np.True_
+    example[_CORRUPT_KEY] = np.int32(0)
+    return example
+
+
+def _check_corrupt_count(count, limit, description):
+  if count > limit:
+    raise TooManyCorruptRecordsError(
+        f'{count} corrupt records in {description} exceed '
+        f'data_config.max_corrupt_records={limit}')
+
+
+class _SkipCorruptIterator(grain.DatasetIterator):
+  """Drops `_CorruptRecord`s, charging them to the next good example."""
+
+  def __init__(self, parent, limit, description):
+    super().__init__(parent)
+    self._limit = limit
+    self._description = description
+    self._num_corrupt = 0
+
+  def __next__(self):
+    skipped = 0
+    element = next(self._parent)
+    while isinstance(element, _CorruptRecord):
+      skipped += 1
+      self._num_corrupt += 1
+      # Checked here too so an all-corrupt source fails instead of spinning.
+      _check_corrupt_count(self._num_corrupt, self._limit, self._description)
+      element = next(self._parent)
+    return {**element, _CORRUPT_KEY: np.int32(skipped)}
+
+  def get_state(self):
+    return {'parent': self._parent.get_state(),
+            'num_corrupt': self._num_corrupt}
+
+  def set_state(self, state):
+    self._parent.set_state(state['parent'])
+    self._num_corrupt = state['num_corrupt']
+
+
+class _SkipCorruptIterDataset(grain.IterDataset):
+
+  def __init__(self, parent, limit, description):
+    super().__init__(parent)
+    self._limit = limit
+    self._description = description
+
+  def __iter__(self):
+    return _SkipCorruptIterator(
+        self._parent.__iter__(), self._limit, self._description)
+
+
+class CountingIterator(grain.DatasetIterator):
+  """Batch iterator that also tracks the corrupt records met so far."""
+
+  def __init__(self, parent, limit, description):
+    super().__init__(parent)
+    self._limit = limit
+    self._description = description
+    self._num_corrupt = 0
+
+  def __next__(self):
+    batch = dict(next(self._parent))
+    self._num_corrupt += int(batch.pop(_CORRUPT_KEY).sum())
+    _check_corrupt_count(self._num_corrupt, self._limit, self._description)
+    return batch
+
+  def stats(self):
+    """Counters for the trainer's logs: {'num_corrupt_records': int}."""
+    return {'num_corrupt_records': self._num_corrupt}
+
+  def get_state(self):
+    return {'parent': self._parent.get_state(),
+            'num_corrupt_records': self._num_corrupt}
+
+  def set_state(self, state):
+    self._parent.set_state(state['parent'])
+    self._num_corrupt = state['num_corrupt_records']
+
+
+class ImageBatches(grain.IterDataset):
+  """The pipeline's last stage; `iter()` gives a `CountingIterator`."""
+
+  def __init__(self, parent, limit, description):
+    super().__init__(parent)
+    self._limit = limit
+    self._description = description
+
+  def __iter__(self):
+    return CountingIterator(
+        self._parent.__iter__(), self._limit, self._description)
+
+
+def _to_float(batch):
+  return {**batch, 'image': transforms.to_float(batch['image'])}
+
+
+def _eval_length(num_records, chunk, drop_remainder):
+  """Records read by an eval pass: a whole number of global batches."""
+  if drop_remainder:
+    return num_records // chunk * chunk
+  return math.ceil(num_records / chunk) * chunk
+
+
+def create_image_dataset(data_config, *, split, global_batch_size, seed, train,
+                         process_index=None, process_count=None):
+  """Builds the host-local batch pipeline for one split.
+
+  Args:
+    data_config: ConfigDict with the fields listed in the module docstring.
+    split: tfds split name, e.g. `data_config.train_split`.
+    global_batch_size: batch size summed over processes; must divide evenly.
+    seed: shuffle and augmentation seed, in [0, 2**32).
+    train: True: shuffled, augmented, repeated forever, corrupt records
+      skipped. False: one pass in record order, center crops, padded with
+      masked examples to whole batches (unless `eval_drop_remainder`).
+    process_index: this host's index; defaults to `jax.process_index()`.
+    process_count: number of hosts; defaults to `jax.process_count()`.
+
+  Returns:
+    An `ImageBatches` grain IterDataset. `iter()` of it is a
+    `CountingIterator` (a grain DatasetIterator with `stats()`).
+  """
+  if process_index is None:
+    process_index = jax.process_index()
+  if process_count is None:
+    process_count = jax.process_count()
+  if global_batch_size % process_count:
+    raise ValueError(f'global_batch_size={global_batch_size} is not divisible '
+                     f'by process_count={process_count}')
+  local_batch_size = global_batch_size // process_count
+
+  source, description = open_source(data_config, split)
+  read = _ReadRecord(source, description, image_size=data_config.image_size,
+                     train=train, seed=seed)
+  if train:
+    ds = grain.MapDataset.range(len(source)).shuffle(seed=seed).repeat()
+  else:
+    ds = grain.MapDataset.range(_eval_length(
+        len(source), global_batch_size, data_config.eval_drop_remainder))
+  # Mapping before slicing gives `read` the global stream position, so the
+  # augmentation of a record does not depend on the process count.
+  ds = ds.map_with_index(read)[process_index::process_count]
+  ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=data_config.num_threads,
+      prefetch_buffer_size=data_config.prefetch))
+  limit = data_config.max_corrupt_records
+  if train:
+    ds = _SkipCorruptIterDataset(ds, limit, description)
+  ds = ds.batch(local_batch_size, drop_remainder=True).map(_to_float)
+  if data_config.num_workers:
+    ds = ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+  return ImageBatches(ds, limit, description)

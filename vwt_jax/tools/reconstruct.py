@@ -1,0 +1,103 @@
+r"""Writes an originals/reconstructions grid (and PSNR) for any TiTok checkpoint.
+
+  # one of our runs (its config.json is read from the run folder)
+  python -m vwt_jax.tools.reconstruct --checkpoint /tmp/titok_tiny --output grid.png
+  # converted official weights
+  python -m vwt_jax.tools.reconstruct --config configs/titok.py:B-64,recipe=stage2 \
+      --checkpoint tokenizer_titok_b64.bin --output grid.png \
+      --config.data.data_dir ~/tensorflow_datasets
+  # your own pictures instead of the eval split
+  python -m vwt_jax.tools.reconstruct --checkpoint RUN --images 'photos/*.jpg' --output g.png
+"""
+
+import glob
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from ml_collections import config_flags
+
+from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.data import pipeline
+from vwt_jax.data import transforms
+from vwt_jax.evaluation import reconstruction as recon_eval
+from vwt_jax.training import titok as titok_trainer
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config; defaults to the config.json of the --checkpoint run.",
+    lock_config=True)
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A run folder, a step folder, or an official state dict file.")
+_OUTPUT = flags.DEFINE_string("output", "reconstructions.png", "Grid PNG to write.")
+_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Images in the grid / PSNR average.")
+_IMAGES = flags.DEFINE_string("images", None, "Glob of image files to reconstruct.")
+flags.mark_flags_as_required(["checkpoint"])
+
+
+def run_config(checkpoint: str) -> ml_collections.ConfigDict:
+  for folder in (checkpoint, os.path.dirname(checkpoint.rstrip("/")),
+                 os.path.dirname(os.path.dirname(checkpoint.rstrip("/")))):
+    path = os.path.join(folder, "config.json")
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
+  raise FileNotFoundError(
+      f"no config.json next to {checkpoint}; pass --config configs/titok.py:VARIANT")
+
+
+def image_batches(pattern: str, image_size: int, batch_size: int):
+  paths = sorted(glob.glob(os.path.expanduser(pattern)))
+  if not paths:
+    raise FileNotFoundError(f"--images {pattern!r} matched no file")
+  images = []
+  for path in paths:
+    with open(path, "rb") as f:
+      images.append(transforms.preprocess_image(f.read(), image_size=image_size, train=False))
+  images = np.stack(images)
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    mask = np.ones(batch_size, np.int32)
+    if len(chunk) < batch_size:
+      mask[len(chunk):] = 0
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+    yield {"image": chunk, "mask": mask}
+
+
+def reconstruct(config, checkpoint: str, output: str, num_images: int,
+                images: str | None = None) -> dict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.init_from = checkpoint
+  trainer = titok_trainer.TiTokTrainer(config, os.path.dirname(os.path.abspath(output)))
+  params = jax.device_put(
+      titok_trainer.load_pretrained(checkpoint, config), trainer.param_shardings)
+  dp = sharding_lib.data_parallel_size(trainer.mesh)
+  batch_size = max(dp, -(-num_images // dp) * dp)
+  if images:
+    dataset = image_batches(images, config.data.image_size, batch_size)
+  else:
+    dataset = pipeline.create_image_dataset(
+        config.data, split=config.data.eval_split, global_batch_size=batch_size,
+        seed=config.seed, train=False)
+  result = recon_eval.evaluate_reconstruction(
+      lambda x: trainer.reconstruct_images(params, x), dataset, trainer.mesh,
+      num_images=num_images, grid_images=num_images)
+  recon_eval.save_grid(result.pop("grid"), output)
+  logging.info("wrote %s; PSNR %.2f dB over %d images", output, result["psnr"],
+               result["num_images"])
+  print(json.dumps({"output": output, **result}))
+  return result
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value or run_config(_CHECKPOINT.value)
+  reconstruct(config, _CHECKPOINT.value, _OUTPUT.value, _NUM_IMAGES.value, _IMAGES.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
