@@ -11,6 +11,9 @@ import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Partitionable threefry makes every jitted random init compile several times
+# slower on CPU; tests compare values, never the random stream itself.
+jax.config.update("jax_threefry_partitionable", False)
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 

@@ -18,10 +18,7 @@ from ml_collections import config_flags
 
 from vwt_jax.core import distributed
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file, optionally with ':variant'.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-flags.mark_flags_as_required(["config", "workdir"])
+FLAGS = flags.FLAGS
 
 TRAINERS = {
     "titok": "vwt_jax.training.titok",
@@ -43,16 +40,25 @@ def run(config, workdir: str):
   return module.train(config, workdir)
 
 
+def define_flags():
+  # Defined on demand so that importing `run` (tests, notebooks) defines no flags.
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file, optionally with ':variant'.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  logging.info("config:\n%s", _CONFIG.value)
-  workdir = _WORKDIR.value
+  logging.info("config:\n%s", FLAGS.config)
+  workdir = FLAGS.workdir
   if "://" not in workdir:
     workdir = os.path.abspath(workdir)
-  run(_CONFIG.value, workdir)
+  run(FLAGS.config, workdir)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -32,20 +32,27 @@ FAMILIES = {
 IMAGES = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)), jnp.float32)
 
 
+def _random_variables(model):
+  """Random params from numpy: compiling `model.init` on CPU costs seconds."""
+  abstract = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), IMAGES))
+  rng = np.random.default_rng(0)
+  return jax.tree_util.tree_map(
+      lambda x: jnp.asarray(0.1 * rng.standard_normal(x.shape), x.dtype), abstract)
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_runs_under_jit(family):
   config = FAMILIES[family]
   model = TiTok(config)
 
   @jax.jit
-  def run(images):
-    variables = model.init(jax.random.key(0), images)
+  def run(variables, images):
     recon, aux = model.apply(variables, images)
     tokens = aux["indices"] if config.quantize_mode == "vq" else aux["posterior_mean"]
     decoded, _ = model.apply(variables, tokens, method=TiTok.decode_tokens)
     return recon, aux, decoded
 
-  recon, aux, decoded = run(IMAGES)
+  recon, aux, decoded = run(_random_variables(model), IMAGES)
   if family == "legacy_stage1":
     assert recon is None and decoded is None
   else:
@@ -61,7 +68,7 @@ def test_family_runs_under_jit(family):
 
 def test_vae_samples_only_with_rng():
   model = TiTok(FAMILIES["single_stage_vae"])
-  variables = model.init(jax.random.key(0), IMAGES)
+  variables = _random_variables(model)
   encode = jax.jit(lambda v, x, rng: model.apply(v, x, method=TiTok.encode, sample_rng=rng))
   mode, _ = encode(variables, IMAGES, None)
   sample, aux = encode(variables, IMAGES, jax.random.key(1))
@@ -74,9 +81,9 @@ def test_vae_samples_only_with_rng():
 def test_bf16_compute_keeps_f32_params():
   config = dataclasses.replace(FAMILIES["single_stage_vq"], dtype=jnp.bfloat16)
   model = TiTok(config)
-  variables = model.init(jax.random.key(0), IMAGES)
+  variables = _random_variables(model)
   assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(variables))
-  recon, aux = model.apply(variables, IMAGES)
+  recon, aux = jax.jit(model.apply)(variables, IMAGES)
   assert aux["z_q_raw"].dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(recon)))
 
 

@@ -65,9 +65,9 @@ def _build_convnext_s(weights_path: str, dtype: Any,
 _BUILDERS = {
     "convnext_s": _build_convnext_s,
 }
-_CONVERTERS = {
-    "convnext_s": "a torchvision convnext_small IMAGENET1K_V1 state dict "
-                  "(converted by vwt_jax.conversion.convnext)",
+_WEIGHTS_HINT = {
+    "convnext_s": "torchvision's ConvNeXt_Small IMAGENET1K_V1 state dict "
+                  "(convnext_small-0c510722.pth; read by vwt_jax.conversion.convnext)",
 }
 
 
@@ -94,6 +94,6 @@ def make_perceptual_loss(kind: str, weights_path: Optional[str], *, dtype: Any =
   if not weights_path:
     logging.warning(
         "perceptual loss OFF: no weights for kind %r; set config.losses.perceptual_weights "
-        "to %s.", kind, _CONVERTERS[kind])
+        "to %s.", kind, _WEIGHTS_HINT[kind])
     return None
   return _BUILDERS[kind](weights_path, dtype, convnext_config)

@@ -19,11 +19,10 @@ import jax.numpy as jnp
 
 from vwt_jax.models import layers
 from vwt_jax.models.maskgit_vqgan import Decoder as PixelDecoder
-from vwt_jax.models.maskgit_vqgan import MaskGitVQGANConfig, conv
+from vwt_jax.models.maskgit_vqgan import RGB_CHANNELS, MaskGitVQGANConfig, conv
 from vwt_jax.models.quantizers import DiagonalGaussian, VectorQuantizer
 
 Dtype = Any
-RGB_CHANNELS = 3
 # The legacy decoder head always predicts logits over MaskGIT-VQGAN's 1024 codes.
 NUM_PROXY_CODES = 1024
 
@@ -76,7 +75,8 @@ class TiTokConfig:
     if self.finetune_decoder and self.pixel_decoder is None:
       raise ValueError("finetune_decoder=True needs a pixel_decoder config")
     if self.finetune_decoder:
-      rendered = (self.image_size // self.dec_patch_size) * 2 ** (self.pixel_decoder.num_resolutions - 1)
+      grid = self.image_size // self.dec_patch_size
+      rendered = grid * 2 ** (self.pixel_decoder.num_resolutions - 1)
       if rendered != self.image_size:
         raise ValueError(f"pixel decoder renders {rendered}px from the decoder grid, "
                          f"not image_size={self.image_size}")

@@ -71,13 +71,15 @@ _TITOK_INPUTS = ("images", "sample_eps", "stage1_ce_targets")
 
 
 def _titok_stem(fixture_dir: str, stem: str) -> list[Result]:
-  # Imported here so the tool's argument parsing stays cheap.
-  from vwt_jax.conversion import torch_state  # pylint: disable=g-import-not-at-top
-  from vwt_jax.conversion.titok import convert_titok  # pylint: disable=g-import-not-at-top
-  from vwt_jax.losses.classification import proxy_code_cross_entropy  # pylint: disable=g-import-not-at-top
-  from vwt_jax.losses.quantizer import kl_divergence, vq_losses  # pylint: disable=g-import-not-at-top
-  from vwt_jax.models.quantizers import DiagonalGaussian  # pylint: disable=g-import-not-at-top
-  from vwt_jax.models.titok import TiTok, TiTokConfig  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  # Imported here so that argument parsing does not pay for building models.
+  from vwt_jax.conversion import torch_state
+  from vwt_jax.conversion.titok import convert_titok
+  from vwt_jax.losses.classification import proxy_code_cross_entropy
+  from vwt_jax.losses.quantizer import kl_divergence, vq_losses
+  from vwt_jax.models.quantizers import DiagonalGaussian
+  from vwt_jax.models.titok import TiTok, TiTokConfig
+  # pylint: enable=g-import-not-at-top
 
   with open(os.path.join(fixture_dir, f"{stem}_config.json")) as f:
     meta = json.load(f)

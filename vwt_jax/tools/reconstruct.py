@@ -28,15 +28,21 @@ from vwt_jax.data import transforms
 from vwt_jax.evaluation import reconstruction as recon_eval
 from vwt_jax.training import titok as titok_trainer
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config; defaults to the config.json of the --checkpoint run.",
-    lock_config=True)
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "A run folder, a step folder, or an official state dict file.")
-_OUTPUT = flags.DEFINE_string("output", "reconstructions.png", "Grid PNG to write.")
-_NUM_IMAGES = flags.DEFINE_integer("num_images", 8, "Images in the grid / PSNR average.")
-_IMAGES = flags.DEFINE_string("images", None, "Glob of image files to reconstruct.")
-flags.mark_flags_as_required(["checkpoint"])
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  # Defined on demand so that importing this module (tests, notebooks) does not
+  # collide with the trainer's --config flag.
+  config_flags.DEFINE_config_file(
+      "config", None, "Config; defaults to the config.json of the --checkpoint run.",
+      lock_config=True)
+  flags.DEFINE_string(
+      "checkpoint", None, "A run folder, a step folder, or an official state dict file.")
+  flags.DEFINE_string("output", "reconstructions.png", "Grid PNG to write.")
+  flags.DEFINE_integer("num_images", 8, "Images in the grid / PSNR average.")
+  flags.DEFINE_string("images", None, "Glob of image files to reconstruct.")
+  flags.mark_flags_as_required(["checkpoint"])
 
 
 def run_config(checkpoint: str) -> ml_collections.ConfigDict:
@@ -94,10 +100,12 @@ def reconstruct(config, checkpoint: str, output: str, num_images: int,
 
 
 def main(argv):
-  del argv
-  config = _CONFIG.value or run_config(_CHECKPOINT.value)
-  reconstruct(config, _CHECKPOINT.value, _OUTPUT.value, _NUM_IMAGES.value, _IMAGES.value)
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = FLAGS.config or run_config(FLAGS.checkpoint)
+  reconstruct(config, FLAGS.checkpoint, FLAGS.output, FLAGS.num_images, FLAGS.images)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

@@ -38,8 +38,9 @@ class Trainer(Protocol):
   def init_state(self, rng) -> Any:
     """A fresh, sharded train state (including `init_from` weights)."""
 
-  def train_step(self, state, batch, rng) -> tuple[Any, dict[str, Any]]:
-    """The jitted step; metrics must contain `loss` and `nonfinite`."""
+  def compile_train_step(self, state, batch, rng) -> tuple[Any, Any]:
+    """(step function, compiled executable); the step returns (state, metrics)
+    and its metrics contain `loss` and `nonfinite`."""
 
   def train_iterator(self) -> Iterator[Any]:
     """A checkpointable grain iterator of host-local batches."""
@@ -104,9 +105,8 @@ def train_and_evaluate(trainer: Trainer, workdir: str) -> dict[str, Any]:
     state = trainer.init_state(init_rng)
   start_step = int(jax.device_get(state["step"]))
 
-  compiled = trainer.train_step.lower(
-      state, sharding_lib.host_batch_to_global(_peek(train_iter), trainer.mesh),
-      step_rng).compile()
+  train_step, compiled = trainer.compile_train_step(
+      state, sharding_lib.host_batch_to_global(_peek(train_iter), trainer.mesh), step_rng)
   progress = progress_lib.Progress(
       config.total_steps, config.global_batch_size, start_step,
       progress_lib.compiled_flops(compiled))
@@ -116,7 +116,7 @@ def train_and_evaluate(trainer: Trainer, workdir: str) -> dict[str, Any]:
     for step in range(start_step + 1, config.total_steps + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding_lib.host_batch_to_global(next(train_iter), trainer.mesh)
-        state, metrics = compiled(state, batch, jax.random.fold_in(step_rng, step))
+        state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
       history.append(metrics)
 
       is_last = step == config.total_steps

@@ -184,15 +184,19 @@ class TiTokTrainer:
       self.teacher = (maskgit_vqgan.MaskGitVQGAN(teacher_cfg),
                       jax.device_put(teacher_params, repl))
 
+    # Frozen networks enter the compiled step as arguments, not as constants
+    # baked into the program (ConvNeXt-S alone is 200 MB).
+    self.frozen = {"teacher": self.teacher[1] if self.teacher else None,
+                   "perceptual": self.perceptual}
     self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
-    self.train_step = jax.jit(
-        self._train_step,
-        in_shardings=(self.state_shardings, self.batch_sharding, repl),
+    self._train_step = jax.jit(
+        self._train_step_fn,
+        in_shardings=(self.state_shardings, self.batch_sharding, repl, repl),
         out_shardings=(self.state_shardings, repl),
         donate_argnums=(0,))
-    self.reconstruct_images = jax.jit(
+    self._reconstruct = jax.jit(
         self._reconstruct_fn,
-        in_shardings=(self.param_shardings, self.batch_sharding),
+        in_shardings=(self.param_shardings, self.batch_sharding, repl),
         out_shardings=self.batch_sharding)
 
   # -- state ------------------------------------------------------------------
@@ -245,13 +249,24 @@ class TiTokTrainer:
 
   # -- the jitted step ----------------------------------------------------------
 
-  def _generator_loss(self, params, batch, rng, step, disc_params):
+  def train_step(self, state, batch, rng):
+    return self._train_step(state, batch, rng, self.frozen)
+
+  def compile_train_step(self, state, batch, rng):
+    """AOT-compiles the step; returns (step function, compiled for cost analysis)."""
+    compiled = self._train_step.lower(state, batch, rng, self.frozen).compile()
+    return (lambda s, b, r: compiled(s, b, r, self.frozen)), compiled
+
+  def reconstruct_images(self, params, images):
+    return self._reconstruct(params, images, self.frozen)
+
+  def _generator_loss(self, params, batch, rng, step, disc_params, frozen):
     config, losses = self.config, self.config.losses
     images = batch["image"]
     metrics = {}
     if self.recipe == "stage1":
-      teacher, teacher_params = self.teacher
-      codes, _ = teacher.apply({"params": teacher_params}, images, method=teacher.encode)
+      teacher = self.teacher[0]
+      codes, _ = teacher.apply({"params": frozen["teacher"]}, images, method=teacher.encode)
       _, aux = self.model.apply({"params": params}, images, train=True)
       ce = classification.proxy_code_cross_entropy(aux["proxy_logits"], codes)
       vq = quantizer_losses.vq_losses(aux["z"], aux["z_q_raw"], self.cfg.commitment_cost)
@@ -267,8 +282,8 @@ class TiTokTrainer:
           losses.reconstruction, (images + 1) / 2, (recon + 1) / 2)
       loss = losses.reconstruction_weight * rec
       metrics["reconstruction_loss"] = rec
-      if self.perceptual is not None:
-        p = self.perceptual(images, recon)
+      if frozen["perceptual"] is not None:
+        p = frozen["perceptual"](images, recon)
         loss += losses.perceptual_weight * p
         metrics["perceptual_loss"] = p
       if self.cfg.quantize_mode == "vq":
@@ -292,13 +307,14 @@ class TiTokTrainer:
     metrics["loss"] = loss
     return loss, (metrics, recon)
 
-  def _train_step(self, state, batch, rng):
+  def _train_step_fn(self, state, batch, rng, frozen):
     config = self.config
     step = state["step"]
     disc_params = state.get("disc_params")
 
     def loss_and_grad(params, micro_batch, r):
-      fn = functools.partial(self._generator_loss, step=step, disc_params=disc_params)
+      fn = functools.partial(self._generator_loss, step=step, disc_params=disc_params,
+                             frozen=frozen)
       return jax.value_and_grad(fn, has_aux=True)(params, micro_batch, r)
 
     with nn.logical_axis_rules(self.rules):
@@ -322,7 +338,7 @@ class TiTokTrainer:
         ok &= d_ok
 
     new = train_state.keep_if(ok, new, dict(state, step=step + 1))
-    metrics.update(grad_norm=optax.global_norm(grads), lr=self.schedule(step),
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=self.schedule(step),
                    nonfinite=jnp.logical_not(ok).astype(jnp.int32))
     return new, metrics
 
@@ -342,23 +358,29 @@ class TiTokTrainer:
         d_loss_fn, has_aux=True)(state["disc_params"])
     updates, disc_opt = self.disc_tx.update(d_grads, state["disc_opt_state"],
                                             state["disc_params"])
-    new["disc_params"] = jax.tree.map(jnp.add, state["disc_params"], updates)
-    new["disc_opt_state"] = disc_opt
-    new["lecam"] = adversarial.lecam_update(state["lecam"], real, fake, losses.lecam_decay)
+    updated = {
+        "disc_params": jax.tree.map(jnp.add, state["disc_params"], updates),
+        "disc_opt_state": disc_opt,
+        "lecam": adversarial.lecam_update(state["lecam"], real, fake, losses.lecam_decay),
+    }
+    # Like the reference, the discriminator (optimizer, weight decay, LeCam EMAs)
+    # does not move at all before `discriminator_start`.
+    current = {k: state[k] for k in updated}
+    new.update(train_state.keep_if(gate > 0, updated, current))
     metrics = {"discriminator_loss": d, "lecam_loss": lecam,
                "logits_real": jnp.mean(real), "logits_fake": jnp.mean(fake)}
     return metrics, jnp.isfinite(d_total) & train_state.all_finite(d_grads)
 
   # -- evaluation ---------------------------------------------------------------
 
-  def _reconstruct_fn(self, params, images):
+  def _reconstruct_fn(self, params, images, frozen):
     with nn.logical_axis_rules(self.rules):
       if self.recipe == "stage1":
         # No pixels yet: show the teacher's rendering of the predicted proxy codes.
         _, aux = self.model.apply({"params": params}, images)
-        teacher, teacher_params = self.teacher
+        teacher = self.teacher[0]
         codes = jnp.argmax(aux["proxy_logits"], axis=-1)
-        recon = teacher.apply({"params": teacher_params}, codes, method=teacher.decode_codes)
+        recon = teacher.apply({"params": frozen["teacher"]}, codes, method=teacher.decode_codes)
       else:
         recon, _ = self.model.apply({"params": params}, images)
     return jnp.clip(recon, -1.0, 1.0)
