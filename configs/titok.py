@@ -53,6 +53,11 @@ def _model(enc, dec, tokens, codebook, token_size, family, patch=16):
       commitment_cost=0.25,
       quantize_mode="vae" if family == "vae" else "vq",
       is_legacy=family == "two_stage",
+      # Multiplies the official N(0, 0.02) kernel init (sized for widths ~1000).
+      init_kernel_scale=1.0,
+      # Codebook restart: codes whose usage EMA falls below threshold/K are reset
+      # to batch latents (0 disables; the official recipes do not use it).
+      dead_code_threshold=0.0, dead_code_decay=0.99,
       # MaskGIT-VQGAN pixel decoder of the released models (fine-tuned in stage 2).
       pixel_decoder=dict(hidden_channels=128, channel_mult=(1, 1, 2, 2, 4),
                          num_res_blocks=2, z_channels=256, codebook_size=1024),
@@ -124,6 +129,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "tiny":
     c.model = _model((128, 2, 4), (128, 2, 4), 32, 1024, 12, "vq", patch=4)
     c.model.use_l2_norm = True
+    c.model.update(dict(init_kernel_scale=4.0, dead_code_threshold=0.1, dead_code_decay=0.9))
     c.model.pixel_decoder = dict(hidden_channels=32, channel_mult=(1, 2, 2),
                                  num_res_blocks=1, z_channels=16, codebook_size=1024)
     c.recipe = "single_stage"

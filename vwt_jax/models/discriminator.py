@@ -40,20 +40,34 @@ def _conv(features: int, kernel: int, in_features: int, *, dtype: Dtype, param_d
       name=name)
 
 
+def _blur_axis(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
+  """Stride-2 1-D blur along `axis` with TF-SAME padding, as strided slices.
+
+  A depthwise (grouped) conv would do the same, but grouped convs and their
+  gradients are slow on CPU; shifted slices are cheap on every backend.
+  """
+  n = x.shape[axis]
+  out = -(-n // 2)
+  pad = max((out - 1) * 2 + len(taps) - n, 0)
+  widths = [(0, 0)] * x.ndim
+  widths[axis] = (pad // 2, pad - pad // 2)
+  xp = jnp.pad(x, widths)
+  total = 0
+  for k, t in enumerate(taps):
+    piece = jax.lax.slice_in_dim(xp, k, k + 2 * (out - 1) + 1, stride=2, axis=axis)
+    total = total + jnp.asarray(t, x.dtype) * piece
+  return total
+
+
 def blur_pool(x: jax.Array, taps: Sequence[int] = (1, 3, 3, 1)) -> jax.Array:
   """Depthwise blur with the normalised outer product of `taps`, stride 2, SAME pad.
 
   lax's "SAME" puts the odd padding pixel at the bottom/right, exactly like the
-  reference BlurBlock's `calc_same_pad` + `F.pad`.
+  reference BlurBlock's `calc_same_pad` + `F.pad`; the 2-D kernel is separable.
   """
-  k = np.asarray(taps, np.float32)
-  k = np.outer(k, k)
-  k /= k.sum()
-  channels = x.shape[-1]
-  kernel = jnp.broadcast_to(jnp.asarray(k, x.dtype)[:, :, None, None], k.shape + (1, channels))
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=(2, 2), padding="SAME",
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+  k = np.asarray(taps, np.float64)
+  k = (k / k.sum()).astype(np.float32)
+  return _blur_axis(_blur_axis(x, k, 1), k, 2)
 
 
 def _adaptive_max_axis(x: jax.Array, axis: int, out: int) -> jax.Array:

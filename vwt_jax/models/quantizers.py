@@ -120,3 +120,31 @@ class DiagonalGaussian:
 
   def sample_or_mode(self, rng: Optional[jax.Array]) -> jax.Array:
     return self.mode() if rng is None else self.sample(rng)
+
+
+def restart_dead_codes(codebook: jax.Array, usage: jax.Array, latents: jax.Array,
+                       indices: jax.Array, rng: jax.Array, *, decay: float,
+                       threshold: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Replaces codes nobody uses by latents of the current batch.
+
+  `usage` is an EMA of the fraction of tokens assigned to each code. A code
+  whose usage falls below `threshold / K` is reset to a randomly chosen
+  latent (already normalised when the quantizer l2-normalises) and gets a
+  fresh usage of 1/K. This is the codebook-expiration trick of SoundStream /
+  Jukebox, a simpler relative of the official repo's optional CVQ-VAE
+  `clustering_vq`; it keeps a small codebook from collapsing when training
+  from scratch.
+
+  Returns:
+    (codebook, usage, number of codes restarted).
+  """
+  num_codes = codebook.shape[0]
+  flat_latents = latents.reshape(-1, latents.shape[-1]).astype(codebook.dtype)
+  flat_indices = indices.reshape(-1)
+  counts = jnp.zeros((num_codes,), jnp.float32).at[flat_indices].add(1.0)
+  usage = decay * usage + (1.0 - decay) * counts / flat_indices.size
+  dead = usage < threshold / num_codes
+  picks = jax.random.randint(rng, (num_codes,), 0, flat_latents.shape[0])
+  codebook = jnp.where(dead[:, None], flat_latents[picks], codebook)
+  usage = jnp.where(dead, 1.0 / num_codes, usage)
+  return codebook, usage, jnp.sum(dead.astype(jnp.int32))

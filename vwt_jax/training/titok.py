@@ -36,6 +36,7 @@ from vwt_jax.losses import quantizer as quantizer_losses
 from vwt_jax.losses import reconstruction
 from vwt_jax.models import discriminator as discriminator_lib
 from vwt_jax.models import maskgit_vqgan
+from vwt_jax.models import quantizers
 from vwt_jax.models import titok as titok_lib
 from vwt_jax.training import loop
 from vwt_jax.training import optimizer as optimizer_lib
@@ -90,6 +91,18 @@ def merge_params(base: Any, loaded: Any, source: str) -> Any:
   return traverse_util.unflatten_dict(flat_base, sep="/")
 
 
+def scale_kernels(params: Any, scale: float) -> Any:
+  """Multiplies every weight matrix / conv kernel by `scale`.
+
+  The official init (normal, std 0.02) is sized for the released widths
+  (512-1024); tiny models need larger weights for the latent tokens to see the
+  image at all at initialisation.
+  """
+  flat = traverse_util.flatten_dict(params, sep="/")
+  return traverse_util.unflatten_dict(
+      {k: v * scale if k.endswith("kernel") else v for k, v in flat.items()}, sep="/")
+
+
 def load_pretrained(path: str, config: ml_collections.ConfigDict) -> Any:
   """Parameters from our checkpoint (a run dir) or an official state dict file."""
   if os.path.isdir(path):
@@ -142,6 +155,10 @@ class TiTokTrainer:
                             "opt_state": opt_shardings}
     if config.ema_decay:
       self.state_shardings["ema_params"] = self.param_shardings
+    self.restart_codes = (self.cfg.quantize_mode == "vq" and self.recipe != "stage2"
+                          and config.model.dead_code_threshold > 0)
+    if self.restart_codes:
+      self.state_shardings["code_usage"] = repl
 
     self.use_gan = self.recipe != "stage1" and config.losses.discriminator_weight > 0
     if self.use_gan:
@@ -204,10 +221,14 @@ class TiTokTrainer:
   def _init_state(self, rng):
     params_rng, disc_rng = jax.random.split(rng)
     params = self._init_params(params_rng)
+    if self.config.model.init_kernel_scale != 1.0:
+      params = scale_kernels(params, self.config.model.init_kernel_scale)
     state = {"step": jnp.zeros((), jnp.int32), "params": params,
              "opt_state": self.tx.init(params)}
     if self.config.ema_decay:
       state["ema_params"] = params
+    if self.restart_codes:
+      state["code_usage"] = jnp.full((self.cfg.codebook_size,), 1.0 / self.cfg.codebook_size)
     if self.use_gan:
       disc_params = self._init_disc(disc_rng)
       state.update(disc_params=disc_params, disc_opt_state=self.disc_tx.init(disc_params),
@@ -305,7 +326,8 @@ class TiTokTrainer:
       metrics.update(codebook_usage=aux["codebook_usage"],
                      codebook_perplexity=aux["codebook_perplexity"])
     metrics["loss"] = loss
-    return loss, (metrics, recon)
+    extras = {"recon": recon, **{k: aux[k] for k in ("z", "indices") if k in aux}}
+    return loss, (metrics, extras)
 
   def _train_step_fn(self, state, batch, rng, frozen):
     config = self.config
@@ -318,19 +340,27 @@ class TiTokTrainer:
       return jax.value_and_grad(fn, has_aux=True)(params, micro_batch, r)
 
     with nn.logical_axis_rules(self.rules):
-      (loss, (metrics, recon)), grads = train_state.accumulate_gradients(
+      (loss, (metrics, extras)), grads = train_state.accumulate_gradients(
           loss_and_grad, state["params"], batch, rng, config.grad_accum_steps)
       updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
       params = jax.tree.map(jnp.add, state["params"], updates)
       new = dict(state, step=step + 1, params=params, opt_state=opt_state)
+      if self.restart_codes:
+        codebook, new["code_usage"], restarted = quantizers.restart_dead_codes(
+            params["quantize"]["embedding"], state["code_usage"], extras["z"], extras["indices"],
+            jax.random.fold_in(rng, 1), decay=config.model.dead_code_decay,
+            threshold=config.model.dead_code_threshold)
+        new["params"] = dict(params, quantize=dict(params["quantize"], embedding=codebook))
+        metrics["codes_restarted"] = restarted
       if config.ema_decay:
         decay = optimizer_lib.ema_decay(step, config.ema_decay)
         new["ema_params"] = optimizer_lib.update_ema(state["ema_params"], params, decay)
       ok = jnp.isfinite(loss) & train_state.all_finite(grads)
 
       if self.use_gan:
+        recon = extras["recon"]
         if config.grad_accum_steps > 1:
-          # Averaged micro-batch reconstructions are meaningless: redo them.
+          # `extras` hold the last micro-batch only: reconstruct the whole batch.
           recon, _ = self.model.apply({"params": state["params"]}, batch["image"], rng=rng)
         d_metrics, d_ok = self._discriminator_update(state, new, batch["image"],
                                                      jax.lax.stop_gradient(recon))

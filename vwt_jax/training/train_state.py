@@ -37,10 +37,12 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
 
 def accumulate_gradients(loss_and_grad: Callable, params: Any, batch: Any, rng,
                          num_micro_batches: int):
-  """Averages `loss_and_grad` over micro-batches with a `lax.scan`.
+  """Runs `loss_and_grad` over micro-batches with a `lax.scan`.
 
-  `loss_and_grad(params, micro_batch, rng) -> ((loss, aux), grads)`. Metrics in
-  aux are averaged too; one optimizer update follows, whatever the count.
+  `loss_and_grad(params, micro_batch, rng) -> ((loss, (metrics, extras)), grads)`.
+  Loss, metrics and gradients are averaged over the micro-batches; `extras`
+  (per-example outputs such as reconstructions or code indices) come from the
+  last micro-batch. One optimizer update follows, whatever the count.
   """
   if num_micro_batches == 1:
     return loss_and_grad(params, batch, rng)
@@ -53,17 +55,20 @@ def accumulate_gradients(loss_and_grad: Callable, params: Any, batch: Any, rng,
 
   micro = jax.tree.map(split, batch)
   rngs = jax.random.split(rng, num_micro_batches)
-  (loss0, aux0), grads0 = jax.eval_shape(
-      loss_and_grad, params, jax.tree.map(lambda x: x[0], micro), rngs[0])
-  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), ((loss0, aux0), grads0))
+  shapes = jax.eval_shape(loss_and_grad, params, jax.tree.map(lambda x: x[0], micro), rngs[0])
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
   def body(carry, xs):
-    mb, r = xs
-    out = loss_and_grad(params, mb, r)
-    return jax.tree.map(jnp.add, carry, out), None
+    (loss, (metrics, extras)), grads = loss_and_grad(params, *xs)
+    (c_loss, (c_metrics, _)), c_grads = carry
+    loss, metrics, grads = jax.tree.map(
+        jnp.add, (c_loss, c_metrics, c_grads), (loss, metrics, grads))
+    return ((loss, (metrics, extras)), grads), None
 
   total, _ = jax.lax.scan(body, zeros, (micro, rngs))
-  return jax.tree.map(lambda x: x / num_micro_batches, total)
+  (loss, (metrics, extras)), grads = total
+  mean = lambda x: x / num_micro_batches
+  return (mean(loss), (jax.tree.map(mean, metrics), extras)), jax.tree.map(mean, grads)
 
 
 def all_finite(tree: Any) -> jnp.ndarray:
