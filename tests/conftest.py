@@ -1,5 +1,6 @@
 """Every test sees 8 fake CPU devices so the sharded code path is the real one."""
 
+import importlib.util
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -26,14 +27,18 @@ def fixtures_dir():
   return path
 
 
-def tiny_titok_config(data_dir, **overrides):
-  """The `tiny` TiTok config shrunk so a train step compiles in seconds."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
+def titok_config(arg):
+  """`configs/titok.py:arg`, loaded the way `--config` loads it."""
   spec = importlib.util.spec_from_file_location(
       "titok_config", os.path.join(os.path.dirname(__file__), "..", "configs", "titok.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(overrides.pop("arg", "tiny"))
+  return module.get_config(arg)
+
+
+def tiny_titok_config(data_dir, **overrides):
+  """The `tiny` TiTok config shrunk so a train step compiles in seconds."""
+  config = titok_config(overrides.pop("arg", "tiny"))
   config.model.update(dict(enc_width=32, enc_depth=1, enc_heads=2, dec_width=32,
                            dec_depth=1, dec_heads=2, num_latent_tokens=8,
                            codebook_size=64, token_size=8))
@@ -44,7 +49,7 @@ def tiny_titok_config(data_dir, **overrides):
   config.eval.update(dict(num_images=8, batch_size=8, grid_images=4))
   config.discriminator.update(dict(hidden_channels=8, channel_mults=(1, 2), norm_groups=4,
                                    pool_size=2))
-  config.losses.discriminator_start = 0
+  config.losses.update(dict(discriminator_weight=0.01, discriminator_start=0))
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")

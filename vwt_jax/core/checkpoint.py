@@ -23,8 +23,14 @@ class Checkpointer:
   def __init__(self, directory: str, *, save_interval_steps: int, max_to_keep: int,
                async_save: bool = True):
     self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=save_interval_steps,
+        # Orbax's default also saves the very first step; a fresh run has
+        # nothing worth keeping there.
+        save_decision_policy=policies.AnySavePolicy([
+            policies.FixedIntervalPolicy(save_interval_steps),
+            policies.PreemptionCheckpointingPolicy(),
+        ]),
         max_to_keep=max_to_keep,
         enable_async_checkpointing=async_save,
         create=True,

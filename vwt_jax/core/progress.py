@@ -79,10 +79,13 @@ class Progress:
     }
     eta = (self.total_steps - step) / steps_per_sec
     mfu = ""
-    if self.flops_per_step and self._peak:
+    if self.flops_per_step:
       # The compiled SPMD module is per device, and so is its FLOP count.
-      out["perf/mfu"] = self.flops_per_step * steps_per_sec / self._peak
-      mfu = f", MFU {100 * out['perf/mfu']:.1f}%"
+      out["perf/tflops_per_sec_per_device"] = self.flops_per_step * steps_per_sec / 1e12
+      mfu = f", {out['perf/tflops_per_sec_per_device']:.3f} TFLOP/s/device"
+      if self._peak:
+        out["perf/mfu"] = self.flops_per_step * steps_per_sec / self._peak
+        mfu += f", MFU {100 * out['perf/mfu']:.1f}%"
     logging.info("step %d/%d: %.2f steps/s, %.1f examples/s, ETA %s%s", step,
                  self.total_steps, steps_per_sec, out["perf/examples_per_sec"],
                  _format_seconds(eta), mfu)

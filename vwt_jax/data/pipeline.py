@@ -168,14 +168,26 @@ def _check_corrupt_count(count, limit, description):
         f'data_config.max_corrupt_records={limit}')
 
 
-class _SkipCorruptIterator(grain.DatasetIterator):
-  """Drops `_CorruptRecord`s, charging them to the next good example."""
+class _CorruptCountingIterator(grain.DatasetIterator):
+  """Base of the iterators that count corrupt records in their saved state."""
+  _STATE_KEY = 'num_corrupt'
 
   def __init__(self, parent, limit, description):
     super().__init__(parent)
     self._limit = limit
     self._description = description
     self._num_corrupt = 0
+
+  def get_state(self):
+    return {'parent': self._parent.get_state(), self._STATE_KEY: self._num_corrupt}
+
+  def set_state(self, state):
+    self._parent.set_state(state['parent'])
+    self._num_corrupt = state[self._STATE_KEY]
+
+
+class _SkipCorruptIterator(_CorruptCountingIterator):
+  """Drops `_CorruptRecord`s, charging them to the next good example."""
 
   def __next__(self):
     skipped = 0
@@ -188,35 +200,10 @@ class _SkipCorruptIterator(grain.DatasetIterator):
       element = next(self._parent)
     return {**element, _CORRUPT_KEY: np.int32(skipped)}
 
-  def get_state(self):
-    return {'parent': self._parent.get_state(),
-            'num_corrupt': self._num_corrupt}
 
-  def set_state(self, state):
-    self._parent.set_state(state['parent'])
-    self._num_corrupt = state['num_corrupt']
-
-
-class _SkipCorruptIterDataset(grain.IterDataset):
-
-  def __init__(self, parent, limit, description):
-    super().__init__(parent)
-    self._limit = limit
-    self._description = description
-
-  def __iter__(self):
-    return _SkipCorruptIterator(
-        self._parent.__iter__(), self._limit, self._description)
-
-
-class CountingIterator(grain.DatasetIterator):
+class CountingIterator(_CorruptCountingIterator):
   """Batch iterator that also tracks the corrupt records met so far."""
-
-  def __init__(self, parent, limit, description):
-    super().__init__(parent)
-    self._limit = limit
-    self._description = description
-    self._num_corrupt = 0
+  _STATE_KEY = 'num_corrupt_records'
 
   def __next__(self):
     batch = dict(next(self._parent))
@@ -228,26 +215,17 @@ class CountingIterator(grain.DatasetIterator):
     """Counters for the trainer's logs: {'num_corrupt_records': int}."""
     return {'num_corrupt_records': self._num_corrupt}
 
-  def get_state(self):
-    return {'parent': self._parent.get_state(),
-            'num_corrupt_records': self._num_corrupt}
 
-  def set_state(self, state):
-    self._parent.set_state(state['parent'])
-    self._num_corrupt = state['num_corrupt_records']
+class _CountingIterDataset(grain.IterDataset):
+  """An IterDataset whose iterator is `iterator_cls(parent, limit, description)`."""
 
-
-class ImageBatches(grain.IterDataset):
-  """The pipeline's last stage; `iter()` gives a `CountingIterator`."""
-
-  def __init__(self, parent, limit, description):
+  def __init__(self, parent, limit, description, iterator_cls):
     super().__init__(parent)
-    self._limit = limit
-    self._description = description
+    self._args = (limit, description)
+    self._iterator_cls = iterator_cls
 
   def __iter__(self):
-    return CountingIterator(
-        self._parent.__iter__(), self._limit, self._description)
+    return self._iterator_cls(self._parent.__iter__(), *self._args)
 
 
 def _to_float(batch):
@@ -277,7 +255,7 @@ def create_image_dataset(data_config, *, split, global_batch_size, seed, train,
     process_count: number of hosts; defaults to `jax.process_count()`.
 
   Returns:
-    An `ImageBatches` grain IterDataset. `iter()` of it is a
+    A grain IterDataset. `iter()` of it is a
     `CountingIterator` (a grain DatasetIterator with `stats()`).
   """
   if process_index is None:
@@ -305,9 +283,9 @@ def create_image_dataset(data_config, *, split, global_batch_size, seed, train,
       prefetch_buffer_size=data_config.prefetch))
   limit = data_config.max_corrupt_records
   if train:
-    ds = _SkipCorruptIterDataset(ds, limit, description)
+    ds = _CountingIterDataset(ds, limit, description, _SkipCorruptIterator)
   ds = ds.batch(local_batch_size, drop_remainder=True).map(_to_float)
   if data_config.num_workers:
     ds = ds.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=data_config.num_workers))
-  return ImageBatches(ds, limit, description)
+  return _CountingIterDataset(ds, limit, description, CountingIterator)
