@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import titok_config
+from helpers import titok_config
 from vwt_jax.models import titok as titok_lib
 from vwt_jax.training import titok as titok_trainer
 

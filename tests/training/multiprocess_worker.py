@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(__file__)))
 
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from conftest import tiny_titok_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from helpers import tiny_titok_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vwt_jax import main as main_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from vwt_jax.core import distributed  # pylint: disable=g-import-not-at-top,wrong-import-position
 

@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from conftest import tiny_titok_config
+from helpers import tiny_titok_config
 from vwt_jax.data import pipeline
 
 WORKER = os.path.join(os.path.dirname(__file__), "multiprocess_worker.py")

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_titok_config
+from helpers import tiny_titok_config
 from vwt_jax import main as main_lib
 from vwt_jax.core import checkpoint as checkpoint_lib
 from vwt_jax.core import sharding

@@ -13,6 +13,7 @@ the official losses are, so the recipe's loss weights carry over.
 
 import functools
 import os
+import time
 from typing import Any
 
 from absl import logging
@@ -436,9 +437,15 @@ class TiTokTrainer:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains TiTok and writes `summary.txt` next to the checkpoints."""
+  start = time.time()
   trainer = TiTokTrainer(config, workdir)
   result = loop.train_and_evaluate(trainer, workdir)
-  lines = [f"TiTok {config.variant} ({config.recipe}) trained to step {result['step']}"]
+  lines = [f"TiTok {config.variant} ({config.recipe}) trained to step {result['step']} "
+           f"in {time.time() - start:.0f} s on {jax.device_count()} "
+           f"{jax.devices()[0].platform} device(s)"]
+  if "psnr" in result["eval"]:
+    lines.append(f"held-out PSNR: {result['eval']['psnr']:.2f} dB over "
+                 f"{int(result['eval']['num_images'])} images (reconstructions.png)")
   lines += [f"train {k}: {v:.6g}" for k, v in sorted(result["train"].items())]
   lines += [f"eval {k}: {v:.6g}" for k, v in sorted(result["eval"].items())]
   summary = "\n".join(lines) + "\n"
