@@ -45,7 +45,7 @@ def test_two_processes_train_checkpoint_and_resume(shapes_dir, tmp_path):
   assert [int(step) for _, step, _ in first] == [2, 2]
   # Every process holds its own grain iterator state in the checkpoint.
   data_state = tmp_path / "checkpoints" / "2" / "data_iter"
-  assert sorted(os.listdir(data_state)) == ["process_0-of-2.json", "process_1-of-2.json"]
+  assert {"process_0-of-2.json", "process_1-of-2.json"} <= set(os.listdir(data_state))
 
   resumed = _launch(shapes_dir, tmp_path, 4)
   assert [int(step) for _, step, _ in resumed] == [4, 4]
