@@ -130,10 +130,28 @@ def test_sharded_step_matches_single_device(shapes_dir):
   # The parameters really are split as the logical rules say.
   kernel = state8["params"]["encoder"]["transformer_0"]["mlp"]["c_fc"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  assert trainer8.state_shardings["opt_state"] is not None
+  # Adam's moments follow their parameter; the step counters are replicated.
+  specs = {s.spec for s in jax.tree.leaves(trainer8.state_shardings["opt_state"])}
+  assert jax.sharding.PartitionSpec("fsdp", "tensor") in specs
+  assert jax.sharding.PartitionSpec() in specs
 
 
-def test_vae_and_stage1_recipes_train(shapes_dir, tmp_path, monkeypatch):
+def test_gradient_accumulation_matches_one_big_batch(shapes_dir):
+  # No codebook restart: it sees the last micro-batch's codes only.
+  config = tiny_titok_config(shapes_dir, **{"model.dead_code_threshold": 0.0})
+  rng = np.random.default_rng(1)
+  batch = {"image": rng.uniform(-1, 1, (8, 16, 16, 3)).astype(np.float32),
+           "label": np.arange(8, dtype=np.int32)}
+  mesh = sharding.create_mesh((2, 2, 2))
+  _, state1, m1 = _one_step(config, mesh, batch)
+  config.grad_accum_steps = 2
+  _, state2, m2 = _one_step(config, mesh, batch)
+  np.testing.assert_allclose(m2["loss"], m1["loss"], rtol=1e-5)
+  chex.assert_trees_all_close(jax.device_get(state2["params"]),
+                              jax.device_get(state1["params"]), atol=1e-5)
+
+
+def test_vae_stage1_and_stage2_recipes_train(shapes_dir, tmp_path, monkeypatch):
   vae = tiny_titok_config(shapes_dir, total_steps=2, eval_every=2,
                           **{"model.quantize_mode": "vae"})
   result = main_lib.run(vae, str(tmp_path / "vae"))
@@ -157,6 +175,24 @@ def test_vae_and_stage1_recipes_train(shapes_dir, tmp_path, monkeypatch):
   result = main_lib.run(stage1, str(tmp_path / "stage1"))
   assert 0 < result["train"]["proxy_ce"] < 20
   assert os.path.exists(tmp_path / "stage1" / "reconstructions.png")
+
+  # Stage 2 starts from stage 1 plus the teacher's decoder, and trains only
+  # the decoders.
+  stage2 = tiny_titok_config(shapes_dir, arg="tiny,recipe=stage2", total_steps=2,
+                             eval_every=0, init_from=str(tmp_path / "stage1"),
+                             **{"teacher.checkpoint": "teacher.bin",
+                                "optimizer.warmup_steps": 1})
+  stage2.teacher.update(dict(hidden_channels=32, channel_mult=(1, 2, 2)))
+  stage2.model.pixel_decoder.update(dict(hidden_channels=32, channel_mult=(1, 2, 2)))
+  stage2.model.dec_patch_size = 4
+  result = main_lib.run(stage2, str(tmp_path / "stage2"))
+  before = checkpoint_lib.load_state_subtree(str(tmp_path / "stage1"), "ema_params")
+  after = checkpoint_lib.load_state_subtree(str(tmp_path / "stage2"), "params")
+  chex.assert_trees_all_close(after["encoder"], before["encoder"])
+  chex.assert_trees_all_close(after["latent_tokens"], before["latent_tokens"])
+  assert not np.allclose(after["decoder"]["ln_post"]["scale"],
+                         before["decoder"]["ln_post"]["scale"])
+  assert np.isfinite(result["train"]["reconstruction_loss"])
 
 
 def test_init_from_and_reconstruct_command(shapes_dir, tmp_path):

@@ -25,14 +25,33 @@ def init_params(module: nn.Module, rng, *args, mesh, rules, **kwargs):
   return boxed, shardings, lambda rng: nn.meta.unbox(init(rng))
 
 
+def _key_names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
                         param_shardings: Any, mesh) -> Any:
-  """Optimizer moments shard like their parameters; counters are replicated."""
+  """Optimizer moments shard like their parameters; counters are replicated.
+
+  An optimizer-state leaf belongs to the parameter whose path ends its own
+  path (`.../mu/encoder/ln_pre/scale`), which holds through every optax
+  wrapper (chains, masks, multi_transform).
+  """
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  return optax.tree_map_params(
-      tx, lambda _, s: s, abstract_opt, param_shardings,
-      transform_non_params=lambda _: sharding_lib.replicated(mesh),
-      is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))
+  flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+  flat_shardings = jax.tree.leaves(param_shardings)
+  by_path = {_key_names(path): (leaf.shape, sharding)
+             for (path, leaf), sharding in zip(flat_params, flat_shardings)}
+
+  def pick(path, leaf):
+    keys = _key_names(path)
+    for start in range(len(keys)):
+      match = by_path.get(keys[start:])
+      if match is not None and match[0] == leaf.shape:
+        return match[1]
+    return sharding_lib.replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
 
 
 def accumulate_gradients(loss_and_grad: Callable, params: Any, batch: Any, rng,
