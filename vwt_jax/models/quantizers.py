@@ -75,6 +75,7 @@ class VectorQuantizer(nn.Module):
         "indices": indices,
         "z": z,
         "z_q_raw": z_q_raw,
+        "code_counts": counts,
         "codebook_usage": jnp.mean((counts > 0).astype(jnp.float32)),
         "codebook_perplexity": perplexity,
     }
@@ -123,11 +124,12 @@ class DiagonalGaussian:
 
 
 def restart_dead_codes(codebook: jax.Array, usage: jax.Array, latents: jax.Array,
-                       indices: jax.Array, rng: jax.Array, *, decay: float,
+                       code_counts: jax.Array, rng: jax.Array, *, decay: float,
                        threshold: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Replaces codes nobody uses by latents of the current batch.
 
-  `usage` is an EMA of the fraction of tokens assigned to each code. A code
+  `usage` is an EMA of the fraction of tokens assigned to each code
+  (`code_counts` is the quantizer's per-code count for this batch). A code
   whose usage falls below `threshold / K` is reset to a randomly chosen
   latent (already normalised when the quantizer l2-normalises) and gets a
   fresh usage of 1/K. This is the codebook-expiration trick of SoundStream /
@@ -140,9 +142,7 @@ def restart_dead_codes(codebook: jax.Array, usage: jax.Array, latents: jax.Array
   """
   num_codes = codebook.shape[0]
   flat_latents = latents.reshape(-1, latents.shape[-1]).astype(codebook.dtype)
-  flat_indices = indices.reshape(-1)
-  counts = jnp.zeros((num_codes,), jnp.float32).at[flat_indices].add(1.0)
-  usage = decay * usage + (1.0 - decay) * counts / flat_indices.size
+  usage = decay * usage + (1.0 - decay) * code_counts / flat_latents.shape[0]
   dead = usage < threshold / num_codes
   picks = jax.random.randint(rng, (num_codes,), 0, flat_latents.shape[0])
   codebook = jnp.where(dead[:, None], flat_latents[picks], codebook)

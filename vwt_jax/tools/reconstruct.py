@@ -76,8 +76,6 @@ def image_batches(pattern: str, image_size: int, batch_size: int):
 
 def reconstruct(config, checkpoint: str, output: str, num_images: int,
                 images: str | None = None) -> dict:
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.init_from = checkpoint
   trainer = titok_trainer.TiTokTrainer(config, os.path.dirname(os.path.abspath(output)))
   params = jax.device_put(
       titok_trainer.load_pretrained(checkpoint, config), trainer.param_shardings)

@@ -24,8 +24,13 @@ def learning_rate_schedule(config: ml_collections.ConfigDict, total_steps: int) 
       f"optimizer.schedule={config.schedule!r}: expected 'cosine' or 'constant'")
 
 
+def path_keys(path) -> tuple[str, ...]:
+  """The key names of a pytree path (dict keys, attribute names, list indices)."""
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
 def path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+  return "/".join(path_keys(path))
 
 
 def weight_decay_mask(params: Any, exclude_patterns) -> Any:

@@ -327,7 +327,7 @@ class TiTokTrainer:
       metrics.update(codebook_usage=aux["codebook_usage"],
                      codebook_perplexity=aux["codebook_perplexity"])
     metrics["loss"] = loss
-    extras = {"recon": recon, **{k: aux[k] for k in ("z", "indices") if k in aux}}
+    extras = {"recon": recon, **{k: aux[k] for k in ("z", "code_counts") if k in aux}}
     return loss, (metrics, extras)
 
   def _train_step_fn(self, state, batch, rng, frozen):
@@ -348,7 +348,7 @@ class TiTokTrainer:
       new = dict(state, step=step + 1, params=params, opt_state=opt_state)
       if self.restart_codes:
         codebook, new["code_usage"], restarted = quantizers.restart_dead_codes(
-            params["quantize"]["embedding"], state["code_usage"], extras["z"], extras["indices"],
+            params["quantize"]["embedding"], state["code_usage"], extras["z"], extras["code_counts"],
             jax.random.fold_in(rng, 1), decay=config.model.dead_code_decay,
             threshold=config.model.dead_code_threshold)
         new["params"] = dict(params, quantize=dict(params["quantize"], embedding=codebook))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import optax
 
 from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.training import optimizer as optimizer_lib
 
 
 def init_params(module: nn.Module, rng, *args, mesh, rules, **kwargs):
@@ -25,10 +26,6 @@ def init_params(module: nn.Module, rng, *args, mesh, rules, **kwargs):
   return boxed, shardings, lambda rng: nn.meta.unbox(init(rng))
 
 
-def _key_names(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
                         param_shardings: Any, mesh) -> Any:
   """Optimizer moments shard like their parameters; counters are replicated.
@@ -40,11 +37,11 @@ def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
   flat_shardings = jax.tree.leaves(param_shardings)
-  by_path = {_key_names(path): (leaf.shape, sharding)
+  by_path = {optimizer_lib.path_keys(path): (leaf.shape, sharding)
              for (path, leaf), sharding in zip(flat_params, flat_shardings)}
 
   def pick(path, leaf):
-    keys = _key_names(path)
+    keys = optimizer_lib.path_keys(path)
     for start in range(len(keys)):
       match = by_path.get(keys[start:])
       if match is not None and match[0] == leaf.shape:
