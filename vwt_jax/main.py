@@ -22,6 +22,8 @@ FLAGS = flags.FLAGS
 
 TRAINERS = {
     "titok": "vwt_jax.training.titok",
+    "vqgan": "vwt_jax.training.vqgan",
+    "generator": "vwt_jax.training.generator",
 }
 
 
