@@ -100,6 +100,9 @@ def load_state_subtree(path: str, key: str = "params") -> Any:
   needed to read the arrays, which are then placed by the caller.
   """
   step_dir, _ = latest_checkpoint_dir(path)
+  if "://" not in step_dir:
+    # orbax finds no metadata under a relative path (it returns None).
+    step_dir = os.path.abspath(step_dir)
   with ocp.PyTreeCheckpointer() as ckptr:
     metadata = ckptr.metadata(os.path.join(step_dir, STATE))
     tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata

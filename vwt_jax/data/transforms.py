@@ -49,6 +49,49 @@ def center_crop(image, size):
   return image[top:top + size, left:left + size]
 
 
+def center_crop_arr(image, size):
+  """ADM's `center_crop_arr`: the crop LlamaGen extracts its codes from.
+
+  Halves the image with a box filter while its shorter side is at least twice
+  `size`, resizes the shorter side to `size` (bicubic), then center-crops with
+  floored offsets. Differs slightly from `resize_shorter_side` + `center_crop`
+  (the TiTok eval crop) because of the box-filter halving.
+  """
+  pil = Image.fromarray(image)
+  while min(pil.size) >= 2 * size:
+    pil = pil.resize(tuple(x // 2 for x in pil.size), Image.Resampling.BOX)
+  scale = size / min(pil.size)
+  pil = pil.resize(tuple(round(x * scale) for x in pil.size),
+                   Image.Resampling.BICUBIC)
+  return center_crop(np.asarray(pil), size)
+
+
+def five_crop(image, size):
+  """torchvision's FiveCrop: (top-left, top-right, bottom-left, bottom-right,
+  center) crops of `size`.
+
+  The center offsets round half to even (torchvision's `center_crop`), unlike
+  the floored `center_crop`; they differ when the margin is odd.
+  """
+  height, width = image.shape[:2]
+  if size > min(height, width):
+    raise ValueError(
+        f'crop size {size} exceeds the image size {height}x{width}')
+  top, left = round((height - size) / 2), round((width - size) / 2)
+  return (image[:size, :size], image[:size, width - size:],
+          image[height - size:, :size], image[height - size:, width - size:],
+          image[top:top + size, left:left + size])
+
+
+def ten_crop(image, size):
+  """torchvision's TenCrop: `five_crop` of the image, then of its mirror.
+
+  The 6th crop is the mirror's top-left corner, i.e. the flipped top-right
+  crop of the original (and so on), as in LlamaGen's code extraction.
+  """
+  return five_crop(image, size) + five_crop(image[:, ::-1], size)
+
+
 def random_crop(image, size, rng):
   height, width = image.shape[:2]
   top = rng.integers(height - size + 1)

@@ -1,0 +1,227 @@
+r"""Encodes an image dataset with a trained tokenizer into a code dataset.
+
+  # LlamaGen's c2i recipe: ten crops at two crop ranges (20 augmentations)
+  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
+      --output /tmp/codes --views ten_crop --crop_range 1.1
+  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
+      --output /tmp/codes_105 --views ten_crop --crop_range 1.05
+  # a held-out split next to the training codes (same views: one directory
+  # has one metadata; evaluation reads the centre view)
+  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
+      --output /tmp/codes --split validation
+  # explicit config, e.g. to read the images from elsewhere
+  python -m vwt_jax.tools.extract_codes --config configs/titok.py:tiny \
+      --config.data.data_dir /data/tfds --checkpoint /tmp/titok_tiny --output /tmp/codes
+
+Without --config, the config.json of the --checkpoint run is used. Images are
+the raw records of `config.data` (`pipeline.open_source`), cropped into the
+views of `codes.make_views`; corrupt images are skipped, logged and counted
+(at most `config.data.max_corrupt_records`). The output is read by
+`codes.create_code_dataset`. The tokenizer is whatever
+`tokenizers.load_tokenizer` builds for `config.trainer`, run in float32 at
+full matmul precision (nearest-code lookups flip on bf16/TF32 rounding).
+"""
+
+import json
+import math
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+from tqdm import tqdm
+
+from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.data import codes as codes_lib
+from vwt_jax.data import pipeline
+from vwt_jax.data import transforms
+from vwt_jax.training import tokenizers
+
+FLAGS = flags.FLAGS
+
+
+def _float32(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` computing in float32, whatever the training compute dtype."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.compute_dtype = "float32"
+  return config
+
+
+class _ReadViews:
+  """(position, record index) -> every view of one image, for `record_batches`."""
+
+  def __init__(self, source, description, *, views, image_size, crop_range):
+    self._source = source
+    self._description = description
+    self._views = views
+    self._image_size = image_size
+    self._crop_range = crop_range
+    self._num_views = codes_lib.VIEW_SETS[views][0]
+
+  def _padding(self, num_corrupt):
+    size = self._image_size
+    return {"image": np.zeros((self._num_views, size, size, 3), np.uint8),
+            "label": np.int32(0), "index": np.int32(-1), "mask": np.False_,
+            pipeline.CORRUPT_KEY: np.int32(num_corrupt)}
+
+  def __call__(self, position, record_index):
+    del position  # Extraction is deterministic.
+    if record_index >= len(self._source):
+      return self._padding(num_corrupt=0)
+    record = self._source[record_index]
+    data = record["image"]
+    try:
+      image = data if isinstance(data, np.ndarray) else transforms.decode_image(data)
+    except transforms.CorruptRecordError as e:
+      logging.warning("Corrupt record %d of %s, skipped: %s", record_index,
+                      self._description, e)
+      return self._padding(num_corrupt=1)
+    return {"image": codes_lib.make_views(image, self._views, self._image_size,
+                                          self._crop_range),
+            "label": np.int32(record["label"]), "index": np.int32(record_index),
+            "mask": np.True_, pipeline.CORRUPT_KEY: np.int32(0)}
+
+
+def _write(writer: codes_lib.CodeDatasetWriter, codes: jax.Array, batch) -> None:
+  """Adds the real (unmasked) images of one encoded batch."""
+  meta = writer.metadata
+  codes = np.asarray(codes).reshape(len(batch["mask"]), meta.num_views, *meta.code_shape)
+  for i in np.flatnonzero(batch["mask"]):
+    writer.add(codes[i], int(batch["label"][i]), index=int(batch["index"][i]))
+
+
+def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: str, *,
+                  split: str | None = None, views: str = "ten_crop",
+                  crop_range: float = 1.1, batch_size: int = 64,
+                  output_split: str | None = None,
+                  shard_size: int = codes_lib.DEFAULT_SHARD_SIZE,
+                  precision: str = "highest") -> dict:
+  """Writes the codes of every image of `split` to the code dataset `output`.
+
+  Args:
+    config: the tokenizer's training config (`config.trainer` picks the
+      tokenizer family, `config.data` the images, `config.mesh_shape` the mesh).
+    checkpoint: a run dir / step dir of ours, or an official state dict.
+    output: code dataset directory (other splits may already be there).
+    split: tfds split of `config.data` (slices allowed); default its train_split.
+    views: 'center', 'flip' or 'ten_crop' (see `codes.make_views`).
+    crop_range: ten_crop's pre-crop scale (ignored by the other view sets).
+    batch_size: images per encode step (each with all its views); rounded up
+      so that its views divide over the data-parallel devices.
+    output_split: split name in the code dataset; default `split` without its
+      slice ('train[:1000]' -> 'train').
+    shard_size: records per ArrayRecord file.
+    precision: matmul precision of the encoder.
+
+  Returns:
+    Summary: records written, views, code shape, seconds, corrupt skipped, ...
+  """
+  start = time.time()
+  if jax.process_count() > 1:
+    raise NotImplementedError(
+        "extract_codes writes one dataset from one process: run it on a single host "
+        "(it uses all of that host's devices)")
+  if views not in codes_lib.VIEW_SETS:
+    raise ValueError(f"views={views!r}: expected one of {sorted(codes_lib.VIEW_SETS)}")
+  split = split or config.data.train_split
+  output_split = output_split or split.split("[")[0]
+  if views != "ten_crop":
+    crop_range = 1.0
+  num_views = codes_lib.VIEW_SETS[views][0]
+
+  mesh = sharding_lib.create_mesh(config.mesh_shape)
+  tokenizer = tokenizers.load_tokenizer(checkpoint, _float32(config), mesh)
+  dp = sharding_lib.data_parallel_size(mesh)
+  multiple = dp // math.gcd(dp, num_views)
+  rounded = -(-batch_size // multiple) * multiple
+  if rounded != batch_size:
+    logging.info("batch_size %d -> %d so %d views each divide over %d devices",
+                 batch_size, rounded, num_views, dp)
+
+  # One padded pass in record order, whatever the config says about eval.
+  data_config = ml_collections.ConfigDict(config.data.to_dict())
+  data_config.eval_drop_remainder = False
+  source, description = pipeline.open_source(data_config, split)
+  read = _ReadViews(source, description, views=views, image_size=tokenizer.image_size,
+                    crop_range=crop_range)
+  iterator = iter(pipeline.record_batches(
+      data_config, read, len(source), description=description, finalize=pipeline.batch_to_float,
+      global_batch_size=rounded, seed=0, train=False, process_index=0, process_count=1))
+
+  metadata = codes_lib.CodeMetadata(
+      tokenizer=tokenizer.kind, code_shape=tokenizer.code_shape,
+      vocab_size=tokenizer.vocab_size, num_classes=pipeline.num_classes(config.data),
+      views=views, crop_range=crop_range, image_size=tokenizer.image_size,
+      source={**tokenizers.describe(tokenizer, checkpoint), "config": config.to_dict()})
+  size = tokenizer.image_size
+
+  pending = None
+  with codes_lib.CodeDatasetWriter(output, metadata, split=output_split,
+                                   shard_size=shard_size) as writer, \
+      tqdm(total=len(source), desc=f"extract {split}", unit="img") as bar:
+    for batch in iterator:
+      images = sharding_lib.host_batch_to_global(
+          batch["image"].reshape(-1, size, size, 3), mesh)
+      with jax.default_matmul_precision(precision):
+        codes = tokenizer.encode(images)  # Dispatched asynchronously...
+      if pending is not None:
+        _write(writer, *pending)  # ...while the previous batch is written.
+      pending = (codes, batch)
+      bar.update(min(rounded, len(source) - bar.n))
+    if pending is not None:
+      _write(writer, *pending)
+    num_corrupt = iterator.stats()["num_corrupt_records"]
+    writer.close(source_split=split, dataset=description, num_corrupt=num_corrupt)
+
+  seconds = time.time() - start
+  summary = {
+      "output": output, "split": output_split, "records": writer.num_records,
+      "views": views, "num_views": num_views, "crop_range": crop_range,
+      "code_shape": list(tokenizer.code_shape), "vocab_size": tokenizer.vocab_size,
+      "corrupt_skipped": num_corrupt, "seconds": round(seconds, 2),
+      "images_per_second": round(writer.num_records / max(seconds, 1e-9), 1),
+  }
+  logging.info("wrote %d records (%d views each) of %s to %s in %.1f s", writer.num_records,
+               num_views, description, output, seconds)
+  print(json.dumps(summary))
+  return summary
+
+
+def define_flags():
+  # Defined on demand, like the other commands, so importing defines nothing.
+  config_flags.DEFINE_config_file(
+      "config", None, "Tokenizer config; defaults to the config.json of the --checkpoint "
+      "run.", lock_config=True)
+  flags.DEFINE_string("checkpoint", None, "A run folder, a step folder, or an official "
+                      "state dict file.")
+  flags.DEFINE_string("output", None, "Code dataset directory to write.")
+  flags.DEFINE_string("split", None, "tfds split to encode; default config.data.train_split.")
+  flags.DEFINE_string("output_split", None, "Split name in the code dataset; default the "
+                      "tfds split without its slice.")
+  flags.DEFINE_enum("views", "ten_crop", sorted(codes_lib.VIEW_SETS), "Augmented views.")
+  flags.DEFINE_float("crop_range", 1.1, "ten_crop: centre-crop to image_size * crop_range "
+                     "first (LlamaGen: 1.1 and 1.05).")
+  flags.DEFINE_integer("batch_size", 64, "Images per encode step.")
+  flags.DEFINE_integer("shard_size", codes_lib.DEFAULT_SHARD_SIZE, "Records per file.")
+  flags.DEFINE_enum("precision", "highest", ["default", "high", "highest"],
+                    "Encoder matmul precision.")
+  flags.mark_flags_as_required(["checkpoint", "output"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
+  extract_codes(config, FLAGS.checkpoint, FLAGS.output, split=FLAGS.split,
+                views=FLAGS.views, crop_range=FLAGS.crop_range, batch_size=FLAGS.batch_size,
+                output_split=FLAGS.output_split, shard_size=FLAGS.shard_size,
+                precision=FLAGS.precision)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
