@@ -15,16 +15,25 @@ $(VENV)/.installed: setup.py
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-# Trains the tiny TiTok on the embedded synthetic shapes (generated on the
-# first run) and leaves checkpoints, metrics, reconstructions.png and
-# summary.txt in $(DEMO_DIR)/run.
+# The whole pipeline on the embedded synthetic shapes (generated on the first
+# run): train the tiny TiTok tokenizer, extract its 32-token codes, train a
+# tiny class-conditional LlamaGen GPT on them, and sample one row per class.
+# Leaves checkpoints, metrics, reconstructions.png, samples.png and summaries
+# under $(DEMO_DIR).
 demo: venv
-	rm -rf $(DEMO_DIR)/run
+	rm -rf $(DEMO_DIR)/tokenizer $(DEMO_DIR)/codes $(DEMO_DIR)/generator
 	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main \
 	  --config configs/titok.py:tiny \
 	  --config.data.data_dir $(DEMO_DIR)/data \
-	  --workdir $(DEMO_DIR)/run
-	@cat $(DEMO_DIR)/run/summary.txt
+	  --workdir $(DEMO_DIR)/tokenizer
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.extract_codes \
+	  --checkpoint $(DEMO_DIR)/tokenizer --views flip --output $(DEMO_DIR)/codes
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main \
+	  --config configs/llamagen.py:tiny \
+	  --config.data.dir $(DEMO_DIR)/codes \
+	  --workdir $(DEMO_DIR)/generator
+	cp $(DEMO_DIR)/tokenizer/reconstructions.png $(DEMO_DIR)/generator/samples.png $(DEMO_DIR)/
+	@cat $(DEMO_DIR)/tokenizer/summary.txt $(DEMO_DIR)/generator/summary.txt
 
 test: venv
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q $(PYTEST_ARGS)

@@ -4,13 +4,29 @@ import importlib.util
 import os
 
 
-def titok_config(arg):
-  """`configs/titok.py:arg`, loaded the way `--config` loads it."""
+def load_config(filename, arg):
+  """`configs/<filename>:arg`, loaded the way `--config` loads it."""
   spec = importlib.util.spec_from_file_location(
-      "titok_config", os.path.join(os.path.dirname(__file__), "..", "configs", "titok.py"))
+      filename[:-3], os.path.join(os.path.dirname(__file__), "..", "configs", filename))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def titok_config(arg):
+  """`configs/titok.py:arg`, loaded the way `--config` loads it."""
+  return load_config("titok.py", arg)
+
+
+def _apply_overrides(config, overrides):
+  """Sets dotted `overrides` ('a.b': value) on `config`."""
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      target = target[p]
+    target[leaf] = value
+  return config
 
 
 def tiny_titok_config(data_dir, **overrides):
@@ -27,10 +43,53 @@ def tiny_titok_config(data_dir, **overrides):
   config.discriminator.update(dict(hidden_channels=8, channel_mults=(1, 2), norm_groups=4,
                                    pool_size=2))
   config.losses.update(dict(discriminator_weight=0.01, discriminator_start=0))
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      target = target[p]
-    target[leaf] = value
-  return config
+  return _apply_overrides(config, overrides)
+
+
+def tiny_vqgan_config(data_dir, **overrides):
+  """The `tiny` LlamaGen VQGAN config shrunk so a train step compiles in seconds."""
+  config = load_config("llamagen_vq.py", overrides.pop("arg", "tiny"))
+  # No ResNet blocks in the encoder levels (the decoder keeps one per level):
+  # XLA:CPU compiles this model's train step slowly.
+  config.model.update(dict(ch=32, ch_mult=(1, 2), num_res_blocks=0, z_channels=32,
+                           codebook_size=64))
+  config.data.update(dict(data_dir=str(data_dir), image_size=16, num_workers=0))
+  config.data.synthetic.update(dict(num_train=64, num_validation=16))
+  config.update(dict(total_steps=4, global_batch_size=8, log_every=2, eval_every=0,
+                     checkpoint_every=2, async_checkpointing=False))
+  config.eval.update(dict(num_images=8, batch_size=8, grid_images=4))
+  config.discriminator.update(dict(ndf=8, n_layers=2))
+  config.losses.update(dict(discriminator_weight=0.5, discriminator_start=0))
+  return _apply_overrides(config, overrides)
+
+
+def save_random_titok_run(config, workdir):
+  """A TiTok run folder as the trainer leaves it, with random (untrained) parameters.
+
+  Returns (model, params). Random values of the right shapes: compiling
+  `model.init` would cost seconds.
+  """
+  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from vwt_jax import main as main_lib
+  from vwt_jax.core import checkpoint as checkpoint_lib
+  from vwt_jax.models import titok as titok_lib
+  from vwt_jax.training import titok as titok_trainer
+  # pylint: enable=g-import-not-at-top
+  model = titok_lib.TiTok(titok_trainer.model_config(config))
+  size = config.data.image_size
+  abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0),
+                                          jnp.zeros((1, size, size, 3)))["params"])
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype), abstract)
+  main_lib.save_config(config, workdir)
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), save_interval_steps=1, max_to_keep=1,
+      async_save=False)
+  checkpointer.save(3, {"step": np.int32(3), "params": params, "ema_params": params},
+                    force=True)
+  checkpointer.close()
+  return model, params

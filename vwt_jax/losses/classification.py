@@ -13,3 +13,19 @@ def proxy_code_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)
   return -jnp.mean(picked)
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array,
+                        valid: jax.Array | None = None) -> jax.Array:
+  """Next-token cross-entropy of `logits` (B, L, V) against int `targets` (B, L).
+
+  Without `valid`: the mean over all positions. With a per-sample `valid`
+  (B,) weight (LlamaGen t2i), Σ(CE·valid) / max(Σvalid, 1) where both sums run
+  over every position, so invalid samples contribute nothing.
+  """
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  ce = -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  if valid is None:
+    return jnp.mean(ce)
+  weights = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None], ce.shape)
+  return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)

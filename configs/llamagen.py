@@ -1,0 +1,142 @@
+r"""LlamaGen autoregressive image generators (arXiv 2406.06525) over tokenizer codes.
+
+The generator trains on a code dataset written by `vwt_jax.tools.extract_codes`
+(2D VQGAN grids or TiTok's 1D sequences; the sequence length, vocabulary,
+class count and the RoPE layout come from that dataset's metadata.json).
+
+  # extract codes with a trained tokenizer, then train a generator on them
+  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/vq16 --views ten_crop \
+      --output gs://bucket/codes/imagenet_vq16_384
+  python -m vwt_jax.main --config configs/llamagen.py:B \
+      --config.data.dir gs://bucket/codes/imagenet_vq16_384 --workdir gs://bucket/gpt_b
+  # the CPU demo: tiny GPT over the tiny TiTok's 32 tokens of the synthetic shapes
+  python -m vwt_jax.main --config configs/llamagen.py:tiny \
+      --config.data.dir demo_workdir/codes --workdir demo_workdir/generator
+  # sample from a run (or from converted official weights, see README)
+  python -m vwt_jax.sample --checkpoint gs://bucket/gpt_b --classes 207,360 --cfg 4.0
+
+The argument is `VARIANT[,cond=c2i|t2i]`. Variants: tiny (CPU demo), B (111M),
+L (343M), XL (775M), XXL (1.4B), 3B (3.1B; head_dim 100), with the paper's
+batch size and learning rate per size (maintainers' issue #8).
+"""
+
+import ml_collections
+
+from vwt_jax.core import sharding
+from vwt_jax.data import codes
+from vwt_jax.models import gpt
+from vwt_jax.training import optimizer
+
+# name: (global batch, lr) of the released c2i models (maintainers' issue #8);
+# layers, heads and width come from `gpt.GPT_VARIANTS`.
+RECIPES = {
+    "B": (256, 1e-4),
+    "L": (256, 1e-4),
+    "XL": (256, 2e-4),
+    "XXL": (512, 2e-4),
+    "3B": (512, 2e-4),
+}
+# The demo class labels of the official `sample_c2i.py`.
+DEMO_CLASSES = (207, 360, 387, 974, 88, 979, 417, 279)
+
+
+def _parse(arg):
+  parts = [p for p in (arg or "tiny").split(",") if p]
+  options = dict(p.split("=", 1) for p in parts[1:])
+  unknown = set(options) - {"cond"}
+  if unknown:
+    raise ValueError(f"configs/llamagen.py: unknown option(s) {sorted(unknown)}; "
+                     "expected VARIANT[,cond=c2i|t2i]")
+  return parts[0], options
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant, options = _parse(arg)
+  if variant != "tiny" and variant not in RECIPES:
+    raise ValueError(f"configs/llamagen.py: unknown variant {variant!r}; expected "
+                     f"'tiny' or one of {sorted(RECIPES)}")
+  cond = options.get("cond", "c2i")
+  if cond not in ("c2i", "t2i"):
+    raise ValueError(f"configs/llamagen.py: cond={cond!r}: expected c2i or t2i")
+
+  c = ml_collections.ConfigDict()
+  c.trainer = "generator"
+  c.variant = variant
+  c.seed = 0
+  c.total_steps = 1_500_000
+  c.global_batch_size = 256
+  c.grad_accum_steps = 1
+  c.compute_dtype = "bfloat16"
+  c.param_dtype = "float32"
+  c.mesh_shape = (-1, 1, 1)
+  c.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
+  c.log_every = 100
+  c.eval_every = 10_000
+  c.checkpoint_every = 5_000
+  c.max_checkpoints_to_keep = 3
+  c.async_checkpointing = True
+  # Our run folder or an official c2i/t2i state dict to start from.
+  c.init_from = ""
+  c.ema_decay = 0.0  # The official runs keep no EMA by default.
+
+  c.data = codes.default_codes_data_config()
+
+  # GPT architecture (`ModelArgs`). vocab_size, block_size and num_classes left
+  # at 0 and rope='auto' are read from the code dataset's metadata: 2D RoPE
+  # over VQGAN grids, 1D over TiTok sequences.
+  c.model = ml_collections.ConfigDict(dict(
+      arch="gpt",
+      n_layer=12, n_head=12, dim=768, n_kv_head=0, multiple_of=256,
+      ffn_dim_multiplier=0.0, rope_base=10000.0, norm_eps=1e-5,
+      vocab_size=0, block_size=0, num_classes=0,
+      rope="auto",
+      class_dropout_prob=0.1, model_type=cond, caption_dim=2048,
+      cls_token_num=1 if cond == "c2i" else 120,
+      token_dropout_p=0.1, attn_dropout_p=0.0, resid_dropout_p=0.1,
+      ffn_dropout_p=0.1, drop_path_rate=0.0,
+      scan_layers=False, remat=False,
+  ))
+
+  # AdamW, betas (0.9, 0.95), decay 0.05 on every >=2-D weight (embeddings and
+  # the head included), constant lr, clip 1.0: `train_c2i.py`.
+  c.optimizer = optimizer.default_optimizer_config(
+      lr=1e-4, end_lr=1e-4, schedule="constant", warmup_steps=0, b1=0.9, b2=0.95,
+      weight_decay=0.05, grad_clip_norm=1.0, wd_exclude=())
+
+  # Samples written at every evaluation (samples.png: one row per class).
+  c.sampling = ml_collections.ConfigDict(dict(
+      classes=DEMO_CLASSES, per_class=4, cfg_scale=4.0, cfg_interval=-1,
+      temperature=1.0, top_k=2000, top_p=1.0, seed=0))
+  # Held-out next-token loss on the code dataset's eval split.
+  c.eval = ml_collections.ConfigDict(dict(num_batches=8, batch_size=64))
+  # The tokenizer that decodes samples into pixels. Empty: the one recorded in
+  # the code dataset's metadata (its run folder or state dict + config).
+  c.tokenizer = ml_collections.ConfigDict(dict(config="", checkpoint=""))
+
+  if variant == "tiny":
+    c.model.update(dict(n_layer=4, n_head=4, dim=128, token_dropout_p=0.0,
+                        resid_dropout_p=0.0, ffn_dropout_p=0.0))
+    c.total_steps = 2000
+    c.global_batch_size = 64
+    c.compute_dtype = "float32"
+    c.log_every = 100
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+    c.optimizer.update(dict(lr=1e-3, end_lr=1e-4, schedule="cosine", warmup_steps=100))
+    c.sampling.update(dict(classes=tuple(range(10)), per_class=8, cfg_scale=2.0, top_k=0))
+    c.eval.update(dict(num_batches=4, batch_size=64))
+  else:
+    n_layer, n_head, dim = gpt.GPT_VARIANTS[variant]
+    batch, lr = RECIPES[variant]
+    c.model.update(dict(n_layer=n_layer, n_head=n_head, dim=dim))
+    c.global_batch_size = batch
+    c.optimizer.lr = c.optimizer.end_lr = lr
+    if variant in ("XXL", "3B"):
+      # Released with FSDP over every block (`train_c2i_fsdp.py`).
+      c.mesh_shape = (1, -1, 1)
+      c.model.remat = True
+
+  if cond == "t2i":
+    # The text model: FLAN-T5-XL features (2048-d, 120 tokens), cfg 7.5, top-k 1000.
+    c.sampling.update(dict(cfg_scale=7.5, top_k=1000))
+  return c

@@ -1,0 +1,99 @@
+r"""TiTok's MaskGIT generators (ImageBert / UViTBert) over TiTok's 1D codes.
+
+Trains on a code dataset written by `vwt_jax.tools.extract_codes` from a TiTok
+tokenizer (sequence length, codebook size and class count come from its
+metadata.json). Recipe of `configs/training/generator/maskgit.yaml`: AdamW lr
+2e-4, betas (0.9, 0.96), weight decay 0.03, 10k warm-up then cosine to 1e-5,
+500k steps at batch 2048, label smoothing 0.1, unmasked-token weight 0.1,
+class dropout 0.1, EMA.
+
+  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_b64 --views flip \
+      --output gs://bucket/codes/imagenet_titok_b64
+  python -m vwt_jax.main --config configs/maskgit.py:titok_b64 \
+      --config.data.dir gs://bucket/codes/imagenet_titok_b64 --workdir gs://bucket/maskgit_b64
+  # CPU: the tiny ImageBert over the demo's codes
+  python -m vwt_jax.main --config configs/maskgit.py:tiny \
+      --config.data.dir demo_workdir/codes --workdir /tmp/maskgit_tiny
+
+Variants: tiny, titok_l32, titok_b64 (ImageBert), titok_s128 (UViTBert), each
+with the released sampling settings (steps, guidance and its decay,
+randomised temperature).
+"""
+
+import ml_collections
+
+from vwt_jax.core import sharding
+from vwt_jax.data import codes
+from vwt_jax.models import maskgit_generator
+from vwt_jax.sampling import maskgit as maskgit_sampling
+from vwt_jax.training import optimizer
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "tiny"
+  if variant != "tiny" and variant not in maskgit_generator.GENERATOR_VARIANTS:
+    raise ValueError(f"configs/maskgit.py: unknown variant {variant!r}; expected 'tiny' or "
+                     f"one of {sorted(maskgit_generator.GENERATOR_VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.trainer = "generator"
+  c.variant = variant
+  c.seed = 0
+  c.total_steps = 500_000
+  c.global_batch_size = 2048
+  c.grad_accum_steps = 1
+  c.compute_dtype = "bfloat16"
+  c.param_dtype = "float32"
+  c.mesh_shape = (-1, 1, 1)
+  c.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
+  c.log_every = 100
+  c.eval_every = 10_000
+  c.checkpoint_every = 5_000
+  c.max_checkpoints_to_keep = 3
+  c.async_checkpointing = True
+  c.init_from = ""
+  c.ema_decay = 0.999
+
+  c.data = codes.default_codes_data_config()
+
+  # Sizes left at 0 come from the code dataset's metadata.
+  if variant == "tiny":
+    released = maskgit_generator.MaskGitGeneratorConfig(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
+        dropout=0.0, attn_drop=0.0)
+  else:
+    released = maskgit_generator.GENERATOR_VARIANTS[variant]
+  c.model = ml_collections.ConfigDict(dict(
+      arch="maskgit", model_type=released.model_type, hidden_size=released.hidden_size,
+      num_hidden_layers=released.num_hidden_layers,
+      num_attention_heads=released.num_attention_heads,
+      intermediate_size=released.intermediate_size, dropout=released.dropout,
+      attn_drop=released.attn_drop, image_seq_len=0, codebook_size=0, num_classes=0))
+  c.losses = ml_collections.ConfigDict(dict(
+      label_smoothing=0.1, unmasked_weight=0.1, class_dropout=0.1))
+  c.optimizer = optimizer.default_optimizer_config(
+      lr=2e-4, end_lr=1e-5, schedule="cosine", warmup_steps=10_000, b1=0.9, b2=0.96,
+      weight_decay=0.03, grad_clip_norm=1.0)
+
+  preset = maskgit_sampling.SAMPLING_PRESETS.get(variant, maskgit_sampling.SAMPLING_PRESETS[
+      "titok_l32"])
+  c.sampling = ml_collections.ConfigDict(dict(
+      classes=(207, 360, 387, 974, 88, 979, 417, 279), per_class=4, seed=0,
+      num_steps=preset["num_steps"], cfg_scale=preset["guidance_scale"],
+      guidance_decay=preset["guidance_decay"], guidance_scale_pow=preset["guidance_scale_pow"],
+      randomize_temperature=preset["randomize_temperature"],
+      softmax_temperature_annealing=preset["softmax_temperature_annealing"]))
+  c.eval = ml_collections.ConfigDict(dict(num_batches=8, batch_size=64))
+  c.tokenizer = ml_collections.ConfigDict(dict(config="", checkpoint=""))
+
+  if variant == "tiny":
+    c.total_steps = 2000
+    c.global_batch_size = 64
+    c.compute_dtype = "float32"
+    c.eval_every = 1000
+    c.checkpoint_every = 1000
+    c.ema_decay = 0.0
+    c.optimizer.update(dict(lr=1e-3, end_lr=1e-4, warmup_steps=100))
+    c.sampling.update(dict(classes=tuple(range(10)), per_class=8, cfg_scale=2.0,
+                           randomize_temperature=2.0))
+    c.eval.update(dict(num_batches=4, batch_size=64))
+  return c

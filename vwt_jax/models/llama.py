@@ -1,0 +1,214 @@
+"""The LLaMA decoder core: RMSNorm, SwiGLU, interleaved RoPE, GQA attention, KV cache.
+
+Shared by the LlamaGen GPT (`models/gpt.py`) and, later, a captioner's LLM.
+
+Parameter layouts (chosen so tensor parallelism needs no resharding):
+* `attention/wqkv/kernel` is (embed, n_kv_head, q_per_kv + 2, head_dim) with
+  logical axes ('embed', 'heads', None, 'kv'). Slot [:, j, :g] holds the q
+  heads j*g .. j*g+g-1 that share kv head j, slot [:, j, g] holds k head j and
+  [:, j, g+1] v head j. Splitting the 'heads' axis over 'tensor' therefore gives
+  every shard matching q/k/v heads, which a flat (embed, (H+2K)*hd) kernel
+  split column-wise would not. For plain MHA (g=1) this is (embed, H, 3, hd).
+  The official fused (rows [q | k | v], head-major) weight maps onto it with a
+  reshape (see `conversion/llamagen.py`).
+* `attention/wo/kernel` is (heads, head_dim, embed).
+* The KV cache holds n_kv_head heads, (B, S_max, n_kv_head, head_dim); the
+  grouped einsum never materialises repeated kv heads (equivalent to the
+  reference's repeat-interleave, without its n_head-sized cache).
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vwt_jax.models import layers
+
+Dtype = Any
+KVCache = dict[str, jax.Array]
+
+
+def ffn_hidden_dim(dim: int, multiple_of: int = 256,
+                   ffn_dim_multiplier: Optional[float] = None) -> int:
+  """LLaMA's SwiGLU width: int(8*dim/3), optionally scaled, rounded up to `multiple_of`."""
+  hidden = int(2 * 4 * dim / 3)
+  if ffn_dim_multiplier is not None:
+    hidden = int(ffn_dim_multiplier * hidden)
+  return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+def rope_frequencies(num: int, head_dim: int, base: float) -> np.ndarray:
+  """`base^(-2j/head_dim)` for j < num, in float32 like the reference."""
+  exponents = np.arange(0, head_dim, 2, dtype=np.float32)[:num] / np.float32(head_dim)
+  return (1.0 / (np.float32(base) ** exponents)).astype(np.float32)
+
+
+def cos_sin(angles: np.ndarray) -> np.ndarray:
+  """angles (..., P) -> (..., P, 2) with [cos, sin] computed in float32."""
+  angles = angles.astype(np.float32)
+  return np.stack([np.cos(angles), np.sin(angles)], axis=-1).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, table: jax.Array) -> jax.Array:
+  """Rotates adjacent pairs (x[2p], x[2p+1]) of x (B,S,H,D) by table (S or B,S, D/2, 2).
+
+  The GPT-J / complex-multiply layout, computed in float32 and cast back.
+  """
+  table = table.astype(jnp.float32)
+  if table.ndim == 3:
+    table = table[None]
+  cos, sin = table[:, :, None, :, 0], table[:, :, None, :, 1]
+  pairs = x.astype(jnp.float32).reshape(*x.shape[:-1], -1, 2)
+  a, b = pairs[..., 0], pairs[..., 1]
+  out = jnp.stack([a * cos - b * sin, b * cos + a * sin], axis=-1)
+  return out.reshape(x.shape).astype(x.dtype)
+
+
+class RMSNorm(nn.Module):
+  """x * rsqrt(mean(x^2) + eps), normalised in float32, cast back, then * scale."""
+  eps: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                             ("norm",)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return y.astype(x.dtype) * scale.astype(x.dtype)
+
+
+class FeedForward(nn.Module):
+  """SwiGLU: w2(silu(w1 x) * w3 x), then dropout."""
+  hidden_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=False)
+    gate = layers.dense(self.hidden_dim, ("embed", "mlp"), name="w1", **kw)(x)
+    up = layers.dense(self.hidden_dim, ("embed", "mlp"), name="w3", **kw)(x)
+    y = layers.dense(x.shape[-1], ("mlp", "embed"), name="w2", **kw)(nn.silu(gate) * up)
+    return nn.Dropout(self.dropout)(y, deterministic=not train)
+
+
+def _broadcast_mask(mask: Optional[jax.Array], q_len: int, k_len: int) -> jax.Array:
+  """Boolean mask (B,Sq,Sk), (B,1,Sq,Sk) or None (causal) -> (B|1, 1, 1, Sq, Sk)."""
+  if mask is None:
+    mask = jnp.tril(jnp.ones((q_len, k_len), bool))[None]
+  if mask.ndim == 4:
+    if mask.shape[1] != 1:
+      raise ValueError(f"attention mask {mask.shape}: expected one head-broadcast row block")
+    mask = mask[:, 0]
+  if mask.ndim != 3 or mask.shape[-2:] != (q_len, k_len):
+    raise ValueError(f"attention mask {mask.shape}: expected (B, {q_len}, {k_len})")
+  return mask.astype(bool)[:, None, None]
+
+
+class Attention(nn.Module):
+  """Causal/masked self-attention with a fused q|k|v projection, GQA and a KV cache."""
+  n_head: int
+  head_dim: int
+  n_kv_head: Optional[int] = None
+  attn_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, rope: jax.Array, mask: Optional[jax.Array] = None,
+               cache: Optional[KVCache] = None, cache_index: Any = None, *,
+               train: bool = False) -> tuple[jax.Array, Optional[KVCache]]:
+    """x (B,S,D); rope (S,hd/2,2) rows of these positions.
+
+    With `cache`, k/v are written at `cache_index` (a traced int) and the
+    queries attend over the whole cache; `mask` (B,S,S_max) must then hide the
+    unwritten slots. Returns (y, updated cache or None).
+    """
+    n_kv = self.n_kv_head or self.n_head
+    if self.n_head % n_kv:
+      raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={n_kv}")
+    group = self.n_head // n_kv
+    batch, seq = x.shape[:2]
+    qkv = nn.DenseGeneral(
+        (n_kv, group + 2, self.head_dim), axis=-1, use_bias=False, dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=layers.weight_init(("embed", "heads", None, "kv")), name="wqkv")(x)
+    q = qkv[:, :, :, :group].reshape(batch, seq, self.n_head, self.head_dim)
+    k, v = qkv[:, :, :, group], qkv[:, :, :, group + 1]
+    q, k = apply_rope(q, rope), apply_rope(k, rope)
+
+    if cache is not None:
+      start = (0, cache_index, 0, 0)
+      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+               "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+      k, v = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
+
+    q = q.reshape(batch, seq, n_kv, group, self.head_dim)
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (1.0 / np.sqrt(self.head_dim))
+    allowed = _broadcast_mask(mask, seq, k.shape[1])
+    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    probs = nn.Dropout(self.attn_dropout)(probs, deterministic=not train).astype(self.dtype)
+    y = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(batch, seq, self.n_head,
+                                                            self.head_dim)
+    y = nn.DenseGeneral(
+        x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        kernel_init=layers.weight_init(("heads", "kv", "embed")), name="wo")(y)
+    return nn.Dropout(self.resid_dropout)(y, deterministic=not train), cache
+
+
+def drop_path(module: nn.Module, x: jax.Array, rate: Any, train: bool) -> jax.Array:
+  """Stochastic depth per sample; `rate` may be traced (a scanned per-layer value)."""
+  if not train:
+    return x
+  keep = 1.0 - jnp.asarray(rate, jnp.float32)
+  mask = jax.random.bernoulli(module.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep.astype(x.dtype), jnp.zeros_like(x))
+
+
+class Block(nn.Module):
+  """Pre-norm LLaMA block: h + DropPath(Attn(norm(h))); h + DropPath(FFN(norm(h)))."""
+  n_head: int
+  head_dim: int
+  ffn_hidden: int
+  n_kv_head: Optional[int] = None
+  norm_eps: float = 1e-5
+  attn_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  ffn_dropout: float = 0.0
+  use_drop_path: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, rope: jax.Array, mask: Optional[jax.Array],
+               cache: Optional[KVCache], cache_index: Any, drop_rate: Any,
+               train: bool) -> tuple[jax.Array, Optional[KVCache]]:
+    """Positional signature so `nn.scan` / `nn.remat` can wrap it (train is static)."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = RMSNorm(self.norm_eps, name="attention_norm", **kw)(x)
+    h, cache = Attention(self.n_head, self.head_dim, self.n_kv_head, self.attn_dropout,
+                         self.resid_dropout, name="attention", **kw)(
+                             h, rope, mask, cache, cache_index, train=train)
+    use_dp = self.use_drop_path and train
+    x = x + (drop_path(self, h, drop_rate, train) if use_dp else h)
+    h = RMSNorm(self.norm_eps, name="ffn_norm", **kw)(x)
+    h = FeedForward(self.ffn_hidden, self.ffn_dropout, name="feed_forward", **kw)(h, train=train)
+    x = x + (drop_path(self, h, drop_rate, train) if use_dp else h)
+    self.sow("intermediates", "out", x)
+    return x, cache
+
+
+def init_kv_cache(batch: int, max_len: int, n_kv_head: int, head_dim: int,
+                  dtype: Dtype) -> KVCache:
+  shape = (batch, max_len, n_kv_head, head_dim)
+  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
