@@ -1,4 +1,6 @@
-"""MaskGIT-style patch discriminator used by TiTok (`NLayerDiscriminator`).
+"""Patch discriminators: TiTok's MaskGIT-style one and LlamaGen's PatchGAN.
+
+`NLayerDiscriminator` (TiTok / MaskGIT):
 
 Conv5x5 stem, then per stage Conv3x3 -> BlurPool(stride 2) -> GroupNorm ->
 LeakyReLU, an adaptive max pool to a fixed grid (so the logit map has the same
@@ -13,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vwt_jax.models.layers import zeros_init
+from vwt_jax.models.layers import weight_init, zeros_init
 
 Dtype = Any
 CONV_AXES = (None, None, "conv_in", "conv_out")
@@ -145,4 +147,64 @@ class NLayerDiscriminator(nn.Module):
     # A single output channel cannot be sharded either.
     logits = _conv(1, 5, widths[-1], axes=(None, None, "conv_in", None), name="to_logits",
                    **kw)(h)
+    return logits, {}
+
+
+class PatchGANDiscriminator(nn.Module):
+  """pix2pix / taming PatchGAN with BatchNorm (LlamaGen's `NLayerDiscriminator`).
+
+  conv4x4 s2 -> LReLU(0.2); (n_layers - 1) x [conv4x4 s2 (no bias) -> BN -> LReLU]
+  with ndf * min(2^i, 8) filters; conv4x4 s1 (no bias) -> BN -> LReLU; conv4x4 s1
+  -> 1 logit per patch. All convs pad 1. Kernels N(0, 0.02), BN scales N(1, 0.02)
+  as the reference's `weights_init`; conv biases keep torch's default init.
+
+  BatchNorm needs the 'batch_stats' collection: `train=True` normalises with the
+  batch statistics (as the reference, whose discriminator never leaves train
+  mode) and returns updated running averages when applied with
+  `mutable=['batch_stats']`. Under a sharded jit the statistics are global.
+  """
+  ndf: int = 64
+  n_layers: int = 3
+  negative_slope: float = 0.2
+  bn_momentum: float = 0.9  # torch's momentum=0.1
+  bn_epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = True
+               ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Returns (logits (B, H/8 - 2, W/8 - 2, 1) for n_layers=3, aux={})."""
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    act = lambda h: nn.leaky_relu(h, self.negative_slope)
+
+    def conv(features, stride, in_features, name, use_bias=False, axes=CONV_AXES):
+      return nn.Conv(
+          features, (4, 4), strides=(stride, stride), padding=((1, 1), (1, 1)),
+          use_bias=use_bias, kernel_init=weight_init(tuple(axes)),
+          bias_init=nn.with_logical_partitioning(
+              _torch_uniform(1.0 / np.sqrt(in_features * 16)), (axes[-1],)),
+          name=name, **kw)
+
+    def batch_norm(name):
+      return nn.BatchNorm(
+          use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+          scale_init=nn.with_logical_partitioning(
+              lambda key, shape, dtype=jnp.float32: 1.0 + 0.02 * jax.random.normal(
+                  key, shape, dtype), ("norm",)),
+          bias_init=zeros_init(("norm",)), name=name, **kw)
+
+    in_channels = images.shape[-1]
+    h = conv(self.ndf, 2, in_channels, "conv_in", use_bias=True,
+             axes=(None, None, None, "conv_out"))(images.astype(self.dtype))
+    h = act(h)
+    width = self.ndf
+    for i in range(1, self.n_layers + 1):
+      out = self.ndf * min(2 ** i, 8)
+      stride = 2 if i < self.n_layers else 1
+      h = conv(out, stride, width, f"layer_{i}_conv")(h)
+      h = act(batch_norm(f"layer_{i}_norm")(h))
+      width = out
+    logits = conv(1, 1, width, "to_logits", use_bias=True,
+                  axes=(None, None, "conv_in", None))(h)
     return logits, {}

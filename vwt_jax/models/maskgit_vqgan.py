@@ -45,12 +45,14 @@ class MaskGitVQGANConfig:
 
 
 def conv(features: int, kernel: int, in_channels: int, *, use_bias: bool, dtype: Dtype,
-         param_dtype: Dtype, name: str) -> nn.Conv:
+         param_dtype: Dtype, name: str, strides: int = 1, padding: str = "SAME") -> nn.Conv:
+  """A square conv with logical axes; the VQGAN tokenizers share it."""
   # RGB axes (3) never divide a mesh axis, so they stay unsharded.
   in_name = None if in_channels == RGB_CHANNELS else "conv_in"
   out_name = None if features == RGB_CHANNELS else "conv_out"
   return nn.Conv(
-      features, (kernel, kernel), padding="SAME", use_bias=use_bias, dtype=dtype,
+      features, (kernel, kernel), strides=(strides, strides), padding=padding,
+      use_bias=use_bias, dtype=dtype,
       param_dtype=param_dtype, kernel_init=weight_init((None, None, in_name, out_name)),
       bias_init=zeros_init((out_name,)), name=name)
 
@@ -86,7 +88,7 @@ class ResnetBlock(nn.Module):
                     name="nin_shortcut", **kw)(h)
 
 
-def _upsample_nearest_2x(x: jax.Array) -> jax.Array:
+def upsample_nearest_2x(x: jax.Array) -> jax.Array:
   return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
 
 
@@ -129,7 +131,7 @@ class Decoder(nn.Module):
       for j in range(cfg.num_res_blocks):
         h = ResnetBlock(out, name=f"up_{level}_block_{j}", **kw)(h)
       if level != 0:
-        h = _upsample_nearest_2x(h)
+        h = upsample_nearest_2x(h)
         h = conv(out, 3, out, use_bias=True, name=f"up_{level}_upsample_conv", **kw)(h)
     h = nn.silu(group_norm(name="norm_out", **kw)(h))
     return conv(cfg.num_channels, 3, h.shape[-1], use_bias=True, name="conv_out", **kw)(h)

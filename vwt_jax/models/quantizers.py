@@ -21,11 +21,12 @@ def l2_normalize(x: jax.Array, axis: int = -1) -> jax.Array:
   return x / jnp.maximum(norm, L2_NORM_EPS)
 
 
-def _codebook_init(codebook_size: int):
+def _codebook_init(codebook_size: int, normalize: bool = False):
   bound = 1.0 / codebook_size
 
   def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
+    codes = jax.random.uniform(key, shape, dtype, -bound, bound)
+    return l2_normalize(codes).astype(dtype) if normalize else codes
 
   return nn.with_logical_partitioning(init, ("vocab", "token"))
 
@@ -38,11 +39,14 @@ class VectorQuantizer(nn.Module):
   codebook_size: int
   token_size: int
   use_l2_norm: bool = False
+  # LlamaGen stores unit rows from the start; with lookups normalised anyway,
+  # this only sets the scale the optimizer moves the raw rows at.
+  normalize_init: bool = False
   param_dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     self.embedding = self.param(
-        "embedding", _codebook_init(self.codebook_size),
+        "embedding", _codebook_init(self.codebook_size, self.normalize_init),
         (self.codebook_size, self.token_size), self.param_dtype)
 
   def codebook(self) -> jax.Array:
@@ -65,7 +69,8 @@ class VectorQuantizer(nn.Module):
   def __call__(self, z: jax.Array):
     """Quantizes `z` (..., C). Returns (z_q straight-through, aux)."""
     z = self.normalize(z)
-    indices = jnp.argmin(self.distances(z), axis=-1)
+    distances = self.distances(z)
+    indices = jnp.argmin(distances, axis=-1)
     z_q_raw = self.get_codebook_entry(indices)
     z_q = z + jax.lax.stop_gradient(z_q_raw - z)
     counts = jnp.zeros((self.codebook_size,), jnp.float32).at[indices.reshape(-1)].add(1.0)
@@ -75,6 +80,8 @@ class VectorQuantizer(nn.Module):
         "indices": indices,
         "z": z,
         "z_q_raw": z_q_raw,
+        # (..., K); for the entropy loss. Unused outputs cost nothing under jit.
+        "distances": distances,
         "code_counts": counts,
         "codebook_usage": jnp.mean((counts > 0).astype(jnp.float32)),
         "codebook_perplexity": perplexity,

@@ -113,7 +113,10 @@ class Autoregressive:
     cfg = self.cfg
     targets = batch["codes"]
     if cfg.model_type == "t2i":
-      cond, kwargs = batch["caption_emb"], {"emb_mask": batch["caption_mask"]}
+      # Padded caption slots are seen only by themselves (`dataset/t2i.py`).
+      cond = batch["caption_emb"]
+      kwargs = {"attn_mask": gpt_lib.t2i_attention_mask(
+          batch["caption_mask"], cfg.cls_token_num + targets.shape[1] - 1)}
     else:
       cond, kwargs = batch["labels"], {}
     logits, _ = self.model.apply(

@@ -29,18 +29,16 @@ from vwt_jax.conversion import torch_state
 from vwt_jax.core import checkpoint as checkpoint_lib
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import pipeline
-from vwt_jax.evaluation import reconstruction as recon_eval
-from vwt_jax.losses import adversarial
 from vwt_jax.losses import classification
 from vwt_jax.losses import perceptual as perceptual_lib
 from vwt_jax.losses import quantizer as quantizer_losses
-from vwt_jax.losses import reconstruction
 from vwt_jax.models import discriminator as discriminator_lib
 from vwt_jax.models import maskgit_vqgan
 from vwt_jax.models import quantizers
 from vwt_jax.models import titok as titok_lib
 from vwt_jax.training import loop
 from vwt_jax.training import optimizer as optimizer_lib
+from vwt_jax.training import tokenizer_common
 from vwt_jax.training import train_state
 
 # Parameters stage 2 keeps frozen, as the official `finetune_decoder` path does.
@@ -164,20 +162,13 @@ class TiTokTrainer:
     self.use_gan = self.recipe != "stage1" and config.losses.discriminator_weight > 0
     if self.use_gan:
       d = config.discriminator
-      self.disc = discriminator_lib.NLayerDiscriminator(
-          hidden_channels=d.hidden_channels, channel_mults=tuple(d.channel_mults),
-          norm_groups=d.norm_groups, pool_size=d.pool_size,
-          dtype=self.cfg.dtype, param_dtype=self.cfg.param_dtype)
-      self.abstract_disc, self.disc_shardings, self._init_disc = train_state.init_params(
-          self.disc, rng, dummy, mesh=self.mesh, rules=self.rules)
-      abstract_disc = nn.meta.unbox(self.abstract_disc)
-      self.disc_tx, _ = optimizer_lib.make_optimizer(
-          config.discriminator_optimizer, abstract_disc, config.total_steps)
-      self.state_shardings.update(
-          disc_params=self.disc_shardings,
-          disc_opt_state=train_state.opt_state_shardings(
-              self.disc_tx, abstract_disc, self.disc_shardings, self.mesh),
-          lecam=adversarial.LeCamState(repl, repl))
+      self.adversary = tokenizer_common.Adversary(
+          discriminator_lib.NLayerDiscriminator(
+              hidden_channels=d.hidden_channels, channel_mults=tuple(d.channel_mults),
+              norm_groups=d.norm_groups, pool_size=d.pool_size,
+              dtype=self.cfg.dtype, param_dtype=self.cfg.param_dtype),
+          config, dummy, mesh=self.mesh, rules=self.rules, use_lecam=True)
+      self.state_shardings.update(self.adversary.shardings)
 
     self.perceptual = None
     if self.recipe != "stage1" and config.losses.perceptual_weight > 0:
@@ -231,9 +222,7 @@ class TiTokTrainer:
     if self.restart_codes:
       state["code_usage"] = jnp.full((self.cfg.codebook_size,), 1.0 / self.cfg.codebook_size)
     if self.use_gan:
-      disc_params = self._init_disc(disc_rng)
-      state.update(disc_params=disc_params, disc_opt_state=self.disc_tx.init(disc_params),
-                   lecam=adversarial.lecam_init())
+      state.update(self.adversary.init(disc_rng))
     return state
 
   def abstract_state(self):
@@ -282,7 +271,7 @@ class TiTokTrainer:
   def reconstruct_images(self, params, images):
     return self._reconstruct(params, images, self.frozen)
 
-  def _generator_loss(self, params, batch, rng, step, disc_params, frozen):
+  def _generator_loss(self, params, batch, rng, step, disc_state, frozen):
     config, losses = self.config, self.config.losses
     images = batch["image"]
     metrics = {}
@@ -299,15 +288,11 @@ class TiTokTrainer:
       recon = None
     else:
       recon, aux = self.model.apply({"params": params}, images, train=True, rng=rng)
-      # The official losses see [0, 1] images; keep their scale for the weights.
-      rec = reconstruction.reconstruction_loss(
-          losses.reconstruction, (images + 1) / 2, (recon + 1) / 2)
-      loss = losses.reconstruction_weight * rec
-      metrics["reconstruction_loss"] = rec
-      if frozen["perceptual"] is not None:
-        p = frozen["perceptual"](images, recon)
-        loss += losses.perceptual_weight * p
-        metrics["perceptual_loss"] = p
+      loss, pixel_metrics = tokenizer_common.generator_loss(
+          losses, images, recon, step, perceptual=frozen["perceptual"],
+          fake_logits=self.adversary.fake_logits(disc_state) if self.use_gan else None,
+          unit_interval=True)
+      metrics.update(pixel_metrics)
       if self.cfg.quantize_mode == "vq":
         vq = quantizer_losses.vq_losses(aux["z"], aux["z_q_raw"], self.cfg.commitment_cost)
         loss += losses.quantizer_weight * vq["quantizer_loss"]
@@ -317,12 +302,6 @@ class TiTokTrainer:
             aux["posterior_mean"], aux["posterior_logvar"])) / images.shape[0]
         loss += losses.kl_weight * kl
         metrics["kl"] = kl
-      if self.use_gan:
-        logits_fake, _ = self.disc.apply({"params": disc_params}, recon)
-        g = adversarial.generator_loss(losses.discriminator_loss, logits_fake)
-        loss += losses.discriminator_weight * adversarial.adopt_weight(
-            step, losses.discriminator_start) * g
-        metrics["generator_adv_loss"] = g
     if self.cfg.quantize_mode == "vq":
       metrics.update(codebook_usage=aux["codebook_usage"],
                      codebook_perplexity=aux["codebook_perplexity"])
@@ -333,10 +312,10 @@ class TiTokTrainer:
   def _train_step_fn(self, state, batch, rng, frozen):
     config = self.config
     step = state["step"]
-    disc_params = state.get("disc_params")
+    disc_state = {k: state[k] for k in ("disc_params", "disc_batch_stats") if k in state}
 
     def loss_and_grad(params, micro_batch, r):
-      fn = functools.partial(self._generator_loss, step=step, disc_params=disc_params,
+      fn = functools.partial(self._generator_loss, step=step, disc_state=disc_state,
                              frozen=frozen)
       return jax.value_and_grad(fn, has_aux=True)(params, micro_batch, r)
 
@@ -363,8 +342,8 @@ class TiTokTrainer:
         if config.grad_accum_steps > 1:
           # `extras` hold the last micro-batch only: reconstruct the whole batch.
           recon, _ = self.model.apply({"params": state["params"]}, batch["image"], rng=rng)
-        d_metrics, d_ok = self._discriminator_update(state, new, batch["image"],
-                                                     jax.lax.stop_gradient(recon))
+        d_metrics, d_ok = self.adversary.update(state, new, batch["image"],
+                                                jax.lax.stop_gradient(recon))
         metrics.update(d_metrics)
         ok &= d_ok
 
@@ -372,35 +351,6 @@ class TiTokTrainer:
     metrics.update(grad_norm=optax.tree.norm(grads), lr=self.schedule(step),
                    nonfinite=jnp.logical_not(ok).astype(jnp.int32))
     return new, metrics
-
-  def _discriminator_update(self, state, new, images, recon):
-    losses = self.config.losses
-    gate = adversarial.adopt_weight(state["step"], losses.discriminator_start)
-
-    def d_loss_fn(disc_params):
-      both, _ = self.disc.apply({"params": disc_params},
-                                jnp.concatenate([images, recon], axis=0))
-      real, fake = jnp.split(both, 2, axis=0)
-      d = adversarial.discriminator_loss(losses.discriminator_loss, real, fake)
-      lecam = adversarial.lecam_loss(real, fake, state["lecam"])
-      return gate * (d + losses.lecam_weight * lecam), (d, lecam, real, fake)
-
-    (d_total, (d, lecam, real, fake)), d_grads = jax.value_and_grad(
-        d_loss_fn, has_aux=True)(state["disc_params"])
-    updates, disc_opt = self.disc_tx.update(d_grads, state["disc_opt_state"],
-                                            state["disc_params"])
-    updated = {
-        "disc_params": jax.tree.map(jnp.add, state["disc_params"], updates),
-        "disc_opt_state": disc_opt,
-        "lecam": adversarial.lecam_update(state["lecam"], real, fake, losses.lecam_decay),
-    }
-    # Like the reference, the discriminator (optimizer, weight decay, LeCam EMAs)
-    # does not move at all before `discriminator_start`.
-    current = {k: state[k] for k in updated}
-    new.update(train_state.keep_if(gate > 0, updated, current))
-    metrics = {"discriminator_loss": d, "lecam_loss": lecam,
-               "logits_real": jnp.mean(real), "logits_fake": jnp.mean(fake)}
-    return metrics, jnp.isfinite(d_total) & train_state.all_finite(d_grads)
 
   # -- evaluation ---------------------------------------------------------------
 
@@ -420,37 +370,13 @@ class TiTokTrainer:
     return state["ema_params"] if self.config.ema_decay else state["params"]
 
   def evaluate(self, state, step: int, writer) -> dict[str, float]:
-    ev = self.config.eval
-    ds = pipeline.create_image_dataset(
-        self.config.data, split=self.config.data.eval_split, global_batch_size=ev.batch_size,
-        seed=self.config.seed, train=False)
-    params = self.eval_params(state)
-    result = recon_eval.evaluate_reconstruction(
-        lambda images: self.reconstruct_images(params, images), ds, self.mesh,
-        num_images=ev.num_images, grid_images=ev.grid_images)
-    grid = result.pop("grid")
-    recon_eval.save_grid(grid, os.path.join(self.workdir, "reconstructions.png"))
-    writer.write_images(step, {"reconstructions": grid[None]})
-    logging.info("eval at step %d: %s", step, result)
-    return result
+    return tokenizer_common.evaluate(self, state, step, writer)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains TiTok and writes `summary.txt` next to the checkpoints."""
   start = time.time()
-  trainer = TiTokTrainer(config, workdir)
-  result = loop.train_and_evaluate(trainer, workdir)
-  lines = [f"TiTok {config.variant} ({config.recipe}) trained to step {result['step']} "
-           f"in {time.time() - start:.0f} s on {jax.device_count()} "
-           f"{jax.devices()[0].platform} device(s)"]
-  if "psnr" in result["eval"]:
-    lines.append(f"held-out PSNR: {result['eval']['psnr']:.2f} dB over "
-                 f"{int(result['eval']['num_images'])} images (reconstructions.png)")
-  lines += [f"train {k}: {v:.6g}" for k, v in sorted(result["train"].items())]
-  lines += [f"eval {k}: {v:.6g}" for k, v in sorted(result["eval"].items())]
-  summary = "\n".join(lines) + "\n"
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.txt"), "w", encoding="utf-8") as f:
-      f.write(summary)
-  logging.info("\n%s", summary)
+  result = loop.train_and_evaluate(TiTokTrainer(config, workdir), workdir)
+  tokenizer_common.write_summary(f"TiTok {config.variant} ({config.recipe})", result, workdir,
+                                 start)
   return result

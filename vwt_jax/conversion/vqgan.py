@@ -1,0 +1,112 @@
+"""Official LlamaGen VQ tokenizer state dicts (`vq_ds16_c2i.pt`, ...) -> `VQModel` params."""
+
+from typing import Any, Mapping, Union
+
+import jax
+import jax.numpy as jnp
+
+from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models.vqgan import VQGANConfig, VQModel
+
+# A rolling window of recent code ids kept only to log usage during training.
+IGNORED_KEYS = ("quantize.codebook_used",)
+
+
+def _resnet(sd: ts.StateDictReader, prefix: str, in_ch: int, out_ch: int) -> dict:
+  tree = {name: ts.norm(sd, f"{prefix}.{name}") for name in ("norm1", "norm2")}
+  tree.update({name: ts.conv(sd, f"{prefix}.{name}") for name in ("conv1", "conv2")})
+  if in_ch != out_ch:
+    tree["nin_shortcut"] = ts.conv(sd, f"{prefix}.nin_shortcut")
+  return tree
+
+
+def _attn(sd: ts.StateDictReader, prefix: str) -> dict:
+  tree = {name: ts.conv(sd, f"{prefix}.{name}") for name in ("q", "k", "v", "proj_out")}
+  tree["norm"] = ts.norm(sd, f"{prefix}.norm")
+  return tree
+
+
+def _mid(sd: ts.StateDictReader, prefix: str, ch: int) -> dict:
+  return {"mid_0": _resnet(sd, f"{prefix}.mid.0", ch, ch),
+          "mid_1": _attn(sd, f"{prefix}.mid.1"),
+          "mid_2": _resnet(sd, f"{prefix}.mid.2", ch, ch)}
+
+
+def _ends(sd: ts.StateDictReader, prefix: str) -> dict:
+  return {"conv_in": ts.conv(sd, f"{prefix}.conv_in"),
+          "norm_out": ts.norm(sd, f"{prefix}.norm_out"),
+          "conv_out": ts.conv(sd, f"{prefix}.conv_out")}
+
+
+def _encoder(sd: ts.StateDictReader, config: VQGANConfig) -> dict:
+  tree = _ends(sd, "encoder")
+  last = config.num_levels - 1
+  in_ch = config.ch
+  for level, mult in enumerate(config.ch_mult):
+    p, name = f"encoder.conv_blocks.{level}", f"conv_blocks_{level}"
+    for j in range(config.num_res_blocks):
+      tree[f"{name}_res_{j}"] = _resnet(sd, f"{p}.res.{j}", in_ch, config.ch * mult)
+      in_ch = config.ch * mult
+      if level == last:
+        tree[f"{name}_attn_{j}"] = _attn(sd, f"{p}.attn.{j}")
+    if level != last:
+      tree[f"{name}_downsample"] = ts.conv(sd, f"{p}.downsample.conv")
+  tree.update(_mid(sd, "encoder", in_ch))
+  return tree
+
+
+def _decoder(sd: ts.StateDictReader, config: VQGANConfig) -> dict:
+  tree = _ends(sd, "decoder")
+  in_ch = config.ch * config.ch_mult[-1]
+  tree.update(_mid(sd, "decoder", in_ch))
+  for j, mult in enumerate(reversed(config.ch_mult)):
+    p, name = f"decoder.conv_blocks.{j}", f"conv_blocks_{j}"
+    for i in range(config.num_res_blocks + 1):
+      tree[f"{name}_res_{i}"] = _resnet(sd, f"{p}.res.{i}", in_ch, config.ch * mult)
+      in_ch = config.ch * mult
+      if j == 0:
+        tree[f"{name}_attn_{i}"] = _attn(sd, f"{p}.attn.{i}")
+    if j != config.num_levels - 1:
+      tree[f"{name}_upsample"] = ts.conv(sd, f"{p}.upsample.conv")
+  return tree
+
+
+def _prune_none(tree: dict) -> dict:
+  """Drops leaves of missing keys; `check_params` reports them."""
+  return {k: (_prune_none(v) if isinstance(v, dict) else v)
+          for k, v in tree.items() if v is not None}
+
+
+def abstract_params(config: VQGANConfig) -> Any:
+  """The model's parameter shapes (any image size works; 2x the factor is cheap)."""
+  size = 2 * config.downsample_factor
+  return jax.eval_shape(VQModel(config).init, jax.random.key(0),
+                        jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+
+
+def convert_vqgan(state_dict: Mapping[str, Any], config: VQGANConfig) -> dict:
+  """Converts an official `VQModel` state dict for `VQModel(config)`.
+
+  `quantize.codebook_used` is dropped; every other key must be consumed and
+  every parameter filled with the right shape, else `ConversionError` lists
+  all problems. The codebook is copied raw (the model normalises on use).
+  """
+  sd = ts.StateDictReader(state_dict)
+  params = _prune_none({
+      "encoder": _encoder(sd, config),
+      "decoder": _decoder(sd, config),
+      "quant_conv": ts.conv(sd, "quant_conv"),
+      "post_quant_conv": ts.conv(sd, "post_quant_conv"),
+      "quantize": {"embedding": sd.get("quantize.embedding.weight")},
+  })
+  ts.check_params(params, abstract_params(config), sd, ignore_unused=IGNORED_KEYS)
+  return ts.cast_tree(params, config.param_dtype)
+
+
+def load_vqgan(path_or_state_dict: Union[str, Mapping[str, Any]],
+               config: VQGANConfig) -> tuple[VQModel, dict]:
+  """A checkpoint file (.pt/.bin/.safetensors/.npz, raw or {'model': sd}) or a
+  state dict -> (VQModel, params)."""
+  state_dict = (ts.load_state_dict(path_or_state_dict)
+                if isinstance(path_or_state_dict, str) else path_or_state_dict)
+  return VQModel(config), convert_vqgan(state_dict, config)
