@@ -26,8 +26,10 @@ demo: venv
 	  --config configs/titok.py:tiny \
 	  --config.data.data_dir $(DEMO_DIR)/data \
 	  --workdir $(DEMO_DIR)/tokenizer
-	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.extract_codes \
-	  --checkpoint $(DEMO_DIR)/tokenizer --views flip --output $(DEMO_DIR)/codes
+	for split in train validation; do \
+	  JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.extract_codes --split $$split \
+	    --checkpoint $(DEMO_DIR)/tokenizer --views flip --output $(DEMO_DIR)/codes || exit 1; \
+	done
 	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main \
 	  --config configs/llamagen.py:tiny \
 	  --config.data.dir $(DEMO_DIR)/codes \

@@ -139,6 +139,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = "./data"
     c.data.image_size = 32
     c.data.synthetic.resolution = 32
+    # One colour per class: the samples of the generator trained on this
+    # tokenizer's codes (`make demo`) then show their class even where the
+    # CPU-sized tokenizer blurs the outlines.
+    c.data.synthetic.class_colours = True
     # Small batches, many updates: a ViT autoencoder learns per step, and on
     # 2 CPU cores 3000 steps of batch 8 take about 6 minutes.
     c.total_steps = 3000

@@ -70,3 +70,15 @@ def test_default_sizes_use_the_named_config(tmp_path, monkeypatch):
   builder = synthetic_shapes.prepare_synthetic_shapes(str(tmp_path), 32)
   assert builder.builder_config.name == 'res32'
   assert builder.builder_config.num_train == synthetic_shapes.DEFAULT_NUM_TRAIN
+
+
+def test_class_colours_tie_the_colour_to_the_label():
+  # The shape's colour is the image's most saturated pixel colour.
+  def shape_colour(index):
+    image, label = synthetic_shapes.render_example(index, resolution=32, class_colours=True)
+    pixels = image.reshape(-1, 3).astype(int)
+    return label, pixels[np.argmax(np.ptp(pixels, axis=1))]
+  same_class = [shape_colour(i) for i in (3, 13, 23)]
+  assert {label for label, _ in same_class} == {3}
+  assert max(np.abs(c - same_class[0][1]).max() for _, c in same_class) <= 40
+  assert synthetic_shapes.make_config(32, class_colours=True).name == 'res32_classcolours'

@@ -30,7 +30,7 @@ so far, which is part of the checkpointed state; past
   num_threads: reader threads per process (grain.ReadOptions.num_threads).
   prefetch: records read ahead per process (ReadOptions.prefetch_buffer_size).
   max_corrupt_records: corrupt records tolerated per host before raising.
-  synthetic.resolution, .num_train, .num_validation, .seed: the
+  synthetic.resolution, .num_train, .num_validation, .seed, .class_colours: the
     synthetic_shapes variant (see `synthetic_shapes.prepare_synthetic_shapes`).
 With several processes and a shared data_dir, prepare synthetic_shapes once
 beforehand (or give each host its own data_dir): preparation is not guarded
@@ -78,6 +78,7 @@ def default_data_config():
       'num_train': synthetic_shapes.DEFAULT_NUM_TRAIN,
       'num_validation': synthetic_shapes.DEFAULT_NUM_VALIDATION,
       'seed': synthetic_shapes.DEFAULT_SEED,
+      'class_colours': False,
   })
   return config
 
@@ -97,7 +98,9 @@ def open_source(data_config, split):
     builder = synthetic_shapes.prepare_synthetic_shapes(
         data_dir, resolution=synthetic.resolution,
         num_train=synthetic.num_train, num_validation=synthetic.num_validation,
-        seed=synthetic.seed)
+        seed=synthetic.seed,
+        # Configs saved before the option existed lack the field.
+        class_colours=synthetic.get('class_colours', False))
     source = builder.as_data_source(
         split=split, decoders={'image': tfds.decode.SkipDecoding()})
     where = f'synthetic_shapes/{builder.builder_config.name}'

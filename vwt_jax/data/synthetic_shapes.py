@@ -3,7 +3,9 @@
 Every picture shows one filled shape on a soft two-colour gradient. The label is
 the shape kind (`CLASS_NAMES`, 10 classes, balanced: example `i` has label
 `i % 10`). Colour, size, position and rotation are nuisance variables drawn from
-a generator seeded by `(seed, split, i)`, so example `i` of a split is the same
+a generator seeded by `(seed, split, i)` (with `class_colours=True` the colour
+belongs to the class instead, so that a class stays visible through a
+tokenizer too small to render outlines sharply, as in the CPU demo), so example `i` of a split is the same
 picture on every machine and at every resolution (geometry is in normalised
 coordinates; only the rasterisation changes). Edges are anti-aliased by drawing
 the shape mask at 4x resolution and box-filtering it down.
@@ -58,6 +60,22 @@ _PALETTE = np.array(
         (220, 50, 210),  # magenta
         (245, 140, 30),  # orange
         (245, 245, 245),  # white
+    ],
+    dtype=np.float32,
+)
+# One distinct colour per class for `class_colours=True`.
+_CLASS_PALETTE = np.array(
+    [
+        (230, 40, 40),  # red
+        (40, 190, 60),  # green
+        (50, 90, 230),  # blue
+        (240, 220, 40),  # yellow
+        (40, 210, 220),  # cyan
+        (220, 50, 210),  # magenta
+        (245, 140, 30),  # orange
+        (245, 245, 245),  # white
+        (140, 80, 30),  # brown
+        (25, 25, 25),  # black
     ],
     dtype=np.float32,
 )
@@ -157,7 +175,8 @@ def _shape_mask(kind, center, radius, angle, resolution):
   return np.asarray(mask, dtype=np.float32)[..., None] / 255.0
 
 
-def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train'):
+def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train',
+                   class_colours=False):
   """Draws example `index` of `split`.
 
   Args:
@@ -165,6 +184,7 @@ def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train'):
     seed: dataset seed; with `split` and `index` it fixes the picture.
     resolution: output height and width in pixels.
     split: 'train' or 'validation' (independent picture streams).
+    class_colours: draw class `c` in colour `c` of a fixed 10-colour palette.
 
   Returns:
     (uint8 array of shape (resolution, resolution, 3), int label).
@@ -172,6 +192,8 @@ def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train'):
   label = index % NUM_CLASSES
   rng = np.random.default_rng((seed, _SPLIT_STREAMS[split], index))
   colour = _PALETTE[rng.integers(len(_PALETTE))]
+  if class_colours:
+    colour = _CLASS_PALETTE[label]
   colour = np.clip(colour + rng.uniform(-15, 15, size=3), 0, 255)
   radius = rng.uniform(0.15, 0.35)
   center = rng.uniform(radius, 1 - radius, size=2)
@@ -196,24 +218,30 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   num_train: int = DEFAULT_NUM_TRAIN
   num_validation: int = DEFAULT_NUM_VALIDATION
   seed: int = DEFAULT_SEED
+  class_colours: bool = False
 
 
 def make_config(resolution, num_train=DEFAULT_NUM_TRAIN,
-                num_validation=DEFAULT_NUM_VALIDATION, seed=DEFAULT_SEED):
+                num_validation=DEFAULT_NUM_VALIDATION, seed=DEFAULT_SEED,
+                class_colours=False):
   """The config for these settings; its name encodes any non-default."""
   name = f'res{resolution}'
   if (num_train, num_validation, seed) != (
       DEFAULT_NUM_TRAIN, DEFAULT_NUM_VALIDATION, DEFAULT_SEED):
     name += f'_train{num_train}_val{num_validation}_seed{seed}'
+  if class_colours:
+    name += '_classcolours'
   return SyntheticShapesConfig(
       name=name,
       description=(
           f'{resolution}x{resolution} shapes, {num_train} train / '
-          f'{num_validation} validation examples, seed {seed}.'),
+          f'{num_validation} validation examples, seed {seed}'
+          + (', one colour per class.' if class_colours else '.')),
       resolution=resolution,
       num_train=num_train,
       num_validation=num_validation,
       seed=seed,
+      class_colours=class_colours,
   )
 
 
@@ -251,14 +279,15 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     config = self.builder_config
     for index in range(num_examples):
       image, label = render_example(
-          index, seed=config.seed, resolution=config.resolution, split=split)
+          index, seed=config.seed, resolution=config.resolution, split=split,
+          class_colours=config.class_colours)
       yield index, {'image': encode_png(image), 'label': label}
 
 
 def prepare_synthetic_shapes(data_dir, resolution=64,
                              num_train=DEFAULT_NUM_TRAIN,
                              num_validation=DEFAULT_NUM_VALIDATION,
-                             seed=DEFAULT_SEED):
+                             seed=DEFAULT_SEED, class_colours=False):
   """Writes the dataset under `data_dir` unless it is already there.
 
   Args:
@@ -267,13 +296,14 @@ def prepare_synthetic_shapes(data_dir, resolution=64,
     num_train: size of the 'train' split.
     num_validation: size of the 'validation' split.
     seed: picture seed (see `render_example`).
+    class_colours: one colour per class (see `render_example`).
 
   Returns:
     The prepared `SyntheticShapes` builder: read it with
     `builder.as_data_source(split)`, or with `tfds.data_source(
     f'synthetic_shapes/{builder.builder_config.name}', data_dir=data_dir)`.
   """
-  config = make_config(resolution, num_train, num_validation, seed)
+  config = make_config(resolution, num_train, num_validation, seed, class_colours)
   if config.name in SyntheticShapes.builder_configs:
     # tfds refuses a config object that shadows a named one; pass the name.
     config = config.name
