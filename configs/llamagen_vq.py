@@ -9,7 +9,7 @@ Launch (any variant; every field can be overridden):
   python -m vwt_jax.main --config configs/llamagen_vq.py:vq16 --workdir /tmp/vq16_ft \
       --config.init_from vq_ds16_c2i.pt --config.losses.discriminator_start 0
 
-Variants:
+The argument is `VARIANT[,image_size=N]`. Variants:
   tiny   a small VQGAN on the embedded 32x32 synthetic shapes (runs on CPU)
   vq16   VQ-16 (ch_mult 1,1,2,2,4; 16x downsampling), the paper recipe
   vq8    VQ-8 (ch_mult 1,2,2,4; 8x downsampling), the paper recipe
@@ -41,7 +41,11 @@ def _adam(**overrides) -> ml_collections.ConfigDict:
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "tiny"
+  variant, *options = (arg or "tiny").split(",")
+  options = dict(o.split("=", 1) for o in options if o)
+  if set(options) - {"image_size"}:
+    raise ValueError(f"configs/llamagen_vq.py: unknown option(s) {sorted(options)}; "
+                     "expected VARIANT[,image_size=N]")
   if variant != "tiny" and variant not in VARIANTS:
     raise ValueError(f"configs/llamagen_vq.py: unknown variant {variant!r}; expected "
                      f"'tiny' or one of {sorted(VARIANTS)}")
@@ -108,4 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A late, light adversarial phase: within a CPU demo it mostly costs PSNR.
     c.losses.update(dict(discriminator_weight=0.1, discriminator_start=1500))
     c.eval.update(dict(num_images=256, batch_size=64, grid_images=8))
+  if "image_size" in options:
+    # E.g. 384 for the 24x24 codes of the released 384-px generators.
+    c.data.image_size = int(options["image_size"])
   return c

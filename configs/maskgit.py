@@ -55,7 +55,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.data = codes.default_codes_data_config()
 
-  # Sizes left at 0 come from the code dataset's metadata.
+  # Sizes left at 0 come from the code dataset's metadata; the released
+  # variants state theirs (ImageNet, their TiTok's codebook and length), which
+  # a code dataset must then match.
   if variant == "tiny":
     released = maskgit_generator.MaskGitGeneratorConfig(
         hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
@@ -67,7 +69,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_hidden_layers=released.num_hidden_layers,
       num_attention_heads=released.num_attention_heads,
       intermediate_size=released.intermediate_size, dropout=released.dropout,
-      attn_drop=released.attn_drop, image_seq_len=0, codebook_size=0, num_classes=0))
+      attn_drop=released.attn_drop,
+      image_seq_len=0 if variant == "tiny" else released.image_seq_len,
+      codebook_size=0 if variant == "tiny" else released.codebook_size,
+      num_classes=0 if variant == "tiny" else released.condition_num_classes))
   c.losses = ml_collections.ConfigDict(dict(
       label_smoothing=0.1, unmasked_weight=0.1, class_dropout=0.1))
   c.optimizer = optimizer.default_optimizer_config(

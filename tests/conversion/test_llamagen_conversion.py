@@ -1,5 +1,6 @@
 """Official LlamaGen GPT state dicts -> our params: layouts, strictness, containers."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -87,7 +88,9 @@ def test_t2i_keeps_uncond_embedding(fixtures_dir):
 def test_torch_checkpoint_with_model_key_loads(fixture, tmp_path):
   config, sd = fixture
   path = str(tmp_path / "c2i.pt")
-  torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}, "steps": 1}, path)
+  # As `train_c2i.py` saves it: weights, step and the argparse namespace.
+  torch.save({"model": {k: torch.from_numpy(v) for k, v in sd.items()}, "steps": 1,
+              "args": argparse.Namespace(gpt_model="GPT-B", image_size=384)}, path)
   model, params = llamagen.load_gpt(path, config)
   assert model.config == config
   np.testing.assert_array_equal(params["output"]["kernel"], sd["output.weight"].T)

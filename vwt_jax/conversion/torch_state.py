@@ -5,6 +5,7 @@ missing or never used, then call `check_params` against the model's
 `jax.eval_shape` init so that every problem surfaces in a single error.
 """
 
+import argparse
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional
 
@@ -52,7 +53,10 @@ def load_state_dict(path: str) -> StateDict:
       raise ImportError(
           f"reading {path} needs PyTorch (pip install 'vwt_jax[torch]'); "
           "or convert it to .safetensors / .npz first") from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # The official training checkpoints pickle their argparse `args` next to the
+    # weights; allow-listing that one plain class keeps the restricted unpickler.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      obj = torch.load(path, map_location="cpu", weights_only=True)
     return {k: _torch_to_numpy(v) for k, v in _unwrap(obj).items()
             if isinstance(v, torch.Tensor)}
   raise ValueError(f"unsupported checkpoint format {ext!r} for {path}")

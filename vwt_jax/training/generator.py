@@ -52,7 +52,8 @@ def model_config(config: ml_collections.ConfigDict, metadata=None) -> gpt_lib.GP
   """GPTConfig from `config.model`, filling dataset-given sizes from `metadata`.
 
   A size set in the config must agree with the code dataset, so a generator is
-  never silently trained on codes of another tokenizer.
+  never silently trained on codes of another tokenizer. Without a class count
+  (a tokenizer alone, or captions) c2i keeps the reference's 1000 classes.
   """
   m = config.model
   derived = {}
@@ -60,19 +61,20 @@ def model_config(config: ml_collections.ConfigDict, metadata=None) -> gpt_lib.GP
     code_shape = tuple(metadata.code_shape)
     derived = dict(vocab_size=int(metadata.vocab_size),
                    block_size=int(np.prod(code_shape)),
-                   num_classes=int(metadata.num_classes),
                    rope_2d=len(code_shape) == 2)
+    if metadata.num_classes and m.model_type == "c2i":
+      derived["num_classes"] = int(metadata.num_classes)
   fields = dict(vocab_size=m.vocab_size, block_size=m.block_size, num_classes=m.num_classes,
                 rope_2d={"auto": None, "2d": True, "1d": False}[m.rope])
   unset = lambda name: fields[name] is None or (name != "rope_2d" and fields[name] == 0)
   for name, value in derived.items():
     if unset(name):
       fields[name] = value
-    elif fields[name] != value and not (name == "num_classes" and m.model_type == "t2i"):
+    elif fields[name] != value:
       raise ValueError(
           f"config.model.{name}={fields[name]} but the code dataset {config.data.dir} "
           f"has {value}; leave it at 0/'auto' to take the dataset's value")
-  missing = [k for k in fields if unset(k) and not (k == "num_classes" and m.model_type == "t2i")]
+  missing = [k for k in fields if unset(k) and k != "num_classes"]
   if missing:
     raise ValueError(f"config.model: {missing} unknown; set them or config.data.dir "
                      "to a code dataset whose metadata.json gives them")
@@ -212,7 +214,7 @@ ARCHS = {"gpt": Autoregressive, "maskgit": Masked}
 
 
 class GeneratorTrainer:
-  """Builds the state, the jitted train step and the evaluation of a GPT generator."""
+  """Builds the state, the jitted train step and the evaluation of a generator."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh=None):
     self.config = config
