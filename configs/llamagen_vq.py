@@ -101,6 +101,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = "./data"
     c.data.image_size = 32
     c.data.synthetic.resolution = 32
+    # The demo dataset (one colour per class), shared with configs/titok.py:tiny.
+    c.data.synthetic.class_colours = True
     c.total_steps = 2000
     c.global_batch_size = 8
     c.compute_dtype = "float32"
