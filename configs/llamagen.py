@@ -22,9 +22,9 @@ batch size and learning rate per size (maintainers' issue #8).
 
 import ml_collections
 
-from vwt_jax.core import sharding
 from vwt_jax.data import codes
 from vwt_jax.models import gpt
+from vwt_jax.training import loop
 from vwt_jax.training import optimizer
 
 # name: (global batch, lr) of the released c2i models (maintainers' issue #8);
@@ -59,25 +59,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if cond not in ("c2i", "t2i"):
     raise ValueError(f"configs/llamagen.py: cond={cond!r}: expected c2i or t2i")
 
-  c = ml_collections.ConfigDict()
-  c.trainer = "generator"
-  c.variant = variant
-  c.seed = 0
-  c.total_steps = 1_500_000
-  c.global_batch_size = 256
-  c.grad_accum_steps = 1
-  c.compute_dtype = "bfloat16"
-  c.param_dtype = "float32"
-  c.mesh_shape = (-1, 1, 1)
-  c.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
-  c.log_every = 100
-  c.eval_every = 10_000
-  c.checkpoint_every = 5_000
-  c.max_checkpoints_to_keep = 3
-  c.async_checkpointing = True
-  # Our run folder or an official c2i/t2i state dict to start from.
-  c.init_from = ""
-  c.ema_decay = 0.0  # The official runs keep no EMA by default.
+  # The official runs keep no EMA by default.
+  c = loop.base_config("generator", variant, total_steps=1_500_000, global_batch_size=256,
+                       ema_decay=0.0)
 
   c.data = codes.default_codes_data_config()
 

@@ -25,8 +25,8 @@ the term is off (a warning says so).
 
 import ml_collections
 
-from vwt_jax.core import sharding
 from vwt_jax.data import pipeline
+from vwt_jax.training import loop
 from vwt_jax.training import optimizer
 
 VARIANTS = {"vq16": (1, 1, 2, 2, 4), "vq8": (1, 2, 2, 4)}
@@ -49,28 +49,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant != "tiny" and variant not in VARIANTS:
     raise ValueError(f"configs/llamagen_vq.py: unknown variant {variant!r}; expected "
                      f"'tiny' or one of {sorted(VARIANTS)}")
-  c = ml_collections.ConfigDict()
-  c.trainer = "vqgan"
-  c.variant = variant
-  c.seed = 0
-  c.global_batch_size = 128
-  # 40 epochs of ImageNet-1k train at batch 128 (the sampler drops the last batch).
-  c.total_steps = 40 * (IMAGENET_TRAIN_IMAGES // 128)
-  c.grad_accum_steps = 1
-  c.compute_dtype = "bfloat16"
-  c.param_dtype = "float32"
-  c.mesh_shape = (-1, 1, 1)
-  c.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
-  c.log_every = 100
-  c.eval_every = 10_000
-  c.checkpoint_every = 5_000
-  c.max_checkpoints_to_keep = 3
-  c.async_checkpointing = True
-  # A checkpoint (ours: a workdir or step folder) or an official state dict
-  # (vq_ds16_c2i.pt, ...) whose weights initialise the model.
-  c.init_from = ""
-  # The reference's EMA is optional and off by default.
-  c.ema_decay = 0.0
+  # 40 epochs of ImageNet-1k train at batch 128 (the sampler drops the last
+  # batch); the reference's EMA is optional and off by default.
+  c = loop.base_config("vqgan", variant, total_steps=40 * (IMAGENET_TRAIN_IMAGES // 128),
+                       global_batch_size=128, ema_decay=0.0)
 
   c.data = pipeline.default_data_config()
   c.data.name = "imagenet2012"

@@ -22,10 +22,10 @@ randomised temperature).
 
 import ml_collections
 
-from vwt_jax.core import sharding
 from vwt_jax.data import codes
 from vwt_jax.models import maskgit_generator
 from vwt_jax.sampling import maskgit as maskgit_sampling
+from vwt_jax.training import loop
 from vwt_jax.training import optimizer
 
 
@@ -34,24 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant != "tiny" and variant not in maskgit_generator.GENERATOR_VARIANTS:
     raise ValueError(f"configs/maskgit.py: unknown variant {variant!r}; expected 'tiny' or "
                      f"one of {sorted(maskgit_generator.GENERATOR_VARIANTS)}")
-  c = ml_collections.ConfigDict()
-  c.trainer = "generator"
-  c.variant = variant
-  c.seed = 0
-  c.total_steps = 500_000
-  c.global_batch_size = 2048
-  c.grad_accum_steps = 1
-  c.compute_dtype = "bfloat16"
-  c.param_dtype = "float32"
-  c.mesh_shape = (-1, 1, 1)
-  c.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
-  c.log_every = 100
-  c.eval_every = 10_000
-  c.checkpoint_every = 5_000
-  c.max_checkpoints_to_keep = 3
-  c.async_checkpointing = True
-  c.init_from = ""
-  c.ema_decay = 0.999
+  c = loop.base_config("generator", variant, total_steps=500_000, global_batch_size=2048,
+                       ema_decay=0.999)
 
   c.data = codes.default_codes_data_config()
 

@@ -18,8 +18,8 @@ The argument is `VARIANT[,recipe=stage1|stage2|single_stage]`. Variants:
 
 import ml_collections
 
-from vwt_jax.core import sharding
 from vwt_jax.data import pipeline
+from vwt_jax.training import loop
 from vwt_jax.training import optimizer
 
 # (width, depth, heads) of the official size names.
@@ -79,26 +79,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant != "tiny" and variant not in RELEASED:
     raise ValueError(f"configs/titok.py: unknown variant {variant!r}; expected "
                      f"'tiny' or one of {sorted(RELEASED)}")
-  c = ml_collections.ConfigDict()
-  c.trainer = "titok"
-  c.variant = variant
-  c.seed = 0
-  c.total_steps = 1_000_000
-  c.global_batch_size = 256
-  c.grad_accum_steps = 1
-  c.compute_dtype = "bfloat16"
-  c.param_dtype = "float32"
-  c.mesh_shape = (-1, 1, 1)
-  c.logical_axis_rules = sharding.DEFAULT_LOGICAL_AXIS_RULES
-  c.log_every = 100
-  c.eval_every = 10_000
-  c.checkpoint_every = 5_000
-  c.max_checkpoints_to_keep = 3
-  c.async_checkpointing = True
-  # A checkpoint (ours: a workdir or step folder) or an official state dict
-  # (.bin/.pt/.safetensors/.npz) whose weights initialise the model.
-  c.init_from = ""
-  c.ema_decay = 0.999
+  c = loop.base_config("titok", variant, total_steps=1_000_000, global_batch_size=256,
+                       ema_decay=0.999)
 
   c.data = pipeline.default_data_config()
   c.data.name = "imagenet2012"

@@ -277,10 +277,7 @@ class GeneratorTrainer:
     return state
 
   def abstract_state(self):
-    shapes = jax.eval_shape(self._init_state, jax.random.key(0))
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        shapes, self.state_shardings)
+    return train_state.abstract_state(self._init_state, self.state_shardings)
 
   def init_state(self, rng):
     with nn.logical_axis_rules(self.rules):
@@ -419,16 +416,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   trainer = GeneratorTrainer(config, workdir)
   result = loop.train_and_evaluate(trainer, workdir)
   arch = trainer.arch
-  lines = [f"{arch.description}: {arch.seq_len} tokens of {arch.vocab_size} codes, trained to "
-           f"step {result['step']} in {time.time() - start:.0f} s on {jax.device_count()} "
-           f"{jax.devices()[0].platform} device(s)"]
-  if arch.conditional_on_class:
-    lines.append("samples.png: one row per class of config.sampling.classes")
-  lines += [f"train {k}: {v:.6g}" for k, v in sorted(result["train"].items())]
-  lines += [f"eval {k}: {v:.6g}" for k, v in sorted(result["eval"].items())]
-  summary = "\n".join(lines) + "\n"
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.txt"), "w", encoding="utf-8") as f:
-      f.write(summary)
-  logging.info("\n%s", summary)
+  notes = ["samples.png: one row per class of config.sampling.classes"
+           ] if arch.conditional_on_class else []
+  loop.write_summary(f"{arch.description} on {arch.seq_len} tokens of {arch.vocab_size} codes",
+                     result, workdir, start, notes)
   return result

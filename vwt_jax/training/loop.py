@@ -8,7 +8,7 @@ preemption, non-finite losses, metrics and periodic evaluation.
 import os
 import signal
 import time
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Protocol, Sequence
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -166,3 +166,48 @@ def _peek(iterator):
   batch = next(iterator)
   iterator.set_state(saved)
   return batch
+
+
+def base_config(trainer: str, variant: str, *, total_steps: int, global_batch_size: int,
+                ema_decay: float) -> ml_collections.ConfigDict:
+  """The fields every trainer config shares: the loop, the mesh, checkpoints.
+
+  Each config file adds its own model, data, optimizer and loss sections and
+  overrides these where its recipe differs.
+  """
+  c = ml_collections.ConfigDict()
+  c.trainer = trainer
+  c.variant = variant
+  c.seed = 0
+  c.total_steps = total_steps
+  c.global_batch_size = global_batch_size
+  c.grad_accum_steps = 1
+  c.compute_dtype = "bfloat16"
+  c.param_dtype = "float32"
+  c.mesh_shape = (-1, 1, 1)
+  c.logical_axis_rules = sharding_lib.DEFAULT_LOGICAL_AXIS_RULES
+  c.log_every = 100
+  c.eval_every = 10_000
+  c.checkpoint_every = 5_000
+  c.max_checkpoints_to_keep = 3
+  c.async_checkpointing = True
+  # A checkpoint (ours: a workdir or step folder) or an official state dict
+  # (.bin/.pt/.safetensors/.npz) whose weights initialise the model.
+  c.init_from = ""
+  c.ema_decay = ema_decay
+  return c
+
+
+def write_summary(title: str, result: dict[str, Any], workdir: str, start: float,
+                  notes: Sequence[str] = ()) -> str:
+  """Writes `summary.txt`: what trained how long, `notes`, the last train/eval metrics."""
+  lines = [f"{title} trained to step {result['step']} in {time.time() - start:.0f} s on "
+           f"{jax.device_count()} {jax.devices()[0].platform} device(s)", *notes]
+  lines += [f"train {k}: {v:.6g}" for k, v in sorted(result["train"].items())]
+  lines += [f"eval {k}: {v:.6g}" for k, v in sorted(result["eval"].items())]
+  summary = "\n".join(lines) + "\n"
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "summary.txt"), "w", encoding="utf-8") as f:
+      f.write(summary)
+  logging.info("\n%s", summary)
+  return summary

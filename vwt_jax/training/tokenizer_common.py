@@ -10,7 +10,6 @@ Also the reconstruction evaluation and the run summary.
 """
 
 import os
-import time
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -24,6 +23,7 @@ from vwt_jax.data import pipeline
 from vwt_jax.evaluation import reconstruction as recon_eval
 from vwt_jax.losses import adversarial
 from vwt_jax.losses import reconstruction
+from vwt_jax.training import loop
 from vwt_jax.training import optimizer as optimizer_lib
 from vwt_jax.training import train_state
 
@@ -180,17 +180,9 @@ def evaluate(trainer, state, step: int, writer) -> dict[str, float]:
 
 
 def write_summary(title: str, result: dict[str, Any], workdir: str, start: float) -> str:
-  """Writes `summary.txt` (title, held-out PSNR, last train/eval metrics)."""
-  lines = [f"{title} trained to step {result['step']} in {time.time() - start:.0f} s on "
-           f"{jax.device_count()} {jax.devices()[0].platform} device(s)"]
+  """`loop.write_summary` with the held-out PSNR of the reconstructions."""
+  notes = []
   if "psnr" in result["eval"]:
-    lines.append(f"held-out PSNR: {result['eval']['psnr']:.2f} dB over "
+    notes.append(f"held-out PSNR: {result['eval']['psnr']:.2f} dB over "
                  f"{int(result['eval']['num_images'])} images (reconstructions.png)")
-  lines += [f"train {k}: {v:.6g}" for k, v in sorted(result["train"].items())]
-  lines += [f"eval {k}: {v:.6g}" for k, v in sorted(result["eval"].items())]
-  summary = "\n".join(lines) + "\n"
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.txt"), "w", encoding="utf-8") as f:
-      f.write(summary)
-  logging.info("\n%s", summary)
-  return summary
+  return loop.write_summary(title, result, workdir, start, notes)

@@ -26,6 +26,13 @@ def init_params(module: nn.Module, rng, *args, mesh, rules, **kwargs):
   return boxed, shardings, lambda rng: nn.meta.unbox(init(rng))
 
 
+def abstract_state(init_state: Callable, shardings: Any) -> Any:
+  """ShapeDtypeStructs of `init_state(rng)`, each carrying its sharding (for restore)."""
+  shapes = jax.eval_shape(init_state, jax.random.key(0))
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, shardings)
+
+
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
                         param_shardings: Any, mesh) -> Any:
   """Optimizer moments shard like their parameters; counters are replicated.

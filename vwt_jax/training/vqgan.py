@@ -133,10 +133,7 @@ class VQGANTrainer:
     return state
 
   def abstract_state(self):
-    shapes = jax.eval_shape(self._init_state, jax.random.key(0))
-    return jax.tree.map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        shapes, self.state_shardings)
+    return train_state.abstract_state(self._init_state, self.state_shardings)
 
   def init_state(self, rng):
     with nn.logical_axis_rules(self.rules):
