@@ -61,19 +61,6 @@ def _layer(sd: ts.StateDictReader, i: int, config: GPTConfig) -> dict:
   }
 
 
-def _prune_none(tree: dict) -> dict:
-  """Drops leaves of missing keys (and emptied subtrees); `check_params` reports them."""
-  out = {}
-  for k, v in tree.items():
-    if isinstance(v, dict):
-      v = _prune_none(v)
-      if v:
-        out[k] = v
-    elif v is not None:
-      out[k] = v
-  return out
-
-
 def convert_gpt(state_dict: Mapping[str, Any], config: GPTConfig) -> dict:
   """Converts an official c2i/t2i GPT state dict for `GPT(config)`.
 
@@ -97,7 +84,7 @@ def convert_gpt(state_dict: Mapping[str, Any], config: GPTConfig) -> dict:
     }
   layers = [_layer(sd, i, config) for i in range(config.n_layer)]
   params.update({f"layers_{i}": layer for i, layer in enumerate(layers)})
-  params = _prune_none(params)
+  params = ts.prune_missing(params)
   ignored = [k for k in sd.unused() if _IGNORED.match(k)]
   # Checked in the unrolled layout so that errors name the layer.
   unrolled = dataclasses.replace(config, scan_layers=False, remat=False)

@@ -65,12 +65,6 @@ def _vit_common(sd: ts.StateDictReader, prefix: str, depth: int, heads: int) -> 
   return tree
 
 
-def _prune_none(tree: dict) -> dict:
-  """Drops leaves of missing keys; `check_params` reports them."""
-  return {k: (_prune_none(v) if isinstance(v, dict) else v)
-          for k, v in tree.items() if v is not None}
-
-
 def _abstract_params(model, *inputs) -> Any:
   return jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
 
@@ -100,7 +94,7 @@ def convert_titok(state_dict: Mapping[str, Any], config: TiTokConfig) -> dict:
   if config.finetune_decoder:
     params["pixel_quantize"] = {"embedding": sd.get("pixel_quantize.embedding.weight")}
     params["pixel_decoder"] = convert_maskgit_decoder(sd, "pixel_decoder", config.pixel_decoder)
-  params = _prune_none(params)
+  params = ts.prune_missing(params)
   size = config.image_size
   expected = _abstract_params(TiTok(config), jnp.zeros((1, size, size, 3), jnp.float32))
   ts.check_params(params, expected, sd)
@@ -115,7 +109,7 @@ def convert_maskgit_vqgan(state_dict: Mapping[str, Any],
   params = {"encoder": convert_maskgit_encoder(sd, "encoder", config),
             "decoder": convert_maskgit_decoder(sd, "decoder", config),
             "quantize": {"embedding": sd.get("quantize.embedding.weight")}}
-  params = _prune_none(params)
+  params = ts.prune_missing(params)
   expected = _abstract_params(MaskGitVQGAN(config),
                               jnp.zeros((1, image_size, image_size, 3), jnp.float32))
   ts.check_params(params, expected, sd)

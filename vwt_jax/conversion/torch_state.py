@@ -96,6 +96,19 @@ def _drop_none(tree: dict) -> dict:
   return {k: v for k, v in tree.items() if v is not None}
 
 
+def prune_missing(tree: dict) -> dict:
+  """Drops leaves of missing keys (and subtrees left empty); `check_params` reports them."""
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      v = prune_missing(v)
+      if v:
+        out[k] = v
+    elif v is not None:
+      out[k] = v
+  return out
+
+
 def linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch Linear (out,in) -> Dense kernel (in,out)."""
   return _drop_none({

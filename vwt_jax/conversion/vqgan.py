@@ -71,12 +71,6 @@ def _decoder(sd: ts.StateDictReader, config: VQGANConfig) -> dict:
   return tree
 
 
-def _prune_none(tree: dict) -> dict:
-  """Drops leaves of missing keys; `check_params` reports them."""
-  return {k: (_prune_none(v) if isinstance(v, dict) else v)
-          for k, v in tree.items() if v is not None}
-
-
 def abstract_params(config: VQGANConfig) -> Any:
   """The model's parameter shapes (any image size works; 2x the factor is cheap)."""
   size = 2 * config.downsample_factor
@@ -92,7 +86,7 @@ def convert_vqgan(state_dict: Mapping[str, Any], config: VQGANConfig) -> dict:
   all problems. The codebook is copied raw (the model normalises on use).
   """
   sd = ts.StateDictReader(state_dict)
-  params = _prune_none({
+  params = ts.prune_missing({
       "encoder": _encoder(sd, config),
       "decoder": _decoder(sd, config),
       "quant_conv": ts.conv(sd, "quant_conv"),
