@@ -483,14 +483,7 @@ def default_codes_data_config() -> ml_collections.ConfigDict:
   # a training record comes from one of them with probability extra_prob.
   config.extra_dirs = ()
   config.extra_prob = 0.5
-  config.train_split = 'train'
-  config.eval_split = 'validation'
-  config.eval_drop_remainder = False
-  config.num_workers = 0
-  config.num_threads = 8
-  config.prefetch = 128
-  config.max_corrupt_records = 100
-  return config
+  return pipeline.add_reader_fields(config)
 
 
 def dataset_metadata(data_config) -> CodeMetadata:

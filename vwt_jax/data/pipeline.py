@@ -60,12 +60,8 @@ class TooManyCorruptRecordsError(RuntimeError):
   """More corrupt records than `data_config.max_corrupt_records`."""
 
 
-def default_data_config():
-  """Defaults for `config.data`: a small synthetic_shapes run at 64px."""
-  config = ml_collections.ConfigDict()
-  config.name = 'synthetic_shapes'
-  config.data_dir = ''
-  config.image_size = 64
+def add_reader_fields(config):
+  """Splits, reader parallelism and the corrupt-record limit every pipeline reads."""
   config.train_split = 'train'
   config.eval_split = 'validation'
   config.eval_drop_remainder = False
@@ -73,6 +69,16 @@ def default_data_config():
   config.num_threads = 8
   config.prefetch = 128
   config.max_corrupt_records = 100
+  return config
+
+
+def default_data_config():
+  """Defaults for `config.data`: a small synthetic_shapes run at 64px."""
+  config = ml_collections.ConfigDict()
+  config.name = 'synthetic_shapes'
+  config.data_dir = ''
+  config.image_size = 64
+  add_reader_fields(config)
   config.synthetic = ml_collections.ConfigDict({
       'resolution': 64,
       'num_train': synthetic_shapes.DEFAULT_NUM_TRAIN,

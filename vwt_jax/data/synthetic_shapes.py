@@ -63,22 +63,9 @@ _PALETTE = np.array(
     ],
     dtype=np.float32,
 )
-# One distinct colour per class for `class_colours=True`.
-_CLASS_PALETTE = np.array(
-    [
-        (230, 40, 40),  # red
-        (40, 190, 60),  # green
-        (50, 90, 230),  # blue
-        (240, 220, 40),  # yellow
-        (40, 210, 220),  # cyan
-        (220, 50, 210),  # magenta
-        (245, 140, 30),  # orange
-        (245, 245, 245),  # white
-        (140, 80, 30),  # brown
-        (25, 25, 25),  # black
-    ],
-    dtype=np.float32,
-)
+# One distinct colour per class for `class_colours=True`: the palette plus two.
+_CLASS_PALETTE = np.concatenate(
+    [_PALETTE, np.array([(140, 80, 30), (25, 25, 25)], np.float32)])  # brown, black
 _SPLIT_STREAMS = {'train': 0, 'validation': 1}
 _SUPERSAMPLE = 4
 _CIRCLE_VERTICES = 96
@@ -191,6 +178,7 @@ def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train',
   """
   label = index % NUM_CLASSES
   rng = np.random.default_rng((seed, _SPLIT_STREAMS[split], index))
+  # Drawn either way, so that class_colours changes nothing else of the picture.
   colour = _PALETTE[rng.integers(len(_PALETTE))]
   if class_colours:
     colour = _CLASS_PALETTE[label]

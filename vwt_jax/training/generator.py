@@ -284,14 +284,9 @@ class GeneratorTrainer:
       state = jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
     if self.config.init_from:
       loaded = self.arch.load_pretrained(self.config.init_from)
-      params = jax.device_put(
-          jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), loaded,
-                       jax.device_get(state["params"])), self.param_shardings)
-      state["params"] = params
-      state["opt_state"] = jax.jit(
-          self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
-      if self.config.ema_decay:
-        state["ema_params"] = jax.tree.map(jnp.copy, params)
+      params = jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), loaded,
+                            jax.device_get(state["params"]))
+      state = train_state.restart_from(state, params, self.tx, self.state_shardings)
     return state
 
   def train_iterator(self):

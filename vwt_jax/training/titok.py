@@ -241,12 +241,7 @@ class TiTokTrainer:
         params = merge_params(params, {"pixel_decoder": vqgan["decoder"],
                                        "pixel_quantize": vqgan["quantize"]},
                               self.config.teacher.checkpoint)
-      params = jax.device_put(params, self.param_shardings)
-      state["params"] = params
-      state["opt_state"] = jax.jit(self.tx.init, out_shardings=self.state_shardings[
-          "opt_state"])(params)
-      if self.config.ema_decay:
-        state["ema_params"] = jax.tree.map(jnp.copy, params)
+      state = train_state.restart_from(state, params, self.tx, self.state_shardings)
     return state
 
   def train_iterator(self):

@@ -33,6 +33,17 @@ def abstract_state(init_state: Callable, shardings: Any) -> Any:
                       shapes, shardings)
 
 
+def restart_from(state: dict, params: Any, tx: optax.GradientTransformation,
+                 state_shardings: dict) -> dict:
+  """`state` with loaded `params`: placed, fresh optimizer moments, EMA reset to them."""
+  params = jax.device_put(params, state_shardings["params"])
+  state["params"] = params
+  state["opt_state"] = jax.jit(tx.init, out_shardings=state_shardings["opt_state"])(params)
+  if "ema_params" in state:
+    state["ema_params"] = jax.tree.map(jnp.copy, params)
+  return state
+
+
 def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
                         param_shardings: Any, mesh) -> Any:
   """Optimizer moments shard like their parameters; counters are replicated.

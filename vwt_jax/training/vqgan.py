@@ -140,13 +140,9 @@ class VQGANTrainer:
       state = jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
     if self.config.init_from:
       # Fine-tuning (the reference's --finetune): weights only, fresh optimizers.
-      params = jax.device_put(load_pretrained(self.config.init_from, self.config),
-                              self.param_shardings)
-      state["params"] = params
-      state["opt_state"] = jax.jit(
-          self.tx.init, out_shardings=self.state_shardings["opt_state"])(params)
-      if self.config.ema_decay:
-        state["ema_params"] = jax.tree.map(jnp.copy, params)
+      state = train_state.restart_from(
+          state, load_pretrained(self.config.init_from, self.config), self.tx,
+          self.state_shardings)
     return state
 
   def train_iterator(self):
