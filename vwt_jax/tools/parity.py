@@ -1,6 +1,6 @@
 """Numerical parity of our models against fixtures made with the official code.
 
-  python -m vwt_jax.tools.parity {titok,titok-generator,llamagen-gpt,llamagen-t2i,llamagen-vq} FIXTURE_DIR
+  python -m vwt_jax.tools.parity {titok,titok-generator,llamagen-gpt,llamagen-t2i,llamagen-vq,adm-eval,lpips} FIXTURE_DIR
 
 Each kind is a function registered in `KINDS`; it returns one `Result` per
 fixture array. Every array of an io file must be either compared or declared
@@ -19,6 +19,8 @@ KINDS: dict[str, str] = {
     "llamagen-gpt": "vwt_jax.tools.parity_llamagen:run_gpt",
     "llamagen-t2i": "vwt_jax.tools.parity_llamagen:run_t2i",
     "llamagen-vq": "vwt_jax.tools.parity_vqgan:run_vq",
+    "adm-eval": "vwt_jax.tools.parity_eval:run_adm_eval",
+    "lpips": "vwt_jax.tools.parity_eval:run_lpips",
 }
 
 
