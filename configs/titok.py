@@ -14,6 +14,12 @@ The argument is `VARIANT[,recipe=stage1|stage2|single_stage]`. Variants:
   L-32, B-64, S-128         released two-stage models (legacy decoder + pixel decoder)
   BL-64-VQ, BL-128-VQ, SL-256-VQ        single-stage VQ models (RGB decoder)
   LL-32-VAE, BL-64-VAE, BL-128-VAE      single-stage VAE models
+
+Every `eval_every` steps the first `eval.num_images` images of the eval split
+are reconstructed: PSNR, SSIM and codebook usage always; LPIPS and rFID (with
+sFID, precision/recall, IS) once `--config.eval.lpips_weights` /
+`--config.eval.inception_weights` name converted weight files (.npz from
+`vwt_jax.conversion.lpips` / `vwt_jax.conversion.inception`).
 """
 
 import ml_collections
@@ -106,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       checkpoint="", hidden_channels=128, channel_mult=(1, 1, 2, 2, 4),
       num_res_blocks=2, z_channels=256, codebook_size=1024))
 
-  c.eval = ml_collections.ConfigDict(dict(num_images=1024, batch_size=64, grid_images=8))
+  c.eval.update(dict(num_images=1024, batch_size=64, grid_images=8))
 
   if variant == "tiny":
     c.model = _model((128, 2, 4), (128, 2, 4), 32, 1024, 12, "vq", patch=4)

@@ -93,3 +93,28 @@ def save_random_titok_run(config, workdir):
                     force=True)
   checkpointer.close()
   return model, params
+
+
+def save_random_generator_run(config, workdir):
+  """A generator run folder with random parameters (std 0.02), as `save_random_titok_run`.
+
+  `config.data.dir` must hold a code dataset whose metadata names the tokenizer.
+  """
+  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import jax
+  import numpy as np
+  from vwt_jax import main as main_lib
+  from vwt_jax.core import checkpoint as checkpoint_lib
+  from vwt_jax.training import generator
+  # pylint: enable=g-import-not-at-top
+  abstract = nn.meta.unbox(generator.GeneratorTrainer(config, workdir="").abstract_params)
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: (0.02 * rng.normal(size=a.shape)).astype(a.dtype), abstract)
+  main_lib.save_config(config, workdir)
+  checkpointer = checkpoint_lib.Checkpointer(
+      os.path.join(workdir, "checkpoints"), save_interval_steps=1, max_to_keep=1,
+      async_save=False)
+  checkpointer.save(1, {"step": np.int32(1), "params": params}, force=True)
+  checkpointer.close()
+  return params

@@ -14,7 +14,8 @@ r"""Class-conditional sampling from a generator: an image grid and an ADM-style 
 
 The npz holds `arr_0` (uint8 NHWC) and `arr_1` (labels), the layout OpenAI's
 ADM evaluator reads. Pixels are quantised as the official sampler does:
-clip(127.5 x + 128, 0, 255) truncated to uint8.
+clip(127.5 x + 128, 0, 255) truncated to uint8 (`reconstruction.quantize`).
+For FID runs (50 per class, resumable, scored) see `vwt_jax.sample_eval`.
 """
 
 import json
@@ -38,6 +39,25 @@ from vwt_jax.training import tokenizers
 FLAGS = flags.FLAGS
 
 
+def define_sampling_flags():
+  """The sampler settings shared by `sample` and `sample_eval` (None = config.sampling)."""
+  flags.DEFINE_float("cfg", None, "Classifier-free guidance scale (1 = off).")
+  flags.DEFINE_integer("cfg_interval", None, "Guide only the first cfg_interval+2 tokens.")
+  flags.DEFINE_float("temperature", None, "Softmax temperature.")
+  flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = all).")
+  flags.DEFINE_float("top_p", None, "Nucleus sampling threshold (1 = off).")
+  flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same samples.")
+  flags.DEFINE_integer("batch_size", 64, "Images per compiled sampling call (all devices).")
+  flags.DEFINE_integer("resize", 0, "Bicubic-resize the images to this size (0 = keep).")
+
+
+def sampling_overrides() -> dict:
+  """The sampler settings given on the command line, as `sample_codes` kwargs."""
+  return {k: v for k, v in dict(
+      cfg_scale=FLAGS.cfg, cfg_interval=FLAGS.cfg_interval, temperature=FLAGS.temperature,
+      top_k=FLAGS.top_k, top_p=FLAGS.top_p).items() if v is not None}
+
+
 def define_flags():
   config_flags.DEFINE_config_file(
       "config", None, "Generator config; defaults to the config.json of the --checkpoint run.",
@@ -46,42 +66,39 @@ def define_flags():
   flags.DEFINE_list("classes", None, "Class labels; one grid row per class.")
   flags.DEFINE_integer("per_class", 4, "Samples per class in --classes.")
   flags.DEFINE_integer("num_samples", 0, "Instead of --classes: this many random labels.")
-  flags.DEFINE_float("cfg", None, "Classifier-free guidance scale (1 = off).")
-  flags.DEFINE_integer("cfg_interval", None, "Guide only the first cfg_interval+2 tokens.")
-  flags.DEFINE_float("temperature", None, "Softmax temperature.")
-  flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = all).")
-  flags.DEFINE_float("top_p", None, "Nucleus sampling threshold (1 = off).")
-  flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same samples.")
-  flags.DEFINE_integer("batch_size", 64, "Images per compiled sampling call.")
-  flags.DEFINE_integer("resize", 0, "Bicubic-resize the images to this size (0 = keep).")
+  define_sampling_flags()
   flags.DEFINE_string("output", "samples.png", "Grid PNG to write ('' = none).")
   flags.DEFINE_integer("grid_max", 64, "At most this many images in the grid.")
   flags.DEFINE_string("npz", "", "Also write all samples to this .npz (arr_0, arr_1).")
   flags.mark_flags_as_required(["checkpoint"])
 
 
-def quantize(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8 exactly as the official `sample_c2i_ddp.py`."""
-  return np.clip(127.5 * np.asarray(images, np.float32) + 128.0, 0, 255).astype(np.uint8)
-
-
-def load(config, checkpoint: str):
+def load(config, checkpoint: str, mesh=None):
   """(generator trainer, its parameters placed on the mesh) for sampling."""
-  trainer = generator_lib.GeneratorTrainer(config, workdir="")
+  trainer = generator_lib.GeneratorTrainer(config, workdir="", mesh=mesh)
   params = jax.device_put(trainer.arch.load_pretrained(checkpoint),
                           trainer.param_shardings)
   return trainer, params
 
 
-def sample(trainer, params, labels: np.ndarray, *, seed: int = 0, batch_size: int = 64,
-           resize: int = 0, **overrides) -> np.ndarray:
-  """uint8 NHWC samples for `labels`, in order; defaults from `config.sampling`."""
-  tok = trainer.tokenizer()
+def global_batch_size(trainer, batch_size: int) -> int:
+  """`batch_size` rounded up to a multiple of the data-parallel devices."""
   dp = sharding_lib.data_parallel_size(trainer.mesh)
-  batch_size = -(-batch_size // dp) * dp
-  key = jax.random.key(seed)
+  return -(-batch_size // dp) * dp
+
+
+def sample(trainer, params, labels: np.ndarray, *, seed: int = 0, key=None,
+           batch_size: int = 64, resize: int = 0, bar=None, **overrides) -> np.ndarray:
+  """uint8 NHWC samples for `labels`, in order; defaults from `config.sampling`.
+
+  Batch i draws from `fold_in(key, i)`, `key` defaulting to `key(seed)`. A
+  given tqdm `bar` is advanced instead of showing a new one.
+  """
+  tok = trainer.tokenizer()
+  batch_size = global_batch_size(trainer, batch_size)
+  key = jax.random.key(seed) if key is None else key
   out = []
-  with tqdm(total=len(labels), desc="sample", unit="img") as bar:
+  with tqdm(total=len(labels), desc="sample", unit="img", disable=bar is not None) as own:
     for i, start in enumerate(range(0, len(labels), batch_size)):
       chunk = labels[start:start + batch_size]
       padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
@@ -89,8 +106,8 @@ def sample(trainer, params, labels: np.ndarray, *, seed: int = 0, batch_size: in
       images = tok.decode(jnp.asarray(codes))
       if resize and resize != images.shape[1]:
         images = jax.image.resize(images, (images.shape[0], resize, resize, 3), "bicubic")
-      out.append(quantize(jax.device_get(images))[:len(chunk)])
-      bar.update(len(chunk))
+      out.append(recon_eval.quantize(jax.device_get(images))[:len(chunk)])
+      (bar or own).update(len(chunk))
   return np.concatenate(out)
 
 
@@ -108,9 +125,7 @@ def main(argv):
     classes = [int(c) for c in (FLAGS.classes or config.sampling.classes)]
     labels = np.repeat(np.asarray(classes), FLAGS.per_class)
     rows = len(classes)
-  overrides = {k: v for k, v in dict(
-      cfg_scale=FLAGS.cfg, cfg_interval=FLAGS.cfg_interval, temperature=FLAGS.temperature,
-      top_k=FLAGS.top_k, top_p=FLAGS.top_p).items() if v is not None}
+  overrides = sampling_overrides()
   images = sample(trainer, params, labels.astype(np.int32), seed=FLAGS.seed,
                   batch_size=FLAGS.batch_size, resize=FLAGS.resize, **overrides)
   if jax.process_index() != 0:

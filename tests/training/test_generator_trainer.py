@@ -10,6 +10,7 @@ from PIL import Image
 from helpers import load_config, save_random_titok_run, tiny_titok_config
 from vwt_jax import sample as sample_lib
 from vwt_jax.data import codes
+from vwt_jax.evaluation import reconstruction as recon_eval
 from vwt_jax.training import generator
 
 NUM_CLASSES, SEQ_LEN, VOCAB = 10, 8, 64
@@ -87,7 +88,7 @@ def test_sample_is_deterministic_and_writes_adm_npz(code_dir, tmp_path):
   b = sample_lib.sample(trainer, params, labels, seed=5, batch_size=8, top_k=0)
   assert a.shape == (3, 16, 16, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
-  assert sample_lib.quantize(np.array([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
+  assert recon_eval.quantize(np.array([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
 
 
 def test_text_to_image_trains_on_captioned_codes(tmp_path):

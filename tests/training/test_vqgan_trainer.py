@@ -21,6 +21,9 @@ def test_tiny_run_checkpoints_batch_stats_and_evaluates(shapes_dir, tmp_path):
               "discriminator_loss", "codebook_usage"):
     assert np.isfinite(train[key]), key
   assert train["nonfinite"] == 0 and result["eval"]["psnr"] > 0
+  # Whole-eval-set codebook usage: at least one of the 64 codes, at most all.
+  assert 1 / 64 <= result["eval"]["codebook_usage"] <= 1
+  assert 1 <= result["eval"]["codebook_perplexity"] <= 64 and -1 < result["eval"]["ssim"] < 1
   assert os.path.exists(tmp_path / "reconstructions.png")
   with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
     assert any("train/loss" in json.loads(line) for line in f)

@@ -89,7 +89,7 @@ def reconstruct(config, checkpoint: str, output: str, num_images: int,
         seed=config.seed, train=False)
   result = recon_eval.evaluate_reconstruction(
       lambda x: trainer.reconstruct_images(params, x), dataset, trainer.mesh,
-      num_images=num_images, grid_images=num_images)
+      num_images=num_images, grid_images=num_images, codebook_size=trainer.cfg.codebook_size)
   recon_eval.save_grid(result.pop("grid"), output)
   logging.info("wrote %s; PSNR %.2f dB over %d images", output, result["psnr"],
                result["num_images"])

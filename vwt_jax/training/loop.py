@@ -195,6 +195,13 @@ def base_config(trainer: str, variant: str, *, total_steps: int, global_batch_si
   # (.bin/.pt/.safetensors/.npz) whose weights initialise the model.
   c.init_from = ""
   c.ema_decay = ema_decay
+  # Each config adds its evaluation sizes. Weight files of the optional metrics
+  # ('' = off; the evaluation log says how to get them): the FID Inception
+  # (.npz from `vwt_jax.conversion.inception`) for rFID in tokenizer evaluations
+  # and the default of `vwt_jax.sample_eval`, and LPIPS (.npz from
+  # `vwt_jax.conversion.lpips`, backbone `lpips_net`) for tokenizer evaluations.
+  c.eval = ml_collections.ConfigDict(dict(inception_weights="", lpips_weights="",
+                                          lpips_net="vgg"))
   return c
 
 

@@ -261,6 +261,7 @@ class TiTokTrainer:
     return (lambda s, b, r: compiled(s, b, r, self.frozen)), compiled
 
   def reconstruct_images(self, params, images):
+    """(reconstructions in [-1, 1], the TiTok codes (B, N) or None for a VAE)."""
     return self._reconstruct(params, images, self.frozen)
 
   def _generator_loss(self, params, batch, rng, step, disc_state, frozen):
@@ -352,11 +353,13 @@ class TiTokTrainer:
         # No pixels yet: show the teacher's rendering of the predicted proxy codes.
         _, aux = self.model.apply({"params": params}, images)
         teacher = self.teacher[0]
-        codes = jnp.argmax(aux["proxy_logits"], axis=-1)
-        recon = teacher.apply({"params": frozen["teacher"]}, codes, method=teacher.decode_codes)
+        proxy = jnp.argmax(aux["proxy_logits"], axis=-1)
+        recon = teacher.apply({"params": frozen["teacher"]}, proxy, method=teacher.decode_codes)
       else:
-        recon, _ = self.model.apply({"params": params}, images)
-    return jnp.clip(recon, -1.0, 1.0)
+        recon, aux = self.model.apply({"params": params}, images)
+    # A VAE has no codes to count.
+    codes = aux["indices"].astype(jnp.int32) if "indices" in aux else None
+    return jnp.clip(recon, -1.0, 1.0), codes
 
   def eval_params(self, state):
     return state["ema_params"] if self.config.ema_decay else state["params"]

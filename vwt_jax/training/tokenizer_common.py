@@ -9,6 +9,7 @@ Bottleneck terms (VQ, KL, entropy) stay with each trainer.
 Also the reconstruction evaluation and the run summary.
 """
 
+import functools
 import os
 from typing import Any, Callable, Optional
 
@@ -158,20 +159,40 @@ class Adversary:
     return metrics, jnp.isfinite(d_total) & train_state.all_finite(d_grads)
 
 
-def evaluate(trainer, state, step: int, writer) -> dict[str, float]:
-  """PSNR on the eval split and `reconstructions.png` in the trainer's workdir.
+@functools.lru_cache(maxsize=1)
+def _eval_networks(mesh, inception_weights: str, lpips_weights: str, lpips_net: str,
+                   batch_size: int) -> recon_eval.Networks:
+  """Loaded once per process: the evaluation runs every `eval_every` steps."""
+  return recon_eval.load_networks(mesh, inception_weights=inception_weights,
+                                  lpips_weights=lpips_weights, lpips_net=lpips_net,
+                                  batch_size=batch_size)
 
-  `trainer` has `config`, `mesh`, `workdir`, `eval_params(state)` and
-  `reconstruct_images(params, images)`.
+
+def evaluate(trainer, state, step: int, writer) -> dict[str, float]:
+  """Reconstruction metrics on the eval split and `reconstructions.png` in the workdir.
+
+  PSNR, SSIM and codebook usage always; LPIPS and rFID (sFID, IS, precision,
+  recall) when `config.eval.lpips_weights` / `config.eval.inception_weights`
+  are set, over the first `config.eval.num_images` images. `trainer` has
+  `config`, `mesh`, `workdir`, `cfg.codebook_size`, `eval_params(state)` and
+  `reconstruct_images(params, images)` -> (reconstructions, codes or None).
   """
   config = trainer.config
+  ev = config.eval
   ds = pipeline.create_image_dataset(
-      config.data, split=config.data.eval_split, global_batch_size=config.eval.batch_size,
+      config.data, split=config.data.eval_split, global_batch_size=ev.batch_size,
       seed=config.seed, train=False)
   params = trainer.eval_params(state)
+  # Runs written before these keys existed have none.
+  networks = _eval_networks(trainer.mesh, ev.get("inception_weights", ""),
+                            ev.get("lpips_weights", ""), ev.get("lpips_net", "vgg"),
+                            ev.batch_size)
+  for note in networks.missing():
+    logging.info("eval: %s", note)
   result = recon_eval.evaluate_reconstruction(
       lambda images: trainer.reconstruct_images(params, images), ds, trainer.mesh,
-      num_images=config.eval.num_images, grid_images=config.eval.grid_images)
+      num_images=ev.num_images, grid_images=ev.grid_images,
+      codebook_size=trainer.cfg.codebook_size, networks=networks)
   grid = result.pop("grid")
   recon_eval.save_grid(grid, os.path.join(trainer.workdir, "reconstructions.png"))
   writer.write_images(step, {"reconstructions": grid[None]})

@@ -221,10 +221,11 @@ class VQGANTrainer:
 
   def _reconstruct_fn(self, params, images):
     with nn.logical_axis_rules(self.rules):
-      recon, _ = self.model.apply({"params": params}, images)
-    return jnp.clip(recon, -1.0, 1.0)
+      recon, aux = self.model.apply({"params": params}, images)
+    return jnp.clip(recon, -1.0, 1.0), aux["indices"].astype(jnp.int32)
 
   def reconstruct_images(self, params, images):
+    """(reconstructions in [-1, 1], codes (B, h*w))."""
     return self._reconstruct(params, images)
 
   def eval_params(self, state):

@@ -1,0 +1,123 @@
+"""Reconstruction evaluation: the reconstruct_eval command, the shared metric loop, usage."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import save_random_titok_run, tiny_titok_config
+from vwt_jax import reconstruct_eval
+from vwt_jax.data import pipeline
+from vwt_jax.data import transforms
+from vwt_jax.evaluation import codebook
+from vwt_jax.evaluation import evaluator
+from vwt_jax.evaluation import reconstruction as recon_eval
+from vwt_jax.training import tokenizers
+
+
+def test_quantize_returns_the_pipeline_pixels_and_truncation_does_not():
+  pixels = np.arange(256, dtype=np.uint8)
+  floats = transforms.to_float(pixels)
+  np.testing.assert_array_equal(recon_eval.quantize(floats), pixels)
+  # TiTok's truncating rule loses a level on a quarter of them: not for rFID.
+  assert np.sum(recon_eval.to_uint8(floats) != pixels) > 32
+
+
+def test_codebook_usage_and_perplexity_of_a_known_histogram():
+  counts = codebook.code_histogram(np.array([[0, 0], [1, 2]]), 4)
+  np.testing.assert_array_equal(counts, [2, 1, 1, 0])
+  stats = codebook.usage_stats(counts)
+  assert stats["codebook_usage"] == 0.75
+  # p = (1/2, 1/4, 1/4): entropy 1.5 bits, perplexity 2**1.5.
+  np.testing.assert_allclose(stats["codebook_perplexity"], 2 ** 1.5, rtol=1e-12)
+  uniform = codebook.usage_stats(codebook.code_histogram(np.arange(16).repeat(3), 16))
+  np.testing.assert_allclose(uniform["codebook_perplexity"], 16.0, rtol=1e-12)
+  assert codebook.usage_stats(codebook.code_histogram(np.full(10, 5), 16)) == {
+      "codebook_usage": 1 / 16, "codebook_perplexity": 1.0}
+  with pytest.raises(ValueError, match="outside a codebook of 8"):
+    codebook.code_histogram(np.array([0, 8]), 8)
+
+
+def _fake_inception(params, images):
+  """Cheap stand-in features: per-channel means and a coarse 4x4 thumbnail."""
+  x = images.astype(jnp.float32) * params["scale"]
+  pool = jnp.concatenate([x.mean(axis=(1, 2)), (x ** 2).mean(axis=(1, 2))], axis=-1)
+  thumb = jax.image.resize(x, (x.shape[0], 4, 4, 3), "linear").reshape(x.shape[0], -1)
+  return pool, {"spatial": thumb}
+
+
+def test_metric_loop_masks_truncates_and_scores_against_the_originals():
+  rng = np.random.default_rng(0)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(-1, 1, 1), ("data", "fsdp", "tensor"))
+  batches = []
+  for _ in range(3):
+    images = transforms.to_float(rng.integers(0, 256, (8, 12, 12, 3), dtype=np.uint8))
+    batches.append({"image": images, "mask": np.arange(8) < 6})
+
+  def reconstruct(images):
+    codes = jnp.clip((images[:, ::6, ::6, 0] + 1) * 2, 0, 3).astype(jnp.int32)
+    return jnp.clip(images * 0.8 + 0.05, -1, 1), codes.reshape(len(images), -1)
+
+  runner = evaluator.InceptionRunner(None, mesh=mesh, batch_size=8, apply_fn=_fake_inception,
+                                     params={"scale": np.float32(1.0)})
+  lpips = jax.jit(lambda a, b: jnp.mean(jnp.abs(a - b), axis=(1, 2, 3)))
+  networks = recon_eval.Networks(lpips=lpips, inception=runner)
+  result = recon_eval.evaluate_reconstruction(reconstruct, iter(batches), mesh, num_images=15,
+                                              grid_images=4, codebook_size=4,
+                                              networks=networks)
+  # 6 valid per batch: 6 + 6 + the first 3 of the third batch.
+  valid = np.concatenate([b["image"][:6] for b in batches])[:15]
+  recon = np.asarray(reconstruct(jnp.asarray(valid))[0])
+  assert result["num_images"] == 15
+  np.testing.assert_allclose(result["psnr"], np.mean(recon_eval.psnr(valid, recon)), rtol=1e-6)
+  np.testing.assert_allclose(result["lpips"], np.mean(np.abs(valid - recon)), rtol=1e-5)
+  assert 0 < result["ssim"] < 1
+  counts = codebook.code_histogram(np.asarray(reconstruct(jnp.asarray(valid))[1]), 4)
+  assert result["codebook_usage"] == codebook.usage_stats(counts)["codebook_usage"]
+  want = evaluator.compute_metrics(
+      runner.activations([recon_eval.quantize(valid)]),
+      runner.activations([recon_eval.quantize(recon)]))
+  for key in ("fid", "sfid", "precision", "recall"):
+    np.testing.assert_allclose(result["rfid" if key == "fid" else key], want[key], rtol=1e-6)
+  assert result["rfid"] > 1 and "inception_score" not in result
+  assert result["grid"].shape == (2 * 12, 4 * 12, 3)
+
+
+def test_reconstruct_eval_writes_adm_batches_and_metrics(shapes_dir, tmp_path, capsys):
+  config = tiny_titok_config(shapes_dir)
+  run = str(tmp_path / "titok")
+  save_random_titok_run(config, run)
+  out = str(tmp_path / "rfid")
+  # 16 validation images in batches of 8: the second batch is cut at 12.
+  result = reconstruct_eval.run(tokenizers.run_config(run), run, out, num_images=12,
+                                batch_size=8)
+  with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
+    metrics = json.load(f)
+  assert metrics["num_images"] == 12 and metrics == json.loads(json.dumps(result))
+  with np.load(os.path.join(out, "originals.npz")) as f:
+    originals = f["arr_0"]
+  with np.load(os.path.join(out, "reconstructions.npz")) as f:
+    reconstructions = f["arr_0"]
+  assert originals.shape == reconstructions.shape == (12, 16, 16, 3)
+  ds = pipeline.create_image_dataset(config.data, split="validation", global_batch_size=16,
+                                     seed=config.seed, train=False)
+  images = next(iter(ds))["image"][:12]
+  np.testing.assert_array_equal(originals, recon_eval.quantize(images))
+  # Usage over every code of the 12 images, from the tokenizer itself.
+  tok = tokenizers.load_tokenizer(run)
+  codes = np.asarray(tok.encode(jnp.asarray(np.concatenate([images, images[:4]]))))[:12]
+  assert metrics["codebook_usage"] == codebook.usage_stats(
+      codebook.code_histogram(codes, 64))["codebook_usage"]
+  assert metrics["codebook_perplexity"] > 1
+  # PSNR is of the float reconstructions; the uint8 files agree to rounding.
+  from_files = recon_eval.psnr(transforms.to_float(originals), transforms.to_float(reconstructions))
+  np.testing.assert_allclose(metrics["psnr"], np.mean(from_files), atol=0.05)
+  assert -1 < metrics["ssim"] < 1
+  assert "rfid" not in metrics and "lpips" not in metrics
+  printed = capsys.readouterr().out
+  assert "PSNR (dB):" in printed and "codebook usage:" in printed
+  assert "rFID/IS/precision/recall skipped: set config.eval.inception_weights" in printed
+  assert "LPIPS skipped" in printed
