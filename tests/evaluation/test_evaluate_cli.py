@@ -15,6 +15,7 @@ from scipy import linalg
 
 from vwt_jax import evaluate
 from vwt_jax.conversion import inception as inception_conversion
+from vwt_jax.conversion import weights_npz
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.evaluation import adm_npz, evaluator
 from vwt_jax.evaluation.fid import Statistics
@@ -36,7 +37,7 @@ def random_inception_weights(tmp_path_factory):
     else:
       flat[key] = 0.1 * rs.standard_normal(shape)
   path = str(tmp_path_factory.mktemp("inception") / "inception_random.npz")
-  inception_conversion.write_npz(flat, path)
+  weights_npz.write(flat, path)
   return path
 
 

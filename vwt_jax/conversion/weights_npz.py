@@ -1,0 +1,38 @@
+"""The file every converter writes: a flat '/'-keyed float32 .npz and its sha256.
+
+Members are sorted and carry a constant timestamp, so the bytes (and the
+recorded hash) are a function of the weights only: two conversions of the same
+public file give the same sha256, which users can compare with the README.
+"""
+
+import hashlib
+import os
+from typing import Any, Mapping
+import zipfile
+
+import flax.linen as nn
+from flax import traverse_util
+import numpy as np
+
+
+def write(params: Mapping[str, Any], path: str) -> str:
+  """Writes `params` (nested or already '/'-flat) to `path` and `path.sha256`.
+
+  Returns:
+    The sha256 hex digest of the written .npz.
+  """
+  flat = traverse_util.flatten_dict(nn.meta.unbox(dict(params)), sep="/")
+  with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+    for key in sorted(flat):
+      info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+      with archive.open(info, "w") as member:
+        np.lib.format.write_array(member, np.ascontiguousarray(flat[key], np.float32),
+                                  allow_pickle=False)
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  sha = digest.hexdigest()
+  with open(path + ".sha256", "w", encoding="utf-8") as f:
+    f.write(f"{sha}  {os.path.basename(path)}\n")
+  return sha
