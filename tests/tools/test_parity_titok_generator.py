@@ -26,7 +26,7 @@ def test_parity_passes_on_fixtures(fixtures_dir, capsys):
   for name in ("generator_imagebert/generate_T0_linear", "generator_uvitbert/logits_uncond",
                "generator_uvitbert/schedule_power_cosine"):
     assert name in out
-  assert "20 arrays compared, 0 failed" in out
+  assert "20 items compared, 0 failed" in out
 
 
 def test_perturbed_and_unknown_arrays_fail(fixtures_dir, tmp_path, capsys):

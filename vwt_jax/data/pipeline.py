@@ -16,7 +16,8 @@ then skipped in training or masked out in evaluation (so every process still
 sees the same number of eval batches). The iterator's `stats()` gives the count
 so far, which is part of the checkpointed state; past
 `data_config.max_corrupt_records` the iterator raises
-`TooManyCorruptRecordsError` naming the source.
+`TooManyCorruptRecordsError` naming the source (and the last corrupt files,
+when the reader names them).
 
 `data_config` fields (see `default_data_config`):
   name: 'synthetic_shapes' (prepared under data_dir on first use) or
@@ -54,6 +55,10 @@ from vwt_jax.data import transforms
 # iterator's statistics and removed from the batch. Every reader given to
 # `record_batches` sets it on the examples it returns.
 CORRUPT_KEY = 'num_corrupt'
+# Optional per-example str: the names (newline-separated) of those records,
+# for the error message. Only the last few names are kept.
+CORRUPT_NAMES_KEY = 'corrupt_names'
+_NAMED_CORRUPT_RECORDS = 20
 
 
 class TooManyCorruptRecordsError(RuntimeError):
@@ -123,6 +128,9 @@ def open_source(data_config, split):
 class CorruptRecord:
   """What a reader returns for a training record that failed to decode."""
 
+  def __init__(self, name=''):
+    self.name = name  # e.g. its file, listed by TooManyCorruptRecordsError
+
 
 class _ReadRecord:
   """(position in the stream, record index) -> preprocessed example.
@@ -171,11 +179,12 @@ class _ReadRecord:
     return example
 
 
-def _check_corrupt_count(count, limit, description):
+def _check_corrupt_count(count, limit, description, names=()):
   if count > limit:
+    listed = f'; the last ones: {", ".join(names)}' if names else ''
     raise TooManyCorruptRecordsError(
         f'{count} corrupt records in {description} exceed '
-        f'data_config.max_corrupt_records={limit}')
+        f'data_config.max_corrupt_records={limit}{listed}')
 
 
 class _CorruptCountingIterator(grain.DatasetIterator):
@@ -187,28 +196,40 @@ class _CorruptCountingIterator(grain.DatasetIterator):
     self._limit = limit
     self._description = description
     self._num_corrupt = 0
+    self._names = []
+
+  def _count(self, count, names):
+    self._num_corrupt += count
+    self._names = (self._names + [n for n in names if n])[
+        -_NAMED_CORRUPT_RECORDS:]
+    _check_corrupt_count(self._num_corrupt, self._limit, self._description,
+                         self._names)
 
   def get_state(self):
-    return {'parent': self._parent.get_state(), self._STATE_KEY: self._num_corrupt}
+    return {'parent': self._parent.get_state(),
+            self._STATE_KEY: self._num_corrupt,
+            'corrupt_names': list(self._names)}
 
   def set_state(self, state):
     self._parent.set_state(state['parent'])
     self._num_corrupt = state[self._STATE_KEY]
+    # Checkpoints written before names were kept lack the field.
+    self._names = list(state.get('corrupt_names', []))
 
 
 class _SkipCorruptIterator(_CorruptCountingIterator):
   """Drops `CorruptRecord`s, charging them to the next good example."""
 
   def __next__(self):
-    skipped = 0
+    skipped = []
     element = next(self._parent)
     while isinstance(element, CorruptRecord):
-      skipped += 1
-      self._num_corrupt += 1
+      skipped.append(element.name)
       # Checked here too so an all-corrupt source fails instead of spinning.
-      _check_corrupt_count(self._num_corrupt, self._limit, self._description)
+      self._count(1, [element.name])
       element = next(self._parent)
-    return {**element, CORRUPT_KEY: np.int32(skipped)}
+    return {**element, CORRUPT_KEY: np.int32(len(skipped)),
+            CORRUPT_NAMES_KEY: '\n'.join(n for n in skipped if n)}
 
 
 class CountingIterator(_CorruptCountingIterator):
@@ -217,8 +238,9 @@ class CountingIterator(_CorruptCountingIterator):
 
   def __next__(self):
     batch = dict(next(self._parent))
-    self._num_corrupt += int(batch.pop(CORRUPT_KEY).sum())
-    _check_corrupt_count(self._num_corrupt, self._limit, self._description)
+    names = batch.pop(CORRUPT_NAMES_KEY, ())
+    self._count(int(batch.pop(CORRUPT_KEY).sum()),
+                [n for joined in names for n in str(joined).split('\n')])
     return batch
 
   def stats(self):
@@ -288,7 +310,8 @@ def record_batches(data_config, read, num_records, *, description, finalize,
     data_config: ConfigDict with `num_threads`, `prefetch`, `num_workers`,
       `max_corrupt_records` and `eval_drop_remainder`.
     read: `read(position, record_index)` -> example dict carrying
-      `CORRUPT_KEY`; in training a `CorruptRecord` for a record that fails to
+      `CORRUPT_KEY` (and optionally `CORRUPT_NAMES_KEY`); in training a
+      `CorruptRecord` (optionally naming the file) for a record that fails to
       decode, in evaluation a masked padding example for it and for every
       `record_index >= num_records`. `position` is the global stream position,
       so per-record randomness from it does not depend on the process count.

@@ -1,6 +1,6 @@
 """Numerical parity of our models against fixtures made with the official code.
 
-  python -m vwt_jax.tools.parity {titok,titok-generator,llamagen-gpt,llamagen-t2i,llamagen-vq,adm-eval,lpips} FIXTURE_DIR
+  python -m vwt_jax.tools.parity {titok,titok-generator,llamagen-gpt,llamagen-t2i,llamagen-vq,adm-eval,lpips,vript-formats,vript-hal} FIXTURE_DIR
 
 Each kind is a function registered in `KINDS`; it returns one `Result` per
 fixture array. Every array of an io file must be either compared or declared
@@ -21,6 +21,8 @@ KINDS: dict[str, str] = {
     "llamagen-vq": "vwt_jax.tools.parity_vqgan:run_vq",
     "adm-eval": "vwt_jax.tools.parity_eval:run_adm_eval",
     "lpips": "vwt_jax.tools.parity_eval:run_lpips",
+    "vript-formats": "vwt_jax.tools.parity_vript_formats:run_vript_formats",
+    "vript-hal": "vwt_jax.tools.parity_vript_hal:run_vript_hal",
 }
 
 
@@ -40,7 +42,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for r in results:
     print(r.line())
   failed = [r for r in results if not r.ok]
-  print(f"parity {args.kind}: {len(results)} arrays compared, {len(failed)} failed"
+  print(f"parity {args.kind}: {len(results)} items compared, {len(failed)} failed"
         + ("" if failed else " -- all OK"))
   return 1 if failed else 0
 

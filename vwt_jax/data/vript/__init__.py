@@ -1,0 +1,1 @@
+"""Vript: readers for the released annotations and the Vriptor training formats."""

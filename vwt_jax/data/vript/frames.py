@@ -1,0 +1,291 @@
+"""Video frames for Vriptor training: index sampling, PyAV decoding, transforms.
+
+Frame selection follows ST-LLM's `get_frame_indices` and
+`read_frames_decord_in_list` (`vriptor/stllm/datasets/datasets/utils.py` in
+mutonix/Vript): count-based, the frame budget of a window of clips split evenly
+over its clips, each clip cut into equal index ranges with one frame taken per
+range. The official code draws with Python's `random` and `np.random`; here
+every draw comes from an explicit `np.random.Generator`, in this order: the
+frame indices of each clip (clip by clip), then the crop box.
+
+Decoding uses PyAV instead of decord (same FFmpeg decoder; the YUV -> RGB
+conversion is FFmpeg's swscale in both). Transforms are the official
+`train_transform` (`RandomResizedCrop(224, scale=(0.5, 1.0), bicubic)`, one crop
+box for all frames of a sample, since torchvision crops the stacked (T, C, H, W)
+tensor at once), then /255 and the CLIP mean/std. Resizing uses Pillow's
+bicubic filter: torchvision's antialiased bicubic resize was written to match
+it (same a=-0.5 kernel, widened when shrinking), and it rounds back to uint8 as
+torchvision does for uint8 tensors. Pillow also keeps the per-record work in
+numpy, so grain worker processes never need JAX.
+"""
+
+import os
+
+import av
+import numpy as np
+from PIL import Image
+
+from vwt_jax.data import transforms
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CROP_SCALE = (0.5, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+SAMPLE_RULES = ('rand', 'middle')
+
+
+class CorruptClipError(Exception):
+  """A clip file is missing, cannot be decoded or holds no video frames."""
+
+  def __init__(self, path, reason):
+    super().__init__(f'{path}: {reason}')
+    self.path = path
+    self.reason = reason
+
+  def __reduce__(self):
+    # Exceptions pickle their `args` only; grain workers send errors back.
+    return type(self), (self.path, self.reason)
+
+
+def split_frames(num_frames, num_clips):
+  """Frames per clip of a window: `num_frames // num_clips`, the remainder to
+  the first clips (a clip may get 0 when num_frames < num_clips)."""
+  if num_clips < 1:
+    raise ValueError(f'a window needs at least one clip, got {num_clips}')
+  counts = [num_frames // num_clips] * num_clips
+  for i in range(num_frames % num_clips):
+    counts[i] += 1
+  return counts
+
+
+def sample_frame_indices(num_frames, vlen, sample, rng=None):
+  """ST-LLM's count-based frame indices for one clip of `vlen` frames.
+
+  The clip is cut into k = min(num_frames, vlen) ranges [a_i, a_{i+1}) with
+  a = `np.linspace(0, vlen, k + 1).astype(int)`; the list is padded with its
+  last index up to `num_frames`.
+
+  'middle': (a_i + a_{i+1} - 1) // 2 per range.
+  'rand': the official `random.choice(range(a_i, a_{i+1} - 1))`, i.e. uniform
+    over the range minus its last frame (an off-by-one kept here: the last
+    frame of a range is never drawn). A one-frame range is then empty; the
+    official catches that error and instead draws k distinct frames of the
+    whole clip (`np.random.permutation(vlen)[:k]`, sorted), for every range,
+    which this also does. With vlen <= num_frames every range has one frame,
+    so that path gives all frames 0..vlen-1 in order.
+
+  Args:
+    num_frames: frames wanted from this clip (may be 0).
+    vlen: frames in the clip, >= 1.
+    sample: 'rand' or 'middle'.
+    rng: numpy Generator; required for 'rand'.
+
+  Returns:
+    list of `num_frames` int frame indices.
+  """
+  if sample not in SAMPLE_RULES:
+    raise ValueError(f'frame sample rule {sample!r} is not one of '
+                     f'{SAMPLE_RULES}')
+  if vlen < 1:
+    raise ValueError(f'cannot sample frames from a clip of {vlen} frames')
+  if sample == 'rand' and rng is None:
+    raise ValueError("sample='rand' needs a numpy Generator")
+  if num_frames == 0:
+    return []
+  k = min(num_frames, vlen)
+  bounds = np.linspace(0, vlen, k + 1).astype(int)
+  starts, stops = bounds[:-1], bounds[1:]
+  if sample == 'middle':
+    indices = ((starts + stops - 1) // 2).tolist()
+  elif np.all(stops - 1 > starts):
+    indices = rng.integers(starts, stops - 1).tolist()
+  else:
+    indices = sorted(rng.permutation(vlen)[:k].tolist())
+  return indices + [indices[-1]] * (num_frames - k)
+
+
+def _open(path):
+  if not os.path.isfile(path):
+    raise CorruptClipError(path, 'file not found')
+  try:
+    container = av.open(path)
+  except (av.FFmpegError, OSError) as e:
+    raise CorruptClipError(
+        path, f'cannot open ({type(e).__name__}: {e})') from e
+  if not container.streams.video:
+    container.close()
+    raise CorruptClipError(path, 'no video stream')
+  return container
+
+
+def count_frames(path):
+  """Frames in the first video stream, counted from its packets (demuxing
+  only, no decoding).
+
+  Raises:
+    CorruptClipError: missing or unreadable file, no video stream, no frames.
+  """
+  with _open(path) as container:
+    try:
+      # The demuxer ends with an empty flush packet.
+      vlen = sum(packet.size > 0
+                 for packet in container.demux(container.streams.video[0]))
+    except av.FFmpegError as e:
+      raise CorruptClipError(
+          path, f'cannot read packets ({type(e).__name__}: {e})') from e
+  if not vlen:
+    raise CorruptClipError(path, 'the video stream has no frames')
+  return vlen
+
+
+def decode_frames(path, indices):
+  """Decodes the frames at `indices` (any order, repeats allowed).
+
+  Frames are decoded in sequence and only the requested ones are converted
+  and kept, so long clips never sit in memory whole.
+
+  Returns:
+    uint8 array (len(indices), H, W, 3), RGB.
+
+  Raises:
+    CorruptClipError: the file cannot be decoded up to max(indices).
+  """
+  if not indices:
+    raise ValueError(f'no frame indices given for {path}')
+  wanted = set(indices)
+  kept = {}
+  decoded = 0
+  with _open(path) as container:
+    try:
+      for decoded, frame in enumerate(
+          container.decode(container.streams.video[0]), start=1):
+        if decoded - 1 in wanted:
+          kept[decoded - 1] = frame.to_ndarray(format='rgb24')
+          if len(kept) == len(wanted):
+            break
+    except av.FFmpegError as e:
+      raise CorruptClipError(
+          path, f'decoding failed after {decoded} frames '
+          f'({type(e).__name__}: {e})') from e
+  if len(kept) < len(wanted):
+    raise CorruptClipError(
+        path, f'decoded {decoded} frames but frame {max(wanted)} was '
+        'requested')
+  return np.stack([kept[i] for i in indices])
+
+
+def read_clip(path, num_frames, sample, rng=None):
+  """Samples and decodes `num_frames` frames of one clip.
+
+  Returns:
+    (uint8 frames (num_frames, H, W, 3), list of frame indices).
+  """
+  indices = sample_frame_indices(num_frames, count_frames(path), sample, rng)
+  return decode_frames(path, indices), indices
+
+
+def read_window(paths, num_frames, sample, rng=None):
+  """`num_frames` frames of a window of consecutive clips, split as
+  `split_frames` does.
+
+  A clip given 0 frames is not opened (the official reader opens it anyway,
+  so only its failure mode differs: a broken one is not noticed here).
+
+  Returns:
+    (frames, indices): one uint8 (n_i, H_i, W_i, 3) array and one list of
+    frame indices per clip given n_i > 0 frames.
+  """
+  clips, indices = [], []
+  for path, count in zip(paths, split_frames(num_frames, len(paths))):
+    if count:
+      clip_frames, clip_indices = read_clip(path, count, sample, rng)
+      clips.append(clip_frames)
+      indices.append(clip_indices)
+  return clips, indices
+
+
+def random_resized_crop_box(height, width, rng, scale=CROP_SCALE,
+                            ratio=CROP_RATIO):
+  """torchvision's `RandomResizedCrop.get_params` with a numpy Generator.
+
+  Ten tries at an area fraction in `scale` and a log-uniform aspect ratio in
+  `ratio`; if none fits, the largest center crop within `ratio`.
+
+  Returns:
+    (top, left, crop_height, crop_width).
+  """
+  area = height * width
+  log_ratio = np.log(ratio)
+  for _ in range(10):
+    target_area = area * rng.uniform(scale[0], scale[1])
+    aspect = np.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    w = int(round(np.sqrt(target_area * aspect)))
+    h = int(round(np.sqrt(target_area / aspect)))
+    if 0 < w <= width and 0 < h <= height:
+      top = int(rng.integers(0, height - h + 1))
+      left = int(rng.integers(0, width - w + 1))
+      return top, left, h, w
+  in_ratio = width / height
+  if in_ratio < min(ratio):
+    w, h = width, int(round(width / min(ratio)))
+  elif in_ratio > max(ratio):
+    w, h = int(round(height * max(ratio))), height
+  else:
+    w, h = width, height
+  return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _resize(image, size):
+  resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+      (size, size), Image.Resampling.BICUBIC)
+  return np.asarray(resized)
+
+
+def _scale_box(box, from_hw, to_hw):
+  """Moves a crop box drawn on one frame size onto another (the clips of a
+  window normally share their size; the official reader would fail if not)."""
+  if from_hw == to_hw:
+    return box
+  sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+  top, left, h, w = box
+  return (int(round(top * sy)), int(round(left * sx)),
+          max(1, int(round(h * sy))), max(1, int(round(w * sx))))
+
+
+def transform_clips(clips, *, image_size, train, rng=None):
+  """Crops and resizes the frames of a sample to `image_size`, as uint8.
+
+  Train: one `random_resized_crop_box` (drawn on the first clip's frame size)
+  for every frame, then bicubic resize to image_size x image_size. Eval:
+  resize the shorter side to `image_size` (bicubic), center crop.
+
+  Args:
+    clips: list of uint8 (n_i, H_i, W_i, 3) arrays, in order.
+    image_size: output height and width.
+    train: random crop (needs `rng`) or center crop.
+    rng: numpy Generator for the crop box.
+
+  Returns:
+    uint8 array (sum n_i, image_size, image_size, 3).
+  """
+  out = []
+  if train:
+    first_hw = clips[0].shape[1:3]
+    box = random_resized_crop_box(*first_hw, rng)
+    for frames in clips:
+      top, left, h, w = _scale_box(box, first_hw, frames.shape[1:3])
+      out.extend(_resize(f[top:top + h, left:left + w], image_size)
+                 for f in frames)
+  else:
+    for frames in clips:
+      out.extend(transforms.center_crop(
+          transforms.resize_shorter_side(f, image_size), image_size)
+                 for f in frames)
+  return np.stack(out)
+
+
+def normalize(frames):
+  """uint8 RGB -> float32 (x / 255 - CLIP mean) / CLIP std."""
+  mean = np.asarray(CLIP_MEAN, np.float32)
+  std = np.asarray(CLIP_STD, np.float32)
+  return (frames.astype(np.float32) / 255.0 - mean) / std

@@ -1,0 +1,260 @@
+"""BERT- and MPNet-family sentence encoders, as sentence-transformers runs them.
+
+One post-LN transformer serves both families; they differ only in how
+positions enter:
+* BERT (`BertModel`): learned absolute positions 0..L-1 plus token-type
+  embeddings, summed with the word embeddings before the embedding LayerNorm.
+* MPNet (`MPNetModel`): learned absolute positions numbered like RoBERTa
+  (padding tokens get the padding index, real tokens padding_idx+1, +2, ...)
+  and, in every layer, one relative-position attention bias whose bucket table
+  is shared by all layers.
+The token states are pooled (attention-mask weighted mean, mean / sqrt(count),
+first token or max, as the `Pooling` module of sentence-transformers) and
+L2-normalised (its `Normalize`).
+Everything is computed in float32; the sizes come from the model's config.json
+through `TextEncoderConfig.from_hf_config`.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vwt_jax.models import layers
+
+FAMILIES = ("bert", "mpnet")
+POOLING_MODES = ("mean", "mean_sqrt_len_tokens", "cls", "max")
+
+# transformers' ACT2FN names of the activations these families use.
+_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "relu": nn.relu,
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
+
+# MPNetEmbeddings hard-codes padding_idx = 1 for its position numbering,
+# whatever the config's pad_token_id says.
+MPNET_POSITION_PADDING_IDX = 1
+# MPNetEncoder.compute_position_bias always buckets with these two constants;
+# the config's relative_attention_num_buckets only sizes the bias table.
+MPNET_RELATIVE_BUCKETS = 32
+MPNET_RELATIVE_MAX_DISTANCE = 128
+# sentence-transformers' Pooling clamps the token count, Normalize the norm.
+_MEAN_POOL_MIN_COUNT = 1e-9
+_NORMALIZE_EPS = 1e-12
+
+
+@dataclasses.dataclass(frozen=True)
+class TextEncoderConfig:
+  """Sizes of a BERT/MPNet encoder (the fields of transformers' config.json)."""
+  family: str = "bert"
+  vocab_size: int = 30522
+  hidden_size: int = 384
+  num_layers: int = 6
+  num_heads: int = 12
+  intermediate_size: int = 1536
+  hidden_act: str = "gelu"
+  layer_norm_eps: float = 1e-12
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  relative_attention_num_buckets: int = 32
+
+  def __post_init__(self):
+    if self.family not in FAMILIES:
+      raise ValueError(f"TextEncoderConfig.family={self.family!r}: expected one of {FAMILIES}")
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"TextEncoderConfig: hidden_size={self.hidden_size} is not divisible "
+                       f"by num_heads={self.num_heads}")
+    if self.hidden_act not in _ACTIVATIONS:
+      raise ValueError(f"TextEncoderConfig.hidden_act={self.hidden_act!r}: expected one of "
+                       f"{sorted(_ACTIVATIONS)}")
+    if self.family == "mpnet" and self.relative_attention_num_buckets < MPNET_RELATIVE_BUCKETS:
+      raise ValueError(
+          f"TextEncoderConfig.relative_attention_num_buckets="
+          f"{self.relative_attention_num_buckets}: MPNet looks up bucket ids up to "
+          f"{MPNET_RELATIVE_BUCKETS - 1}, so at least {MPNET_RELATIVE_BUCKETS} are needed")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def max_length(self) -> int:
+    """Longest token sequence the position table can number."""
+    if self.family == "mpnet":
+      return self.max_position_embeddings - MPNET_POSITION_PADDING_IDX - 1
+    return self.max_position_embeddings
+
+  @classmethod
+  def from_hf_config(cls, config: Mapping[str, Any], source: str = "config.json"
+                     ) -> "TextEncoderConfig":
+    """Reads a transformers `BertConfig`/`MPNetConfig` dict (model_type bert or mpnet)."""
+    family = config.get("model_type")
+    if family not in FAMILIES:
+      raise ValueError(f"{source}: model_type={family!r}; supported: {FAMILIES}")
+    if family == "bert" and config.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError(f"{source}: position_embedding_type="
+                       f"{config['position_embedding_type']!r}; only 'absolute' is supported")
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings")
+    absent = [k for k in required if k not in config]
+    if absent:
+      raise ValueError(f"{source}: missing fields {absent}")
+    act = config.get("hidden_act", "gelu")
+    if not isinstance(act, str):
+      raise ValueError(f"{source}: hidden_act={act!r} must be an activation name")
+    return cls(
+        family=family,
+        vocab_size=int(config["vocab_size"]),
+        hidden_size=int(config["hidden_size"]),
+        num_layers=int(config["num_hidden_layers"]),
+        num_heads=int(config["num_attention_heads"]),
+        intermediate_size=int(config["intermediate_size"]),
+        hidden_act=act,
+        layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
+        max_position_embeddings=int(config["max_position_embeddings"]),
+        type_vocab_size=int(config.get("type_vocab_size", 2)),
+        relative_attention_num_buckets=int(config.get("relative_attention_num_buckets", 32)),
+    )
+
+
+def mpnet_relative_buckets(length: int) -> np.ndarray:
+  """[L, L] bucket id of key position k seen from query position q (MPNet/T5 scheme).
+
+  Bidirectional: half the buckets for keys before the query, half after; within
+  each half exact offsets below a quarter of the buckets, log-spaced beyond up to
+  the max distance. The log branch is evaluated in float32 like the reference
+  (torch float32 ops), so that ids at the log boundaries agree exactly.
+  """
+  pos = np.arange(length)
+  n = -(pos[None, :] - pos[:, None])  # query - key
+  half = MPNET_RELATIVE_BUCKETS // 2
+  ret = (n < 0).astype(np.int64) * half
+  n = np.abs(n)
+  max_exact = half // 2
+  safe = np.maximum(n, 1).astype(np.float32)
+  scaled = (np.log(safe / np.float32(max_exact))
+            / np.float32(math.log(MPNET_RELATIVE_MAX_DISTANCE / max_exact))
+            * np.float32(half - max_exact))
+  large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
+  return ret + np.where(n < max_exact, n, large)
+
+
+def _embed(num: int, dim: int, names, name: str) -> nn.Embed:
+  return nn.Embed(num, dim, dtype=jnp.float32, param_dtype=jnp.float32,
+                  embedding_init=layers.weight_init(names), name=name)
+
+
+class EncoderLayer(nn.Module):
+  """Post-LN block: x = LN(x + attn(x)); x = LN(x + W2 act(W1 x))."""
+  config: TextEncoderConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, key_mask: jax.Array,
+               position_bias: Optional[jax.Array]) -> jax.Array:
+    cfg = self.config
+    kw = dict(dtype=jnp.float32, param_dtype=jnp.float32)
+
+    def project(name):
+      return nn.DenseGeneral(
+          (cfg.num_heads, cfg.head_dim), axis=-1, **kw,
+          kernel_init=layers.weight_init(("embed", "heads", "kv")),
+          bias_init=layers.zeros_init(("heads", "kv")), name=name)(x)
+
+    q, k, v = project("query"), project("key"), project("value")
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
+    if position_bias is not None:
+      scores = scores + position_bias
+    # Padded keys get the most negative float, as transformers' additive mask.
+    scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    attn = nn.DenseGeneral(
+        cfg.hidden_size, axis=(-2, -1), **kw,
+        kernel_init=layers.weight_init(("heads", "kv", "embed")),
+        bias_init=layers.zeros_init(("embed",)), name="attention_out")(context)
+    x = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="attention_norm", **kw)(x + attn)
+    h = layers.dense(cfg.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
+    h = _ACTIVATIONS[cfg.hidden_act](h)
+    h = layers.dense(cfg.hidden_size, ("mlp", "embed"), name="output", **kw)(h)
+    return layers.layer_norm(epsilon=cfg.layer_norm_eps, name="output_norm", **kw)(x + h)
+
+
+class TextEncoder(nn.Module):
+  """Token ids -> pooled, optionally L2-normalised sentence embeddings.
+
+  `__call__(input_ids [N, L] int, attention_mask [N, L] {0,1}, token_type_ids
+  [N, L] or None)` returns `(sentence_embeddings [N, D], {'token_embeddings':
+  [N, L, D]})`. Sequences are right-padded; padded positions are masked out of
+  attention and pooling.
+  """
+  config: TextEncoderConfig
+  pooling: str = "mean"
+  normalize: bool = True
+
+  @nn.compact
+  def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+               token_type_ids: Optional[jax.Array] = None):
+    cfg = self.config
+    if self.pooling not in POOLING_MODES:
+      raise ValueError(f"TextEncoder.pooling={self.pooling!r}: expected one of {POOLING_MODES}")
+    length = input_ids.shape[1]
+    if length > cfg.max_length:
+      raise ValueError(f"sequence length {length} exceeds the {cfg.max_length} positions of "
+                       f"this {cfg.family} encoder")
+    key_mask = attention_mask.astype(bool)
+
+    x = _embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), "word_embeddings")(input_ids)
+    if cfg.family == "bert":
+      positions = jnp.arange(length)[None, :]
+      if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+      x = x + _embed(cfg.type_vocab_size, cfg.hidden_size, (None, "embed"),
+                     "token_type_embeddings")(token_type_ids)
+      position_bias = None
+    else:
+      not_pad = (input_ids != MPNET_POSITION_PADDING_IDX).astype(jnp.int32)
+      positions = jnp.cumsum(not_pad, axis=1) * not_pad + MPNET_POSITION_PADDING_IDX
+      table = self.param(
+          "relative_attention_bias",
+          nn.with_logical_partitioning(nn.initializers.normal(layers.WEIGHT_STDDEV),
+                                       (None, "heads")),
+          (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
+      # [1, heads, L, L]: one bias for every layer, from static bucket ids.
+      position_bias = jnp.transpose(table[mpnet_relative_buckets(length)], (2, 0, 1))[None]
+    x = x + _embed(cfg.max_position_embeddings, cfg.hidden_size, ("length", "embed"),
+                   "position_embeddings")(positions)
+    x = layers.layer_norm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+                          param_dtype=jnp.float32, name="embeddings_norm")(x)
+
+    for i in range(cfg.num_layers):
+      x = EncoderLayer(cfg, name=f"layer_{i}")(x, key_mask, position_bias)
+
+    mask = attention_mask.astype(jnp.float32)[..., None]
+    if self.pooling in ("mean", "mean_sqrt_len_tokens"):
+      count = jnp.maximum(jnp.sum(mask, axis=1), _MEAN_POOL_MIN_COUNT)
+      if self.pooling == "mean_sqrt_len_tokens":
+        count = jnp.sqrt(count)
+      pooled = jnp.sum(x * mask, axis=1) / count
+    elif self.pooling == "cls":
+      pooled = x[:, 0]
+    else:
+      pooled = jnp.max(jnp.where(mask > 0, x, -jnp.inf), axis=1)
+    if self.normalize:
+      norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
+      pooled = pooled / jnp.maximum(norm, _NORMALIZE_EPS)
+    return pooled, {"token_embeddings": x}
+
+
+def abstract_params(module: TextEncoder, length: int = 8) -> Any:
+  """The boxed parameter tree of `module`, by shape only (no weights computed)."""
+  ids = jnp.zeros((1, length), jnp.int32)
+  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))[
+      "params"]

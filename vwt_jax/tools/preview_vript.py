@@ -1,0 +1,82 @@
+"""A picture of a Vript root: keyframes with their scene titles and captions.
+
+  python -m vwt_jax.tools.preview_vript --root VRIPT_ROOT --output preview.png \
+      [--num_clips 12] [--columns 4]
+
+One cell per clip (the first clips in index order): the middle frame, then the
+scene title and the start of the caption, word-wrapped. A quick look at
+whether clips and captions belong together, for the real download as for the
+embedded synthetic set.
+"""
+
+import argparse
+import sys
+import textwrap
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
+
+from vwt_jax.data.vript import clip_source
+
+_LINE_HEIGHT = 12
+_TEXT_LINES = 8
+
+
+def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int,
+                   text_lines: int = _TEXT_LINES) -> np.ndarray:
+  """NHWC uint8 images with word-wrapped text under each, as one HWC picture."""
+  n, size = len(images), images.shape[1]
+  font = ImageFont.load_default()
+  # Pillow's default font is about 6 px wide per character.
+  wrap = textwrap.TextWrapper(width=max(8, size // 6 - 1), max_lines=text_lines,
+                              placeholder=" ...")
+  cell_h = size + text_lines * _LINE_HEIGHT + 4
+  rows = -(-n // columns)
+  canvas = Image.new("RGB", (columns * size, rows * cell_h), "white")
+  draw = ImageDraw.Draw(canvas)
+  for i, (image, caption) in enumerate(zip(images, captions)):
+    x, y = (i % columns) * size, (i // columns) * cell_h
+    canvas.paste(Image.fromarray(image), (x, y))
+    for j, line in enumerate(wrap.wrap(caption)):
+      draw.text((x + 2, y + size + 2 + j * _LINE_HEIGHT), line, fill="black", font=font)
+  return np.asarray(canvas)
+
+
+def preview(root: str, output: str, *, num_clips: int = 12, columns: int = 4,
+            cell: int = 192, cache_dir: str = "") -> int:
+  """Writes the picture; returns the number of clips shown."""
+  videos = clip_source.load_videos(root, cache_dir=cache_dir)
+  source = clip_source.KeyframeSource(videos, image_size=cell, keyframe="middle")
+  if not len(source):
+    raise ValueError(f"no clip with a caption and an mp4 under {root!r}")
+  records = [source[i] for i in range(min(num_clips, len(source)))]
+  grid = captioned_grid(np.stack([r["image"] for r in records]),
+                        [f"{r['clip_id']}: {r['scene_title']}. {r['caption']}" for r in records],
+                        columns=min(columns, len(records)))
+  Image.fromarray(grid).save(output)
+  return len(records)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m vwt_jax.tools.preview_vript",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--root", required=True, help="extracted Vript root")
+  parser.add_argument("--output", required=True, help="PNG to write")
+  parser.add_argument("--num_clips", type=int, default=12)
+  parser.add_argument("--columns", type=int, default=4, help="cells per row")
+  parser.add_argument("--cell", type=int, default=192,
+                      help="cell width in pixels (the frame is square)")
+  parser.add_argument("--cache_dir", default="",
+                      help="where the clip index goes when the root is read-only")
+  args = parser.parse_args(argv)
+  shown = preview(args.root, args.output, num_clips=args.num_clips, columns=args.columns,
+                  cell=args.cell, cache_dir=args.cache_dir)
+  print(f"{shown} clips -> {args.output}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])
