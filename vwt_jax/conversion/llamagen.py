@@ -18,7 +18,6 @@ import dataclasses
 import re
 from typing import Any, Mapping, Optional, Union
 
-import jax
 import numpy as np
 
 from vwt_jax.conversion import torch_state as ts
@@ -86,13 +85,10 @@ def convert_gpt(state_dict: Mapping[str, Any], config: GPTConfig) -> dict:
   params.update({f"layers_{i}": layer for i, layer in enumerate(layers)})
   params = ts.prune_missing(params)
   ignored = [k for k in sd.unused() if _IGNORED.match(k)]
-  # Checked in the unrolled layout so that errors name the layer.
   unrolled = dataclasses.replace(config, scan_layers=False, remat=False)
-  ts.check_params(params, abstract_params(unrolled), sd, ignore_unused=ignored)
-  if config.scan_layers:
-    stacked = [params.pop(f"layers_{i}") for i in range(config.n_layer)]
-    params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *stacked)
-  return ts.cast_tree(params, config.param_dtype)
+  return ts.check_and_stack_layers(
+      params, abstract_params(unrolled), sd, ignore_unused=ignored, n_layer=config.n_layer,
+      scan_layers=config.scan_layers, param_dtype=config.param_dtype)
 
 
 def load_gpt(path_or_state_dict: Union[str, Mapping[str, Any]], config: GPTConfig

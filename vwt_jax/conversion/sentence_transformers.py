@@ -46,8 +46,10 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tokenizers import normalizers
 
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.data import text_tokenizer
 from vwt_jax.models.text_encoders import (POOLING_MODES, TextEncoder, TextEncoderConfig,
                                           abstract_params)
 
@@ -92,13 +94,6 @@ def _layer_names(family: str) -> dict[str, str]:
           "output_norm": "output.LayerNorm"}
 
 
-def _reshape(array: Optional[np.ndarray], shape: tuple) -> Optional[np.ndarray]:
-  # A wrong size is left as is so that `check_params` reports it with its shape.
-  if array is None or array.size != int(np.prod(shape)):
-    return array
-  return array.reshape(shape)
-
-
 def _strip_prefix(state_dict: Mapping[str, Any], family: str) -> dict[str, Any]:
   prefix = f"{family}."
   return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
@@ -127,10 +122,10 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: TextEncoderConfig)
     layer = {}
     for proj in ("query", "key", "value"):
       dense = ts.linear(sd, names[proj])
-      layer[proj] = {"kernel": _reshape(dense.get("kernel"), (d, h, hd)),
-                     "bias": _reshape(dense.get("bias"), (h, hd))}
+      layer[proj] = {"kernel": ts.reshape_checked(dense.get("kernel"), (d, h, hd)),
+                     "bias": ts.reshape_checked(dense.get("bias"), (h, hd))}
     out = ts.linear(sd, names["attention_out"])
-    layer["attention_out"] = {"kernel": _reshape(out.get("kernel"), (h, hd, d)),
+    layer["attention_out"] = {"kernel": ts.reshape_checked(out.get("kernel"), (h, hd, d)),
                               "bias": out.get("bias")}
     for name in ("intermediate", "output"):
       layer[name] = ts.linear(sd, names[name])
@@ -190,14 +185,8 @@ def _module_chain(model_dir: str) -> tuple[str, str, bool]:
 
 
 def _load_tokenizer(transformer_dir: str, do_lower_case: bool, max_seq_length: int):
-  from tokenizers import Tokenizer, normalizers  # pylint: disable=g-import-not-at-top
-  path = os.path.join(transformer_dir, "tokenizer.json")
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: a fast-tokenizer file is required")
-  tokenizer = Tokenizer.from_file(path)
-  # tokenizer.json may carry fixed padding/truncation (all-mpnet-base-v2: 128);
-  # sentence-transformers overrides both per call.
-  tokenizer.no_padding()
+  tokenizer = text_tokenizer.load_tokenizer(transformer_dir)
+  # sentence-transformers truncates every text to max_seq_length.
   tokenizer.enable_truncation(max_length=max_seq_length, strategy="longest_first")
   if do_lower_case:
     # As sentence-transformers: prepend Lowercase unless the normalizer has one.
@@ -207,29 +196,6 @@ def _load_tokenizer(transformer_dir: str, do_lower_case: bool, max_seq_length: i
     if not any(isinstance(n, normalizers.Lowercase) for n in parts):
       tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase()] + parts)
   return tokenizer
-
-
-def _pad_id(transformer_dir: str, tokenizer, hf_config: Mapping[str, Any]) -> int:
-  """The id transformers pads with: the tokenizer's pad token, else the config's."""
-  for name in ("tokenizer_config.json", "special_tokens_map.json"):
-    path = os.path.join(transformer_dir, name)
-    if os.path.isfile(path):
-      token = _read_json(path).get("pad_token")
-      if isinstance(token, dict):
-        token = token.get("content")
-      if isinstance(token, str) and tokenizer.token_to_id(token) is not None:
-        return int(tokenizer.token_to_id(token))
-  if hf_config.get("pad_token_id") is not None:
-    return int(hf_config["pad_token_id"])
-  raise ValueError(f"{transformer_dir}: no pad token in tokenizer_config.json / "
-                   "special_tokens_map.json and no pad_token_id in config.json")
-
-
-def _bucket(n: int, minimum: int, maximum: int) -> int:
-  size = minimum
-  while size < n:
-    size *= 2
-  return min(size, maximum)
 
 
 class SentenceEncoder:
@@ -269,7 +235,7 @@ class SentenceEncoder:
     out = np.zeros((len(ids), self.dim), np.float32)
 
     def length_bucket(i):
-      return _bucket(len(ids[i]), _MIN_LENGTH_BUCKET, self.max_seq_length)
+      return text_tokenizer.padded_size(len(ids[i]), _MIN_LENGTH_BUCKET, self.max_seq_length)
 
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     chunks, current = [], []
@@ -282,7 +248,7 @@ class SentenceEncoder:
       chunks.append(current)
     for chunk in chunks:
       length = length_bucket(chunk[0])
-      rows = _bucket(len(chunk), 1, batch_size)
+      rows = text_tokenizer.padded_size(len(chunk), 1, batch_size)
       tokens = np.full((rows, length), self.pad_id, np.int32)
       mask = np.zeros((rows, length), np.int32)
       for r, i in enumerate(chunk):
@@ -337,7 +303,7 @@ def load_sentence_encoder(model_dir: str) -> SentenceEncoder:
                               int(max_seq_length))
   module = TextEncoder(config, pooling=pooling, normalize=normalize)
   return SentenceEncoder(module, params, tokenizer, max_seq_length=int(max_seq_length),
-                         pad_id=_pad_id(transformer_dir, tokenizer, hf_config),
+                         pad_id=text_tokenizer.pad_id(transformer_dir, tokenizer, hf_config),
                          model_dir=model_dir)
 
 

@@ -7,7 +7,7 @@ missing or never used, then call `check_params` against the model's
 
 import argparse
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -109,6 +109,16 @@ def prune_missing(tree: dict) -> dict:
   return out
 
 
+def reshape_checked(array: Optional[np.ndarray], shape: tuple) -> Optional[np.ndarray]:
+  """`array` in our layout `shape` (e.g. a fused projection split into heads).
+
+  A wrong size is left as it is, so that `check_params` reports it with its shape.
+  """
+  if array is None or array.size != int(np.prod(shape)):
+    return array
+  return array.reshape(shape)
+
+
 def linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch Linear (out,in) -> Dense kernel (in,out)."""
   return _drop_none({
@@ -204,3 +214,19 @@ def cast_tree(params, dtype) -> Any:
     x = np.asarray(x)
     return jax.numpy.asarray(x, dtype) if np.issubdtype(x.dtype, np.floating) else x
   return jax.tree_util.tree_map(cast, params)
+
+
+def check_and_stack_layers(params: dict, unrolled_abstract: Any, sd: StateDictReader, *,
+                           ignore_unused: Sequence[str], n_layer: int, scan_layers: bool,
+                           param_dtype: Any) -> dict:
+  """Checks converted LLaMA-style params, stacks `layers_{i}` for `nn.scan`, casts.
+
+  The check runs on the unrolled layout (`unrolled_abstract`) so that errors
+  name the layer; with `scan_layers` the per-layer trees are then stacked on a
+  leading axis under `layers`, as `llama.build_layers` expects.
+  """
+  check_params(params, unrolled_abstract, sd, ignore_unused=ignore_unused)
+  if scan_layers:
+    stacked = [params.pop(f"layers_{i}") for i in range(n_layer)]
+    params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *stacked)
+  return cast_tree(params, param_dtype)

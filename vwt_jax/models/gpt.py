@@ -102,6 +102,17 @@ class GPTConfig:
     return llama.ffn_hidden_dim(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
   @property
+  def stack(self) -> llama.StackConfig:
+    """The transformer trunk (shared with `llama_lm.LlamaLM`)."""
+    return llama.StackConfig(
+        n_layer=self.n_layer, n_head=self.n_head, head_dim=self.head_dim,
+        ffn_hidden=self.ffn_hidden_dim, n_kv_head=self.n_kv_head, norm_eps=self.norm_eps,
+        attn_dropout=self.attn_dropout_p, resid_dropout=self.resid_dropout_p,
+        ffn_dropout=self.ffn_dropout_p, drop_path_rate=self.drop_path_rate,
+        scan_layers=self.scan_layers, remat=self.remat, dtype=self.dtype,
+        param_dtype=self.param_dtype)
+
+  @property
   def grid_size(self) -> int:
     return int(round(np.sqrt(self.block_size)))
 
@@ -168,28 +179,9 @@ def rope_table(config: GPTConfig) -> np.ndarray:
                        config.rope_base)
 
 
-def attention_mask(emb_mask: Optional[jax.Array], q_pos: jax.Array, k_len: int,
-                   prefix_len: int) -> jax.Array:
-  """allowed[b,i,j] = (j <= q_pos[i] and (j >= T or emb_mask[b,j])) or j == q_pos[i].
-
-  The reference's t2i rule (padded caption slots are seen only by themselves);
-  with `emb_mask=None` it is plain causal. Returns (B|1, len(q_pos), k_len) bool.
-  """
-  j = jnp.arange(k_len)[None, None, :]
-  i = jnp.asarray(q_pos)[None, :, None]
-  if emb_mask is None:
-    visible = jnp.ones((1, 1, k_len), bool)
-  else:
-    emb_mask = jnp.asarray(emb_mask).astype(bool)
-    pad = jnp.ones((emb_mask.shape[0], max(k_len - prefix_len, 0)), bool)
-    visible = jnp.concatenate([emb_mask, pad], axis=1)[:, None, :k_len]
-  return ((j <= i) & visible) | (j == i)
-
-
 def t2i_attention_mask(emb_mask: jax.Array, seq_len: int) -> jax.Array:
   """(B, 1, S, S) teacher-forcing mask of `dataset/t2i.py` + `train_t2i.py`."""
-  prefix = emb_mask.shape[1]
-  return attention_mask(emb_mask, jnp.arange(seq_len), seq_len, prefix)[:, None]
+  return llama.attention_mask(emb_mask, jnp.arange(seq_len), seq_len)[:, None]
 
 
 def left_pad_captions(caption: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -272,23 +264,7 @@ class GPT(nn.Module):
       self.cls_embedding = LabelEmbedder(cfg)
     else:
       self.cls_embedding = CaptionEmbedder(cfg)
-    block_kw = dict(
-        n_head=cfg.n_head, head_dim=cfg.head_dim, ffn_hidden=cfg.ffn_hidden_dim,
-        n_kv_head=cfg.n_kv_head, norm_eps=cfg.norm_eps, attn_dropout=cfg.attn_dropout_p,
-        resid_dropout=cfg.resid_dropout_p, ffn_dropout=cfg.ffn_dropout_p,
-        use_drop_path=cfg.drop_path_rate > 0, **kw)
-    block = llama.Block
-    if cfg.remat:
-      # Argument 7 (counting self) is the static `train` flag.
-      block = nn.remat(block, prevent_cse=not cfg.scan_layers, static_argnums=(7,))
-    if cfg.scan_layers:
-      self.layers = nn.scan(
-          block, variable_axes={"params": 0, "intermediates": 0},
-          split_rngs={"params": True, "dropout": True},
-          in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0, nn.broadcast),
-          length=cfg.n_layer, metadata_params={nn.PARTITION_NAME: None})(**block_kw)
-    else:
-      self.layers = [block(**block_kw) for _ in range(cfg.n_layer)]
+    self.layers = llama.build_layers(cfg.stack)
     self.norm = llama.RMSNorm(cfg.norm_eps, **kw)
     self.output = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, **kw)
     self.token_dropout = nn.Dropout(cfg.token_dropout_p)
@@ -299,18 +275,8 @@ class GPT(nn.Module):
     return self.cls_embedding(cond, train=train, force_drop=force_drop)
 
   def _trunk(self, h, rope, mask, cache, cache_index, train):
-    cfg = self.config
-    rates = jnp.linspace(0.0, cfg.drop_path_rate, cfg.n_layer, dtype=jnp.float32)
-    if cfg.scan_layers:
-      h, cache = self.layers(h, rope, mask, cache, cache_index, rates, train)
-    else:
-      new_cache = []
-      for i, block in enumerate(self.layers):
-        h, c = block(h, rope, mask, None if cache is None else cache[i], cache_index,
-                     rates[i], train)
-        new_cache.append(c)
-      cache = None if cache is None else tuple(new_cache)
-    return h, cache
+    return llama.run_layers(self.config.stack, self.layers, h, rope, mask, cache, cache_index,
+                            train)
 
   def _head(self, h):
     return self.output(self.norm(h)).astype(jnp.float32)
@@ -356,7 +322,7 @@ class GPT(nn.Module):
     h = self.embed_condition(cond, force_drop=force_drop)
     t = h.shape[1]
     positions = jnp.arange(t)
-    mask = attention_mask(emb_mask, positions, _cache_len(cache), cfg.cls_token_num)
+    mask = llama.attention_mask(emb_mask, positions, llama.cache_length(cache))
     rope = jnp.asarray(rope_table(cfg)[:t])
     h, cache = self._trunk(h, rope, mask, cache, 0, False)
     return self._head(h[:, -1]), cache
@@ -370,27 +336,18 @@ class GPT(nn.Module):
     cfg = self.config
     h = self.tok_embeddings(token.astype(jnp.int32))[:, None]
     pos = jnp.asarray(position, jnp.int32)
-    mask = attention_mask(emb_mask, pos[None], _cache_len(cache), cfg.cls_token_num)
+    mask = llama.attention_mask(emb_mask, pos[None], llama.cache_length(cache))
     rope = jax.lax.dynamic_slice_in_dim(jnp.asarray(rope_table(cfg)), pos, 1)
     h, cache = self._trunk(h, rope, mask, cache, pos, False)
     return self._head(h[:, 0]), cache
 
 
-def _cache_len(cache: Any) -> int:
-  return jax.tree.leaves(cache)[0].shape[-3]
-
-
 def init_cache(config: GPTConfig, batch: int, max_len: int, dtype: Optional[Dtype] = None):
-  """Zero KV cache for `GPT.prefill/decode`: per layer {'k','v'} (B, max_len, kv_heads, hd).
+  """Zero KV cache for `GPT.prefill/decode` (see `llama.init_stack_cache`).
 
-  A tuple over layers, or (with `scan_layers`) one dict stacked on a leading
-  layer axis. `max_len` must cover the prefix and every fed token.
+  `max_len` must cover the prefix and every fed token.
   """
-  dtype = dtype or config.dtype
-  one = llama.init_kv_cache(batch, max_len, config.kv_heads, config.head_dim, dtype)
-  if config.scan_layers:
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (config.n_layer,) + x.shape), one)
-  return tuple(one for _ in range(config.n_layer))
+  return llama.init_stack_cache(config.stack, batch, max_len, dtype or config.dtype)
 
 
 def dummy_condition(config: GPTConfig, batch: int = 1) -> jax.Array:

@@ -4,14 +4,27 @@ Every parameter is created through `nn.with_logical_partitioning` so the mesh
 rules in `vwt_jax.core.sharding` decide its placement.
 """
 
-from typing import Any, Optional, Sequence
+import math
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 Axes = Sequence[Optional[str]]
+
+# transformers' ACT2FN names used by the BERT/MPNet, T5 and CLIP configs we read.
+HF_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "silu": nn.silu,
+    "swish": nn.silu,
+}
 
 # torch's trunc_normal_(std=0.02) truncates at +-2 *absolute*, i.e. ~100 std,
 # so the official init is effectively an untruncated normal.
@@ -45,6 +58,27 @@ def layer_norm(*, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-5,
       epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
       bias_init=zeros_init(("norm",)), name=name)
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+  """[L, L] bidirectional bucket id of key position k seen from query position q.
+
+  Keys after the query use the upper half of the buckets. Within a half,
+  offsets below a quarter of `num_buckets` get their own bucket; larger ones
+  share log-spaced buckets up to `max_distance`, beyond which all fall into
+  the last. The log branch runs in float32 like the reference's torch ops, so
+  ids at the log boundaries agree exactly.
+  """
+  pos = np.arange(length)
+  offset = pos[None, :] - pos[:, None]  # key - query
+  half = num_buckets // 2
+  max_exact = half // 2
+  distance = np.abs(offset)
+  scaled = (np.log(np.maximum(distance, 1).astype(np.float32) / np.float32(max_exact))
+            / np.float32(math.log(max_distance / max_exact))
+            * np.float32(half - max_exact))
+  large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
+  return (offset > 0).astype(np.int64) * half + np.where(distance < max_exact, distance, large)
 
 
 class MultiHeadAttention(nn.Module):

@@ -1,6 +1,9 @@
 """The LLaMA decoder core: RMSNorm, SwiGLU, interleaved RoPE, GQA attention, KV cache.
 
-Shared by the LlamaGen GPT (`models/gpt.py`) and, later, a captioner's LLM.
+Shared by the LlamaGen GPT (`models/gpt.py`) and the captioner's language model
+(`models/llama_lm.py`): both describe their trunk as a `StackConfig`, build it
+with `build_layers` in `setup` and run it with `run_layers`, so there is one
+copy of the transformer code.
 
 Parameter layouts (chosen so tensor parallelism needs no resharding):
 * `attention/wqkv/kernel` is (embed, n_kv_head, q_per_kv + 2, head_dim) with
@@ -17,7 +20,8 @@ Parameter layouts (chosen so tensor parallelism needs no resharding):
   reference's repeat-interleave, without its n_head-sized cache).
 """
 
-from typing import Any, Optional
+import dataclasses
+from typing import Any, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -212,3 +216,117 @@ def init_kv_cache(batch: int, max_len: int, n_kv_head: int, head_dim: int,
                   dtype: Dtype) -> KVCache:
   shape = (batch, max_len, n_kv_head, head_dim)
   return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+
+
+@dataclasses.dataclass(frozen=True)
+class StackConfig:
+  """A stack of `n_layer` identical `Block`s and how it is laid out.
+
+  `scan_layers` stacks the blocks' parameters on a leading layer axis under one
+  `nn.scan` module (one compiled block instead of n_layer); `remat` recomputes
+  each block's activations in the backward pass. `drop_path_rate` grows
+  linearly from 0 at the first block to this value at the last.
+  """
+  n_layer: int
+  n_head: int
+  head_dim: int
+  ffn_hidden: int
+  n_kv_head: Optional[int] = None
+  norm_eps: float = 1e-5
+  attn_dropout: float = 0.0
+  resid_dropout: float = 0.0
+  ffn_dropout: float = 0.0
+  drop_path_rate: float = 0.0
+  scan_layers: bool = False
+  remat: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_kv_head or self.n_head
+
+
+Layers = Union[nn.Module, list]
+
+
+def build_layers(stack: StackConfig) -> Layers:
+  """The blocks of `stack`, to be assigned to `self.layers` in a parent's `setup`.
+
+  Assigned there, the list form is named `layers_{i}` and the scanned form
+  `layers` (every parameter with a leading layer axis), the names the
+  converters and checkpoints use.
+  """
+  block_kw = dict(
+      n_head=stack.n_head, head_dim=stack.head_dim, ffn_hidden=stack.ffn_hidden,
+      n_kv_head=stack.n_kv_head, norm_eps=stack.norm_eps, attn_dropout=stack.attn_dropout,
+      resid_dropout=stack.resid_dropout, ffn_dropout=stack.ffn_dropout,
+      use_drop_path=stack.drop_path_rate > 0, dtype=stack.dtype,
+      param_dtype=stack.param_dtype)
+  block = Block
+  if stack.remat:
+    # Argument 7 (counting self) is the static `train` flag.
+    block = nn.remat(block, prevent_cse=not stack.scan_layers, static_argnums=(7,))
+  if stack.scan_layers:
+    return nn.scan(
+        block, variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0, nn.broadcast),
+        length=stack.n_layer, metadata_params={nn.PARTITION_NAME: None})(**block_kw)
+  return [block(**block_kw) for _ in range(stack.n_layer)]
+
+
+def run_layers(stack: StackConfig, layers: Layers, h: jax.Array, rope: jax.Array,
+               mask: Optional[jax.Array], cache: Any, cache_index: Any,
+               train: bool) -> tuple[jax.Array, Any]:
+  """Runs `build_layers`' blocks on h (B,S,D); arguments as `Attention`.
+
+  `cache` is `init_stack_cache`'s (or None): per layer for the list form,
+  stacked for the scanned one. Returns (h, updated cache or None).
+  """
+  rates = jnp.linspace(0.0, stack.drop_path_rate, stack.n_layer, dtype=jnp.float32)
+  if stack.scan_layers:
+    return layers(h, rope, mask, cache, cache_index, rates, train)
+  new_cache = []
+  for i, block in enumerate(layers):
+    h, c = block(h, rope, mask, None if cache is None else cache[i], cache_index, rates[i],
+                 train)
+    new_cache.append(c)
+  return h, None if cache is None else tuple(new_cache)
+
+
+def init_stack_cache(stack: StackConfig, batch: int, max_len: int, dtype: Dtype) -> Any:
+  """Zero KV cache for `run_layers`: per layer {'k','v'} (B, max_len, kv_heads, hd).
+
+  A tuple over layers, or (with `scan_layers`) one dict stacked on a leading
+  layer axis.
+  """
+  one = init_kv_cache(batch, max_len, stack.kv_heads, stack.head_dim, dtype)
+  if stack.scan_layers:
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (stack.n_layer,) + x.shape), one)
+  return tuple(one for _ in range(stack.n_layer))
+
+
+def cache_length(cache: Any) -> int:
+  """The number of positions a KV cache holds (its S_max)."""
+  return jax.tree.leaves(cache)[0].shape[-3]
+
+
+def attention_mask(prefix_mask: Optional[jax.Array], q_pos: jax.Array,
+                   k_len: int) -> jax.Array:
+  """allowed[b,i,j] = (j <= q_pos[i] and (j >= T or prefix_mask[b,j])) or j == q_pos[i].
+
+  Causal attention in which the False slots of a padded prefix (B,T) are
+  hidden from every other position; a padded slot still sees itself, so no
+  row is empty. With `prefix_mask=None` it is plain causal. Returns
+  (B|1, len(q_pos), k_len) bool.
+  """
+  j = jnp.arange(k_len)[None, None, :]
+  i = jnp.asarray(q_pos)[None, :, None]
+  if prefix_mask is None:
+    visible = jnp.ones((1, 1, k_len), bool)
+  else:
+    prefix_mask = jnp.asarray(prefix_mask).astype(bool)
+    pad = jnp.ones((prefix_mask.shape[0], max(k_len - prefix_mask.shape[1], 0)), bool)
+    visible = jnp.concatenate([prefix_mask, pad], axis=1)[:, None, :k_len]
+  return ((j <= i) & visible) | (j == i)

@@ -17,27 +17,17 @@ through `TextEncoderConfig.from_hf_config`.
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vwt_jax.models import layers
 
 FAMILIES = ("bert", "mpnet")
 POOLING_MODES = ("mean", "mean_sqrt_len_tokens", "cls", "max")
 
-# transformers' ACT2FN names of the activations these families use.
-_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "gelu": lambda x: nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: nn.gelu(x, approximate=True),
-    "relu": nn.relu,
-    "silu": nn.silu,
-    "swish": nn.silu,
-}
 
 # MPNetEmbeddings hard-codes padding_idx = 1 for its position numbering,
 # whatever the config's pad_token_id says.
@@ -72,9 +62,9 @@ class TextEncoderConfig:
     if self.hidden_size % self.num_heads:
       raise ValueError(f"TextEncoderConfig: hidden_size={self.hidden_size} is not divisible "
                        f"by num_heads={self.num_heads}")
-    if self.hidden_act not in _ACTIVATIONS:
+    if self.hidden_act not in layers.HF_ACTIVATIONS:
       raise ValueError(f"TextEncoderConfig.hidden_act={self.hidden_act!r}: expected one of "
-                       f"{sorted(_ACTIVATIONS)}")
+                       f"{sorted(layers.HF_ACTIVATIONS)}")
     if self.family == "mpnet" and self.relative_attention_num_buckets < MPNET_RELATIVE_BUCKETS:
       raise ValueError(
           f"TextEncoderConfig.relative_attention_num_buckets="
@@ -125,28 +115,6 @@ class TextEncoderConfig:
     )
 
 
-def mpnet_relative_buckets(length: int) -> np.ndarray:
-  """[L, L] bucket id of key position k seen from query position q (MPNet/T5 scheme).
-
-  Bidirectional: half the buckets for keys before the query, half after; within
-  each half exact offsets below a quarter of the buckets, log-spaced beyond up to
-  the max distance. The log branch is evaluated in float32 like the reference
-  (torch float32 ops), so that ids at the log boundaries agree exactly.
-  """
-  pos = np.arange(length)
-  n = -(pos[None, :] - pos[:, None])  # query - key
-  half = MPNET_RELATIVE_BUCKETS // 2
-  ret = (n < 0).astype(np.int64) * half
-  n = np.abs(n)
-  max_exact = half // 2
-  safe = np.maximum(n, 1).astype(np.float32)
-  scaled = (np.log(safe / np.float32(max_exact))
-            / np.float32(math.log(MPNET_RELATIVE_MAX_DISTANCE / max_exact))
-            * np.float32(half - max_exact))
-  large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
-  return ret + np.where(n < max_exact, n, large)
-
-
 def _embed(num: int, dim: int, names, name: str) -> nn.Embed:
   return nn.Embed(num, dim, dtype=jnp.float32, param_dtype=jnp.float32,
                   embedding_init=layers.weight_init(names), name=name)
@@ -182,7 +150,7 @@ class EncoderLayer(nn.Module):
         bias_init=layers.zeros_init(("embed",)), name="attention_out")(context)
     x = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="attention_norm", **kw)(x + attn)
     h = layers.dense(cfg.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
-    h = _ACTIVATIONS[cfg.hidden_act](h)
+    h = layers.HF_ACTIVATIONS[cfg.hidden_act](h)
     h = layers.dense(cfg.hidden_size, ("mlp", "embed"), name="output", **kw)(h)
     return layers.layer_norm(epsilon=cfg.layer_norm_eps, name="output_norm", **kw)(x + h)
 
@@ -228,7 +196,8 @@ class TextEncoder(nn.Module):
                                        (None, "heads")),
           (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
       # [1, heads, L, L]: one bias for every layer, from static bucket ids.
-      position_bias = jnp.transpose(table[mpnet_relative_buckets(length)], (2, 0, 1))[None]
+      position_bias = jnp.transpose(table[layers.relative_position_buckets(
+          length, MPNET_RELATIVE_BUCKETS, MPNET_RELATIVE_MAX_DISTANCE)], (2, 0, 1))[None]
     x = x + _embed(cfg.max_position_embeddings, cfg.hidden_size, ("length", "embed"),
                    "position_embeddings")(positions)
     x = layers.layer_norm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,

@@ -57,6 +57,13 @@ MERGE_MIN_WORDS = 15
 # Prompts state the sampling rate as if 64 frames were taken, at both stages.
 NOMINAL_FRAMES = 64
 _UNITS = {'stage1': 'second', 'stage2': 's'}
+# What each format asks for (the voice-over variants ask the same).
+REQUESTS = {
+    'single_scene': 'in detail',
+    'single_scene_voiceover': 'in detail',
+    'multi_scene': 'scene by scene in detail',
+    'multi_scene_voiceover': 'scene by scene in detail',
+}
 # Substrings of the lower-cased target that select the voice-over format
 # ('voice' and 'over' must both occur).
 _KEYWORDS = ('voicing', 'narrat', 'speak', 'talk', 'say')
@@ -154,7 +161,10 @@ def model_target(target: str) -> str:
   return target + '###'
 
 
-def _prompt(stage: str, what: str, duration: float, voiceover: Optional[str]) -> str:
+def request_prompt(fmt: str, stage: str, duration: float, voiceover: Optional[str]) -> str:
+  """The prompt of format `fmt`: the request, the duration and sampling rate,
+  after the voice-over lines (already joined) for the voice-over formats."""
+  what = REQUESTS[fmt]
   unit = _UNITS[stage]
   timing = (f'(Duration: [0.0, {fmt1(duration)}]{unit}, '
             f'Sampling Rate: {sample_rate(duration)}{unit}/frame).')
@@ -215,7 +225,8 @@ def _single_sample(clip, stage, text, force_voiceover):
     use = wants_voiceover(text.voiceover, text.target)
   else:
     use = force_voiceover and bool(text.voiceover)
-  prompt = _prompt(stage, 'in detail', text.duration, text.voiceover if use else None)
+  prompt = request_prompt('single_scene', stage, text.duration,
+                          text.voiceover if use else None)
   return _sample('single_scene_voiceover' if use else 'single_scene', stage, [clip],
                  prompt, text.target)
 
@@ -290,8 +301,8 @@ def build_window(clips: Sequence[schema.Clip], *, stage: str,
 
 
 def _window_sample(clips, stage, text, use_voiceover):
-  prompt = _prompt(stage, 'scene by scene in detail', text.total,
-                   text.voiceover if use_voiceover else None)
+  prompt = request_prompt('multi_scene', stage, text.total,
+                          text.voiceover if use_voiceover else None)
   return _sample('multi_scene_voiceover' if use_voiceover else 'multi_scene', stage, clips,
                  prompt, text.target)
 

@@ -1,0 +1,131 @@
+"""Hugging Face `LlamaForCausalLM` weights (LLaMA, Vicuna) -> `models.llama_lm` params.
+
+Mapping (torch Linear (out, in) -> kernel (in, out); H query heads, K kv heads,
+g = H/K, hd = head_dim):
+* `model.embed_tokens.weight` -> `embed_tokens/embedding`; `lm_head.weight` ->
+  `lm_head/kernel` (absent with tied embeddings).
+* `model.layers.{i}.self_attn.{q,k,v}_proj.weight` -> `layers_{i}/attention/wqkv/kernel`
+  (D, K, g + 2, hd): slot [:, j, :g] the q heads of kv group j, [:, j, g] k head
+  j, [:, j, g + 1] v head j (see `models/llama.py`); q and k rows are first
+  permuted from rotate-half to interleaved RoPE (`_interleave_rope_rows`).
+* `self_attn.o_proj.weight` (D, H*hd) -> `attention/wo/kernel` (H, hd, D).
+* `mlp.gate_proj` -> `feed_forward/w1`, `mlp.down_proj` -> `w2`, `mlp.up_proj` ->
+  `w3` (LLaMA's w2(silu(w1 x) * w3 x)).
+* `input_layernorm` -> `attention_norm/scale`, `post_attention_layernorm` ->
+  `ffn_norm/scale`, `model.norm` -> `norm/scale`.
+With `scan_layers` the per-layer trees are stacked on a leading axis under `layers`.
+Left unread on purpose: `rotary_emb.inv_freq` buffers (recomputed from the config).
+"""
+
+import dataclasses
+import re
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from vwt_jax.conversion import hf_checkpoint
+from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models.llama_lm import LlamaLMConfig, abstract_params
+
+_IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+
+
+def _interleave_rope_rows(w: np.ndarray, heads: int, hd: int) -> np.ndarray:
+  """Per head, rows [x_0..x_{hd/2-1} | x_{hd/2}..x_{hd-1}] -> [x_0, x_{hd/2}, x_1, ...].
+
+  transformers' rotate-half RoPE rotates the pair (x_p, x_{p+hd/2}) by angle
+  pos*f_p; `llama.apply_rope` rotates (x_{2p}, x_{2p+1}) by the same angle.
+  After this permutation of the q and k output rows, our pair p holds exactly
+  the two components HF rotates together, so every rotated q and k is the HF one
+  with its components reordered by the same permutation within each head. A
+  q.k dot product is a sum over components, which that shared reordering
+  leaves unchanged, so the attention scores (and everything after) are equal.
+  """
+  dim = w.shape[1]
+  return w.reshape(heads, 2, hd // 2, dim).transpose(0, 2, 1, 3).reshape(heads * hd, dim)
+
+
+def _wqkv(q: Optional[np.ndarray], k: Optional[np.ndarray], v: Optional[np.ndarray],
+          config: LlamaLMConfig) -> Optional[np.ndarray]:
+  """q (H*hd, D), k/v (K*hd, D) -> (D, K, g + 2, hd); None if any is missing."""
+  if q is None or k is None or v is None:
+    return None
+  hd, heads, kv = config.attention_head_dim, config.n_head, config.kv_heads
+  if (q.shape[0], k.shape[0], v.shape[0]) != (heads * hd, kv * hd, kv * hd) or not (
+      q.shape[1] == k.shape[1] == v.shape[1]):
+    # Reported by `check_params` as a shape mismatch of wqkv (with q's shape).
+    return q.T
+  dim = q.shape[1]
+  q = _interleave_rope_rows(q, heads, hd).reshape(kv, heads // kv, hd, dim)
+  k = _interleave_rope_rows(k, kv, hd).reshape(kv, 1, hd, dim)
+  return np.concatenate([q, k, v.reshape(kv, 1, hd, dim)], axis=1).transpose(3, 0, 1, 2)
+
+
+def _wo(w: Optional[np.ndarray], config: LlamaLMConfig) -> Optional[np.ndarray]:
+  hd, heads = config.attention_head_dim, config.n_head
+  if w is None or w.shape[1] != heads * hd:
+    return None if w is None else w.T
+  return w.T.reshape(heads, hd, w.shape[0])
+
+
+def _layer(sd: ts.StateDictReader, i: int, config: LlamaLMConfig) -> dict:
+  p = f"model.layers.{i}"
+  attn = f"{p}.self_attn"
+  mlp = f"{p}.mlp"
+  return {
+      "attention": {
+          "wqkv": {"kernel": _wqkv(sd.get(f"{attn}.q_proj.weight"), sd.get(f"{attn}.k_proj.weight"),
+                                   sd.get(f"{attn}.v_proj.weight"), config)},
+          "wo": {"kernel": _wo(sd.get(f"{attn}.o_proj.weight"), config)},
+      },
+      "feed_forward": {
+          "w1": ts.linear(sd, f"{mlp}.gate_proj", bias=False),
+          "w2": ts.linear(sd, f"{mlp}.down_proj", bias=False),
+          "w3": ts.linear(sd, f"{mlp}.up_proj", bias=False),
+      },
+      "attention_norm": {"scale": sd.get(f"{p}.input_layernorm.weight")},
+      "ffn_norm": {"scale": sd.get(f"{p}.post_attention_layernorm.weight")},
+  }
+
+
+def convert_llama(state_dict: Mapping[str, Any], config: LlamaLMConfig) -> dict:
+  """Converts a `LlamaForCausalLM` state dict for `LlamaLM(config)`.
+
+  Returns the `params` collection (floats in `config.param_dtype`). Raises
+  `ConversionError` listing every missing/unexpected key and shape mismatch.
+  """
+  sd = ts.StateDictReader(state_dict)
+  params = {
+      "embed_tokens": ts.embedding(sd, "model.embed_tokens.weight"),
+      "norm": {"scale": sd.get("model.norm.weight")},
+  }
+  if not config.tie_embeddings:
+    params["lm_head"] = ts.linear(sd, "lm_head", bias=False)
+  params.update({f"layers_{i}": _layer(sd, i, config) for i in range(config.n_layer)})
+  params = ts.prune_missing(params)
+  ignored = [k for k in sd.unused() if _IGNORED.match(k)]
+  if config.tie_embeddings and "lm_head.weight" in sd:
+    # Some tied checkpoints store the shared matrix twice; it must be the embedding.
+    lm_head, embedding = sd.get("lm_head.weight"), params.get("embed_tokens", {}).get("embedding")
+    if embedding is not None and not np.array_equal(lm_head, embedding):
+      raise ts.ConversionError("tie_word_embeddings is set but lm_head.weight differs from "
+                               "model.embed_tokens.weight")
+  unrolled = dataclasses.replace(config, scan_layers=False, remat=False)
+  return ts.check_and_stack_layers(
+      params, abstract_params(unrolled), sd, ignore_unused=ignored, n_layer=config.n_layer,
+      scan_layers=config.scan_layers, param_dtype=config.param_dtype)
+
+
+def load_hf_llama(model_dir: str, **overrides) -> tuple[LlamaLMConfig, dict]:
+  """A transformers LLaMA directory (config.json + weights) -> (config, params).
+
+  `overrides` set config fields the checkpoint does not fix (scan_layers,
+  remat, dtype, param_dtype).
+  """
+  hf_config = hf_checkpoint.read_config(model_dir)
+  config = LlamaLMConfig.from_hf_config(hf_config, f"{model_dir}/config.json", **overrides)
+  state_dict = hf_checkpoint.read_state_dict(model_dir)
+  try:
+    return config, convert_llama(state_dict, config)
+  except ts.ConversionError as e:
+    raise ts.ConversionError(f"{model_dir}: {e}") from None
