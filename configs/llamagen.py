@@ -12,12 +12,17 @@ class count and the RoPE layout come from that dataset's metadata.json).
   # the CPU demo: tiny GPT over the tiny TiTok's 32 tokens of the synthetic shapes
   python -m vwt_jax.main --config configs/llamagen.py:tiny \
       --config.data.dir demo_workdir/codes --workdir demo_workdir/generator
+  # text-to-image on Vript keyframe codes (extract_codes --vript_root)
+  python -m vwt_jax.main --config configs/llamagen.py:tiny,cond=t2i \
+      --config.data.dir demo_workdir/vript/codes --workdir demo_workdir/t2i
   # sample from a run (or from converted official weights, see README)
   python -m vwt_jax.sample --checkpoint gs://bucket/gpt_b --classes 207,360 --cfg 4.0
 
 The argument is `VARIANT[,cond=c2i|t2i]`. Variants: tiny (CPU demo), B (111M),
 L (343M), XL (775M), XXL (1.4B), 3B (3.1B; head_dim 100), with the paper's
-batch size and learning rate per size (maintainers' issue #8).
+batch size and learning rate per size (maintainers' issue #8). t2i conditions
+on FLAN-T5-XL features (2048-d, 120 tokens), except `tiny,cond=t2i`, whose
+caption width and length are those of its code dataset's caption encoder.
 """
 
 import ml_collections
@@ -121,7 +126,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.mesh_shape = (1, -1, 1)
       c.model.remat = True
 
-  if cond == "t2i":
+  if cond == "t2i" and variant == "tiny":
+    # Vript keyframes + caption features (`extract_codes --vript_root`): the
+    # caption width and length (the prefix) come from the code dataset, i.e.
+    # from its caption encoder; 10 % of the captions are dropped to the null
+    # caption as in LlamaGen. Sample with `vwt_jax.sample --captions_from`.
+    c.model.update(dict(caption_dim=0, cls_token_num=0))
+  elif cond == "t2i":
     # The text model: FLAN-T5-XL features (2048-d, 120 tokens), cfg 7.5, top-k 1000.
     c.sampling.update(dict(cfg_scale=7.5, top_k=1000))
   return c

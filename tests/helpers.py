@@ -98,22 +98,18 @@ def save_random_titok_run(config, workdir):
   return model, params
 
 
-def save_random_generator_run(config, workdir):
-  """A generator run folder with random parameters (std 0.02), as `save_random_titok_run`.
-
-  `config.data.dir` must hold a code dataset whose metadata names the tokenizer.
-  """
+def _save_random_run(config, workdir, boxed_abstract):
+  """Saves the config and random params (std 0.02) of `boxed_abstract` as step 1."""
   # pylint: disable=g-import-not-at-top
   import flax.linen as nn
   import jax
   import numpy as np
   from vwt_jax import main as main_lib
   from vwt_jax.core import checkpoint as checkpoint_lib
-  from vwt_jax.training import generator
   # pylint: enable=g-import-not-at-top
-  abstract = nn.meta.unbox(generator.GeneratorTrainer(config, workdir="").abstract_params)
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: (0.02 * rng.normal(size=a.shape)).astype(a.dtype), abstract)
+  params = jax.tree.map(lambda a: (0.02 * rng.normal(size=a.shape)).astype(a.dtype),
+                        nn.meta.unbox(boxed_abstract))
   main_lib.save_config(config, workdir)
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), save_interval_steps=1, max_to_keep=1,
@@ -121,6 +117,79 @@ def save_random_generator_run(config, workdir):
   checkpointer.save(1, {"step": np.int32(1), "params": params}, force=True)
   checkpointer.close()
   return params
+
+
+def save_random_generator_run(config, workdir):
+  """A generator run folder with random parameters (std 0.02), as `save_random_titok_run`.
+
+  `config.data.dir` must hold a code dataset whose metadata names the tokenizer.
+  """
+  from vwt_jax.training import generator  # pylint: disable=g-import-not-at-top
+  return _save_random_run(
+      config, workdir, generator.GeneratorTrainer(config, workdir="").abstract_params)
+
+
+def save_tiny_t5_encoder(directory, texts, seed=0):
+  """A random `t5.VARIANTS['tiny']` encoder (FLAN-style, d_model 32) saved as
+  transformers saves a `T5EncoderModel` (config.json + model.safetensors, its
+  tensor names), with a T5-layout tokenizer trained on `texts` (<pad> 0,
+  </s> 1, <unk> 2; `$A </s>`). No torch: importing transformers' T5 costs
+  seconds; `hf_t5` is checked against transformers in its own tests.
+  Returns `directory`."""
+  # pylint: disable=g-import-not-at-top
+  import json
+  from safetensors.numpy import save_file
+  from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+  from tokenizers import processors, trainers
+  from vwt_jax.models import t5
+  # pylint: enable=g-import-not-at-top
+  tokenizer = Tokenizer(models.Unigram())
+  tokenizer.normalizer = normalizers.NFKC()
+  tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+  tokenizer.decoder = decoders.Metaspace()
+  tokenizer.train_from_iterator(texts, trainers.UnigramTrainer(
+      vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+  tokenizer.post_processor = processors.TemplateProcessing(
+      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+  os.makedirs(directory, exist_ok=True)
+  tokenizer.save(os.path.join(directory, "tokenizer.json"))
+  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>",
+               "eos_token": "</s>", "unk_token": "<unk>"}, f)
+  sizes = t5.VARIANTS["tiny"]
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump({"model_type": "t5", "architectures": ["T5EncoderModel"], **sizes}, f)
+  d, inner, ff = sizes["d_model"], sizes["num_heads"] * sizes["d_kv"], sizes["d_ff"]
+  rng = np.random.default_rng(seed)
+  shapes = {"shared.weight": (sizes["vocab_size"], d), "encoder.final_layer_norm.weight": (d,),
+            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight":
+                (32, sizes["num_heads"])}
+  for i in range(sizes["num_layers"]):
+    block = f"encoder.block.{i}.layer"
+    shapes.update({f"{block}.0.SelfAttention.{n}.weight": (inner, d) for n in "qkv"})
+    shapes.update({f"{block}.0.SelfAttention.o.weight": (d, inner),
+                   f"{block}.0.layer_norm.weight": (d,), f"{block}.1.layer_norm.weight": (d,),
+                   f"{block}.1.DenseReluDense.wi_0.weight": (ff, d),
+                   f"{block}.1.DenseReluDense.wi_1.weight": (ff, d),
+                   f"{block}.1.DenseReluDense.wo.weight": (d, ff)})
+  weights = {name: (1.0 + 0.1 * rng.normal(size=shape) if len(shape) == 1
+                    else 0.3 * rng.normal(size=shape)).astype(np.float32)
+             for name, shape in sorted(shapes.items())}
+  save_file(weights, os.path.join(directory, "model.safetensors"))
+  return directory
+
+
+def save_random_captioner_run(config, workdir):
+  """A captioner run folder with random parameters (std 0.02), as `save_random_titok_run`.
+
+  Building the trainer writes config.data's synthetic Vript (if configured),
+  tokenizer.json (trained on it unless config.tokenizer.path is set) and
+  captioner_config.json, as a real run does. Returns the params.
+  """
+  from vwt_jax.training import captioner  # pylint: disable=g-import-not-at-top
+  # The trainer writes the tokenizer and model config the saved config refers to.
+  abstract = captioner.CaptionerTrainer(config, workdir).abstract_params
+  return _save_random_run(config, workdir, abstract)
 
 
 def take_batches(iterator, n):

@@ -24,6 +24,7 @@ TRAINERS = {
     "titok": "vwt_jax.training.titok",
     "vqgan": "vwt_jax.training.vqgan",
     "generator": "vwt_jax.training.generator",
+    "captioner": "vwt_jax.training.captioner",
 }
 
 

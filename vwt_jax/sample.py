@@ -1,4 +1,4 @@
-r"""Class-conditional sampling from a generator: an image grid and an ADM-style npz.
+r"""Sampling from a generator: class rows or captioned images, and an ADM-style npz.
 
   # one of our runs (config.json and the tokenizer come from the run)
   python -m vwt_jax.sample --checkpoint demo_workdir/generator --classes 0,1,2 \
@@ -11,10 +11,23 @@ r"""Class-conditional sampling from a generator: an image grid and an ADM-style 
   # 50k samples with random labels for FID, resized 384 -> 256 as the paper does
   python -m vwt_jax.sample ... --num_samples 50000 --cfg 1.75 --top_k 0 \
       --resize 256 --npz samples_50k.npz --batch_size 256
+  # text-to-image (a t2i run): captions from a file (one per line) or from the
+  # clips of a Vript root, encoded by the caption encoder recorded in the code
+  # dataset's metadata; one cell per sample with its caption underneath
+  python -m vwt_jax.sample --checkpoint demo_workdir/t2i --captions prompts.txt \
+      --cfg 3.0 --output captions_to_images.png
+  python -m vwt_jax.sample --checkpoint demo_workdir/t2i \
+      --captions_from demo_workdir/vript/heldout --num_captions 8 --per_caption 2
+  # official t2i weights: name the text encoder (FLAN-T5-XL, 120 tokens)
+  python -m vwt_jax.sample --config configs/llamagen.py:XL,cond=t2i \
+      --checkpoint t2i_XL_stage1_256.pt --config.tokenizer.checkpoint vq_ds16_t2i.pt \
+      --config.tokenizer.config configs/llamagen_vq.py:vq16 --caption_encoder t5 \
+      --caption_encoder_dir flan-t5-xl --captions prompts.txt --cfg 7.5 --top_k 1000
 
 The npz holds `arr_0` (uint8 NHWC) and `arr_1` (labels), the layout OpenAI's
-ADM evaluator reads. Pixels are quantised as the official sampler does:
-clip(127.5 x + 128, 0, 255) truncated to uint8 (`reconstruction.quantize`).
+ADM evaluator reads; caption samples hold `arr_0` and `captions` instead.
+Pixels are quantised as the official sampler does: clip(127.5 x + 128, 0, 255)
+truncated to uint8 (`reconstruction.quantize`).
 For FID runs (50 per class, resumable, scored) see `vwt_jax.sample_eval`.
 """
 
@@ -32,11 +45,17 @@ from tqdm import tqdm
 
 from vwt_jax.core import distributed
 from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.data import caption_features
+from vwt_jax.data.vript import clip_source
 from vwt_jax.evaluation import reconstruction as recon_eval
+from vwt_jax.models import gpt as gpt_lib
 from vwt_jax.training import generator as generator_lib
 from vwt_jax.training import tokenizers
 
 FLAGS = flags.FLAGS
+# Captions need about 20 characters per line: smaller samples are enlarged
+# (nearest neighbour) to this many pixels in the captioned grid.
+_MIN_CAPTION_CELL = 128
 
 
 def define_sampling_flags():
@@ -66,10 +85,23 @@ def define_flags():
   flags.DEFINE_list("classes", None, "Class labels; one grid row per class.")
   flags.DEFINE_integer("per_class", 4, "Samples per class in --classes.")
   flags.DEFINE_integer("num_samples", 0, "Instead of --classes: this many random labels.")
+  flags.DEFINE_string("captions", "", "t2i: a text file of captions, one per line.")
+  flags.DEFINE_string("captions_from", "", "t2i: instead, the captions of --num_captions "
+                      "clips spread over this Vript root.")
+  flags.DEFINE_integer("num_captions", 8, "Captions taken by --captions_from.")
+  flags.DEFINE_integer("per_caption", 1, "Samples per caption (one grid row each if > 1).")
+  flags.DEFINE_enum("caption_encoder", None, caption_features.KINDS, "t2i text encoder; "
+                    "default the one recorded in the code dataset's metadata.")
+  flags.DEFINE_string("caption_encoder_dir", "", "Its model directory (with "
+                      "--caption_encoder; '' = the kind's default).")
+  flags.DEFINE_integer("caption_length", 0, "Caption tokens (with --caption_encoder; "
+                       "0 = the generator's prefix length).")
   define_sampling_flags()
-  flags.DEFINE_string("output", "samples.png", "Grid PNG to write ('' = none).")
+  flags.DEFINE_string("output", None, "Grid PNG to write ('' = none); default samples.png, "
+                      "captions_to_images.png for captions.")
   flags.DEFINE_integer("grid_max", 64, "At most this many images in the grid.")
-  flags.DEFINE_string("npz", "", "Also write all samples to this .npz (arr_0, arr_1).")
+  flags.DEFINE_string("npz", "", "Also write all samples to this .npz (arr_0 and arr_1 "
+                      "labels, or captions).")
   flags.mark_flags_as_required(["checkpoint"])
 
 
@@ -87,22 +119,30 @@ def global_batch_size(trainer, batch_size: int) -> int:
   return -(-batch_size // dp) * dp
 
 
-def sample(trainer, params, labels: np.ndarray, *, seed: int = 0, key=None,
-           batch_size: int = 64, resize: int = 0, bar=None, **overrides) -> np.ndarray:
-  """uint8 NHWC samples for `labels`, in order; defaults from `config.sampling`.
+def sample(trainer, params, cond: np.ndarray, *, emb_mask: np.ndarray | None = None,
+           seed: int = 0, key=None, batch_size: int = 64, resize: int = 0, bar=None,
+           **overrides) -> np.ndarray:
+  """uint8 NHWC samples for `cond`, in order; defaults from `config.sampling`.
 
+  `cond` holds class labels (N,), or for a t2i generator left-padded caption
+  features (N, T, D) with their mask `emb_mask` (N, T) (`caption_conditions`).
   Batch i draws from `fold_in(key, i)`, `key` defaulting to `key(seed)`. A
   given tqdm `bar` is advanced instead of showing a new one.
   """
   tok = trainer.tokenizer()
   batch_size = global_batch_size(trainer, batch_size)
   key = jax.random.key(seed) if key is None else key
+
+  def pad(rows):
+    return np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows), axis=0)])
+
   out = []
-  with tqdm(total=len(labels), desc="sample", unit="img", disable=bar is not None) as own:
-    for i, start in enumerate(range(0, len(labels), batch_size)):
-      chunk = labels[start:start + batch_size]
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk))])
-      codes = trainer.sample_codes(params, padded, jax.random.fold_in(key, i), **overrides)
+  with tqdm(total=len(cond), desc="sample", unit="img", disable=bar is not None) as own:
+    for i, start in enumerate(range(0, len(cond), batch_size)):
+      chunk = cond[start:start + batch_size]
+      mask = None if emb_mask is None else pad(emb_mask[start:start + batch_size])
+      codes = trainer.sample_codes(params, pad(chunk), jax.random.fold_in(key, i),
+                                   emb_mask=mask, **overrides)
       images = tok.decode(jnp.asarray(codes))
       if resize and resize != images.shape[1]:
         images = jax.image.resize(images, (images.shape[0], resize, resize, 3), "bicubic")
@@ -111,40 +151,131 @@ def sample(trainer, params, labels: np.ndarray, *, seed: int = 0, key=None,
   return np.concatenate(out)
 
 
+def read_captions(path: str) -> list[str]:
+  """The non-empty lines of a text file, stripped."""
+  with open(path, encoding="utf-8") as f:
+    captions = [line.strip() for line in f if line.strip()]
+  if not captions:
+    raise ValueError(f"{path} holds no captions (one per line)")
+  return captions
+
+
+def vript_captions(root: str, num: int) -> list[str]:
+  """The captions of `num` captioned clips spread evenly over a Vript root's index."""
+  # Reading a record decodes a (small, unused) frame too; only a few are read.
+  source = clip_source.KeyframeSource(clip_source.load_videos(root), image_size=16)
+  if not len(source):
+    raise ValueError(f"no clip with a caption and an mp4 under {root!r}")
+  picks = np.unique(np.linspace(0, len(source) - 1, num).round().astype(int))
+  return [source[int(i)]["caption"] for i in picks]
+
+
+def caption_encoder(trainer, kind: str | None = None, model_dir: str = "",
+                    max_length: int = 0) -> caption_features.CaptionFeatureEncoder:
+  """The text encoder of a t2i generator: `kind` if given, else the one its
+  code dataset recorded (`extract_codes --vript_root`); it must produce the
+  GPT's caption width and prefix length."""
+  cfg = trainer.arch.cfg
+  if kind:
+    encoder = caption_features.load_caption_encoder(
+        kind, model_dir, max_length=max_length or cfg.cls_token_num)
+  else:
+    source = getattr(trainer.metadata, "source", None) or {}
+    if "caption_encoder" not in source:
+      raise ValueError(f"the code dataset {trainer.config.data.dir!r} records no caption "
+                       "encoder: name one (--caption_encoder, --caption_encoder_dir)")
+    encoder = caption_features.from_description(source["caption_encoder"])
+  if (encoder.dim, encoder.max_length) != (cfg.caption_dim, cfg.cls_token_num):
+    raise ValueError(f"caption encoder {encoder.kind} gives {encoder.max_length} tokens of "
+                     f"{encoder.dim}-d features; the generator takes {cfg.cls_token_num} "
+                     f"of {cfg.caption_dim}")
+  return encoder
+
+
+def caption_conditions(encoder: caption_features.CaptionFeatureEncoder,
+                       captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+  """(left-padded features float32 (N, T, D), mask bool (N, T)): the t2i GPT's
+  input, laid out as the code reader lays out the training captions."""
+  features, mask = encoder.encode(captions)
+  # Jitted: eagerly, each of its few ops would compile on its own.
+  cond, emb_mask = jax.jit(gpt_lib.left_pad_captions)(features, mask)
+  return np.asarray(cond, np.float32), np.asarray(emb_mask, bool)
+
+
+def captions_grid(images: np.ndarray, captions: list[str], per_caption: int) -> np.ndarray:
+  """One cell per sample with its caption under it; a row per caption if per_caption > 1."""
+  scale = max(1, -(-_MIN_CAPTION_CELL // images.shape[1]))
+  cells = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  columns = per_caption if per_caption > 1 else min(4, len(images))
+  return recon_eval.captioned_grid(cells, captions, columns=columns)
+
+
+def _square_grid(images: np.ndarray, limit: int) -> np.ndarray:
+  n = min(len(images), limit)
+  cols = int(np.ceil(np.sqrt(n)))
+  pad = np.zeros((cols * cols - n, *images.shape[1:]), np.uint8)
+  return recon_eval.image_grid(list(np.concatenate([images[:n], pad]).reshape(
+      cols, cols, *images.shape[1:])))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.captions and FLAGS.captions_from:
+    raise app.UsageError("--captions and --captions_from exclude each other")
+  if FLAGS.per_caption < 1:
+    raise app.UsageError(f"--per_caption={FLAGS.per_caption} must be positive")
   distributed.initialize()
   config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
   trainer, params = load(config, FLAGS.checkpoint)
-  if FLAGS.num_samples:
-    rng = np.random.default_rng(FLAGS.seed)
-    labels = rng.integers(0, trainer.arch.num_classes, FLAGS.num_samples)
-    rows = None
-  else:
-    classes = [int(c) for c in (FLAGS.classes or config.sampling.classes)]
-    labels = np.repeat(np.asarray(classes), FLAGS.per_class)
-    rows = len(classes)
   overrides = sampling_overrides()
-  images = sample(trainer, params, labels.astype(np.int32), seed=FLAGS.seed,
-                  batch_size=FLAGS.batch_size, resize=FLAGS.resize, **overrides)
+  kwargs = dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, resize=FLAGS.resize, **overrides)
+  captions = rows = None
+  if not trainer.arch.conditional_on_class:
+    if FLAGS.captions:
+      captions = read_captions(FLAGS.captions)
+    elif FLAGS.captions_from:
+      captions = vript_captions(FLAGS.captions_from, FLAGS.num_captions)
+    else:
+      raise app.UsageError("a t2i generator samples from --captions or --captions_from")
+    captions = [c for c in captions for _ in range(FLAGS.per_caption)]
+    encoder = caption_encoder(trainer, FLAGS.caption_encoder, FLAGS.caption_encoder_dir,
+                              FLAGS.caption_length)
+    cond, emb_mask = caption_conditions(encoder, captions)
+    images = sample(trainer, params, cond, emb_mask=emb_mask, **kwargs)
+  else:
+    if FLAGS.captions or FLAGS.captions_from:
+      raise app.UsageError("captions need a t2i generator (config.model.model_type='t2i')")
+    if FLAGS.num_samples:
+      rng = np.random.default_rng(FLAGS.seed)
+      labels = rng.integers(0, trainer.arch.num_classes, FLAGS.num_samples)
+    else:
+      classes = [int(c) for c in (FLAGS.classes or config.sampling.classes)]
+      labels = np.repeat(np.asarray(classes), FLAGS.per_class)
+      rows = len(classes)
+    images = sample(trainer, params, labels.astype(np.int32), **kwargs)
   if jax.process_index() != 0:
     return
   written = {}
-  if FLAGS.output:
-    if rows:
+  output = FLAGS.output
+  if output is None:
+    output = "samples.png" if captions is None else "captions_to_images.png"
+  if output:
+    if captions is not None:
+      n = min(len(images), FLAGS.grid_max)
+      grid = captions_grid(images[:n], captions[:n], FLAGS.per_caption)
+    elif rows:
       grid = recon_eval.image_grid(list(images.reshape(rows, -1, *images.shape[1:])))
     else:
-      n = min(len(images), FLAGS.grid_max)
-      cols = int(np.ceil(np.sqrt(n)))
-      pad = np.zeros((cols * cols - n, *images.shape[1:]), np.uint8)
-      grid = recon_eval.image_grid(list(np.concatenate([images[:n], pad]).reshape(
-          cols, cols, *images.shape[1:])))
-    recon_eval.save_grid(grid, FLAGS.output)
-    written["grid"] = FLAGS.output
+      grid = _square_grid(images, FLAGS.grid_max)
+    recon_eval.save_grid(grid, output)
+    written["grid"] = output
   if FLAGS.npz:
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.npz)), exist_ok=True)
-    np.savez(FLAGS.npz, arr_0=images, arr_1=labels.astype(np.int64))
+    if captions is None:
+      np.savez(FLAGS.npz, arr_0=images, arr_1=labels.astype(np.int64))
+    else:
+      np.savez(FLAGS.npz, arr_0=images, captions=np.asarray(captions))
     written["npz"] = FLAGS.npz
   logging.info("wrote %s", written)
   print(json.dumps({"num_samples": int(len(images)), "shape": list(images.shape[1:]),

@@ -1,4 +1,5 @@
-"""extract_codes: a tiny TiTok checkpoint -> code dataset -> generator batches."""
+"""extract_codes: a tiny TiTok checkpoint -> code dataset (images or Vript keyframes +
+caption features) -> generator batches."""
 
 import json
 import os
@@ -10,11 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import save_random_titok_run, tiny_titok_config
+from helpers import copy_vript_root, save_random_titok_run, tiny_titok_config
 from vwt_jax.core import sharding
+from vwt_jax.data import caption_features
 from vwt_jax.data import codes
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
+from vwt_jax.data.vript import clip_source
+from vwt_jax.models import gpt
 from vwt_jax.tools import extract_codes as extract
 from vwt_jax.training import tokenizers
 
@@ -151,3 +155,60 @@ def test_command_line_writes_a_dataset_the_generator_pipeline_reads(run, tmp_pat
   assert batches[0]["codes"].shape == (8, 8) and batches[0]["codes"].dtype == np.int32
   np.testing.assert_array_equal(np.concatenate([b["labels"] for b in batches]),
                                 np.arange(16) % 10)
+
+
+def test_vript_keyframes_and_caption_features_as_the_t2i_gpt_reads_them(run, fixtures_dir,
+                                                                         tmp_path, monkeypatch):
+  config = run[0]
+  monkeypatch.setattr(tokenizers, "load_tokenizer", _top_left_pixels)
+  root = copy_vript_root(fixtures_dir, tmp_path)
+  keyframes = clip_source.KeyframeSource(clip_source.load_videos(root), image_size=16)
+  records = [keyframes[i] for i in range(len(keyframes))]
+  # One of the 9 captioned clips becomes undecodable: skipped and counted.
+  broken = [r["clip_id"] for r in records].index("q7Wm2xYv8Ra_0-Scene-001")
+  with open(os.path.join(root, "vript_short_videos_clips", "q7Wm2xYv8Ra_0",
+                         "q7Wm2xYv8Ra_0-Scene-001.mp4"), "wb") as f:
+    f.write(b"not an mp4")
+  good = [i for i in range(9) if i != broken]
+  # 80 tokens: the fixture's captions have 61 to 102.
+  encoder = caption_features.load_caption_encoder("minilm", max_length=80)
+  out = str(tmp_path / "codes")
+  # One batch of 16: the caption encoder then compiles once (for 16 rows) here.
+  summary = extract.extract_codes(config, "unused", out, views="flip", batch_size=16,
+                                  vript_root=root, caption_encoder=encoder)
+  assert (summary["records"], summary["corrupt_skipped"], summary["split"]) == (8, 1, "train")
+  meta = codes.read_metadata(out)
+  assert (meta.num_classes, meta.caption_dim, meta.caption_length) == (0, 384, 80)
+  assert meta.source["caption_encoder"] == caption_features.describe(encoder)
+  assert meta.splits["train"]["vript_root"] == os.path.abspath(root)
+
+  # The codes spell out the middle keyframe of each clip, in index order.
+  source = codes.CodeSource(out, "train")
+  assert [source[i]["index"] for i in range(8)] == good
+  crops = np.stack([codes.make_views(records[i]["image"], "flip", 16) for i in good])
+  np.testing.assert_array_equal(np.stack([source[i]["codes"] for i in range(8)]),
+                                crops[:, :, ::4, ::4, 0] // 4)
+
+  # Training batches hold what sampling feeds the GPT for the same captions:
+  # real tokens at the end, zeros before (float16 on disk).
+  data = codes.default_codes_data_config()
+  data.dir = out
+  batch = next(iter(codes.create_code_dataset(data, split="train", global_batch_size=8,
+                                              seed=0, train=False, process_index=0,
+                                              process_count=1)))
+  # Padded to the 16 rows the encoder compiled for above.
+  cond, emb_mask = gpt.left_pad_captions(*encoder.encode(
+      [records[i]["caption"] for i in good] + [""] * 8))
+  np.testing.assert_array_equal(batch["caption_mask"], np.asarray(emb_mask)[:8])
+  np.testing.assert_allclose(batch["caption_emb"], np.asarray(cond)[:8], atol=2e-3, rtol=1e-3)
+  lengths = batch["caption_mask"].sum(1)
+  assert lengths.max() == 80 and lengths.min() < 80
+
+  # Another encoder cannot add a split; Vript takes no tfds split.
+  other = caption_features.load_caption_encoder("minilm", max_length=16)
+  with pytest.raises(ValueError, match="holds caption features of"):
+    extract.extract_codes(config, "unused", out, views="flip", vript_root=root,
+                          caption_encoder=other, output_split="validation")
+  with pytest.raises(ValueError, match="take no split"):
+    extract.extract_codes(config, "unused", out, split="train", vript_root=root,
+                          caption_encoder=encoder)

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
+from vwt_jax.evaluation import reconstruction
 from vwt_jax.tools import build_vript_formats
 from vwt_jax.tools import preview_vript
 from vwt_jax.tools import vript_baselines
@@ -47,7 +48,7 @@ def test_preview_shows_each_clip_with_its_caption(root, tmp_path):
   out = str(tmp_path / "preview.png")
   assert preview_vript.preview(root, out, num_clips=5, columns=3, cell=64) == 5
   picture = np.asarray(Image.open(out))
-  cell_h = 64 + preview_vript._TEXT_LINES * preview_vript._LINE_HEIGHT + 4
+  cell_h = reconstruction.caption_cell_height(64)
   assert picture.shape == (2 * cell_h, 3 * 64, 3)
   # Frames above, dark text on white below, an empty white sixth cell.
   assert picture[:64, :64].std() > 0

@@ -1,6 +1,5 @@
 """Generator trainer (GPT and MaskGIT) on a tiny code dataset, and the sample command."""
 
-import json
 import os
 
 import numpy as np
@@ -105,7 +104,13 @@ def test_text_to_image_trains_on_captioned_codes(tmp_path):
                    caption_emb=rng.normal(size=(4, 8)).astype(np.float32),
                    caption_mask=(np.arange(4) < n).astype(np.int32))
   config = _tiny("llamagen.py:tiny,cond=t2i", path)
-  config.model.update(dict(caption_dim=8, cls_token_num=4))
+  # The caption width and the prefix (caption) length come from the dataset.
+  cfg = generator.model_config(config, meta)
+  assert (cfg.caption_dim, cfg.cls_token_num) == (8, 4)
+  config.model.cls_token_num = 120
+  with pytest.raises(ValueError, match="cls_token_num=120 but the code dataset"):
+    generator.model_config(config, meta)
+  config.model.cls_token_num = 0
   config.update(dict(total_steps=2, checkpoint_every=2, eval_every=2))
   result = generator.train(config, str(tmp_path / "run"))
   assert result["step"] == 2 and np.isfinite(result["eval"]["eval_loss"])

@@ -1,4 +1,4 @@
-"""Reconstruction quality of a tokenizer on held-out images, and a grid.
+"""Reconstruction quality of a tokenizer on held-out images; the tools' picture grids.
 
 Per image: PSNR and SSIM on [0, 1], LPIPS when LPIPS weights are given. Over
 the codes: codebook usage and perplexity. Over the set: rFID (+ sFID, IS when
@@ -14,12 +14,15 @@ rule, `to_uint8`, kept for the picture grids) turns some into `u - 1`.
 """
 
 import dataclasses
-from typing import Any, Callable, Iterable, Iterator, Optional
+import textwrap
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 from PIL import Image
+from PIL import ImageDraw
+from PIL import ImageFont
 from tqdm import tqdm
 
 from vwt_jax.conversion import inception as inception_conversion
@@ -36,6 +39,9 @@ ReconstructFn = Callable[[jax.Array], tuple[jax.Array, Optional[jax.Array]]]
 INCEPTION_HINT = (
     "set config.eval.inception_weights (or --inception_weights) to an .npz written by "
     f"`{inception_conversion.CONVERT_COMMAND}`")
+# `captioned_grid` text: pixels per line of Pillow's default font, lines per cell.
+CAPTION_LINE_HEIGHT = 12
+CAPTION_LINES = 8
 LPIPS_HINT = (
     "set config.eval.lpips_weights (or --lpips_weights) to an .npz written by "
     "`python -m vwt_jax.conversion.lpips --net vgg ... --output lpips_vgg.npz`")
@@ -67,6 +73,35 @@ def image_grid(rows: list[np.ndarray]) -> np.ndarray:
 
 def save_grid(grid: np.ndarray, path: str) -> None:
   Image.fromarray(grid).save(path)
+
+
+def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int,
+                   text_lines: int = CAPTION_LINES) -> np.ndarray:
+  """NHWC uint8 images with word-wrapped text under each, as one HWC picture.
+
+  Cells are `images.shape[1]` wide and `caption_cell_height(...)` high, filled
+  row by row; text longer than `text_lines` lines ends in ' ...'.
+  """
+  n, size = len(images), images.shape[1]
+  font = ImageFont.load_default()
+  # Pillow's default font is about 6 px wide per character.
+  wrap = textwrap.TextWrapper(width=max(8, size // 6 - 1), max_lines=text_lines,
+                              placeholder=" ...")
+  cell_h = caption_cell_height(size, text_lines)
+  rows = -(-n // columns)
+  canvas = Image.new("RGB", (columns * size, rows * cell_h), "white")
+  draw = ImageDraw.Draw(canvas)
+  for i, (image, caption) in enumerate(zip(images, captions)):
+    x, y = (i % columns) * size, (i // columns) * cell_h
+    canvas.paste(Image.fromarray(image), (x, y))
+    for j, line in enumerate(wrap.wrap(caption)):
+      draw.text((x + 2, y + size + 2 + j * CAPTION_LINE_HEIGHT), line, fill="black", font=font)
+  return np.asarray(canvas)
+
+
+def caption_cell_height(image_size: int, text_lines: int = CAPTION_LINES) -> int:
+  """Height of one `captioned_grid` cell: the image, the text lines, a margin."""
+  return image_size + text_lines * CAPTION_LINE_HEIGHT + 4
 
 
 @dataclasses.dataclass

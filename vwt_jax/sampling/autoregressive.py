@@ -57,7 +57,14 @@ def filter_logits(logits: jax.Array, *, temperature: Any = 1.0, top_k: int = 0,
   return logits
 
 
-def _sample(logits, rng, greedy, temperature, top_k, top_p, use_top_p):
+def sample_token(logits: jax.Array, rng: jax.Array, greedy: bool, temperature: Any, top_k: int,
+                 top_p: Any, use_top_p: Optional[bool] = None) -> jax.Array:
+  """One int32 token per row of `logits` (..., V) after `filter_logits`.
+
+  `greedy` takes the argmax, else a categorical draw from `rng`; `greedy`,
+  `top_k` and `use_top_p` are static, `temperature` and `top_p` may be traced
+  (`use_top_p=None` means top_p < 1, which needs a concrete top_p).
+  """
   filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                            use_top_p=use_top_p)
   if greedy:
@@ -119,8 +126,8 @@ def _build(config: gpt_lib.GPTConfig, num_tokens: int, cfg: bool, top_k: int, us
       return jnp.where(guided, mixed, cond_l)
 
     def sample(logits, step):
-      return _sample(logits, jax.random.fold_in(rng, step), greedy, temperature, top_k,
-                     top_p, use_top_p)
+      return sample_token(logits, jax.random.fold_in(rng, step), greedy, temperature, top_k,
+                          top_p, use_top_p)
 
     logits, cache = model.apply(variables, cond, cache, emb_mask=emb_mask,
                                 force_drop=_null_flags(batch, cfg), method=gpt_lib.GPT.prefill)

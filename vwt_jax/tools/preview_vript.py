@@ -11,38 +11,13 @@ embedded synthetic set.
 
 import argparse
 import sys
-import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFont
 
 from vwt_jax.data.vript import clip_source
-
-_LINE_HEIGHT = 12
-_TEXT_LINES = 8
-
-
-def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int,
-                   text_lines: int = _TEXT_LINES) -> np.ndarray:
-  """NHWC uint8 images with word-wrapped text under each, as one HWC picture."""
-  n, size = len(images), images.shape[1]
-  font = ImageFont.load_default()
-  # Pillow's default font is about 6 px wide per character.
-  wrap = textwrap.TextWrapper(width=max(8, size // 6 - 1), max_lines=text_lines,
-                              placeholder=" ...")
-  cell_h = size + text_lines * _LINE_HEIGHT + 4
-  rows = -(-n // columns)
-  canvas = Image.new("RGB", (columns * size, rows * cell_h), "white")
-  draw = ImageDraw.Draw(canvas)
-  for i, (image, caption) in enumerate(zip(images, captions)):
-    x, y = (i % columns) * size, (i // columns) * cell_h
-    canvas.paste(Image.fromarray(image), (x, y))
-    for j, line in enumerate(wrap.wrap(caption)):
-      draw.text((x + 2, y + size + 2 + j * _LINE_HEIGHT), line, fill="black", font=font)
-  return np.asarray(canvas)
+from vwt_jax.evaluation import reconstruction
 
 
 def preview(root: str, output: str, *, num_clips: int = 12, columns: int = 4,
@@ -53,9 +28,10 @@ def preview(root: str, output: str, *, num_clips: int = 12, columns: int = 4,
   if not len(source):
     raise ValueError(f"no clip with a caption and an mp4 under {root!r}")
   records = [source[i] for i in range(min(num_clips, len(source)))]
-  grid = captioned_grid(np.stack([r["image"] for r in records]),
-                        [f"{r['clip_id']}: {r['scene_title']}. {r['caption']}" for r in records],
-                        columns=min(columns, len(records)))
+  grid = reconstruction.captioned_grid(
+      np.stack([r["image"] for r in records]),
+      [f"{r['clip_id']}: {r['scene_title']}. {r['caption']}" for r in records],
+      columns=min(columns, len(records)))
   Image.fromarray(grid).save(output)
   return len(records)
 

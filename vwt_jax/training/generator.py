@@ -52,8 +52,10 @@ def model_config(config: ml_collections.ConfigDict, metadata=None) -> gpt_lib.GP
   """GPTConfig from `config.model`, filling dataset-given sizes from `metadata`.
 
   A size set in the config must agree with the code dataset, so a generator is
-  never silently trained on codes of another tokenizer. Without a class count
-  (a tokenizer alone, or captions) c2i keeps the reference's 1000 classes.
+  never silently trained on codes of another tokenizer (or captions of another
+  text encoder: t2i takes caption_dim and cls_token_num, the caption length,
+  from a captioned dataset). Without a class count (a tokenizer alone, or
+  captions) c2i keeps the reference's 1000 classes.
   """
   m = config.model
   derived = {}
@@ -64,8 +66,15 @@ def model_config(config: ml_collections.ConfigDict, metadata=None) -> gpt_lib.GP
                    rope_2d=len(code_shape) == 2)
     if metadata.num_classes and m.model_type == "c2i":
       derived["num_classes"] = int(metadata.num_classes)
+    if getattr(metadata, "caption_dim", 0) and m.model_type == "t2i":
+      # The caption prefix is as long as the dataset's captions.
+      derived.update(caption_dim=int(metadata.caption_dim),
+                     cls_token_num=int(metadata.caption_length))
   fields = dict(vocab_size=m.vocab_size, block_size=m.block_size, num_classes=m.num_classes,
                 rope_2d={"auto": None, "2d": True, "1d": False}[m.rope])
+  prefix = dict(caption_dim=m.caption_dim, cls_token_num=m.cls_token_num)
+  if m.model_type == "t2i":
+    fields.update(prefix)
   unset = lambda name: fields[name] is None or (name != "rope_2d" and fields[name] == 0)
   for name, value in derived.items():
     if unset(name):
@@ -85,7 +94,7 @@ def model_config(config: ml_collections.ConfigDict, metadata=None) -> gpt_lib.GP
       rope_base=m.rope_base, norm_eps=m.norm_eps, vocab_size=fields["vocab_size"],
       block_size=fields["block_size"], num_classes=fields["num_classes"] or 1000,
       class_dropout_prob=m.class_dropout_prob, model_type=m.model_type,
-      caption_dim=m.caption_dim, cls_token_num=m.cls_token_num,
+      **{name: fields.get(name, value) for name, value in prefix.items()},
       token_dropout_p=m.token_dropout_p, attn_dropout_p=m.attn_dropout_p,
       resid_dropout_p=m.resid_dropout_p, ffn_dropout_p=m.ffn_dropout_p,
       drop_path_rate=m.drop_path_rate, rope_2d=bool(fields["rope_2d"]),
@@ -129,12 +138,13 @@ class Autoregressive:
     accuracy = jnp.mean((jnp.argmax(logits, -1) == targets).astype(jnp.float32))
     return loss, {"loss": loss, "accuracy": accuracy}
 
-  def sample(self, params, labels, rng, settings: dict, mesh, rules):
+  def sample(self, params, cond, rng, settings: dict, mesh, rules, emb_mask=None):
+    """Codes for labels (c2i) or left-padded captions + `emb_mask` (t2i)."""
     return autoregressive.generate(
-        self.model, params, labels, num_tokens=self.cfg.block_size, rng=rng,
+        self.model, params, cond, num_tokens=self.cfg.block_size, rng=rng,
         cfg_scale=settings["cfg_scale"], cfg_interval=settings["cfg_interval"],
         temperature=settings["temperature"], top_k=settings["top_k"],
-        top_p=settings["top_p"], mesh=mesh, rules=rules)
+        top_p=settings["top_p"], emb_mask=emb_mask, mesh=mesh, rules=rules)
 
   def load_pretrained(self, path: str):
     if os.path.isdir(path):
@@ -353,14 +363,28 @@ class GeneratorTrainer:
                        f"{arch.vocab_size}: set config.tokenizer to the one its codes came from")
     return self._tokenizer
 
-  def sample_codes(self, params, labels: np.ndarray, rng, **overrides) -> np.ndarray:
-    """Codes (B, L) for class `labels`; settings from `config.sampling` unless overridden."""
+  def sample_codes(self, params, cond: np.ndarray, rng, *, emb_mask=None,
+                   **overrides) -> np.ndarray:
+    """Codes (B, L); settings from `config.sampling` unless overridden.
+
+    `cond`: class labels (B,), or for a t2i GPT left-padded caption features
+    (B, cls_token_num, caption_dim) with their mask `emb_mask`
+    (`gpt.left_pad_captions`).
+    """
     settings = dict(self.config.sampling)
     settings.update(overrides)
+    kwargs = {}
+    if not self.arch.conditional_on_class:
+      cond = jnp.asarray(cond, jnp.float32)
+      if emb_mask is None:
+        raise ValueError("a t2i generator needs the caption mask (emb_mask)")
+      kwargs["emb_mask"] = jax.device_put(jnp.asarray(emb_mask, bool), self.batch_sharding)
+    else:
+      cond = jnp.asarray(cond, jnp.int32)
     with nn.logical_axis_rules(self.rules):
-      labels = jax.device_put(jnp.asarray(labels, jnp.int32), self.batch_sharding)
+      cond = jax.device_put(cond, self.batch_sharding)
       return np.asarray(jax.device_get(self.arch.sample(
-          params, labels, rng, settings, self.mesh, self.rules)))
+          params, cond, rng, settings, self.mesh, self.rules, **kwargs)))
 
   def write_samples(self, params, path: str) -> np.ndarray:
     """`samples.png`: row r holds `per_class` samples of `sampling.classes[r]`."""

@@ -1,0 +1,140 @@
+r"""Vriptor-style video captioners trained on Vript's four formats (arXiv 2406.06040).
+
+A CLIP ViT per frame, a query resampler and a LLaMA/Vicuna decoder
+(`vwt_jax/models/captioner.py`, trainer `vwt_jax/training/captioner.py`).
+Vriptor itself is ST-LLM (EVA ViT-g + Q-Former + Vicuna-7B v1.1); these
+configs keep its recipe (`shared/docs/vript.md` §3) on the CLIP ViT-L/14-336
+tower and a 32-query resampler that load from Hugging Face directories.
+
+  # CPU demo: tiny model on the embedded synthetic Vript, written under
+  # demo_workdir/vript/data on first use (the same data as `make demo`'s)
+  python -m vwt_jax.main --config configs/vriptor.py:tiny --workdir demo_workdir/captioner
+  # stage 1 on 8 GPUs (FSDP over all 8): Vicuna-7B v1.1 + CLIP ViT-L/14-336, ViT frozen
+  python -m vwt_jax.main --config configs/vriptor.py:stage1 --config.data.root /data/vript \
+      --config.init.llm_dir /ckpt/vicuna-7b-v1.1 \
+      --config.init.vision_dir /ckpt/clip-vit-large-patch14-336 --workdir /runs/vriptor_s1
+  # the same with 4-way FSDP x 2-way tensor parallelism
+  ... --config.mesh_shape='(1,4,2)' --config.grad_accum_steps=16
+  # stage 2, initialised from stage 1 (its tokenizer.json is reused)
+  python -m vwt_jax.main --config configs/vriptor.py:stage2 --config.data.root /data/vript \
+      --config.init_from /runs/vriptor_s1 --workdir /runs/vriptor_s2
+
+Variants:
+  tiny    CPU demo: 32 px tiny ViT (patch 8), 4-query resampler, 2-layer
+          LlamaLM of width 64, 4 frames, a 1024-token BPE trained on the
+          captions, every part trained from scratch, 300 steps.
+  stage1  Vriptor stage 1: 64 frames, answers cut to 1024 tokens
+          (max_txt_len), lr 2e-5 constant, bf16, 1 epoch, global batch 64 =
+          1 per device x 8 accumulation steps x 8 devices, ViT frozen.
+  stage2  Vriptor stage 2: 256 frames (the prompts' sampling rate still says
+          duration / 64), answers cut to 4096 tokens, otherwise as stage 1.
+
+Sequence lengths: 64 frames x 32 queries = 2048 visual tokens at stage 1 and
+8192 at stage 2, plus the prompt (voice-over included) and the answer, give
+4096 and 16384 positions; a 2048-position Vicuna gets linear RoPE scaling by
+2 and 8 (the released Vriptor, ST-LLM-based, uses dynamic scaling x4 to 8192
+positions; dynamic scaling is not implemented here). Both stages keep a
+256-frame temporal table in the resampler so stage 2 loads stage 1 as is.
+
+Text layout as ST-LLM's (`captioner_text`): '</s>' after the visual tokens
+(ST-LLM remaps bos to eos) and '<unk>' as padding, since Vicuna's 32000-token
+vocabulary has no pad token (ST-LLM adds '[PAD]' as token 32000; padding
+carries no loss and is never attended to, so its id does not matter).
+
+Optimizer: AdamW with transformers' Trainer defaults (betas 0.9/0.999, no
+weight decay, clip 1.0) as ST-LLM trains through it [unverified]. On a
+TPU v5p-8 (4 chips) use mesh (1,-1,1) or (1,2,2).
+"""
+
+import ml_collections
+
+from vwt_jax.data.vript import pipeline as vript_pipeline
+from vwt_jax.training import loop
+from vwt_jax.training import optimizer
+
+VARIANTS = ("tiny", "stage1", "stage2")
+# stage: (frames, max_txt_len, sequence length, RoPE linear factor)
+STAGES = {
+    "stage1": (64, 1024, 4096, 2.0),
+    "stage2": (256, 4096, 16384, 8.0),
+}
+# The embedded synthetic Vript of the tiny demo: `synthetic.generate`'s
+# defaults, i.e. what `make demo` writes with the synthetic CLI.
+DEMO_DATA = dict(num_long_videos=8, num_short_videos=2, scenes_per_video=(3, 5),
+                 frames_per_scene=(16, 32), resolution=64, fps=8, seed=0, crf=23)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant = arg or "tiny"
+  if variant not in VARIANTS:
+    raise ValueError(f"configs/vriptor.py: unknown variant {variant!r}; expected one of "
+                     f"{VARIANTS}")
+  c = loop.base_config("captioner", variant, total_steps=0, global_batch_size=64,
+                       ema_decay=0.0)
+  # total_steps = 0: num_epochs over the training samples.
+  c.num_epochs = 1.0
+  c.grad_accum_steps = 8
+  c.mesh_shape = (1, -1, 1)
+  c.log_every = 10
+  c.checkpoint_every = 500
+  # Teacher-forced loss on the first eval.num_batches batches of the samples
+  # (Vript has no held-out split).
+  c.eval_every = 500
+
+  c.data = vript_pipeline.default_vript_data_config()
+  c.data.update(dict(image_size=336, num_workers=8, num_threads=16))
+
+  c.model = ml_collections.ConfigDict(dict(
+      # '' = the tower of init.vision_dir.
+      vision=dict(variant="ViT-L/14@336px", feature_layer=-2, drop_cls=True),
+      projector=dict(kind="resampler", num_queries=32, num_layers=2, num_heads=16,
+                     temporal_embedding=True, max_frames=256),
+      # '' = the model of init.llm_dir; 0 = the variant's/checkpoint's value.
+      lm=dict(variant="7B", vocab_size=0, max_positions=0, rope_linear_factor=0.0,
+              scan_layers=True, remat=True),
+  ))
+  # Hugging Face directories (config.json + safetensors/bin) of the decoder
+  # (LlamaForCausalLM: LLaMA, Vicuna) and the CLIP vision tower.
+  c.init = ml_collections.ConfigDict(dict(llm_dir="", vision_dir=""))
+  # path: a tokenizer.json or a directory with one (or a SentencePiece
+  # tokenizer.model); '' = see the trainer (init_from's, init.llm_dir's, or
+  # trained with vocab_size tokens).
+  c.tokenizer = ml_collections.ConfigDict(dict(path="", vocab_size=32000))
+  c.text = ml_collections.ConfigDict(dict(
+      max_length=4096, max_answer_length=1024, bos=True, bos_token="</s>", pad_token="<unk>"))
+  c.train = ml_collections.ConfigDict(dict(freeze=("vision",)))
+  c.optimizer = optimizer.default_optimizer_config(
+      lr=2e-5, end_lr=2e-5, schedule="constant", warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
+      weight_decay=0.0, grad_clip_norm=1.0, wd_exclude=())
+  c.eval.update(dict(num_batches=8, batch_size=8))
+
+  if variant == "tiny":
+    c.data.update(dict(root="demo_workdir/vript/data", num_frames=4, image_size=32,
+                       num_workers=0, num_threads=4, prefetch=8))
+    c.data.synthetic = ml_collections.ConfigDict(DEMO_DATA)
+    c.model.vision.variant = "tiny"
+    c.model.projector.update(dict(num_queries=4, num_layers=1, num_heads=4, max_frames=0))
+    c.model.lm.update(dict(variant="tiny", vocab_size=1024, scan_layers=False, remat=False))
+    c.tokenizer.vocab_size = 1024
+    # 16 visual tokens, prompts of at most ~120 and answers of ~400 tokens.
+    c.text.update(dict(max_length=512, max_answer_length=384, bos_token="<s>",
+                       pad_token="<pad>"))
+    # A random tiny ViT has nothing to keep: every part learns.
+    c.train.freeze = ()
+    c.total_steps = 300
+    c.global_batch_size = 8
+    c.grad_accum_steps = 1
+    c.mesh_shape = (-1, 1, 1)
+    c.compute_dtype = "float32"
+    c.log_every = 25
+    c.eval_every = 150
+    c.checkpoint_every = 150
+    c.optimizer.update(dict(lr=1e-3, end_lr=1e-4, schedule="cosine", warmup_steps=20,
+                            weight_decay=0.01))
+    c.eval.update(dict(num_batches=4, batch_size=8))
+  else:
+    frames, answer, length, rope = STAGES[variant]
+    c.data.update(dict(stage=variant, num_frames=frames))
+    c.model.lm.update(dict(max_positions=length, rope_linear_factor=rope))
+    c.text.update(dict(max_length=length, max_answer_length=answer))
+  return c

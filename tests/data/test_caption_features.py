@@ -1,0 +1,79 @@
+"""Caption features: per-token text-encoder outputs for the t2i GPT (MiniLM and T5)."""
+
+import numpy as np
+import pytest
+
+from helpers import save_tiny_t5_encoder
+from vwt_jax.conversion import hf_t5
+from vwt_jax.conversion import sentence_transformers as stc
+from vwt_jax.data import caption_features
+
+CAPTIONS = [
+    'A red disc moves left over a blue sky.',
+    'Two green squares grow.',
+    'The camera pans right across a sandy beach while a yellow star spins slowly in the '
+    'middle of the frame and a purple ring bounces near the bottom edge.',
+]
+
+
+@pytest.fixture(scope='module')
+def minilm():
+  return caption_features.load_caption_encoder('minilm', max_length=16)
+
+
+@pytest.fixture(scope='module')
+def t5_dir(tmp_path_factory):
+  return save_tiny_t5_encoder(str(tmp_path_factory.mktemp('t5')), CAPTIONS)
+
+
+def test_minilm_features_are_the_sentence_encoders_token_outputs(minilm):
+  sentence = stc.load_sentence_encoder_cached(stc.default_encoder_dir())
+  features, mask = minilm.encode(CAPTIONS)
+  assert features.shape == (3, 16, 384) and features.dtype == np.float32
+  assert mask.dtype == bool
+  lengths = [len(ids) for ids in sentence.tokenize(CAPTIONS)]
+  # Right-padded, [CLS] ... [SEP] kept; the long caption is cut to 16 tokens
+  # while the shared encoder's own tokenizer still takes 256.
+  assert lengths[:2] == mask.sum(1)[:2].tolist() and lengths[2] > 16 and mask[2].all()
+  np.testing.assert_array_equal(mask, np.arange(16) < mask.sum(1, keepdims=True))
+  # Mean-pooled and normalised over the real tokens, they are the sentence
+  # embeddings sentence-transformers computes (the converter's parity test).
+  short = slice(0, 2)
+  pooled = (features[short] * mask[short, :, None]).sum(1) / mask[short].sum(1, keepdims=True)
+  pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+  np.testing.assert_allclose(pooled, sentence.encode(CAPTIONS[short]), atol=1e-5, rtol=0)
+  # A caption's features do not depend on its batch.
+  alone, alone_mask = minilm.encode(CAPTIONS[1:2])
+  np.testing.assert_array_equal(alone_mask[0], mask[1])
+  np.testing.assert_allclose(alone[0][mask[1]], features[1][mask[1]], atol=1e-5, rtol=0)
+  assert caption_features.describe(minilm) == {
+      'kind': 'minilm', 'model_dir': '', 'max_length': 16, 'dim': 384}
+
+
+def test_t5_features_are_the_t5_text_encoders_and_round_trip(t5_dir):
+  encoder = caption_features.load_caption_encoder('t5', t5_dir, max_length=24)
+  features, mask = encoder.encode(CAPTIONS)
+  expected = hf_t5.load_t5_text_encoder(t5_dir).encode(CAPTIONS, 24)
+  np.testing.assert_array_equal(features, expected[0])
+  np.testing.assert_array_equal(mask, expected[1])
+  assert features.shape == (3, 24, 32) and mask[2].all() and mask[1].sum() == 17
+
+  described = caption_features.describe(encoder)
+  assert described == {'kind': 't5', 'model_dir': t5_dir, 'max_length': 24, 'dim': 32}
+  again = caption_features.from_description(described)
+  np.testing.assert_array_equal(again.encode(CAPTIONS)[0], features)
+  with pytest.raises(ValueError, match='gives 32-d features, but 64 were recorded'):
+    caption_features.from_description({**described, 'dim': 64})
+
+
+def test_bad_requests_are_refused(t5_dir):
+  with pytest.raises(ValueError, match=r"'clip': expected one of \('minilm', 't5'\)"):
+    caption_features.load_caption_encoder('clip')
+  with pytest.raises(ValueError, match="'t5' needs a model directory"):
+    caption_features.load_caption_encoder('t5')
+  with pytest.raises(ValueError, match='takes 1..256 tokens'):
+    caption_features.load_caption_encoder('minilm', max_length=300)
+  with pytest.raises(ValueError, match=r"lacks \['dim'\]"):
+    caption_features.from_description({'kind': 't5', 'model_dir': t5_dir, 'max_length': 8})
+  with pytest.raises(TypeError, match='sequence of strings'):
+    caption_features.load_caption_encoder('t5', t5_dir).encode('one caption')

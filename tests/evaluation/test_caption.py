@@ -1,0 +1,135 @@
+"""`python -m vwt_jax.caption` end to end: a random tiny captioner run on a tiny synthetic Vript."""
+
+import json
+import os
+
+import pytest
+
+from helpers import load_config, save_random_captioner_run
+from vwt_jax import caption
+from vwt_jax.data.vript import schema
+from vwt_jax.data.vript import synthetic
+
+# 2 videos x 2 scenes of 8 frames at 32 px.
+DATA = dict(num_long_videos=2, num_short_videos=0, scenes_per_video=(2, 2),
+            frames_per_scene=(8, 8), resolution=32, fps=8, seed=0)
+# Both runs use these, so that their rows have one shape (the four clips; one
+# window and three repeats of it, both prompts under 256 tokens) and the
+# programs compile once.
+COMMON = ["--max_new_tokens", "8", "--batch_size", "4", "--prompt_bucket", "256"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """(Vript root, captioner run folder) with random parameters."""
+  base = tmp_path_factory.mktemp("caption")
+  root = str(base / "vript")
+  synthetic.generate(root, **DATA)
+  config = load_config("vriptor.py", "tiny")
+  config.data.update(dict(root=root, num_frames=2))
+  config.data.synthetic.update(DATA)
+  config.model.lm.vocab_size = config.tokenizer.vocab_size = 384
+  config.text.update(dict(max_length=256, max_answer_length=64))
+  workdir = str(base / "run")
+  save_random_captioner_run(config, workdir)
+  return root, workdir
+
+
+def _read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_vript_root_single_scene_scored(run, tmp_path, capsys):
+  root, workdir = run
+  out = str(tmp_path / "out")
+  result = caption.main([root, "--checkpoint", workdir, "--output", out, "--score", *COMMON])
+  printed = capsys.readouterr().out
+  videos = schema.load_dataset(root)
+  clips = [c for v in videos for c in v.clips]
+  rows = _read_jsonl(os.path.join(out, caption.PREDICTIONS_FILE))
+  assert [r["id"] for r in rows] == [c.clip_id for c in clips]
+  assert [r["gt"] for r in rows] == [[c.caption.content] for c in clips]
+  # The caption files form a Vript root (captions only) holding the predictions.
+  problems = schema.Problems()
+  written = schema.load_dataset(out, problems=problems)
+  assert [v.video_id for v in written] == [v.video_id for v in videos]
+  assert [v.title for v in written] == [v.title for v in videos]
+  assert [(c.clip_id, c.caption.content) for v in written for c in v.clips] == [
+      (r["id"], r["pred"]) for r in rows]
+  assert all("clip folder missing" in reason for _, reason in problems.items)
+  hal = result["hal"]
+  assert hal["metrics"]["num_clips"] == len(clips) == 4
+  with open(os.path.join(out, caption.HAL_FILE)) as f:
+    saved = json.load(f)
+  assert saved["metrics"] == hal["metrics"] and saved["format"] == "single_scene"
+  assert "configuration minilm_sm: sentence encoder all-MiniLM-L6-v2" in printed
+  assert f"Vript-HAL [Hallucination]  F1:  {hal['metrics']['f1']:.2f}\n" in printed
+
+
+def test_clip_folder_multi_scene(run, tmp_path):
+  root, workdir = run
+  video = schema.load_dataset(root)[0]
+  folder = os.path.join(root, "vript_long_videos_clips", video.video_id)
+  out = str(tmp_path / "out")
+  result = caption.main([folder, "--checkpoint", workdir, "--output", out, "--format",
+                         "multi_scene", *COMMON])
+  assert result["num_clips"] == 2 and result["format"] == "multi_scene"
+  rows = _read_jsonl(os.path.join(out, caption.PREDICTIONS_FILE))
+  # No ground truth outside a Vript root; one row per clip of the window.
+  assert [r["id"] for r in rows] == [c.clip_id for c in video.clips]
+  assert all(set(r) == {"id", "pred"} for r in rows)
+  with open(os.path.join(out, "vript_captions", "vript_long_videos_captions",
+                         f"{video.video_id}_caption.json")) as f:
+    data = json.load(f)
+  assert data["meta"]["num_clips"] == 2 and data["meta"]["integrity"]
+  assert [d["caption"]["content"] for d in data["data"].values()] == [r["pred"] for r in rows]
+
+
+def test_prompts_match_training_formats(run):
+  root, _ = run
+  video = caption.find_videos(root)[0]
+  clip = video.clips[0].clip
+  prompt = caption.single_prompt(clip, "stage1")
+  assert prompt.startswith("<ImageHere>###Human: ")
+  assert "(Duration: [0.0, 1.0]second, Sampling Rate: 0.02second/frame)." in prompt
+  assert ("Voiceover:" in prompt) == bool(clip.asr.segments)
+  window = caption.window_prompt([c.clip for c in video.clips], "stage1")
+  assert "(Duration: [0.0, 2.0]second" in window
+  silent = caption.find_videos(root, use_voiceover=False)[0].clips[0].clip
+  assert "Voiceover:" not in caption.single_prompt(silent, "stage1")
+
+
+
+def test_single_mp4_with_voiceover_file(run, tmp_path):
+  root, _ = run
+  clip = next(c for v in schema.load_dataset(root) for c in v.clips if c.asr.segments)
+  asr = tmp_path / "asr.jsonl"
+  asr.write_text(json.dumps({"clip_id": clip.clip_id, "duration": 1.0, "scene_text": [
+      {"span": [0.0, 0.5], "text": " Hello there."}]}) + "\n")
+  (video,) = caption.find_videos(clip.path, voiceover=str(asr))
+  assert (video.video_id, video.group, len(video.clips)) == (clip.video_id, "vript_long_videos", 1)
+  assert video.clips[0].gt is None
+  prompt = caption.single_prompt(video.clips[0].clip, "stage1")
+  assert 'Voiceover:"[0.0, 0.5] Hello there.\n"' in prompt
+  (bare,) = caption.find_videos(clip.path)
+  assert "Voiceover:" not in caption.single_prompt(bare.clips[0].clip, "stage1")
+
+
+def test_window_answer_scenes_go_to_clips_in_order(run):
+  video = caption.find_videos(run[0])[0]
+  answer = ("Intro text.\n[Scene 2: Second](Duration: [1.0, 2.0])\nThe second.\n\n"
+            "[Scene 3: Extra](Duration: [2.0, 3.0])\nNo such clip.###ignored")
+  records = caption.window_records(video, answer)
+  assert [(r["scene"], r["scene_title"], r["content"]) for r in records] == [
+      (video.clips[0].clip.scene, "", ""), (video.clips[1].clip.scene, "Second", "The second.")]
+
+
+def test_stop_sequences_cover_the_end_symbol(run):
+  from vwt_jax.data import text_tokenizer  # pylint: disable=g-import-not-at-top
+  tokenizer = text_tokenizer.load_tokenizer(os.path.join(run[1], "tokenizer.json"))
+  stops = caption.stop_sequences(tokenizer)
+  assert tuple(tokenizer.encode("###", add_special_tokens=False).ids) in stops
+  merged = [i for t, i in tokenizer.get_vocab().items() if "###" in t]
+  assert merged and all((i,) in stops for i in merged)
+  assert (tokenizer.token_to_id("</s>"),) in stops

@@ -1,0 +1,357 @@
+"""A Vriptor-style video captioner: CLIP ViT per frame -> projector -> LLaMA decoder.
+
+Vriptor (`shared/docs/vript.md` §3) is ST-LLM: EVA ViT-g, an InstructBLIP
+Q-Former and Vicuna-7B. Here the three parts are this library's own, each
+loadable from Hugging Face-format weights:
+
+* `vision`: `clip_vision.CLIPVisionTower` run on every frame; its
+  `feature_layer` hidden state (the penultimate one by default), without the
+  CLS token when `drop_cls`, as LLaVA-style captioners read it.
+* `projector`: `projector.Projector`; 'resampler' (learned queries that
+  cross-attend to each frame, the Q-Former's role; Q = num_queries tokens per
+  frame) or 'linear' / 'mlp' (one token per vision token).
+* `lm`: `llama_lm.LlamaLM`, whose blocks are the LlamaGen GPT's
+  (`models/llama.py`).
+
+The parameter tree is {'vision': ..., 'projector': ..., 'lm': ...}, so
+`conversion.hf_clip.load_hf_clip_vision` and `conversion.hf_llama.load_hf_llama`
+outputs drop in (`load_pretrained`).
+
+Sequences come from `data/vript/captioner_text.encode_batch`: token ids with
+a run of `num_visual_tokens` slots marked in `visual`; `embed_inputs` puts the
+frames' T * Q visual tokens into those slots, in order, and the token
+embeddings everywhere else. Generation runs `embed_inputs` on the prompt, then
+`prefill` and `decode` (the LM's KV-cache path).
+
+  model = Captioner(config)
+  logits, _ = model.apply({'params': params}, frames, ids, visual)
+"""
+
+import dataclasses
+import json
+from typing import Any, Mapping, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vwt_jax.conversion import hf_clip
+from vwt_jax.conversion import hf_llama
+from vwt_jax.conversion import torch_state
+from vwt_jax.models import llama
+from vwt_jax.models import llama_lm
+from vwt_jax.models import projector as projector_lib
+from vwt_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionTower
+from vwt_jax.models.llama_lm import LlamaLMConfig
+
+# LlamaLMConfig fields a captioner may set differently from the checkpoint it
+# loads: layout and precision, and the context length (a captioner's frames
+# need more positions than the text model was trained on).
+_LM_FREE_FIELDS = ("max_positions", "rope_linear_factor", "attn_dropout", "scan_layers",
+                   "remat", "dtype", "param_dtype")
+_DTYPE_FIELDS = ("dtype", "param_dtype")
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig:
+  """The three parts of a captioner and how frames become LLM tokens.
+
+  Attributes:
+    vision: the CLIP vision tower.
+    lm: the LLaMA decoder; its `dim` is the projector's output width.
+    feature_layer: which hidden state of the tower is read (-2: penultimate).
+    drop_cls: drop the tower's CLS token from the features.
+    projector: 'resampler', 'linear' or 'mlp' (see `projector.Projector`).
+    num_queries: resampler tokens per frame (Q).
+    projector_layers: resampler cross-attention blocks.
+    projector_heads: resampler attention heads (divide the vision width).
+    temporal_embedding: resampler queries get a learned per-frame vector.
+    max_frames: size of that per-frame table (0 = num_frames); larger than
+      num_frames lets a model trained on few frames continue on more
+      (Vriptor's stage 2 takes 256 frames where stage 1 took 64).
+    num_frames: frames per sample (T) the model is built for.
+  """
+  vision: CLIPVisionConfig = CLIPVisionConfig()
+  lm: LlamaLMConfig = LlamaLMConfig()
+  feature_layer: int = -2
+  drop_cls: bool = True
+  projector: str = "resampler"
+  num_queries: int = 32
+  projector_layers: int = 2
+  projector_heads: int = 8
+  temporal_embedding: bool = True
+  max_frames: int = 0
+  num_frames: int = 64
+
+  def __post_init__(self):
+    if self.projector not in projector_lib.KINDS:
+      raise ValueError(f"CaptionerConfig.projector={self.projector!r}: expected one of "
+                       f"{projector_lib.KINDS}")
+    if self.num_frames < 1:
+      raise ValueError(f"CaptionerConfig.num_frames={self.num_frames} must be >= 1")
+    if self.max_frames and self.max_frames < self.num_frames:
+      raise ValueError(f"CaptionerConfig.max_frames={self.max_frames} is below "
+                       f"num_frames={self.num_frames}")
+    states = self.vision.num_hidden_layers + 1
+    if not -states <= self.feature_layer < states:
+      raise ValueError(f"CaptionerConfig.feature_layer={self.feature_layer} is outside the "
+                       f"tower's {states} hidden states")
+    if self.projector == "resampler" and self.vision.hidden_size % self.projector_heads:
+      raise ValueError(f"CaptionerConfig.projector_heads={self.projector_heads} does not "
+                       f"divide the vision width {self.vision.hidden_size}")
+
+  @property
+  def frame_table_size(self) -> int:
+    return self.max_frames or self.num_frames
+
+  @property
+  def vision_tokens(self) -> int:
+    """Features per frame the tower hands to the projector (N)."""
+    return self.vision.num_patches + (0 if self.drop_cls else 1)
+
+  @property
+  def tokens_per_frame(self) -> int:
+    """LLM tokens per frame (Q)."""
+    return self.num_queries if self.projector == "resampler" else self.vision_tokens
+
+  def num_visual_tokens(self, num_frames: Optional[int] = None) -> int:
+    """Visual slots of a sample of `num_frames` (default: `num_frames`) frames."""
+    return (self.num_frames if num_frames is None else num_frames) * self.tokens_per_frame
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready fields (dtypes by name), read back by `from_dict`."""
+    def plain(sub):
+      return {k: (jnp.dtype(v).name if k in _DTYPE_FIELDS else v)
+              for k, v in dataclasses.asdict(sub).items()}
+    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    out["vision"], out["lm"] = plain(self.vision), plain(self.lm)
+    return out
+
+  @classmethod
+  def from_dict(cls, values: Mapping[str, Any]) -> "CaptionerConfig":
+    def typed(sub_cls, sub):
+      sub = dict(sub)
+      for k in _DTYPE_FIELDS:
+        sub[k] = jnp.dtype(sub[k])
+      return sub_cls(**sub)
+    values = dict(values)
+    values["vision"] = typed(CLIPVisionConfig, values["vision"])
+    values["lm"] = typed(LlamaLMConfig, values["lm"])
+    return cls(**values)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_json(cls, text: str) -> "CaptionerConfig":
+    return cls.from_dict(json.loads(text))
+
+
+def check_visual_slots(visual: Any, num_tokens: int) -> None:
+  """Raises ValueError naming the rows of `visual` (B, S) without exactly
+  `num_tokens` True slots; does nothing for traced values.
+
+  Under `jit` the slot counts are data, unknown while tracing, so only the
+  static shapes can be checked there; `captioner_text.encode_batch` lays out
+  exactly `num_visual_tokens` slots per row (padding rows included), and the
+  trainer checks every host batch with this function before it is sent.
+  """
+  if isinstance(visual, jax.core.Tracer):
+    return
+  counts = np.asarray(visual).sum(axis=1)
+  bad = np.flatnonzero(counts != num_tokens)
+  if bad.size:
+    raise ValueError(f"rows {bad.tolist()} have {counts[bad].tolist()} visual slots; the "
+                     f"frames give {num_tokens} visual tokens per row")
+
+
+class Captioner(nn.Module):
+  """Frames + token ids with visual slots -> next-token logits (see module docstring)."""
+  config: CaptionerConfig
+
+  def setup(self):
+    cfg = self.config
+    self.vision = CLIPVisionTower(cfg.vision, feature_layer=cfg.feature_layer,
+                                  drop_cls=cfg.drop_cls)
+    self.projector = projector_lib.Projector(
+        kind=cfg.projector, out_dim=cfg.lm.dim, num_queries=cfg.num_queries,
+        num_layers=cfg.projector_layers, num_heads=cfg.projector_heads,
+        max_frames=cfg.frame_table_size, temporal_embedding=cfg.temporal_embedding,
+        dtype=cfg.lm.dtype, param_dtype=cfg.lm.param_dtype)
+    self.lm = llama_lm.LlamaLM(cfg.lm)
+
+  def encode_frames(self, frames: jax.Array) -> jax.Array:
+    """CLIP-normalised frames (B, T, H, W, 3) -> visual tokens (B, T * Q, lm.dim).
+
+    Frame-major: tokens [t * Q, (t + 1) * Q) come from frame t.
+    """
+    if frames.ndim != 5:
+      raise ValueError(f"frames {frames.shape}: expected (B, T, H, W, C)")
+    batch, num_frames = frames.shape[:2]
+    features, _ = self.vision(frames.reshape((batch * num_frames,) + frames.shape[2:]))
+    features = features.reshape((batch, num_frames) + features.shape[1:])
+    tokens, _ = self.projector(features)
+    return tokens
+
+  def embed_inputs(self, frames: jax.Array, ids: jax.Array, visual: jax.Array) -> jax.Array:
+    """Token embeddings (B, S, lm.dim) with the visual slots holding the visual tokens.
+
+    The k-th True slot of `visual` (B, S) in a row gets that row's k-th visual
+    token, so the slots need not be contiguous, but each row must have exactly
+    T * Q of them. Statically (also under jit) the shapes are checked; the
+    per-row count is checked when `visual` is concrete (see
+    `check_visual_slots` for why not under jit). A row with the wrong count
+    would silently get repeated (too many slots) or missing (too few) tokens.
+    """
+    if frames.ndim != 5:
+      raise ValueError(f"frames {frames.shape}: expected (B, T, H, W, C)")
+    num_tokens = self.config.num_visual_tokens(frames.shape[1])
+    if visual.shape != ids.shape:
+      raise ValueError(f"visual {visual.shape} and ids {ids.shape} differ in shape")
+    if num_tokens > ids.shape[1]:
+      raise ValueError(f"{num_tokens} visual tokens do not fit sequences of {ids.shape[1]}")
+    check_visual_slots(visual, num_tokens)
+    tokens = self.encode_frames(frames)
+    embeds = self.lm.embed(ids)
+    visual = visual.astype(bool)
+    # Slot -> index of its visual token; text slots gather an unused token.
+    index = jnp.clip(jnp.cumsum(visual, axis=1) - 1, 0, num_tokens - 1)
+    picked = jnp.take_along_axis(tokens, index[..., None], axis=1)
+    return jnp.where(visual[..., None], picked.astype(embeds.dtype), embeds)
+
+  def __call__(self, frames: jax.Array, ids: jax.Array, visual: jax.Array,
+               attention: Optional[jax.Array] = None, *,
+               train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Next-token logits (B, S, vocab) float32 and the LM's aux.
+
+    Args:
+      frames: (B, T, H, W, 3) CLIP-normalised.
+      ids: int (B, S) token ids (any id at the visual slots).
+      visual: bool (B, S), T * Q True slots per row.
+      attention: optional bool (B, S), False at padding slots, which are then
+        hidden from every other position. Causal attention alone suffices
+        for right-padded rows (`encode_batch`'s): real tokens never see the
+        padding after them.
+      train: attention dropout of the LM (rng 'dropout').
+    """
+    embeds = self.embed_inputs(frames, ids, visual)
+    mask = None
+    if attention is not None:
+      seq = ids.shape[1]
+      mask = llama.attention_mask(attention, jnp.arange(seq), seq)
+    return self.lm(inputs_embeds=embeds, attn_mask=mask, train=train)
+
+  def prefill(self, inputs_embeds: jax.Array, cache: Any, *,
+              mask: Optional[jax.Array] = None) -> tuple[jax.Array, Any]:
+    """`LlamaLM.prefill` on `embed_inputs` output (B, T, dim); see there."""
+    return self.lm.prefill(inputs_embeds, cache, mask=mask)
+
+  def decode(self, token: jax.Array, position: Any, cache: Any, *,
+             mask: Optional[jax.Array] = None) -> tuple[jax.Array, Any]:
+    """`LlamaLM.decode`: one token (B,) at `position`; see there."""
+    return self.lm.decode(token, position, cache, mask=mask)
+
+
+def init_cache(config: CaptionerConfig, batch: int, max_len: int,
+               dtype: Optional[Any] = None) -> Any:
+  """The LM's zero KV cache (`llama_lm.init_cache`) for `prefill`/`decode`."""
+  return llama_lm.init_cache(config.lm, batch, max_len, dtype)
+
+
+def init_inputs(config: CaptionerConfig, batch: int = 1,
+                seq_len: Optional[int] = None) -> tuple[jax.Array, ...]:
+  """Small zero (frames, ids, visual) for `Captioner.init`: one frame per row
+  and its Q visual slots first. The parameters depend on neither the frame
+  count nor the sequence length (default Q + 1), so a 7B captioner is
+  initialised without its 64-frame batches."""
+  v = config.vision
+  q = config.tokens_per_frame
+  seq_len = seq_len or q + 1
+  frames = jnp.zeros((batch, 1, v.image_size, v.image_size, v.num_channels), jnp.float32)
+  ids = jnp.zeros((batch, seq_len), jnp.int32)
+  visual = jnp.broadcast_to(jnp.arange(seq_len) < q, (batch, seq_len))
+  return frames, ids, visual
+
+
+def abstract_params(config: CaptionerConfig) -> Any:
+  """The boxed (logically partitioned) parameter tree, by shape only."""
+  args = init_inputs(config)
+  return jax.eval_shape(lambda: Captioner(config).init(jax.random.key(0), *args))["params"]
+
+
+def count_params(config: CaptionerConfig) -> dict[str, int]:
+  """Parameters per part ('vision', 'projector', 'lm') and 'total'."""
+  tree = nn.meta.unbox(abstract_params(config))
+  counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in tree.items()}
+  counts["total"] = sum(counts.values())
+  return counts
+
+
+def check_params(params: Mapping[str, Any], config: CaptionerConfig, source: str) -> None:
+  """Raises ValueError (a `ConversionError`) listing every leaf of `params` whose
+  path or shape does not match a captioner of `config`.
+
+  `params` may hold only some of the three parts; those are checked.
+  """
+  expected = nn.meta.unbox(abstract_params(config))
+  unknown = sorted(set(params) - set(expected))
+  if unknown:
+    raise torch_state.ConversionError(f"{source}: unknown parts {unknown}; a captioner has "
+                                      f"{sorted(expected)}")
+  try:
+    torch_state.check_params(dict(params), {k: expected[k] for k in params})
+  except torch_state.ConversionError as e:
+    raise torch_state.ConversionError(f"{source}: {e}") from None
+
+
+def _differences(loaded: Any, wanted: Any, skip: tuple[str, ...] = ()) -> list[str]:
+  return [f"{f.name}={getattr(loaded, f.name)!r} (captioner: {getattr(wanted, f.name)!r})"
+          for f in dataclasses.fields(wanted)
+          if f.name not in skip and getattr(loaded, f.name) != getattr(wanted, f.name)]
+
+
+def load_pretrained(config: CaptionerConfig, llm_dir: Optional[str] = None,
+                    vision_dir: Optional[str] = None,
+                    params: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+  """Fills the 'lm' and/or 'vision' parts from transformers model directories.
+
+  Args:
+    config: the captioner the weights are for. Its LM must have the
+      checkpoint's sizes, norm epsilon, RoPE base and tying (it may extend
+      `max_positions` / `rope_linear_factor` and choose layout and
+      precision); its vision tower must equal the checkpoint's.
+    llm_dir: a `LlamaForCausalLM` directory (LLaMA, Vicuna), or None.
+    vision_dir: a CLIP (vision) model directory, or None.
+    params: a whole parameter tree whose parts are replaced (a new dict is
+      returned); None returns only the loaded parts.
+
+  Returns:
+    {'lm': ..., 'vision': ...} (the loaded ones; numpy or jax arrays in
+    `param_dtype`), merged into `params` when given.
+
+  Raises:
+    ValueError: a checkpoint's config or shapes do not fit `config` (the
+      message names the directory and the fields).
+  """
+  out = dict(params) if params is not None else {}
+  if not (llm_dir or vision_dir):
+    return out
+  if llm_dir:
+    lm_config, lm_params = hf_llama.load_hf_llama(
+        llm_dir, **{k: getattr(config.lm, k) for k in ("scan_layers", "remat", "dtype",
+                                                         "param_dtype")})
+    diff = _differences(lm_config, config.lm, _LM_FREE_FIELDS)
+    if diff:
+      raise ValueError(f"{llm_dir}: the checkpoint has {', '.join(diff)}")
+    out["lm"] = lm_params
+  if vision_dir:
+    vision_config, vision_params = hf_clip.load_hf_clip_vision(
+        vision_dir, dtype=config.vision.dtype, param_dtype=config.vision.param_dtype)
+    diff = _differences(vision_config, config.vision)
+    if diff:
+      raise ValueError(f"{vision_dir}: the checkpoint has {', '.join(diff)}")
+    out["vision"] = torch_state.cast_tree(vision_params, config.vision.param_dtype)
+  check_params({k: v for k, v in out.items() if k in ("lm", "vision")}, config,
+               " + ".join(d for d in (llm_dir, vision_dir) if d) or "params")
+  return out

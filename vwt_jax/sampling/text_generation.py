@@ -1,0 +1,197 @@
+"""Batched KV-cache text generation for causal LMs (`LlamaLM`, the captioner).
+
+One jitted program per (model functions, static settings, shapes): a prefill
+of the left-padded prompt embeddings, then single-token decodes in a
+`lax.while_loop` that ends once every row has produced a stop sequence or
+`max_new_tokens` tokens. Tokens are drawn as the image GPT sampler draws
+them (`autoregressive.sample_token`: temperature, then top-k, then top-p);
+temperature 0 is greedy.
+
+The model enters as two functions that take the params first, so the params
+are arguments of the compiled program rather than constants baked into it:
+
+  prefill_fn(params, inputs_embeds (B,T,D), cache, mask (B,T)) -> (logits (B,V), cache)
+  decode_fn(params, token (B,), position, cache, mask (B,T)) -> (logits (B,V), cache)
+
+`module_fns(module)` makes them from a Flax module with `LlamaLM`'s
+`prefill`/`decode` methods. Compiled programs are cached by the functions'
+identity, so callers should reuse one pair (`module_fns` returns the same pair
+for equal modules).
+"""
+
+import functools
+from typing import Any, Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vwt_jax.models import llama, llama_lm
+from vwt_jax.sampling import autoregressive
+
+PrefillFn = Callable[[Any, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+DecodeFn = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+
+
+@functools.lru_cache(maxsize=16)
+def module_fns(module: nn.Module) -> tuple[PrefillFn, DecodeFn]:
+  """(prefill_fn, decode_fn) of a module's `prefill`/`decode` methods on {'params': params}."""
+
+  def prefill_fn(params, inputs_embeds, cache, mask):
+    return module.apply({"params": params}, inputs_embeds, cache, mask=mask, method="prefill")
+
+  def decode_fn(params, token, position, cache, mask):
+    return module.apply({"params": params}, token, position, cache, mask=mask, method="decode")
+
+  return prefill_fn, decode_fn
+
+
+@functools.lru_cache(maxsize=32)
+def _build(prefill_fn: PrefillFn, decode_fn: DecodeFn, max_new_tokens: int, greedy: bool,
+           top_k: int, use_top_p: bool, stops: tuple[tuple[int, ...], ...], pad_id: int):
+  """The jitted generation program for these static settings."""
+  longest = max((len(s) for s in stops), default=1)
+
+  def run(params, inputs_embeds, prompt_mask, cache, key, temperature, top_p):
+    batch, prompt_len = prompt_mask.shape
+
+    def emit(step, logits, tokens, window, lengths, done):
+      """Draws token `step`, records it and updates the per-row stop state."""
+      token = autoregressive.sample_token(logits, jax.random.fold_in(key, step), greedy,
+                                          temperature, top_k, top_p, use_top_p)
+      token = jnp.where(done, pad_id, token)
+      tokens = tokens.at[:, step].set(token)
+      # The last `longest` generated tokens; -1 (no token id) before the first
+      # ones, so a stop never matches across the prompt.
+      window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
+      stop_len = jnp.zeros((batch,), jnp.int32)
+      for stop in stops:
+        hit = jnp.all(window[:, longest - len(stop):] == jnp.asarray(stop, jnp.int32), axis=1)
+        # Several stops ending here: the longest one is cut.
+        stop_len = jnp.maximum(stop_len, jnp.where(hit, len(stop), 0))
+      stopped = ~done & (stop_len > 0)
+      lengths = jnp.where(stopped, step + 1 - stop_len, lengths)
+      return token, tokens, window, lengths, done | stopped
+
+    logits, cache = prefill_fn(params, inputs_embeds, cache, prompt_mask)
+    state = emit(0, logits, jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+                 jnp.full((batch, longest), -1, jnp.int32),
+                 jnp.full((batch,), max_new_tokens, jnp.int32), jnp.zeros((batch,), bool))
+
+    def cond(carry):
+      step, _, _, _, _, _, done = carry
+      return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(carry):
+      step, token, cache, tokens, window, lengths, done = carry
+      logits, cache = decode_fn(params, token, prompt_len + step - 1, cache, prompt_mask)
+      token, tokens, window, lengths, done = emit(step, logits, tokens, window, lengths, done)
+      return step + 1, token, cache, tokens, window, lengths, done
+
+    token, tokens, window, lengths, done = state
+    _, _, _, tokens, _, lengths, _ = jax.lax.while_loop(
+        cond, body, (jnp.int32(1), token, cache, tokens, window, lengths, done))
+    return tokens, lengths
+
+  return jax.jit(run)
+
+
+def _stop_tuples(stop_sequences: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
+  stops = tuple(tuple(int(t) for t in s) for s in stop_sequences)
+  if any(not s for s in stops):
+    raise ValueError(f"empty stop sequence in {stop_sequences!r}")
+  return stops
+
+
+def generate(prefill_fn: PrefillFn, decode_fn: DecodeFn, params: Any,
+             inputs_embeds: jax.Array, prompt_mask: Optional[jax.Array], *, cache: Any,
+             max_new_tokens: int, key: Optional[jax.Array] = None, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0,
+             stop_sequences: Sequence[Sequence[int]] = (),
+             pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+  """Continues a batch of prompts given as embeddings.
+
+  Args:
+    prefill_fn, decode_fn: the model (see the module docstring), e.g.
+      `module_fns(LlamaLM(config))`.
+    params: what the two functions take first.
+    inputs_embeds: (B, T, D) prompt embeddings, left-padded.
+    prompt_mask: (B, T) bool, False at the left padding; None = no padding.
+    cache: an empty KV cache of batch B holding at least T + max_new_tokens - 1
+      positions (e.g. `llama_lm.init_cache`).
+    max_new_tokens: tokens to generate per row at most.
+    key: PRNG key of the draws (needed when temperature > 0); the result is a
+      deterministic function of it.
+    temperature: 0 = greedy (argmax); else the softmax temperature.
+    top_k: keep the k most likely tokens (0 = all).
+    top_p: nucleus threshold (1 = off).
+    stop_sequences: token-id sequences that end a row (e.g. the ids of '###'
+      and `(eos_id,)`), matched on the generated tokens only.
+    pad_id: what follows a row's stop sequence.
+
+  Returns:
+    tokens int32 (B, max_new_tokens) and lengths int32 (B,). A row that
+    produced a stop sequence has its answer in tokens[:length], the stop
+    sequence right after it (not counted in the length) and pad_id from there
+    on; a row that did not has length max_new_tokens.
+  """
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+  if inputs_embeds.ndim != 3:
+    raise ValueError(f"inputs_embeds {inputs_embeds.shape}: expected (B, T, D)")
+  batch, prompt_len = inputs_embeds.shape[:2]
+  if prompt_mask is None:
+    prompt_mask = jnp.ones((batch, prompt_len), bool)
+  prompt_mask = jnp.asarray(prompt_mask).astype(bool)
+  if prompt_mask.shape != (batch, prompt_len):
+    raise ValueError(f"prompt_mask {prompt_mask.shape}: expected ({batch}, {prompt_len})")
+  needed = prompt_len + max_new_tokens - 1
+  if llama.cache_length(cache) < needed:
+    raise ValueError(f"the cache holds {llama.cache_length(cache)} positions; a prompt of "
+                     f"{prompt_len} and {max_new_tokens} new tokens need {needed}")
+  greedy = temperature <= 0
+  if key is None:
+    if not greedy:
+      raise ValueError(f"temperature={temperature} samples: pass a PRNG key")
+    key = jax.random.key(0)
+  fn = _build(prefill_fn, decode_fn, int(max_new_tokens), bool(greedy), int(top_k),
+              bool(top_p < 1.0), _stop_tuples(stop_sequences), int(pad_id))
+  # Greedy: the argmax ignores the temperature, which must only stay positive.
+  return fn(params, inputs_embeds, prompt_mask, cache, key,
+            jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p))
+
+
+def left_pad(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """int32 ids (B, T) right-aligned with pad_id in front, and the bool mask of real slots."""
+  if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+    raise ValueError("every prompt needs at least one token")
+  length = max(len(p) for p in prompt_ids)
+  ids = np.full((len(prompt_ids), length), pad_id, np.int32)
+  mask = np.zeros(ids.shape, bool)
+  for row, prompt in enumerate(prompt_ids):
+    ids[row, length - len(prompt):] = prompt
+    mask[row, length - len(prompt):] = True
+  return ids, mask
+
+
+def generate_text(params: Any, config: llama_lm.LlamaLMConfig,
+                  prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
+                  key: Optional[jax.Array] = None, temperature: float = 0.0, top_k: int = 0,
+                  top_p: float = 1.0, stop_sequences: Sequence[Sequence[int]] = (),
+                  pad_id: int = 0) -> list[list[int]]:
+  """`generate` for a plain `LlamaLM` on token-id prompts of any lengths.
+
+  The prompts are left-padded into one batch. Returns each row's generated
+  ids up to (without) its stop sequence; the other arguments are `generate`'s.
+  """
+  model = llama_lm.LlamaLM(config)
+  ids, mask = left_pad(prompt_ids, pad_id)
+  embeds = model.apply({"params": params}, jnp.asarray(ids), method="embed")
+  cache = llama_lm.init_cache(config, ids.shape[0], ids.shape[1] + max_new_tokens - 1)
+  tokens, lengths = generate(
+      *module_fns(model), params, embeds, mask, cache=cache, max_new_tokens=max_new_tokens,
+      key=key, temperature=temperature, top_k=top_k, top_p=top_p,
+      stop_sequences=stop_sequences, pad_id=pad_id)
+  tokens, lengths = jax.device_get((tokens, lengths))
+  return [row[:n].tolist() for row, n in zip(tokens, lengths)]
