@@ -1,5 +1,6 @@
 """Config builders, batch comparisons and fixture copies shared by the tests."""
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -209,3 +210,17 @@ def copy_vript_root(fixtures_dir, destination):
   root = os.path.join(str(destination), "annotations")
   shutil.copytree(os.path.join(fixtures_dir, "vript", "annotations"), root)
   return root
+
+
+@contextlib.contextmanager
+def absl_flags_parsed():
+  """Grain worker processes read absl flags, which `app.run` parses but pytest does not."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  marked = not flags.FLAGS.is_parsed()
+  if marked:
+    flags.FLAGS.mark_as_parsed()
+  try:
+    yield
+  finally:
+    if marked:
+      flags.FLAGS.unparse_flags()

@@ -1,7 +1,6 @@
 """create_image_dataset on synthetic_shapes: batches, determinism, resume,
 per-process sharding, eval padding and corrupt records."""
 
-from absl import flags
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -9,7 +8,7 @@ import pytest
 
 from vwt_jax.data import pipeline
 
-from helpers import assert_same_batches, take_batches
+from helpers import absl_flags_parsed, assert_same_batches, take_batches
 
 
 def _train(data_config, seed=0, batch=8, **kwargs):
@@ -208,20 +207,14 @@ def test_corrupt_eval_records_are_masked_out(data_config):
 
 
 def test_worker_processes_give_the_in_process_batches(data_config):
-  # Grain's worker start-up reads absl flags, which absl.app parses in a real
-  # run but pytest does not.
-  marked = not flags.FLAGS.is_parsed()
-  if marked:
-    flags.FLAGS.mark_as_parsed()
-  expected = take_batches(iter(_train(data_config)), 3)
-  data_config.num_workers = 1
-  iterator = iter(_train(data_config))
-  try:
-    assert_same_batches(take_batches(iterator, 3), expected)
-  finally:
-    iterator.close()
-    if marked:
-      flags.FLAGS.unparse_flags()
+  with absl_flags_parsed():
+    expected = take_batches(iter(_train(data_config)), 3)
+    data_config.num_workers = 1
+    iterator = iter(_train(data_config))
+    try:
+      assert_same_batches(take_batches(iterator, 3), expected)
+    finally:
+      iterator.close()
 
 
 def test_unknown_dataset_name(data_config):

@@ -2,7 +2,6 @@
 
 import os
 
-from absl import flags
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -12,7 +11,7 @@ from vwt_jax.data import pipeline
 from vwt_jax.data.vript import pipeline as vript_pipeline
 from vwt_jax.data.vript import synthetic
 
-from helpers import assert_same_batches, copy_vript_root, take_batches
+from helpers import absl_flags_parsed, assert_same_batches, copy_vript_root, take_batches
 
 CLIPS = os.path.join('vript_long_videos_clips', 'kTn3bC7xQ2w')
 
@@ -181,21 +180,15 @@ def test_keyframe_view(root):
 
 
 def test_worker_processes_give_the_in_process_batches(root):
-  # Grain's worker start-up reads absl flags, which absl.app parses in a real
-  # run but pytest does not.
-  marked = not flags.FLAGS.is_parsed()
-  if marked:
-    flags.FLAGS.mark_as_parsed()
-  config = _config(root, view='keyframes', keyframe='rand')
-  expected = take_batches(iter(_dataset(config)), 2)
-  config.num_workers = 1
-  iterator = iter(_dataset(config))
-  try:
-    assert_same_batches(take_batches(iterator, 2), expected)
-  finally:
-    iterator.close()
-    if marked:
-      flags.FLAGS.unparse_flags()
+  with absl_flags_parsed():
+    config = _config(root, view='keyframes', keyframe='rand')
+    expected = take_batches(iter(_dataset(config)), 2)
+    config.num_workers = 1
+    iterator = iter(_dataset(config))
+    try:
+      assert_same_batches(take_batches(iterator, 2), expected)
+    finally:
+      iterator.close()
 
 
 @pytest.mark.parametrize('field, value, match', [
