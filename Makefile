@@ -4,6 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo_workdir
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): XLA:CPU compiles a program on one thread, so
+# two workers keep two cores busy. --dist loadfile runs each file in one
+# worker, so a module fixture (a tiny run several tests share) is built once.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test venv clean
 
@@ -96,7 +100,8 @@ demo: venv
 	@cat $(DEMO_DIR)/tokenizer/summary.txt $(DEMO_DIR)/generator/summary.txt
 
 test: venv
-	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q $(PYTEST_ARGS)
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile \
+	  $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

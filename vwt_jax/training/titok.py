@@ -220,7 +220,10 @@ class TiTokTrainer:
     if self.config.ema_decay:
       state["ema_params"] = params
     if self.restart_codes:
-      state["code_usage"] = jnp.full((self.cfg.codebook_size,), 1.0 / self.cfg.codebook_size)
+      # Typed explicitly: a weak-typed leaf would differ from its restored
+      # (strong) self and make every resumed run compile the step again.
+      state["code_usage"] = jnp.full((self.cfg.codebook_size,), 1.0 / self.cfg.codebook_size,
+                                     jnp.float32)
     if self.use_gan:
       state.update(self.adversary.init(disc_rng))
     return state
