@@ -37,9 +37,16 @@ $(VENV)/.installed: setup.py
 # its keyframes and captions, the four Vriptor training formats as the official
 # builders write them ($(VRIPT)/formats), and Vript-HAL (minilm_sm) of two
 # reference captioners: the ground truth itself (100) and the caption of a
-# random scene of another video.
+# random scene of another video. Then the loop between the papers, on 100
+# more embedded videos ($(VRIPT)/train) and 10 held-out ones of another seed
+# ($(VRIPT)/heldout): the tiny Vriptor-style captioner trains on the first
+# ($(DEMO_DIR)/captioner), captions the held-out clips and scores them with
+# Vript-HAL, printed next to the other-scene baseline of the same clips; the
+# tiny t2i GPT trains on the TiTok codes of the training keyframes with their
+# captions' MiniLM features ($(VRIPT)/codes, $(DEMO_DIR)/t2i) and draws two
+# images for each of 8 held-out captions (captions_to_images.png).
 # Leaves checkpoints, metrics, reconstructions.png, samples.png,
-# vript_preview.png and summaries under $(DEMO_DIR).
+# vript_preview.png, captions_to_images.png and summaries under $(DEMO_DIR).
 PACKAGE_FILE = $(BIN)/python -c "import importlib, os, sys; \
   print(os.path.join(os.path.dirname(importlib.import_module(sys.argv[1]).__file__), sys.argv[2]))"
 INCEPTION = $(DEMO_DIR)/inception_fid.npz
@@ -49,7 +56,8 @@ VRIPT = $(DEMO_DIR)/vript
 demo: venv
 	rm -rf $(DEMO_DIR)/tokenizer $(DEMO_DIR)/codes $(DEMO_DIR)/generator \
 	  $(DEMO_DIR)/rfid $(DEMO_DIR)/fid $(INCEPTION) $(LPIPS) \
-	  $(VRIPT)/formats $(VRIPT)/hal
+	  $(VRIPT)/formats $(VRIPT)/hal $(VRIPT)/hal_heldout $(VRIPT)/captions $(VRIPT)/codes \
+	  $(DEMO_DIR)/captioner $(DEMO_DIR)/t2i
 	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main \
 	  --config configs/titok.py:tiny \
 	  --config.data.data_dir $(DEMO_DIR)/data \
@@ -97,7 +105,32 @@ demo: venv
 	  JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.evaluate_captions --task hal \
 	    $(VRIPT)/hal/$$baseline.jsonl --output $(VRIPT)/hal/$$baseline.scores.csv || exit 1; \
 	done
-	@cat $(DEMO_DIR)/tokenizer/summary.txt $(DEMO_DIR)/generator/summary.txt
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.data.vript.synthetic --root $(VRIPT)/train \
+	  --num_long_videos 80 --num_short_videos 20 --frames_per_scene 8 16 > /dev/null
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.data.vript.synthetic --root $(VRIPT)/heldout \
+	  --seed 1 > /dev/null
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main --config configs/vriptor.py:tiny \
+	  --config.data.root $(VRIPT)/train --workdir $(DEMO_DIR)/captioner
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.caption $(VRIPT)/heldout \
+	  --checkpoint $(DEMO_DIR)/captioner --output $(VRIPT)/captions --score
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.vript_baselines --root $(VRIPT)/heldout \
+	  --output_dir $(VRIPT)/hal_heldout
+	@echo "Vript-HAL of the other_scene baseline on the same held-out clips:"
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.evaluate_captions --task hal \
+	  $(VRIPT)/hal_heldout/other_scene.jsonl --output $(VRIPT)/hal_heldout/other_scene.scores.csv
+	for split in train validation; do \
+	  root=$$(test $$split = train && echo train || echo heldout); \
+	  JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.tools.extract_codes --output_split $$split \
+	    --vript_root $(VRIPT)/$$root --caption_encoder minilm --caption_length 64 \
+	    --checkpoint $(DEMO_DIR)/tokenizer --views flip --output $(VRIPT)/codes || exit 1; \
+	done
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.main --config configs/llamagen.py:tiny,cond=t2i \
+	  --config.data.dir $(VRIPT)/codes --workdir $(DEMO_DIR)/t2i
+	JAX_PLATFORMS=cpu $(BIN)/python -m vwt_jax.sample --checkpoint $(DEMO_DIR)/t2i \
+	  --captions_from $(VRIPT)/heldout --num_captions 8 --per_caption 2 \
+	  --output $(DEMO_DIR)/captions_to_images.png
+	@cat $(DEMO_DIR)/tokenizer/summary.txt $(DEMO_DIR)/generator/summary.txt \
+	  $(DEMO_DIR)/captioner/summary.txt $(DEMO_DIR)/t2i/summary.txt
 
 test: venv
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile \

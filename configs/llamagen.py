@@ -132,6 +132,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # from its caption encoder; 10 % of the captions are dropped to the null
     # caption as in LlamaGen. Sample with `vwt_jax.sample --captions_from`.
     c.model.update(dict(caption_dim=0, cls_token_num=0))
+    # The demo's ~200 keyframes (x2 flips) are memorised fast: held-out loss
+    # is lowest around step 400 (4.56 nats; 4.86 at step 600).
+    c.total_steps = 400
+    c.eval_every = c.checkpoint_every = 200
   elif cond == "t2i":
     # The text model: FLAN-T5-XL features (2048-d, 120 tokens), cfg 7.5, top-k 1000.
     c.sampling.update(dict(cfg_scale=7.5, top_k=1000))

@@ -6,8 +6,8 @@ Vriptor itself is ST-LLM (EVA ViT-g + Q-Former + Vicuna-7B v1.1); these
 configs keep its recipe (`shared/docs/vript.md` §3) on the CLIP ViT-L/14-336
 tower and a 32-query resampler that load from Hugging Face directories.
 
-  # CPU demo: tiny model on the embedded synthetic Vript, written under
-  # demo_workdir/vript/data on first use (the same data as `make demo`'s)
+  # CPU demo: tiny model on 100 embedded synthetic Vript videos, written under
+  # demo_workdir/vript/train on first use (the same data as `make demo`'s)
   python -m vwt_jax.main --config configs/vriptor.py:tiny --workdir demo_workdir/captioner
   # stage 1 on 8 GPUs (FSDP over all 8): Vicuna-7B v1.1 + CLIP ViT-L/14-336, ViT frozen
   python -m vwt_jax.main --config configs/vriptor.py:stage1 --config.data.root /data/vript \
@@ -22,7 +22,9 @@ tower and a 32-query resampler that load from Hugging Face directories.
 Variants:
   tiny    CPU demo: 32 px tiny ViT (patch 8), 4-query resampler, 2-layer
           LlamaLM of width 64, 4 frames, a 1024-token BPE trained on the
-          captions, every part trained from scratch, 300 steps.
+          captions, every part trained from scratch, 600 steps on 100
+          embedded videos (~400 clips; trained on 10 it memorises them and
+          captions new videos worse than a random other caption).
   stage1  Vriptor stage 1: 64 frames, answers cut to 1024 tokens
           (max_txt_len), lr 2e-5 constant, bf16, 1 epoch, global batch 64 =
           1 per device x 8 accumulation steps x 8 devices, ViT frozen.
@@ -58,10 +60,11 @@ STAGES = {
     "stage1": (64, 1024, 4096, 2.0),
     "stage2": (256, 4096, 16384, 8.0),
 }
-# The embedded synthetic Vript of the tiny demo: `synthetic.generate`'s
-# defaults, i.e. what `make demo` writes with the synthetic CLI.
-DEMO_DATA = dict(num_long_videos=8, num_short_videos=2, scenes_per_video=(3, 5),
-                 frames_per_scene=(16, 32), resolution=64, fps=8, seed=0, crf=23)
+# The embedded synthetic Vript the tiny demo trains on: what `make demo`
+# writes with `synthetic --num_long_videos 80 --num_short_videos 20
+# --frames_per_scene 8 16` (the t2i demo's keyframes come from it too).
+DEMO_DATA = dict(num_long_videos=80, num_short_videos=20, scenes_per_video=(3, 5),
+                 frames_per_scene=(8, 16), resolution=64, fps=8, seed=0, crf=23)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -109,7 +112,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval.update(dict(num_batches=8, batch_size=8))
 
   if variant == "tiny":
-    c.data.update(dict(root="demo_workdir/vript/data", num_frames=4, image_size=32,
+    c.data.update(dict(root="demo_workdir/vript/train", num_frames=4, image_size=32,
                        num_workers=0, num_threads=4, prefetch=8))
     c.data.synthetic = ml_collections.ConfigDict(DEMO_DATA)
     c.model.vision.variant = "tiny"
@@ -121,14 +124,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        pad_token="<pad>"))
     # A random tiny ViT has nothing to keep: every part learns.
     c.train.freeze = ()
-    c.total_steps = 300
+    c.total_steps = 600
     c.global_batch_size = 8
     c.grad_accum_steps = 1
     c.mesh_shape = (-1, 1, 1)
     c.compute_dtype = "float32"
-    c.log_every = 25
-    c.eval_every = 150
-    c.checkpoint_every = 150
+    c.log_every = 50
+    c.eval_every = 300
+    c.checkpoint_every = 300
     c.optimizer.update(dict(lr=1e-3, end_lr=1e-4, schedule="cosine", warmup_steps=20,
                             weight_decay=0.01))
     c.eval.update(dict(num_batches=4, batch_size=8))

@@ -1,7 +1,7 @@
 r"""Captions videos with a trained Vriptor-style captioner run.
 
   # every captioned clip of an extracted Vript root, one caption per clip, scored
-  python -m vwt_jax.caption --checkpoint demo_workdir/captioner demo_workdir/vript/data \
+  python -m vwt_jax.caption --checkpoint demo_workdir/captioner demo_workdir/vript/heldout \
       --output captions --score
   # one video's clip folder as one multi-scene window; one clip; a foreign ASR file
   python -m vwt_jax.caption --checkpoint RUN vript_long_videos_clips/VIDEO_ID \
