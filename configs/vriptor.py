@@ -23,8 +23,8 @@ Variants:
   tiny    CPU demo: 32 px tiny ViT (patch 8), 4-query resampler, 2-layer
           LlamaLM of width 64, 4 frames, a 1024-token BPE trained on the
           captions, every part trained from scratch, 600 steps on 100
-          embedded videos (~400 clips; trained on 10 it memorises them and
-          captions new videos worse than a random other caption).
+          embedded videos (~400 clips; 300 steps on 10 videos memorise them
+          and caption new videos worse than a random other caption does).
   stage1  Vriptor stage 1: 64 frames, answers cut to 1024 tokens
           (max_txt_len), lr 2e-5 constant, bf16, 1 epoch, global batch 64 =
           1 per device x 8 accumulation steps x 8 devices, ViT frozen.

@@ -20,7 +20,6 @@ jax.config.update("jax_threefry_partitionable", False)
 sys.path.insert(0, os.path.dirname(__file__))
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
   # Many tests run the same tiny trainer config several times (crash, resume,
