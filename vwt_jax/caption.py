@@ -58,6 +58,7 @@ import tokenizers
 from tqdm import tqdm
 
 from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import text_tokenizer
 from vwt_jax.data.vript import captioner_text
 from vwt_jax.data.vript import clip_source
@@ -328,11 +329,14 @@ class CaptionGenerator:
 
 def load(config: Optional[ml_collections.ConfigDict],
          checkpoint: str) -> tuple[CaptionGenerator, Any]:
-  """(caption generator, its parameters on the default device) of a captioner run.
+  """(caption generator, its parameters placed as in training) of a captioner run.
 
   `checkpoint` is the run folder (the trainer's workdir): config.json,
   tokenizer.json, captioner_config.json and checkpoints/ (the latest step is
-  read). `config` defaults to its config.json.
+  read). `config` defaults to its config.json. The parameters are split over
+  the run's mesh (`config.mesh_shape`, `config.logical_axis_rules`), so a
+  captioner trained with FSDP / tensor parallelism generates without ever
+  sitting whole on one device; the jitted generation then runs on the mesh.
   """
   config = config or tokenizers_lib.run_config(checkpoint)
   if config.trainer != "captioner":
@@ -346,7 +350,10 @@ def load(config: Optional[ml_collections.ConfigDict],
       os.path.join(checkpoint, captioner_trainer.TOKENIZER_FILE))
   params = checkpoint_lib.load_state_subtree(checkpoint, "params")
   captioner_lib.check_params(params, cfg, checkpoint)
-  return CaptionGenerator(config, cfg, tokenizer), jax.device_put(params)
+  mesh = sharding_lib.create_mesh(config.mesh_shape)
+  shardings = sharding_lib.logical_to_sharding(captioner_lib.abstract_params(cfg), mesh,
+                                               config.logical_axis_rules)
+  return CaptionGenerator(config, cfg, tokenizer), jax.device_put(params, shardings)
 
 
 def _batches(items: Sequence[Any], size: int):

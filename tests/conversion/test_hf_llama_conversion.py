@@ -86,6 +86,13 @@ def test_sharded_checkpoint_was_written(saved):
   assert (model_dir / hf_checkpoint.SAFETENSORS_INDEX).is_file()
 
 
+def test_params_stay_on_the_host_in_param_dtype(saved):
+  # A 7B conversion must not land whole on one accelerator: the trainer shards it.
+  _, params = hf_llama.load_hf_llama(str(saved["gqa"][0]), param_dtype=jnp.bfloat16)
+  leaves = jax.tree.leaves(params)
+  assert all(type(x) is np.ndarray and x.dtype == jnp.bfloat16 for x in leaves)
+
+
 def test_kv_cache_decode_matches_full_forward(saved):
   """Prefill PROMPT tokens as embeddings, then decode the rest one at a time (scanned layers)."""
   model_dir, ids, ref = saved["gqa"]

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import pytest
 
 from helpers import load_config, save_random_captioner_run
@@ -30,6 +31,8 @@ def run(tmp_path_factory):
   config.data.synthetic.update(DATA)
   config.model.lm.vocab_size = config.tokenizer.vocab_size = 384
   config.text.update(dict(max_length=256, max_answer_length=64))
+  # Generation runs on the run's mesh, parameters split as in training.
+  config.mesh_shape = (1, 4, 2)
   workdir = str(base / "run")
   save_random_captioner_run(config, workdir)
   return root, workdir
@@ -133,3 +136,12 @@ def test_stop_sequences_cover_the_end_symbol(run):
   merged = [i for t, i in tokenizer.get_vocab().items() if "###" in t]
   assert merged and all((i,) in stops for i in merged)
   assert (tokenizer.token_to_id("</s>"),) in stops
+
+
+def test_parameters_are_split_as_in_training(run):
+  _, params = caption.load(None, run[1])
+  layer = params["lm"]["layers_0"]
+  # LLaMA blocks: embed over fsdp, heads / mlp over tensor.
+  spec = layer["feed_forward"]["w1"]["kernel"].sharding.spec
+  assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+  assert len(layer["attention"]["wqkv"]["kernel"].sharding.device_set) == 8

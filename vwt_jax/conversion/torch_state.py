@@ -209,10 +209,16 @@ def check_params(params: Mapping[str, Any], expected: Mapping[str, Any],
 
 
 def cast_tree(params, dtype) -> Any:
-  """numpy leaves -> arrays of `dtype` (integers are left alone)."""
+  """Leaves -> host numpy arrays, floats in `dtype` (integers are left alone).
+
+  Host memory on purpose: the caller places the tree (sharded), so a
+  converted 7B model never has to fit on one accelerator.
+  """
+  dtype = jax.numpy.dtype(dtype)
+
   def cast(x):
     x = np.asarray(x)
-    return jax.numpy.asarray(x, dtype) if np.issubdtype(x.dtype, np.floating) else x
+    return x.astype(dtype) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x
   return jax.tree_util.tree_map(cast, params)
 
 

@@ -327,7 +327,7 @@ def load_pretrained(config: CaptionerConfig, llm_dir: Optional[str] = None,
       returned); None returns only the loaded parts.
 
   Returns:
-    {'lm': ..., 'vision': ...} (the loaded ones; numpy or jax arrays in
+    {'lm': ..., 'vision': ...} (the loaded ones; host numpy arrays in
     `param_dtype`), merged into `params` when given.
 
   Raises:
