@@ -35,6 +35,12 @@ def check_config(config: str) -> str:
   return config
 
 
+def command_line(argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> str:
+  """`argv` with its extra environment, as a shell would run it."""
+  prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
+  return prefix + shlex.join(argv)
+
+
 class Runner:
   """Runs commands, or only prints them (dry run) exactly as they would run."""
 
@@ -48,8 +54,7 @@ class Runner:
                         "the commands)")
 
   def run(self, argv: Sequence[str], env: Optional[Mapping[str, str]] = None) -> int:
-    prefix = "".join(f"{k}={shlex.quote(v)} " for k, v in (env or {}).items())
-    print(prefix + shlex.join(argv), file=self.out, flush=True)
+    print(command_line(argv, env), file=self.out, flush=True)
     if self.dry_run:
       return 0
     return subprocess.run(list(argv), check=True,

@@ -120,29 +120,29 @@ def _save_random_run(config, workdir, boxed_abstract):
   return params
 
 
-def save_random_generator_run(config, workdir):
-  """A generator run folder with random parameters (std 0.02), as `save_random_titok_run`.
-
-  `config.data.dir` must hold a code dataset whose metadata names the tokenizer.
-  """
+def save_random_generator_run(arg, code_dir, workdir):
+  """A run folder of a 1-layer `configs/llamagen.py:ARG` GPT over the code
+  dataset in `code_dir` (whose metadata names the tokenizer), with random
+  parameters (std 0.02) as `save_random_titok_run`; sampling without top-k at
+  CFG 2. Returns the config."""
   from vwt_jax.training import generator  # pylint: disable=g-import-not-at-top
-  return _save_random_run(
-      config, workdir, generator.GeneratorTrainer(config, workdir="").abstract_params)
+  config = load_config("llamagen.py", arg)
+  config.model.update(dict(n_layer=1, n_head=2, dim=32))
+  config.data.update(dict(dir=code_dir, num_workers=0))
+  config.sampling.update(dict(top_k=0, cfg_scale=2.0))
+  _save_random_run(config, workdir,
+                   generator.GeneratorTrainer(config, workdir="").abstract_params)
+  return config
 
 
-def save_tiny_t5_encoder(directory, texts, seed=0):
-  """A random `t5.VARIANTS['tiny']` encoder (FLAN-style, d_model 32) saved as
-  transformers saves a `T5EncoderModel` (config.json + model.safetensors, its
-  tensor names), with a T5-layout tokenizer trained on `texts` (<pad> 0,
-  </s> 1, <unk> 2; `$A </s>`). No torch: importing transformers' T5 costs
-  seconds; `hf_t5` is checked against transformers in its own tests.
-  Returns `directory`."""
+def save_t5_tokenizer(directory, texts):
+  """A Unigram tokenizer with T5's layout (<pad> 0, </s> 1, <unk> 2; `$A </s>`)
+  trained on `texts`, saved as tokenizer.json + tokenizer_config.json in
+  `directory`. Returns the tokenizer."""
   # pylint: disable=g-import-not-at-top
   import json
-  from safetensors.numpy import save_file
   from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
   from tokenizers import processors, trainers
-  from vwt_jax.models import t5
   # pylint: enable=g-import-not-at-top
   tokenizer = Tokenizer(models.Unigram())
   tokenizer.normalizer = normalizers.NFKC()
@@ -157,6 +157,21 @@ def save_tiny_t5_encoder(directory, texts, seed=0):
   with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
     json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>",
                "eos_token": "</s>", "unk_token": "<unk>"}, f)
+  return tokenizer
+
+
+def save_tiny_t5_encoder(directory, texts, seed=0):
+  """A random `t5.VARIANTS['tiny']` encoder (FLAN-style, d_model 32) saved as
+  transformers saves a `T5EncoderModel` (config.json + model.safetensors, its
+  tensor names), with `save_t5_tokenizer(directory, texts)`. No torch:
+  importing transformers' T5 costs seconds; `hf_t5` is checked against
+  transformers in its own tests. Returns `directory`."""
+  # pylint: disable=g-import-not-at-top
+  import json
+  from safetensors.numpy import save_file
+  from vwt_jax.models import t5
+  # pylint: enable=g-import-not-at-top
+  save_t5_tokenizer(directory, texts)
   sizes = t5.VARIANTS["tiny"]
   with open(os.path.join(directory, "config.json"), "w") as f:
     json.dump({"model_type": "t5", "architectures": ["T5EncoderModel"], **sizes}, f)

@@ -86,17 +86,14 @@ def _check(args) -> None:
     raise common.LaunchError("no --config for vwt_jax.main after --")
 
 
-def launch(args, out=None) -> int:
+def launch(args) -> int:
   _check(args)
-  runner = common.Runner(args.dry_run, out)
   command = [args.python, "-m", "vwt_jax.main", *args.main_args]
   envs = process_envs(args)
-  if args.dry_run:
-    for env in envs:
-      runner.run(command, env=env)
-    return 0
   for env in envs:
-    print(" ".join(f"{k}={v}" for k, v in env.items()), *command, file=runner.out, flush=True)
+    print(common.command_line(command, env), flush=True)
+  if args.dry_run:
+    return 0
   procs = [subprocess.Popen(command, env={**os.environ, **env}) for env in envs]
   # The first failure stops this node's other processes (they would block in
   # collectives waiting for it).

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-from tokenizers import trainers
 
+from helpers import save_t5_tokenizer
 from vwt_jax.conversion import hf_checkpoint, hf_t5, torch_state
 from vwt_jax.models import t5
 
@@ -166,28 +165,11 @@ def test_unsupported_directories_are_refused(tmp_path):
     hf_t5.load_hf_t5_encoder(str(tmp_path / "absent"))
 
 
-def _t5_tokenizer(directory: str) -> Tokenizer:
-  """A Unigram tokenizer with T5's layout: <pad> 0, </s> 1, <unk> 2, `$A </s>`."""
-  tokenizer = Tokenizer(models.Unigram())
-  tokenizer.normalizer = normalizers.NFKC()
-  tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-  tokenizer.decoder = decoders.Metaspace()
-  tokenizer.train_from_iterator(CAPTIONS, trainers.UnigramTrainer(
-      vocab_size=60, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
-  tokenizer.post_processor = processors.TemplateProcessing(
-      single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
-  tokenizer.save(os.path.join(directory, "tokenizer.json"))
-  with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>",
-               "eos_token": "</s>", "unk_token": "<unk>"}, f)
-  return tokenizer
-
-
 def test_text_encoder_matches_transformers(tmp_path):
   model = transformers.T5EncoderModel(transformers.T5Config(**SIZES, **ENCODERS["gated-gelu"]))
   _randomize(model, 2)
   text_dir = _save(model, str(tmp_path))
-  assert _t5_tokenizer(text_dir).get_vocab_size() <= SIZES["vocab_size"]
+  assert save_t5_tokenizer(text_dir, CAPTIONS).get_vocab_size() <= SIZES["vocab_size"]
   encoder = hf_t5.load_t5_text_encoder(text_dir, batch_size=4)
   assert (encoder.pad_id, encoder.dim) == (0, 32)
   # 8 texts: two full batches of 4; 3 texts: one batch padded to 4 rows.

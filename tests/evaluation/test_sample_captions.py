@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import load_config, save_random_generator_run, save_random_titok_run
+from helpers import save_random_generator_run, save_random_titok_run
 from helpers import save_tiny_t5_encoder, tiny_titok_config
 from vwt_jax import sample as sample_lib
 from vwt_jax.data import caption_features
@@ -43,13 +43,8 @@ def t2i_run(shapes_dir, tmp_path_factory):
   with codes.CodeDatasetWriter(code_dir, meta, split="train") as writer:
     for i in range(3):
       writer.add(np.full((1, 8), i), 0, caption_emb=features[i], caption_mask=mask[i])
-  config = load_config("llamagen.py", "tiny,cond=t2i")
-  config.model.update(dict(n_layer=1, n_head=2, dim=32))
-  config.data.update(dict(dir=code_dir, num_workers=0))
-  config.sampling.update(dict(top_k=0, cfg_scale=2.0))
   run = str(tmp_path_factory.mktemp("gpt"))
-  save_random_generator_run(config, run)
-  return config, run
+  return save_random_generator_run("tiny,cond=t2i", code_dir, run), run
 
 
 def test_captions_are_encoded_by_the_recorded_encoder_and_left_padded(t2i_run):

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import load_config, save_random_generator_run, save_random_titok_run
+from helpers import save_random_generator_run, save_random_titok_run
 from helpers import tiny_titok_config
 from vwt_jax import sample as sample_lib
 from vwt_jax import sample_eval
@@ -29,13 +29,8 @@ def generator_run(shapes_dir, tmp_path_factory):
   with codes.CodeDatasetWriter(code_dir, meta, split="train") as writer:
     for i in range(4):
       writer.add(np.full((1, 8), i), i % NUM_CLASSES)
-  config = load_config("llamagen.py", "tiny")
-  config.model.update(dict(n_layer=1, n_head=2, dim=32))
-  config.data.update(dict(dir=code_dir, num_workers=0))
-  config.sampling.update(dict(top_k=0, cfg_scale=2.0))
   run = str(tmp_path_factory.mktemp("gpt"))
-  save_random_generator_run(config, run)
-  return config, run
+  return save_random_generator_run("tiny", code_dir, run), run
 
 
 @pytest.fixture(scope="module")
