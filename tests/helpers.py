@@ -135,6 +135,27 @@ def save_random_generator_run(arg, code_dir, workdir):
   return config
 
 
+def write_class_codes(path, titok_run, titok_config, *, num_classes, seq_len, vocab,
+                      sizes=(("train", 64), ("validation", 16))):
+  """A TiTok code dataset (two flip views per image) whose first token is the
+  class, so a conditional model can learn it; decodable with `titok_run`."""
+  # pylint: disable=g-import-not-at-top
+  import numpy as np
+  from vwt_jax.data import codes
+  # pylint: enable=g-import-not-at-top
+  meta = codes.CodeMetadata(tokenizer="titok", code_shape=(seq_len,), vocab_size=vocab,
+                            num_classes=num_classes, views="flip", image_size=16,
+                            source={"checkpoint": titok_run, "config": titok_config.to_dict()})
+  rng = np.random.default_rng(0)
+  for split, size in sizes:
+    with codes.CodeDatasetWriter(path, meta, split=split) as writer:
+      for i in range(size):
+        views = rng.integers(0, vocab, (2, seq_len))
+        views[:, 0] = i % num_classes
+        writer.add(views, i % num_classes)
+  return path
+
+
 def save_t5_tokenizer(directory, texts):
   """A Unigram tokenizer with T5's layout (<pad> 0, </s> 1, <unk> 2; `$A </s>`)
   trained on `texts`, saved as tokenizer.json + tokenizer_config.json in

@@ -15,8 +15,10 @@ processes_per_node; the coordinator (process 0's host) and these numbers reach
 `jax.distributed.initialize` through VWT_COORDINATOR_ADDRESS, VWT_NUM_PROCESSES
 and VWT_PROCESS_ID (`vwt_jax/core/distributed.py`). With several processes on
 one node each sees one GPU (CUDA_VISIBLE_DEVICES). If a process fails, the
-node's others are stopped and the launcher exits with its status; restart the
-job and the trainer resumes from its last checkpoint.
+node's others are stopped (SIGTERM, then SIGKILL after --grace_s) and the
+launcher exits with its status; restart the job and the trainer resumes from
+its last checkpoint. A SIGTERM to the launcher (a preempted node) reaches every
+process, and the run saves a checkpoint at the next step and exits.
 
 XLA flags set for GPUs (added to any XLA_FLAGS already set; --no_xla_flags
 leaves XLA_FLAGS alone): the latency-hiding scheduler overlaps collectives
@@ -86,6 +88,60 @@ def _check(args) -> None:
     raise common.LaunchError("no --config for vwt_jax.main after --")
 
 
+def _exit_status(code: int) -> int:
+  # Popen reports death by signal N as -N; shells and schedulers expect 128 + N.
+  return 128 - code if code < 0 else code
+
+
+def _supervise(procs: list, ids: list, grace_s: float) -> int:
+  """Waits for the processes; returns the job's exit status.
+
+  A failed process leaves its peers blocked in collectives that can never
+  complete (no checkpoint can be written without it either), so they get
+  SIGTERM and, after `grace_s`, SIGKILL; the job restarts from the last
+  checkpoint. A SIGTERM/SIGINT to the launcher (preemption, Ctrl-C) is passed
+  on to every process, which then checkpoint together at the same step
+  (jax's preemption sync) and exit: no deadline is imposed on that save.
+  """
+  received = []
+  def forward(signum, frame):
+    del frame
+    received.append(signum)
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    running, status, forwarded = list(procs), 0, False
+    while running and not status:
+      if received and not forwarded:
+        print(f"[launch_node] signal {received[0]}: passing SIGTERM to the processes",
+              flush=True)
+        for p in running:
+          p.send_signal(signal.SIGTERM)
+        forwarded = True
+      for p in list(running):
+        code = p.poll()
+        if code is not None:
+          running.remove(p)
+          if code:
+            status = _exit_status(code)
+            print(f"[launch_node] process {ids[procs.index(p)]} (pid {p.pid}) exited with "
+                  f"status {status}: stopping the others", flush=True)
+      if running and not status:
+        time.sleep(0.2)
+    for p in running:
+      p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for p in running:
+      try:
+        p.wait(timeout=max(0.0, deadline - time.monotonic()))
+      except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    return status or (128 + received[0] if received else 0)
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
 def launch(args) -> int:
   _check(args)
   command = [args.python, "-m", "vwt_jax.main", *args.main_args]
@@ -94,26 +150,11 @@ def launch(args) -> int:
     print(common.command_line(command, env), flush=True)
   if args.dry_run:
     return 0
-  procs = [subprocess.Popen(command, env={**os.environ, **env}) for env in envs]
-  # The first failure stops this node's other processes (they would block in
-  # collectives waiting for it).
-  status = 0
-  try:
-    while procs and not status:
-      for p in list(procs):
-        code = p.poll()
-        if code is not None:
-          procs.remove(p)
-          status = status or code
-      if procs and not status:
-        time.sleep(1)
-  except KeyboardInterrupt:
-    status = 130
-  for p in procs:
-    p.send_signal(signal.SIGTERM)
-  for p in procs:
-    p.wait()
-  return status
+  procs, ids = [], [env.get("VWT_PROCESS_ID", "0") for env in envs]
+  for env, i in zip(envs, ids):
+    procs.append(subprocess.Popen(command, env={**os.environ, **env}))
+    print(f"[launch_node] process {i}: pid {procs[-1].pid}", flush=True)
+  return _supervise(procs, ids, args.grace_s)
 
 
 def main(argv=None) -> int:
@@ -130,6 +171,8 @@ def main(argv=None) -> int:
   parser.add_argument("--no_xla_flags", action="store_true",
                       help="do not add the GPU XLA flags")
   parser.add_argument("--python", default=sys.executable, help="interpreter of the trainers")
+  parser.add_argument("--grace_s", type=float, default=10.0,
+                      help="after a process fails, seconds its peers get to exit before SIGKILL")
   parser.add_argument("--dry_run", action="store_true", help="print, start nothing")
   parser.add_argument("main_args", nargs="*", help="after --: flags for vwt_jax.main")
   return launch(parser.parse_args(argv))

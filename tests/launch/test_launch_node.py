@@ -3,6 +3,7 @@
 import importlib.util
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -94,3 +95,26 @@ def test_a_failing_process_stops_the_others_and_sets_the_status(tmp_path):
   pid = int((tmp_path / "survivor.pid").read_text())
   with pytest.raises(ProcessLookupError):
     os.kill(pid, 0)
+
+
+def test_sigterm_to_the_launcher_reaches_every_process(tmp_path):
+  # Preemption: each process must get the signal to save its checkpoint.
+  fake = tmp_path / "fake_python"
+  fake.write_text("#!/bin/sh\n"
+                  f"trap 'echo saved > {tmp_path}/$VWT_PROCESS_ID.done; exit 0' TERM\n"
+                  f"touch {tmp_path}/$VWT_PROCESS_ID.started\n"
+                  "while true; do sleep 0.1; done\n")
+  fake.chmod(0o755)
+  launcher = subprocess.Popen(
+      [sys.executable, os.path.join(LAUNCH, "gpu", "launch_node.py"), "--platform", "cpu",
+       "--processes_per_node", "2", "--python", str(fake), *MAIN],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 60
+  while not all((tmp_path / f"{i}.started").exists() for i in range(2)):
+    assert time.time() < deadline and launcher.poll() is None
+    time.sleep(0.05)
+  launcher.send_signal(signal.SIGTERM)
+  output = launcher.communicate(timeout=60)[0]
+  assert launcher.returncode == 128 + signal.SIGTERM, output
+  assert [(tmp_path / f"{i}.done").read_text() for i in range(2)] == ["saved\n"] * 2
+  assert "passing SIGTERM to the processes" in output

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import load_config, save_random_titok_run, tiny_titok_config
+from helpers import load_config, save_random_titok_run, tiny_titok_config, write_class_codes
 from vwt_jax import sample as sample_lib
 from vwt_jax.data import codes
 from vwt_jax.evaluation import reconstruction as recon_eval
@@ -17,22 +17,11 @@ NUM_CLASSES, SEQ_LEN, VOCAB = 10, 8, 64
 
 @pytest.fixture(scope="module")
 def code_dir(shapes_dir, tmp_path_factory):
-  """Codes whose first token is the class: a conditional model can learn it."""
   run = str(tmp_path_factory.mktemp("titok_run"))
-  save_random_titok_run(tiny_titok_config(shapes_dir), run)
-  path = str(tmp_path_factory.mktemp("codes"))
-  meta = codes.CodeMetadata(tokenizer="titok", code_shape=(SEQ_LEN,), vocab_size=VOCAB,
-                            num_classes=NUM_CLASSES, views="flip", image_size=16,
-                            source={"checkpoint": run,
-                                    "config": tiny_titok_config(shapes_dir).to_dict()})
-  rng = np.random.default_rng(0)
-  for split, size in (("train", 64), ("validation", 16)):
-    with codes.CodeDatasetWriter(path, meta, split=split) as writer:
-      for i in range(size):
-        views = rng.integers(0, VOCAB, (2, SEQ_LEN))
-        views[:, 0] = i % NUM_CLASSES
-        writer.add(views, i % NUM_CLASSES)
-  return path
+  config = tiny_titok_config(shapes_dir)
+  save_random_titok_run(config, run)
+  return write_class_codes(str(tmp_path_factory.mktemp("codes")), run, config,
+                           num_classes=NUM_CLASSES, seq_len=SEQ_LEN, vocab=VOCAB)
 
 
 def _tiny(arg, code_dir, **overrides):

@@ -57,6 +57,12 @@ class _PreemptionFlag:
     self._previous = None
 
   def __enter__(self):
+    if jax.process_count() > 1:
+      # Processes must stop at the same step or the save deadlocks: there the
+      # runtime's own SIGTERM notifier and `reached_preemption` (a sync point
+      # across processes) decide, and a Python handler would replace it.
+      return self
+
     def handler(signum, frame):
       del signum, frame
       logging.warning("SIGTERM received: saving a checkpoint and exiting")
