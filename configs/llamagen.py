@@ -84,6 +84,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       token_dropout_p=0.1, attn_dropout_p=0.0, resid_dropout_p=0.1,
       ffn_dropout_p=0.1, drop_path_rate=0.0,
       scan_layers=False, remat=False,
+      # 'xla' (einsum + float32 softmax, reference parity), 'cudnn' (cuDNN
+      # flash attention: NVIDIA GPUs, bfloat16) or 'dot_product' (the same
+      # jax.nn.dot_product_attention call on XLA); see `models/llama.py`.
+      attention="xla",
   ))
 
   # AdamW, betas (0.9, 0.95), decay 0.05 on every >=2-D weight (embeddings and

@@ -260,3 +260,157 @@ def absl_flags_parsed():
   finally:
     if marked:
       flags.FLAGS.unparse_flags()
+
+
+def _object_store_class():
+  """An fsspec file system keeping objects in memory the way a bucket does.
+
+  Keys are 'bucket/path'; folders exist only as prefixes of keys (an empty
+  folder cannot exist, `mkdir` does nothing) and an object is written whole
+  or not at all (no appending), as gcsfs presents Cloud Storage.
+  """
+  # pylint: disable=g-import-not-at-top
+  import io
+  import fsspec
+  # pylint: enable=g-import-not-at-top
+
+  class Upload(io.BytesIO):
+    """Becomes the object when closed."""
+
+    def __init__(self, objects, key):
+      super().__init__()
+      self._objects = objects
+      self._key = key
+
+    def close(self):
+      if not self.closed:
+        self._objects[self._key] = self.getvalue()
+      super().close()
+
+  class ObjectStore(fsspec.AbstractFileSystem):
+    protocol = ("gs", "gcs")
+    cachable = False
+    objects = {}
+
+    def __init__(self, **storage_options):
+      del storage_options  # epath passes gcsfs options (finalize_on_close).
+      super().__init__()
+
+    def _key(self, path):
+      return self._strip_protocol(path).rstrip("/")
+
+    def _file(self, key):
+      return {"name": key, "size": len(self.objects[key]), "type": "file"}
+
+    def info(self, path, **kwargs):
+      key = self._key(path)
+      if key in self.objects:
+        return self._file(key)
+      if "/" not in key or any(k.startswith(key + "/") for k in self.objects):
+        return {"name": key, "size": 0, "type": "directory"}
+      raise FileNotFoundError(path)
+
+    def ls(self, path, detail=True, **kwargs):
+      key = self._key(path)
+      if key in self.objects:
+        entries = [self._file(key)]
+      else:
+        children = {}
+        for name in self.objects:
+          if name.startswith(key + "/"):
+            child = key + "/" + name[len(key) + 1:].split("/", 1)[0]
+            children[child] = (self._file(child) if child in self.objects
+                               else {"name": child, "size": 0, "type": "directory"})
+        if not children and "/" in key:
+          raise FileNotFoundError(path)
+        entries = [children[name] for name in sorted(children)]
+      return entries if detail else [e["name"] for e in entries]
+
+    def _open(self, path, mode="rb", **kwargs):
+      key = self._key(path)
+      if mode == "rb":
+        if key not in self.objects:
+          raise FileNotFoundError(path)
+        return io.BytesIO(self.objects[key])
+      if mode == "wb":
+        return Upload(self.objects, key)
+      raise NotImplementedError(f"mode {mode!r}: an object is written whole, never appended")
+
+    def mkdir(self, path, create_parents=True, **kwargs):
+      del path, create_parents, kwargs
+
+    def makedirs(self, path, exist_ok=False):
+      del path, exist_ok
+
+    def rm(self, path, recursive=False, maxdepth=None):
+      key = self._key(path)
+      gone = [k for k in self.objects if k == key or (recursive and k.startswith(key + "/"))]
+      if not gone:
+        raise FileNotFoundError(path)
+      for k in gone:
+        del self.objects[k]
+
+    def rm_file(self, path):
+      self.rm(path)
+
+    def cp_file(self, path1, path2, **kwargs):
+      self.objects[self._key(path2)] = self.objects[self._key(path1)]
+
+    def mv(self, path1, path2, recursive=False, maxdepth=None, **kwargs):
+      source, target = self._key(path1), self._key(path2)
+      for key in [k for k in self.objects if k == source or k.startswith(source + "/")]:
+        self.objects[target + key[len(source):]] = self.objects.pop(key)
+
+  return ObjectStore
+
+
+@contextlib.contextmanager
+def fake_gcs():
+  """Serves gs:// from memory while the block runs; yields {'bucket/key': bytes}.
+
+  epath is made to take its fsspec backend (as it does without TensorFlow)
+  and to forget the file systems and the TensorFlow check it cached.
+  """
+  # pylint: disable=g-import-not-at-top
+  import fsspec
+  from fsspec.registry import _registry as registry  # pylint: disable=protected-access
+  from etils.epath import backend
+  from etils.epath import gpath
+  # pylint: enable=g-import-not-at-top
+  store = _object_store_class()
+  store.objects = {}
+  # register_implementation has no inverse: the registry is restored by hand.
+  previous = {p: registry.get(p) for p in store.protocol}
+  use_tf = os.environ.get("EPATH_USE_TF")
+  os.environ["EPATH_USE_TF"] = "false"
+
+  def forget():
+    gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+    backend.fsspec_backend._get_filesystem.cache_clear()  # pylint: disable=protected-access
+
+  forget()
+  for protocol in store.protocol:
+    fsspec.register_implementation(protocol, store, clobber=True)
+  try:
+    yield store.objects
+  finally:
+    for protocol, cls in previous.items():
+      if cls is None:
+        registry.pop(protocol, None)
+      else:
+        registry[protocol] = cls
+    if use_tf is None:
+      os.environ.pop("EPATH_USE_TF")
+    else:
+      os.environ["EPATH_USE_TF"] = use_tf
+    forget()
+
+
+def upload_tree(local_dir, url):
+  """Copies every file under `local_dir` to the same relative paths under `url`."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  for folder, _, names in os.walk(local_dir):
+    for name in names:
+      path = os.path.join(folder, name)
+      with open(path, "rb") as f:
+        epath.Path(url, os.path.relpath(path, local_dir)).write_bytes(f.read())

@@ -49,7 +49,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
-import av
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -58,6 +58,7 @@ import tokenizers
 from tqdm import tqdm
 
 from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import text_tokenizer
 from vwt_jax.data.vript import captioner_text
@@ -99,8 +100,9 @@ class VideoInput:
 
 def clip_duration(path: str) -> float:
   """Seconds of an mp4: its frame count / the video stream's average frame rate."""
-  num_frames = frames_lib.count_frames(path)
-  with av.open(path) as container:
+  media = frames_lib.read_media(path)
+  num_frames = frames_lib.count_frames(path, media)
+  with frames_lib.open_clip(path, media) as container:
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate
   if not rate:
@@ -138,7 +140,7 @@ def _bare_clip(path: str) -> schema.Clip:
   clip_id = os.path.splitext(os.path.basename(path))[0]
   return schema.Clip(video_id=_video_id(clip_id), clip_id=clip_id, scene=_scene(clip_id),
                      caption=schema.Caption("", "", "", ""), voiceover="", asr=None,
-                     path=os.path.abspath(path), relpath=os.path.basename(path))
+                     path=files.absolute(path), relpath=os.path.basename(path))
 
 
 def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bool = True,
@@ -159,19 +161,21 @@ def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bo
   problems = schema.Problems()
   extra = schema.read_asr_file(voiceover, problems) if voiceover else {}
   videos = []
-  if os.path.isfile(path):
+  is_dir = epath.Path(path).is_dir()
+  mp4s = sorted(p.name for p in epath.Path(path).iterdir()
+                if p.name.endswith(".mp4")) if is_dir else []
+  if epath.Path(path).is_file():
     clips = [_bare_clip(path)]
-    folder = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.dirname(files.absolute(path)))
     videos.append((clips[0].video_id, _group(folder), "", clips, {}, {}))
-  elif os.path.isdir(path) and any(f.endswith(".mp4") for f in os.listdir(path)):
-    files = sorted(f for f in os.listdir(path) if f.endswith(".mp4"))
-    clips = sorted((_bare_clip(os.path.join(path, f)) for f in files), key=lambda c: c.scene)
+  elif mp4s:
+    clips = sorted((_bare_clip(os.path.join(path, f)) for f in mp4s), key=lambda c: c.scene)
     video_id = os.path.basename(os.path.normpath(path))
     asr_path = os.path.join(path, video_id + "_asr.jsonl")
-    own = schema.read_asr_file(asr_path, problems) if os.path.isfile(asr_path) else {}
-    videos.append((video_id, _group(os.path.dirname(os.path.abspath(path))), "", clips, own,
-                   {}))
-  elif os.path.isdir(path):
+    own = schema.read_asr_file(asr_path, problems) if epath.Path(asr_path).is_file() else {}
+    videos.append((video_id, _group(os.path.dirname(files.absolute(path).rstrip("/"))), "",
+                   clips, own, {}))
+  elif is_dir:
     for video in clip_source.load_videos(path, cache_dir=cache_dir):
       clips = [c for c in video.clips if c.path is not None]
       if len(clips) < len(video.clips):
@@ -342,10 +346,9 @@ def load(config: Optional[ml_collections.ConfigDict],
   if config.trainer != "captioner":
     raise ValueError(f"{checkpoint}: a {config.trainer!r} run, not a captioner run")
   model_file = os.path.join(checkpoint, captioner_trainer.MODEL_CONFIG_FILE)
-  if not os.path.isfile(model_file):
+  if not epath.Path(model_file).is_file():
     raise FileNotFoundError(f"{model_file} not found: --checkpoint should be the run folder")
-  with open(model_file, encoding="utf-8") as f:
-    cfg = captioner_lib.CaptionerConfig.from_json(f.read())
+  cfg = captioner_lib.CaptionerConfig.from_json(files.read_text(model_file))
   tokenizer = text_tokenizer.load_tokenizer(
       os.path.join(checkpoint, captioner_trainer.TOKENIZER_FILE))
   params = checkpoint_lib.load_state_subtree(checkpoint, "params")
@@ -439,20 +442,20 @@ def caption_path(output: str, video: VideoInput) -> str:
 
 def write_outputs(results, output: str) -> list[dict[str, Any]]:
   """Writes the caption files and predictions.jsonl; returns the prediction rows."""
-  os.makedirs(output, exist_ok=True)
+  files.makedirs(output)
   rows = []
   for video, records in results:
     data = captioner_text.to_caption_schema(video.video_id, records, video.title)
     path = caption_path(output, video)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    files.makedirs(os.path.dirname(path))
+    with files.write_file(path) as f:
       json.dump(data, f, indent=2, ensure_ascii=False)
     for c, record in zip(video.clips, records):
       row = {"id": c.clip.clip_id, "pred": record["content"]}
       if c.gt is not None:
         row["gt"] = [c.gt]
       rows.append(row)
-  with open(os.path.join(output, PREDICTIONS_FILE), "w", encoding="utf-8") as f:
+  with files.write_file(os.path.join(output, PREDICTIONS_FILE)) as f:
     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
   return rows
 
@@ -495,7 +498,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   parser.add_argument("--encoder_dir", default=None,
                       help="HAL sentence-transformers directory (overrides the config's)")
   args = parser.parse_args(argv)
-  if not os.path.exists(args.input):
+  if not epath.Path(args.input).exists():
     parser.error(f"{args.input} not found")
   gen, params = load(None, args.checkpoint)
   videos = find_videos(args.input, voiceover=args.voiceover,
@@ -515,7 +518,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   print(f"wrote {len(videos)} caption files and {len(rows)} predictions to {args.output}")
   if args.score:
     hal = score(rows, vript_hal.HalScorer(args.hal_config, encoder_dir=args.encoder_dir))
-    with open(os.path.join(args.output, HAL_FILE), "w", encoding="utf-8") as f:
+    with files.write_file(os.path.join(args.output, HAL_FILE)) as f:
       json.dump(dict(hal, checkpoint=args.checkpoint, format=args.format,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                      max_new_tokens=max_new), f, indent=2)

@@ -8,7 +8,6 @@ The run resumes from the newest checkpoint in --workdir when there is one.
 
 import importlib
 import json
-import os
 
 from absl import app
 from absl import flags
@@ -17,6 +16,7 @@ from etils import epath
 from ml_collections import config_flags
 
 from vwt_jax.core import distributed
+from vwt_jax.core import files
 
 FLAGS = flags.FLAGS
 
@@ -56,10 +56,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
   logging.info("config:\n%s", FLAGS.config)
-  workdir = FLAGS.workdir
-  if "://" not in workdir:
-    workdir = os.path.abspath(workdir)
-  run(FLAGS.config, workdir)
+  run(FLAGS.config, files.absolute(FLAGS.workdir))
 
 
 if __name__ == "__main__":

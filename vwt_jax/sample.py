@@ -44,6 +44,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from vwt_jax.core import distributed
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import caption_features
 from vwt_jax.data.vript import clip_source
@@ -153,7 +154,7 @@ def sample(trainer, params, cond: np.ndarray, *, emb_mask: np.ndarray | None = N
 
 def read_captions(path: str) -> list[str]:
   """The non-empty lines of a text file, stripped."""
-  with open(path, encoding="utf-8") as f:
+  with files.open_text(path) as f:
     captions = [line.strip() for line in f if line.strip()]
   if not captions:
     raise ValueError(f"{path} holds no captions (one per line)")
@@ -271,11 +272,13 @@ def main(argv):
     recon_eval.save_grid(grid, output)
     written["grid"] = output
   if FLAGS.npz:
-    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.npz)), exist_ok=True)
-    if captions is None:
-      np.savez(FLAGS.npz, arr_0=images, arr_1=labels.astype(np.int64))
-    else:
-      np.savez(FLAGS.npz, arr_0=images, captions=np.asarray(captions))
+    files.makedirs(os.path.dirname(files.absolute(FLAGS.npz)))
+    # A file object keeps np.savez from appending ".npz" to the given name.
+    with files.write_file(FLAGS.npz, "wb") as f:
+      if captions is None:
+        np.savez(f, arr_0=images, arr_1=labels.astype(np.int64))
+      else:
+        np.savez(f, arr_0=images, captions=np.asarray(captions))
     written["npz"] = FLAGS.npz
   logging.info("wrote %s", written)
   print(json.dumps({"num_samples": int(len(images)), "shape": list(images.shape[1:]),

@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from vwt_jax import sample as sample_lib
 from vwt_jax.core import distributed
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.evaluation import adm_npz
 from vwt_jax.evaluation import evaluator
@@ -231,7 +232,7 @@ def run(config, checkpoint: str, output_dir: str, *, per_class: int, reference: 
   sampling = {k: v for k, v in {**config.sampling.to_dict(), **overrides}.items()
               if k not in ("classes", "per_class", "seed")}
   check_settings(output_dir, json.loads(json.dumps({
-      "checkpoint": os.path.abspath(checkpoint) if "://" not in checkpoint else checkpoint,
+      "checkpoint": files.absolute(checkpoint),
       "num_classes": int(trainer.arch.num_classes), "per_class": per_class, "seed": seed,
       "batch_size": batch, "shard_size": shard_size, "resize": resize,
       "sampling": sampling})))

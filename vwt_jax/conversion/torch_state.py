@@ -6,13 +6,17 @@ missing or never used, then call `check_params` against the model's
 """
 
 import argparse
+import io
 import os
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+from etils import epath
 import flax.linen as nn
 import jax
 import numpy as np
 from flax import traverse_util
+
+from vwt_jax.core import files
 
 StateDict = dict[str, np.ndarray]
 # Checkpoints saved as {'model': sd} or {'state_dict': sd}.
@@ -38,28 +42,38 @@ def _torch_to_numpy(tensor) -> np.ndarray:
 
 
 def load_state_dict(path: str) -> StateDict:
-  """Loads `.npz`, `.safetensors` or torch `.bin/.pt/.pth` into numpy arrays."""
+  """Loads `.npz`, `.safetensors` or torch `.bin/.pt/.pth` into numpy arrays.
+
+  A URL (`gs://...`) is read whole into memory first: the readers below take
+  local paths or in-memory files only.
+  """
   ext = os.path.splitext(path)[1].lower()
+  if ext not in (".npz", ".safetensors", ".bin", ".pt", ".pth"):
+    raise ValueError(f"unsupported checkpoint format {ext!r} for {path}")
+  source = io.BytesIO(epath.Path(path).read_bytes()) if files.is_remote(path) else path
   if ext == ".npz":
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(source, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   if ext == ".safetensors":
-    from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
-    return dict(_unwrap(load_file(path)))
-  if ext in (".bin", ".pt", ".pth"):
-    try:
-      import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-      raise ImportError(
-          f"reading {path} needs PyTorch (pip install 'vwt_jax[torch]'); "
-          "or convert it to .safetensors / .npz first") from e
-    # The official training checkpoints pickle their argparse `args` next to the
-    # weights; allow-listing that one plain class keeps the restricted unpickler.
-    with torch.serialization.safe_globals([argparse.Namespace]):
-      obj = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: _torch_to_numpy(v) for k, v in _unwrap(obj).items()
-            if isinstance(v, torch.Tensor)}
-  raise ValueError(f"unsupported checkpoint format {ext!r} for {path}")
+    # pylint: disable=g-import-not-at-top
+    from safetensors.numpy import load as load_bytes
+    from safetensors.numpy import load_file
+    # pylint: enable=g-import-not-at-top
+    if isinstance(source, io.BytesIO):
+      return dict(_unwrap(load_bytes(source.getvalue())))
+    return dict(_unwrap(load_file(source)))
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(
+        f"reading {path} needs PyTorch (pip install 'vwt_jax[torch]'); "
+        "or convert it to .safetensors / .npz first") from e
+  # The official training checkpoints pickle their argparse `args` next to the
+  # weights; allow-listing that one plain class keeps the restricted unpickler.
+  with torch.serialization.safe_globals([argparse.Namespace]):
+    obj = torch.load(source, map_location="cpu", weights_only=True)
+  return {k: _torch_to_numpy(v) for k, v in _unwrap(obj).items()
+          if isinstance(v, torch.Tensor)}
 
 
 class StateDictReader:

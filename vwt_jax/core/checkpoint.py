@@ -1,17 +1,22 @@
 """Orbax checkpointing of the train state together with the data iterator.
 
 Saving both in one step directory is what makes a resumed run see exactly the
-batches it would have seen had it never stopped.
+batches it would have seen had it never stopped. Directories may be URLs
+(`gs://bucket/run/checkpoints`): orbax writes and reads those with
+tensorstore's own GCS driver, so they are passed to it unchanged.
 """
 
 import os
 from typing import Any
 
 from absl import logging
+from etils import epath
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from vwt_jax.core import files
 
 STATE = "state"
 DATA_ITER = "data_iter"
@@ -22,7 +27,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, save_interval_steps: int, max_to_keep: int,
                async_save: bool = True):
-    self.directory = os.path.abspath(directory) if "://" not in directory else directory
+    self.directory = files.absolute(directory)
     policies = ocp.checkpoint_managers
     options = ocp.CheckpointManagerOptions(
         # Orbax's default also saves the very first step; a fresh run has
@@ -79,12 +84,12 @@ def latest_checkpoint_dir(path: str) -> tuple[str, int]:
   """Resolves a run's checkpoint folder (or one step folder) to (step dir, step)."""
   path = path.rstrip("/")
   base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(os.path.join(path, STATE)):
+  if base.isdigit() and epath.Path(path, STATE).is_dir():
     return path, int(base)
   for candidate in (path, os.path.join(path, "checkpoints")):
-    if os.path.isdir(candidate):
-      steps = [int(d) for d in os.listdir(candidate)
-               if d.isdigit() and os.path.isdir(os.path.join(candidate, d, STATE))]
+    if epath.Path(candidate).is_dir():
+      steps = [int(d.name) for d in epath.Path(candidate).iterdir()
+               if d.name.isdigit() and (d / STATE).is_dir()]
       if steps:
         step = max(steps)
         return os.path.join(candidate, str(step)), step
@@ -100,9 +105,8 @@ def load_state_subtree(path: str, key: str = "params") -> Any:
   needed to read the arrays, which are then placed by the caller.
   """
   step_dir, _ = latest_checkpoint_dir(path)
-  if "://" not in step_dir:
-    # orbax finds no metadata under a relative path (it returns None).
-    step_dir = os.path.abspath(step_dir)
+  # orbax finds no metadata under a relative path (it returns None).
+  step_dir = files.absolute(step_dir)
   with ocp.PyTreeCheckpointer() as ckptr:
     metadata = ckptr.metadata(os.path.join(step_dir, STATE))
     tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata

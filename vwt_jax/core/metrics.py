@@ -3,6 +3,10 @@
 clu's `metric_writers` package imports TensorFlow at import time, so it is used
 only when TensorFlow is installed (the `tf` extra); otherwise tensorboardX
 writes the same event files, readable by TensorBoard.
+
+The workdir may be a URL (`gs://bucket/run`). Object stores cannot append to
+an object, so there each file is kept in memory and uploaded whole whenever
+`flush` finds it changed (TensorFlow's gfile does the same for its GCS files).
 """
 
 import json
@@ -11,8 +15,11 @@ import time
 from typing import Any, Mapping
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
+
+from vwt_jax.core import files
 
 
 def _to_python(value):
@@ -20,27 +27,75 @@ def _to_python(value):
   return value.item() if value.ndim == 0 else value.tolist()
 
 
+class _RewrittenObject:
+  """A growing binary file on an object store, uploaded whole when it changed.
+
+  Holds everything written so far (after the object's earlier content when
+  `keep_existing`, so a resumed run appends) and rewrites the object at
+  `flush` only if something was written since the last upload: the training
+  loop flushes after every step, metrics arrive every `log_every` steps.
+  """
+
+  def __init__(self, path: str, *, keep_existing: bool):
+    self._path = epath.Path(path)
+    existing = keep_existing and self._path.exists()
+    self._data = bytearray(self._path.read_bytes() if existing else b"")
+    self._changed = False
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+    self._changed = True
+
+  def flush(self) -> None:
+    if self._changed:
+      self._path.write_bytes(bytes(self._data))
+      self._changed = False
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _RewrittenObjectFactory:
+  """tensorboardX's writer factory interface (`open`, `directory_check`).
+
+  Replaces tensorboardX's own gs:// writer, which bypasses epath (it calls
+  google-cloud-storage) and uploads the whole event file at every flush, i.e.
+  after every training step, changed or not.
+  """
+
+  def open(self, path):
+    return _RewrittenObject(path, keep_existing=False)
+
+  def directory_check(self, path):
+    del path  # Object stores have no folders to create.
+
+
 class JsonlWriter:
-  """One JSON object per `write_scalars` call, appended to `path`."""
+  """One JSON object per `write_scalars` call, appended to `path` (a URL too)."""
 
   def __init__(self, path: str):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    self._file = open(path, "a", encoding="utf-8")
+    files.makedirs(os.path.dirname(path))
+    if files.is_remote(path):
+      self._file = _RewrittenObject(path, keep_existing=True)
+    else:
+      self._file = open(path, "ab")
+
+  def _write(self, record, **kwargs):
+    self._file.write((json.dumps(record, **kwargs) + "\n").encode("utf-8"))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
     record = {"step": int(step), "time": time.time()}
     record.update({k: _to_python(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(record) + "\n")
+    self._write(record)
 
   def write_images(self, step, images):
     del step, images
 
   def write_texts(self, step, texts):
-    record = {"step": int(step), "texts": dict(texts)}
-    self._file.write(json.dumps(record) + "\n")
+    self._write({"step": int(step), "texts": dict(texts)})
 
   def write_hparams(self, hparams):
-    self._file.write(json.dumps({"hparams": hparams}, default=str) + "\n")
+    self._write({"hparams": hparams}, default=str)
 
   def flush(self):
     self._file.flush()
@@ -53,7 +108,12 @@ class TensorboardXWriter:
   """Event files without TensorFlow."""
 
   def __init__(self, logdir: str):
-    import tensorboardX  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    import tensorboardX
+    from tensorboardX import record_writer
+    # pylint: enable=g-import-not-at-top
+    if files.is_remote(logdir):
+      record_writer.register_writer_factory(logdir.split("://")[0], _RewrittenObjectFactory())
     self._writer = tensorboardX.SummaryWriter(logdir)
 
   def write_scalars(self, step, scalars):

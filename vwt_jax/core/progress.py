@@ -1,6 +1,7 @@
-"""Throughput, ETA and model-FLOPs utilisation of a training run."""
+"""Throughput, ETA, model-FLOPs utilisation and profiler traces of a training run."""
 
 import time
+from typing import Any
 
 from absl import logging
 import jax
@@ -90,3 +91,63 @@ class Progress:
                  self.total_steps, steps_per_sec, out["perf/examples_per_sec"],
                  _format_seconds(eta), mfu)
     return out
+
+
+class ProfileWindow:
+  """A `jax.profiler` trace of steps [start_step, start_step + num_steps).
+
+  Call `before_step(step)` before a step is dispatched and `after_step(step,
+  outputs)` after it; the trace starts at the first step inside the window
+  (also in a run resumed past `start_step`) and stops once the window's last
+  step has finished on the devices. Used as a context manager, it also stops a
+  trace that is still open when the run ends, is preempted or fails inside
+  the window. `num_steps=0` disables it. The trace is written under
+  `directory` (`plugins/profile/<run>/<host>.xplane.pb`), which TensorBoard's
+  profile plugin reads.
+  """
+
+  def __init__(self, directory: str, start_step: int, num_steps: int):
+    if num_steps < 0 or (num_steps and start_step < 1):
+      raise ValueError(f"profile window start_step={start_step}, num_steps={num_steps} "
+                       "(config.profile_start_step, config.profile_num_steps): expected "
+                       "num_steps >= 0 and, when on, start_step >= 1")
+    self.directory = directory
+    self.start_step, self.num_steps = start_step, num_steps
+    self.active = False
+    self.traced_steps = 0
+
+  @property
+  def last_step(self) -> int:
+    return self.start_step + self.num_steps - 1
+
+  def before_step(self, step: int):
+    if (self.num_steps and not self.active and not self.traced_steps
+        and self.start_step <= step <= self.last_step):
+      logging.info("profiling steps %d-%d into %s", step, self.last_step, self.directory)
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after_step(self, step: int, outputs: Any):
+    if not self.active:
+      return
+    self.traced_steps += 1
+    if step >= self.last_step:
+      # Dispatch is asynchronous: wait for the devices, or the trace would end
+      # before the window's work does.
+      jax.block_until_ready(outputs)
+      self.close()
+
+  def close(self):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("profile of %d step(s) written to %s", self.traced_steps, self.directory)
+    elif self.num_steps and not self.traced_steps:
+      logging.warning("profile window (steps %d-%d) was not reached: nothing traced",
+                      self.start_step, self.last_step)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

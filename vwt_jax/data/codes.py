@@ -32,9 +32,15 @@ Training picks one view per record, and with `extra_prob` a record of one of
 `extra_dirs` (the same images extracted with another crop range) instead,
 both from `transforms.record_rng(seed, position)`; evaluation reads the
 centre view of `dir`.
+
+The directory may be a URL (`gs://bucket/codes`). ArrayRecord reads such
+shards itself (its reader has a GCS client); its writer only writes local
+files, so a remote shard is written to a temporary file and uploaded when it
+is complete.
 """
 
 import bisect
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,10 +50,12 @@ from typing import Any
 
 from absl import logging
 from array_record.python import array_record_module
+from etils import epath
 import grain
 import ml_collections
 import numpy as np
 
+from vwt_jax.core import files
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 
@@ -225,12 +233,12 @@ def metadata_path(path: str) -> str:
 def read_metadata(path: str) -> CodeMetadata:
   """Reads and validates `path/metadata.json`; errors name the file and field."""
   file = metadata_path(path)
-  if not os.path.exists(file):
+  if not epath.Path(file).exists():
     raise FileNotFoundError(
         f'{file} not found: {path!r} is not a code dataset (write one with '
         'python -m vwt_jax.tools.extract_codes)')
   try:
-    with open(file, encoding='utf-8') as f:
+    with files.open_text(file) as f:
       fields = json.load(f)
   except json.JSONDecodeError as e:
     raise ValueError(f'{file}: not valid JSON ({e})') from e
@@ -260,10 +268,7 @@ def _check_compatible(a: CodeMetadata, b: CodeMetadata, where_a: str, where_b: s
 
 def _write_metadata(path: str, metadata: CodeMetadata) -> None:
   # Atomic, so a reader never sees half a file.
-  tmp = metadata_path(path) + '.tmp'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(metadata.to_json())
-  os.replace(tmp, metadata_path(path))
+  files.write_text(metadata_path(path), metadata.to_json())
 
 
 def encode_record(metadata: CodeMetadata, codes, label: int, index: int,
@@ -356,8 +361,8 @@ class CodeDatasetWriter:
       raise ValueError(f'split {split!r}: use letters, digits, "_", "-" or "."')
     if shard_size < 1:
       raise ValueError(f'shard_size={shard_size} must be positive')
-    os.makedirs(path, exist_ok=True)
-    if os.path.exists(metadata_path(path)):
+    files.makedirs(path)
+    if epath.Path(metadata_path(path)).exists():
       existing = read_metadata(path)
       _check_compatible(existing, metadata, metadata_path(path), f'split {split!r}',
                         _DIRECTORY_FIELDS)
@@ -371,6 +376,7 @@ class CodeDatasetWriter:
     self._shard_size = shard_size
     self._shards = []
     self._writer = None
+    self._staging = contextlib.ExitStack()
     self._closed = False
 
   def __enter__(self):
@@ -381,6 +387,8 @@ class CodeDatasetWriter:
       self.close()
     elif self._writer is not None:
       self._writer.close()
+      # Discards the unfinished shard instead of publishing it.
+      self._staging.__exit__(exc_type, exc, tb)
 
   @property
   def num_records(self) -> int:
@@ -409,14 +417,18 @@ class CodeDatasetWriter:
     self._writer.write(data)
     self._shards[-1]['num_records'] += 1
 
+  def _finish_shard(self):
+    self._writer.close()
+    self._staging.close()  # Moves or uploads the shard to its place.
+
   def _next_shard(self):
     if self._writer is not None:
-      self._writer.close()
+      self._finish_shard()
     name = f'{self.split}-{len(self._shards):05d}.array_record'
+    local = self._staging.enter_context(files.staged(os.path.join(self.path, name)))
     # group_size:1 makes every record its own chunk: shuffled random access
     # then reads one record, not a whole group.
-    self._writer = array_record_module.ArrayRecordWriter(
-        os.path.join(self.path, name), 'group_size:1')
+    self._writer = array_record_module.ArrayRecordWriter(local, 'group_size:1')
     self._shards.append({'file': name, 'num_records': 0})
 
   def close(self, **split_info) -> CodeMetadata:
@@ -425,11 +437,11 @@ class CodeDatasetWriter:
     if self._closed:
       return self.metadata
     if self._writer is not None:
-      self._writer.close()
+      self._finish_shard()
     self._closed = True
     # Re-read: another writer may have added a split meanwhile.
-    splits = read_metadata(self.path).splits if os.path.exists(
-        metadata_path(self.path)) else {}
+    splits = read_metadata(self.path).splits if epath.Path(
+        metadata_path(self.path)).exists() else {}
     splits[self.split] = {'num_records': self.num_records, 'shards': self._shards,
                           **split_info}
     self.metadata = dataclasses.replace(self.metadata, splits=splits)
@@ -448,14 +460,15 @@ class CodeSource:
       raise ValueError(f'{metadata_path(path)} has no split {split!r}; it has '
                        f'{sorted(self.metadata.splits)}')
     shards = self.metadata.splits[split]['shards']
-    files = [os.path.join(path, s['file']) for s in shards]
-    absent = [f for f in files if not os.path.exists(f)]
+    shard_files = [os.path.join(path, s['file']) for s in shards]
+    absent = [f for f in shard_files if not epath.Path(f).exists()]
     if absent:
       raise FileNotFoundError(f'{metadata_path(path)} lists shard files that do not '
                               f'exist: {absent[:5]}')
-    self._files = files
+    self._files = shard_files
     self._starts = np.cumsum([0] + [s['num_records'] for s in shards]).tolist()
-    self._source = grain.sources.ArrayRecordDataSource(files) if files else []
+    self._source = (grain.sources.ArrayRecordDataSource(shard_files) if shard_files
+                    else [])
     if len(self._source) != len(self):
       raise ValueError(
           f'the shard files of split {split!r} in {path} hold {len(self._source)} '

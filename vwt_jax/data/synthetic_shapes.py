@@ -30,6 +30,8 @@ from PIL import Image
 from PIL import ImageDraw
 import tensorflow_datasets as tfds
 
+from vwt_jax.core import files
+
 CLASS_NAMES = (
     'circle',
     'square',
@@ -301,5 +303,12 @@ def prepare_synthetic_shapes(data_dir, resolution=64,
       file_format='array_record',
   )
   if not builder.is_prepared():
+    if data_dir and files.is_remote(data_dir):
+      # tfds writes ArrayRecord shards in place, and ArrayRecord's writer
+      # only writes local files.
+      raise ValueError(
+          f'synthetic_shapes/{builder.builder_config.name} is not prepared under '
+          f'data_dir={data_dir!r}; prepare it under a local data_dir and copy '
+          f'its synthetic_shapes/ folder there')
     builder.download_and_prepare()
   return builder

@@ -27,11 +27,14 @@ import json
 import os
 from typing import Iterable, Optional, Sequence
 
+from etils import epath
 import tokenizers
 from tokenizers import decoders
 from tokenizers import models
 from tokenizers import pre_tokenizers
 from tokenizers import trainers
+
+from vwt_jax.core import files
 
 TOKENIZER_FILE = 'tokenizer.json'
 SENTENCEPIECE_FILE = 'tokenizer.model'
@@ -126,14 +129,15 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int,
   tokenizer.decoder = _llama_decoder()
   tokenizer.add_special_tokens(special_tokens)
   if path is not None:
-    os.makedirs(path, exist_ok=True)
-    tokenizer.save(os.path.join(path, TOKENIZER_FILE))
+    files.makedirs(path)
+    # What `tokenizer.save` writes, which takes local paths only.
+    files.write_text(os.path.join(path, TOKENIZER_FILE), tokenizer.to_str(pretty=True))
   return tokenizer
 
 
 def _read_json(path: str) -> dict:
   try:
-    with open(path, encoding='utf-8') as f:
+    with files.open_text(path) as f:
       value = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f'{path}: unreadable JSON ({e})') from e
@@ -150,10 +154,10 @@ def _added_tokens(model_dir: str) -> dict[int, str]:
   """
   added = {}
   path = os.path.join(model_dir, 'added_tokens.json')
-  if os.path.isfile(path):
+  if epath.Path(path).is_file():
     added.update({int(i): str(token) for token, i in _read_json(path).items()})
   path = os.path.join(model_dir, 'tokenizer_config.json')
-  if os.path.isfile(path):
+  if epath.Path(path).is_file():
     for i, token in (_read_json(path).get('added_tokens_decoder') or {}).items():
       added[int(i)] = str(token['content'] if isinstance(token, dict) else token)
   return added
@@ -162,7 +166,7 @@ def _added_tokens(model_dir: str) -> dict[int, str]:
 def _legacy(model_dir: str) -> bool:
   """transformers' `legacy` flag of LlamaTokenizer (True when unset)."""
   path = os.path.join(model_dir, 'tokenizer_config.json')
-  if os.path.isfile(path):
+  if epath.Path(path).is_file():
     value = _read_json(path).get('legacy')
     if value is not None:
       return bool(value)
@@ -201,8 +205,7 @@ def convert_sentencepiece(model_file: str, *, added_tokens: Optional[dict[int, s
   # pylint: enable=g-import-not-at-top
   proto = model_pb2.ModelProto()
   try:
-    with open(model_file, 'rb') as f:
-      proto.ParseFromString(f.read())
+    proto.ParseFromString(epath.Path(model_file).read_bytes())
   except message.DecodeError as e:
     raise ValueError(f'{model_file}: not a SentencePiece model ({e}). {_HOW_TO_CONVERT}') from e
   model_type = proto.trainer_spec.model_type
@@ -248,12 +251,12 @@ def load_tokenizer(path_or_dir: str) -> tokenizers.Tokenizer:
     ValueError: the SentencePiece model cannot be converted (the message says
       how to produce tokenizer.json).
   """
-  if os.path.isdir(path_or_dir):
+  if epath.Path(path_or_dir).is_dir():
     json_file = os.path.join(path_or_dir, TOKENIZER_FILE)
     model_file = os.path.join(path_or_dir, SENTENCEPIECE_FILE)
-    if os.path.isfile(json_file):
+    if epath.Path(json_file).is_file():
       path_or_dir = json_file
-    elif os.path.isfile(model_file):
+    elif epath.Path(model_file).is_file():
       tokenizer = convert_sentencepiece(model_file, added_tokens=_added_tokens(path_or_dir),
                                         legacy=_legacy(path_or_dir))
       tokenizer.no_padding()
@@ -262,12 +265,13 @@ def load_tokenizer(path_or_dir: str) -> tokenizers.Tokenizer:
     else:
       raise FileNotFoundError(f'{path_or_dir} has neither {TOKENIZER_FILE} nor '
                               f'{SENTENCEPIECE_FILE}')
-  if not os.path.isfile(path_or_dir):
+  if not epath.Path(path_or_dir).is_file():
     raise FileNotFoundError(f'tokenizer file {path_or_dir} not found')
   if path_or_dir.endswith('.model'):
     tokenizer = convert_sentencepiece(path_or_dir)
   else:
-    tokenizer = tokenizers.Tokenizer.from_file(path_or_dir)
+    # `from_file` reads local paths only.
+    tokenizer = tokenizers.Tokenizer.from_str(files.read_text(path_or_dir))
   tokenizer.no_padding()
   tokenizer.no_truncation()
   return tokenizer
@@ -286,7 +290,7 @@ def pad_id(model_dir: str, tokenizer: tokenizers.Tokenizer, hf_config: dict) -> 
   """The id transformers pads with: the tokenizer's pad token, else the config's."""
   for name in ('tokenizer_config.json', 'special_tokens_map.json'):
     path = os.path.join(model_dir, name)
-    if os.path.isfile(path):
+    if epath.Path(path).is_file():
       token = _read_json(path).get('pad_token')
       if isinstance(token, dict):
         token = token.get('content')

@@ -14,6 +14,7 @@ rule, `to_uint8`, kept for the picture grids) turns some into `u - 1`.
 """
 
 import dataclasses
+import os
 import textwrap
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from vwt_jax.conversion import inception as inception_conversion
 from vwt_jax.conversion import lpips as lpips_conversion
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.evaluation import codebook as codebook_lib
 from vwt_jax.evaluation import evaluator
@@ -72,7 +74,13 @@ def image_grid(rows: list[np.ndarray]) -> np.ndarray:
 
 
 def save_grid(grid: np.ndarray, path: str) -> None:
-  Image.fromarray(grid).save(path)
+  """Writes an HWC uint8 picture to `path` (a URL too), format from its extension."""
+  extension = os.path.splitext(path)[1].lower()
+  image_format = Image.registered_extensions().get(extension)
+  if image_format is None:
+    raise ValueError(f"{path}: unknown image file extension {extension!r}; use e.g. .png")
+  with files.write_file(path, "wb") as f:
+    Image.fromarray(grid).save(f, format=image_format)
 
 
 def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int,

@@ -68,6 +68,8 @@ class GPTConfig:
   rope_2d: bool = True
   scan_layers: bool = False
   remat: bool = False
+  # 'xla' | 'dot_product' | 'cudnn': see `llama.ATTENTION_KINDS`.
+  attention: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -88,6 +90,7 @@ class GPTConfig:
     if self.model_type == "c2i" and self.cls_token_num != 1:
       # The label embedder yields one token; a longer prefix would shift RoPE rows.
       raise ValueError(f"GPTConfig: c2i needs cls_token_num=1, got {self.cls_token_num}")
+    _ = self.stack  # Building the trunk's config runs its attention checks.
 
   @property
   def head_dim(self) -> int:
@@ -109,8 +112,8 @@ class GPTConfig:
         ffn_hidden=self.ffn_hidden_dim, n_kv_head=self.n_kv_head, norm_eps=self.norm_eps,
         attn_dropout=self.attn_dropout_p, resid_dropout=self.resid_dropout_p,
         ffn_dropout=self.ffn_dropout_p, drop_path_rate=self.drop_path_rate,
-        scan_layers=self.scan_layers, remat=self.remat, dtype=self.dtype,
-        param_dtype=self.param_dtype)
+        scan_layers=self.scan_layers, remat=self.remat, attention=self.attention,
+        dtype=self.dtype, param_dtype=self.param_dtype)
 
   @property
   def grid_size(self) -> int:

@@ -18,6 +18,16 @@ Parameter layouts (chosen so tensor parallelism needs no resharding):
 * The KV cache holds n_kv_head heads, (B, S_max, n_kv_head, head_dim); the
   grouped einsum never materialises repeated kv heads (equivalent to the
   reference's repeat-interleave, without its n_head-sized cache).
+
+Attention implementations (`StackConfig.attention`), all over the same
+parameters: 'xla' writes out the einsum and the float32 softmax (the default;
+reference parity, attention dropout); 'cudnn' calls
+`jax.nn.dot_product_attention(implementation='cudnn')`, cuDNN's fused flash
+attention on NVIDIA GPUs (bfloat16/float16), which never materialises the
+S x S scores and skips the masked half of a causal product; 'dot_product' is
+that call on JAX's own XLA implementation, so the path 'cudnn' takes runs, and
+is tested, anywhere. The fused kinds apply to teacher-forced passes (training,
+evaluation losses); KV-cache prefill and decoding keep the einsum.
 """
 
 import dataclasses
@@ -32,6 +42,11 @@ from vwt_jax.models import layers
 
 Dtype = Any
 KVCache = dict[str, jax.Array]
+
+# StackConfig.attention -> `implementation` of jax.nn.dot_product_attention
+# ('xla', the written-out einsum, is not in it).
+FUSED_ATTENTION = {"dot_product": "xla", "cudnn": "cudnn"}
+ATTENTION_KINDS = ("xla", *FUSED_ATTENTION)
 
 
 def ffn_hidden_dim(dim: int, multiple_of: int = 256,
@@ -115,6 +130,20 @@ def _broadcast_mask(mask: Optional[jax.Array], q_len: int, k_len: int) -> jax.Ar
   return mask.astype(bool)[:, None, None]
 
 
+def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax.Array],
+                    implementation: str) -> jax.Array:
+  """q (B,S,H,D), k/v (B,Sk,K,D) -> (B,S,H,D) via `jax.nn.dot_product_attention`.
+
+  `mask` as `Attention` (None = causal). Query head h reads kv head h // (H/K),
+  the grouping of the fused wqkv layout.
+  """
+  if mask is None:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=True,
+                                        implementation=implementation)
+  allowed = _broadcast_mask(mask, q.shape[1], k.shape[1])[:, :, 0]  # (B|1, 1, S, Sk)
+  return jax.nn.dot_product_attention(q, k, v, mask=allowed, implementation=implementation)
+
+
 class Attention(nn.Module):
   """Causal/masked self-attention with a fused q|k|v projection, GQA and a KV cache."""
   n_head: int
@@ -122,6 +151,7 @@ class Attention(nn.Module):
   n_kv_head: Optional[int] = None
   attn_dropout: float = 0.0
   resid_dropout: float = 0.0
+  attention: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -154,15 +184,18 @@ class Attention(nn.Module):
                "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
       k, v = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
 
-    q = q.reshape(batch, seq, n_kv, group, self.head_dim)
-    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores * (1.0 / np.sqrt(self.head_dim))
-    allowed = _broadcast_mask(mask, seq, k.shape[1])
-    scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    probs = nn.Dropout(self.attn_dropout)(probs, deterministic=not train).astype(self.dtype)
-    y = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(batch, seq, self.n_head,
-                                                            self.head_dim)
+    if self.attention in FUSED_ATTENTION and cache is None:
+      y = fused_attention(q, k, v, mask, FUSED_ATTENTION[self.attention])
+    else:
+      q = q.reshape(batch, seq, n_kv, group, self.head_dim)
+      scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+      scores = scores * (1.0 / np.sqrt(self.head_dim))
+      allowed = _broadcast_mask(mask, seq, k.shape[1])
+      scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+      probs = jax.nn.softmax(scores, axis=-1)
+      probs = nn.Dropout(self.attn_dropout)(probs, deterministic=not train).astype(self.dtype)
+      y = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(batch, seq, self.n_head,
+                                                              self.head_dim)
     y = nn.DenseGeneral(
         x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
         param_dtype=self.param_dtype,
@@ -190,6 +223,7 @@ class Block(nn.Module):
   resid_dropout: float = 0.0
   ffn_dropout: float = 0.0
   use_drop_path: bool = False
+  attention: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -201,7 +235,7 @@ class Block(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = RMSNorm(self.norm_eps, name="attention_norm", **kw)(x)
     h, cache = Attention(self.n_head, self.head_dim, self.n_kv_head, self.attn_dropout,
-                         self.resid_dropout, name="attention", **kw)(
+                         self.resid_dropout, self.attention, name="attention", **kw)(
                              h, rope, mask, cache, cache_index, train=train)
     use_dp = self.use_drop_path and train
     x = x + (drop_path(self, h, drop_rate, train) if use_dp else h)
@@ -225,7 +259,8 @@ class StackConfig:
   `scan_layers` stacks the blocks' parameters on a leading layer axis under one
   `nn.scan` module (one compiled block instead of n_layer); `remat` recomputes
   each block's activations in the backward pass. `drop_path_rate` grows
-  linearly from 0 at the first block to this value at the last.
+  linearly from 0 at the first block to this value at the last. `attention`
+  is one of `ATTENTION_KINDS` (see the module docstring).
   """
   n_layer: int
   n_head: int
@@ -239,8 +274,19 @@ class StackConfig:
   drop_path_rate: float = 0.0
   scan_layers: bool = False
   remat: bool = False
+  attention: str = "xla"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+
+  def __post_init__(self):
+    if self.attention not in ATTENTION_KINDS:
+      raise ValueError(f"attention={self.attention!r}: expected one of {ATTENTION_KINDS}")
+    if self.attention in FUSED_ATTENTION and self.attn_dropout:
+      raise ValueError(f"attention={self.attention!r} has no attention dropout "
+                       f"(attn_dropout={self.attn_dropout}); use attention='xla'")
+    if self.attention == "cudnn" and jnp.dtype(self.dtype) not in (jnp.bfloat16, jnp.float16):
+      raise ValueError(f"attention='cudnn' needs a bfloat16 or float16 compute dtype, got "
+                       f"{jnp.dtype(self.dtype).name}")
 
   @property
   def kv_heads(self) -> int:
@@ -261,7 +307,7 @@ def build_layers(stack: StackConfig) -> Layers:
       n_head=stack.n_head, head_dim=stack.head_dim, ffn_hidden=stack.ffn_hidden,
       n_kv_head=stack.n_kv_head, norm_eps=stack.norm_eps, attn_dropout=stack.attn_dropout,
       resid_dropout=stack.resid_dropout, ffn_dropout=stack.ffn_dropout,
-      use_drop_path=stack.drop_path_rate > 0, dtype=stack.dtype,
+      use_drop_path=stack.drop_path_rate > 0, attention=stack.attention, dtype=stack.dtype,
       param_dtype=stack.param_dtype)
   block = Block
   if stack.remat:

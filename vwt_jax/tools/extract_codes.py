@@ -42,18 +42,19 @@ and `vwt_jax.sample --captions` encodes prompts with it.
 
 import json
 import math
-import os
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import caption_features
 from vwt_jax.data import codes as codes_lib
@@ -145,7 +146,7 @@ def _open_vript(root: str, image_size: int):
 
 def _check_caption_encoder(output: str, described: dict) -> None:
   """Every split of a code dataset must hold features of one caption encoder."""
-  if not os.path.exists(codes_lib.metadata_path(output)):
+  if not epath.Path(codes_lib.metadata_path(output)).exists():
     return
   recorded = codes_lib.read_metadata(output).source.get("caption_encoder")
   if recorded != described:
@@ -202,7 +203,7 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   if vript_root:
     described = caption_features.describe(caption_encoder)
     _check_caption_encoder(output, described)
-    split_info = {"vript_root": os.path.abspath(vript_root)}
+    split_info = {"vript_root": files.absolute(vript_root)}
     output_split = output_split or "train"
   else:
     split = split or config.data.train_split

@@ -14,7 +14,6 @@ import sys
 from typing import Optional, Sequence
 
 import numpy as np
-from PIL import Image
 
 from vwt_jax.data.vript import clip_source
 from vwt_jax.evaluation import reconstruction
@@ -32,7 +31,7 @@ def preview(root: str, output: str, *, num_clips: int = 12, columns: int = 4,
       np.stack([r["image"] for r in records]),
       [f"{r['clip_id']}: {r['scene_title']}. {r['caption']}" for r in records],
       columns=min(columns, len(records)))
-  Image.fromarray(grid).save(output)
+  reconstruction.save_grid(grid, output)
   return len(records)
 
 

@@ -17,11 +17,13 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import jax
 import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
@@ -49,9 +51,8 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict:
   for folder in (checkpoint, os.path.dirname(checkpoint.rstrip("/")),
                  os.path.dirname(os.path.dirname(checkpoint.rstrip("/")))):
     path = os.path.join(folder, "config.json")
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+    if epath.Path(path).exists():
+      return ml_collections.ConfigDict(json.loads(files.read_text(path)))
   raise FileNotFoundError(
       f"no config.json next to {checkpoint}; pass --config configs/titok.py:VARIANT")
 
@@ -76,7 +77,7 @@ def image_batches(pattern: str, image_size: int, batch_size: int):
 
 def reconstruct(config, checkpoint: str, output: str, num_images: int,
                 images: str | None = None) -> dict:
-  trainer = titok_trainer.TiTokTrainer(config, os.path.dirname(os.path.abspath(output)))
+  trainer = titok_trainer.TiTokTrainer(config, os.path.dirname(files.absolute(output)))
   params = jax.device_put(
       titok_trainer.load_pretrained(checkpoint, config), trainer.param_shardings)
   dp = sharding_lib.data_parallel_size(trainer.mesh)

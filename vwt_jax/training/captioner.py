@@ -56,6 +56,7 @@ import tokenizers
 
 from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import text_tokenizer
 from vwt_jax.data.vript import captioner_text
@@ -160,7 +161,7 @@ def tokenizer_texts(samples) -> list[str]:
 
 
 def _read_tokenizer(path: epath.Path) -> tokenizers.Tokenizer:
-  return tokenizers.Tokenizer.from_str(path.read_text())
+  return tokenizers.Tokenizer.from_str(files.read_text(path))
 
 
 def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: str,
@@ -186,11 +187,9 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     source = (f"trained on {len(texts)} texts of {config.data.root} "
               f"({tokenizer.get_vocab_size()} tokens)")
   if jax.process_index() == 0:
-    # Written whole then renamed, so a concurrent reader never sees half a file.
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    partial = saved.parent / f".{TOKENIZER_FILE}.partial"
-    partial.write_text(tokenizer.to_str())
-    partial.rename(saved)
+    # Written whole, so a concurrent reader never sees half a file.
+    files.makedirs(saved.parent)
+    files.write_text(saved, tokenizer.to_str())
   return tokenizer, source
 
 
@@ -283,7 +282,7 @@ class CaptionerTrainer:
         self._eval_step_fn, in_shardings=(self.param_shardings, self.batch_sharding),
         out_shardings=repl)
     if jax.process_index() == 0:
-      (epath.Path(workdir) / MODEL_CONFIG_FILE).write_text(self.cfg.to_json())
+      files.write_text(epath.Path(workdir) / MODEL_CONFIG_FILE, self.cfg.to_json())
     counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
               for k, v in abstract.items()}
     logging.info("captioner: %s parameters; frozen %s; %d visual tokens of %d positions",

@@ -22,6 +22,7 @@ import types
 from typing import Any
 
 from absl import logging
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,8 @@ def model_config(config: ml_collections.ConfigDict, metadata=None) -> gpt_lib.GP
       resid_dropout_p=m.resid_dropout_p, ffn_dropout_p=m.ffn_dropout_p,
       drop_path_rate=m.drop_path_rate, rope_2d=bool(fields["rope_2d"]),
       scan_layers=m.scan_layers, remat=m.remat,
+      # Runs saved before the key existed have none.
+      attention=m.get("attention", "xla"),
       dtype=dtype, param_dtype=jnp.dtype(config.param_dtype))
 
 
@@ -147,7 +150,7 @@ class Autoregressive:
         top_p=settings["top_p"], emb_mask=emb_mask, mesh=mesh, rules=rules)
 
   def load_pretrained(self, path: str):
-    if os.path.isdir(path):
+    if epath.Path(path).is_dir():
       return checkpoint_lib.load_state_subtree(path, "params")
     return llamagen_conversion.convert_gpt(torch_state.load_state_dict(path), self.cfg)
 
@@ -215,7 +218,7 @@ class Masked:
         softmax_temperature_annealing=settings["softmax_temperature_annealing"])
 
   def load_pretrained(self, path: str):
-    if os.path.isdir(path):
+    if epath.Path(path).is_dir():
       return checkpoint_lib.load_state_subtree(path, "params")
     return maskgit_conversion.convert_generator(torch_state.load_state_dict(path), self.cfg)
 
@@ -266,7 +269,7 @@ class GeneratorTrainer:
   def _metadata(self):
     """Sizes from the code dataset, or else from the tokenizer (sampling elsewhere)."""
     path = self.config.data.dir
-    if path and os.path.exists(codes_lib.metadata_path(path)):
+    if path and epath.Path(codes_lib.metadata_path(path)).exists():
       return codes_lib.read_metadata(path)
     if self.config.tokenizer.checkpoint:
       tok = self.tokenizer()

@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax.core import files
 from vwt_jax.core import metrics as metrics_lib
 from vwt_jax.core import progress as progress_lib
 from vwt_jax.core import sharding as sharding_lib
@@ -91,7 +92,7 @@ def _average(history: list[dict[str, Any]]) -> dict[str, float]:
 def train_and_evaluate(trainer: Trainer, workdir: str) -> dict[str, Any]:
   """Trains to `config.total_steps`, resuming from `workdir` if it holds a run."""
   config = trainer.config
-  os.makedirs(workdir, exist_ok=True)
+  files.makedirs(workdir)
   writer = metrics_lib.create_writer(workdir)
   writer.write_hparams(config.to_dict())
   checkpointer = checkpoint_lib.Checkpointer(
@@ -118,11 +119,13 @@ def train_and_evaluate(trainer: Trainer, workdir: str) -> dict[str, Any]:
       progress_lib.compiled_flops(compiled))
 
   history, last_metrics, eval_metrics = [], {}, {}
-  with _PreemptionFlag() as preemption:
+  with _PreemptionFlag() as preemption, profile_window(config, workdir) as profile:
     for step in range(start_step + 1, config.total_steps + 1):
+      profile.before_step(step)
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         batch = sharding_lib.host_batch_to_global(next(train_iter), trainer.mesh)
         state, metrics = train_step(state, batch, jax.random.fold_in(step_rng, step))
+      profile.after_step(step, state)
       history.append(metrics)
 
       is_last = step == config.total_steps
@@ -166,6 +169,22 @@ def train_and_evaluate(trainer: Trainer, workdir: str) -> dict[str, Any]:
           "step": int(jax.device_get(state["step"]))}
 
 
+def profile_window(config: ml_collections.ConfigDict, workdir: str) -> progress_lib.ProfileWindow:
+  """The run's `jax.profiler` window (`config.profile_*`).
+
+  Each traced process writes to its own `{workdir}/profile/process_{i}`: a
+  process sees only its local devices, several processes may share a host
+  (whose name the trace file takes), and TensorBoard pointed at
+  `{workdir}/profile` lists them as runs. Only process 0 traces unless
+  `profile_all_processes`; SPMD processes run the same program.
+  """
+  index = jax.process_index()
+  traced = index == 0 or config.profile_all_processes
+  return progress_lib.ProfileWindow(
+      os.path.join(workdir, "profile", f"process_{index}"), config.profile_start_step,
+      config.profile_num_steps if traced else 0)
+
+
 def _peek(iterator):
   """The next batch, leaving `iterator` where it was."""
   saved = iterator.get_state()
@@ -197,6 +216,12 @@ def base_config(trainer: str, variant: str, *, total_steps: int, global_batch_si
   c.checkpoint_every = 5_000
   c.max_checkpoints_to_keep = 3
   c.async_checkpointing = True
+  # A jax.profiler trace of steps [profile_start_step, + profile_num_steps)
+  # into {workdir}/profile/process_0 (TensorBoard's profile plugin reads it);
+  # 0 steps = off. The first steps after the start are not representative.
+  c.profile_start_step = 10
+  c.profile_num_steps = 0
+  c.profile_all_processes = False
   # A checkpoint (ours: a workdir or step folder) or an official state dict
   # (.bin/.pt/.safetensors/.npz) whose weights initialise the model.
   c.init_from = ""
@@ -220,7 +245,6 @@ def write_summary(title: str, result: dict[str, Any], workdir: str, start: float
   lines += [f"eval {k}: {v:.6g}" for k, v in sorted(result["eval"].items())]
   summary = "\n".join(lines) + "\n"
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "summary.txt"), "w", encoding="utf-8") as f:
-      f.write(summary)
+    files.write_text(os.path.join(workdir, "summary.txt"), summary)
   logging.info("\n%s", summary)
   return summary

@@ -12,11 +12,11 @@ the official losses are, so the recipe's loss weights carry over.
 """
 
 import functools
-import os
 import time
 from typing import Any
 
 from absl import logging
+from etils import epath
 from flax import traverse_util
 import flax.linen as nn
 import jax
@@ -104,7 +104,7 @@ def scale_kernels(params: Any, scale: float) -> Any:
 
 def load_pretrained(path: str, config: ml_collections.ConfigDict) -> Any:
   """Parameters from our checkpoint (a run dir) or an official state dict file."""
-  if os.path.isdir(path):
+  if epath.Path(path).is_dir():
     key = "ema_params" if config.ema_decay else "params"
     try:
       return checkpoint_lib.load_state_subtree(path, key)

@@ -13,10 +13,12 @@ import json
 import os
 from typing import Any, Callable
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 
 
@@ -83,7 +85,7 @@ _FAMILIES = {"titok": _titok, "vqgan": _vqgan}
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """`path/to/config.py[:arg]` (as --config reads it) or a run's config.json."""
   if spec.endswith(".json"):
-    with open(spec, encoding="utf-8") as f:
+    with files.open_text(spec) as f:
       return ml_collections.ConfigDict(json.load(f))
   path, _, arg = spec.partition(":")
   module_spec = importlib.util.spec_from_file_location("tokenizer_config", path)
@@ -99,7 +101,7 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict:
   folder = checkpoint.rstrip("/")
   for _ in range(3):
     path = os.path.join(folder, "config.json")
-    if os.path.exists(path):
+    if epath.Path(path).exists():
       return load_config(path)
     folder = os.path.dirname(folder)
   raise FileNotFoundError(
@@ -132,6 +134,6 @@ def load_tokenizer(checkpoint: str, config: ml_collections.ConfigDict | str | No
 
 def describe(tokenizer: Tokenizer, checkpoint: str) -> dict[str, Any]:
   """What a code dataset records so that its codes can be decoded later."""
-  return {"kind": tokenizer.kind, "checkpoint": os.path.abspath(checkpoint),
+  return {"kind": tokenizer.kind, "checkpoint": files.absolute(checkpoint),
           "config": tokenizer.config.to_dict(), "code_shape": list(tokenizer.code_shape),
           "vocab_size": tokenizer.vocab_size, "image_size": tokenizer.image_size}

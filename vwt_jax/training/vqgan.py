@@ -9,10 +9,10 @@ the train state. Both optimizers are Adam (AdamW with weight decay 0).
 """
 
 import functools
-import os
 import time
 from typing import Any
 
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,7 @@ def model_config(config: ml_collections.ConfigDict) -> vqgan_lib.VQGANConfig:
 def load_pretrained(path: str, config: ml_collections.ConfigDict) -> Any:
   """Parameters from our run (a workdir or step folder) or an official state dict
   (`vq_ds16_c2i.pt`: {'model': sd, ...}, or any raw state dict file)."""
-  if os.path.isdir(path):
+  if epath.Path(path).is_dir():
     key = "ema_params" if config.ema_decay else "params"
     try:
       return checkpoint_lib.load_state_subtree(path, key)

@@ -7,6 +7,11 @@ groups, and holds a fingerprint of the tree: every folder and file name, plus
 size and mtime of the `.json`/`.jsonl` annotation files. Any change (a new or
 removed clip, an edited caption or ASR file) rebuilds it.
 
+A root on an object store (`gs://bucket/vript`) is not fingerprinted: walking
+every folder of the release would cost thousands of requests at every start,
+and a bucket's dataset is written once. Its cached index is used until the
+cache file is deleted.
+
 Two sources read records by index (`__getitem__`, with a per-index Generator),
 or with a caller's Generator (`read`, which the pipeline uses so that
 augmentations depend on the stream position):
@@ -23,11 +28,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 
 from absl import logging
 import numpy as np
 
+from vwt_jax.core import files
 from vwt_jax.data import transforms
 from vwt_jax.data.vript import frames
 from vwt_jax.data.vript import schema
@@ -91,7 +96,7 @@ def _cache_name(root, groups):
 def _read_cache(path, root, groups, fprint):
   """The cached (videos, problems), or None if absent, stale or unreadable."""
   try:
-    with open(path, encoding='utf-8') as f:
+    with files.open_text(path) as f:
       cached = json.load(f)
   except (FileNotFoundError, NotADirectoryError):
     return None
@@ -110,18 +115,10 @@ def _write_cache(directory, name, payload):
   """Writes atomically (several hosts may build at once); False if the
   folder is not writable."""
   try:
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=name, suffix='.tmp')
-  except OSError:
-    return False
-  try:
-    with os.fdopen(fd, 'w', encoding='utf-8') as f:
+    files.makedirs(directory)
+    with files.write_file(os.path.join(directory, name)) as f:
       json.dump(payload, f)
-    os.replace(tmp, os.path.join(directory, name))
-  except BaseException as e:
-    os.unlink(tmp)
-    if not isinstance(e, OSError):
-      raise
+  except OSError as e:
     logging.warning('Cannot write the Vript index cache in %s: %s',
                     directory, e)
     return False
@@ -149,13 +146,13 @@ def load_videos(root, *, cache_dir='', groups=None):
   Returns:
     list of `schema.Video`, as `schema.load_dataset` returns it.
   """
-  root = os.path.abspath(root)
+  root = files.absolute(root)
   groups = sorted(groups) if groups is not None else None
   name = _cache_name(root, groups)
   candidates = [os.path.join(root, CACHE_DIRNAME)]
   if cache_dir:
-    candidates.append(os.path.abspath(cache_dir))
-  fprint = fingerprint(root, exclude=candidates)
+    candidates.append(files.absolute(cache_dir))
+  fprint = None if files.is_remote(root) else fingerprint(root, exclude=candidates)
   for directory in candidates:
     cached = _read_cache(os.path.join(directory, name), root, groups, fprint)
     if cached is not None:

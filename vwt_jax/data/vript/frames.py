@@ -17,14 +17,20 @@ bicubic filter: torchvision's antialiased bicubic resize was written to match
 it (same a=-0.5 kernel, widened when shrinking), and it rounds back to uint8 as
 torchvision does for uint8 tensors. Pillow also keeps the per-record work in
 numpy, so grain worker processes never need JAX.
+
+Clip paths may be URLs (`gs://...`): such a clip is read whole into memory
+once per `read_clip` and decoded from there.
 """
 
+import io
 import os
 
 import av
+from etils import epath
 import numpy as np
 from PIL import Image
 
+from vwt_jax.core import files
 from vwt_jax.data import transforms
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -104,11 +110,37 @@ def sample_frame_indices(num_frames, vlen, sample, rng=None):
   return indices + [indices[-1]] * (num_frames - k)
 
 
-def _open(path):
-  if not os.path.isfile(path):
+def read_media(path):
+  """What PyAV opens for the clip at `path`: a local path itself, the bytes
+  of a remote one (read whole: clips are a few MB and demuxing seeks in them).
+
+  Raises:
+    CorruptClipError: there is no such file.
+  """
+  if not files.is_remote(path):
+    if not os.path.isfile(path):
+      raise CorruptClipError(path, 'file not found')
+    return path
+  remote = epath.Path(path)
+  if not remote.is_file():
     raise CorruptClipError(path, 'file not found')
+  return remote.read_bytes()
+
+
+def open_clip(path, media=None):
+  """The PyAV container of the clip at `path`, checked to hold a video stream.
+
+  Args:
+    path: the clip (local path or URL), named in errors.
+    media: `read_media(path)` when the caller has it already; read here
+      otherwise.
+
+  Raises:
+    CorruptClipError: missing or unreadable file, or no video stream.
+  """
+  media = read_media(path) if media is None else media
   try:
-    container = av.open(path)
+    container = av.open(io.BytesIO(media) if isinstance(media, bytes) else media)
   except (av.FFmpegError, OSError) as e:
     raise CorruptClipError(
         path, f'cannot open ({type(e).__name__}: {e})') from e
@@ -118,14 +150,14 @@ def _open(path):
   return container
 
 
-def count_frames(path):
+def count_frames(path, media=None):
   """Frames in the first video stream, counted from its packets (demuxing
-  only, no decoding).
+  only, no decoding). `media`: as in `open_clip`.
 
   Raises:
     CorruptClipError: missing or unreadable file, no video stream, no frames.
   """
-  with _open(path) as container:
+  with open_clip(path, media) as container:
     try:
       # The demuxer ends with an empty flush packet.
       vlen = sum(packet.size > 0
@@ -138,11 +170,12 @@ def count_frames(path):
   return vlen
 
 
-def decode_frames(path, indices):
+def decode_frames(path, indices, media=None):
   """Decodes the frames at `indices` (any order, repeats allowed).
 
   Frames are decoded in sequence and only the requested ones are converted
-  and kept, so long clips never sit in memory whole.
+  and kept, so long clips never sit in memory whole. `media`: as in
+  `open_clip`.
 
   Returns:
     uint8 array (len(indices), H, W, 3), RGB.
@@ -155,7 +188,7 @@ def decode_frames(path, indices):
   wanted = set(indices)
   kept = {}
   decoded = 0
-  with _open(path) as container:
+  with open_clip(path, media) as container:
     try:
       for decoded, frame in enumerate(
           container.decode(container.streams.video[0]), start=1):
@@ -180,8 +213,9 @@ def read_clip(path, num_frames, sample, rng=None):
   Returns:
     (uint8 frames (num_frames, H, W, 3), list of frame indices).
   """
-  indices = sample_frame_indices(num_frames, count_frames(path), sample, rng)
-  return decode_frames(path, indices), indices
+  media = read_media(path)
+  indices = sample_frame_indices(num_frames, count_frames(path, media), sample, rng)
+  return decode_frames(path, indices, media), indices
 
 
 def read_window(paths, num_frames, sample, rng=None):

@@ -30,7 +30,7 @@ Missing or undecodable clips are logged with their path, skipped in training
 `pipeline.TooManyCorruptRecordsError` listing the last files.
 
 `data_config` fields (see `default_vript_data_config`):
-  root: extracted Vript root (see `schema`).
+  root: extracted Vript root (see `schema`), a local folder or a URL.
   cache_dir: where the clip index is cached when `{root}/.vwt_cache` is not
     writable ('' = not cached then).
   groups: groups to read, e.g. ('vript_short_videos',); empty = all.

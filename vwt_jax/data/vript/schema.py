@@ -21,12 +21,20 @@ recorded in a `Problems` collector, naming the file.
 
   problems = schema.Problems()
   videos = schema.load_dataset('/data/vript', problems=problems)
+
+`root` may be a URL (`gs://bucket/vript`). Each video's clip folder is listed
+once and its files are looked up in that listing, so an object store answers
+a few requests per video rather than one per clip.
 """
 
 import dataclasses
 import json
 import os
 from typing import Any, Optional, Sequence
+
+from etils import epath
+
+from vwt_jax.core import files
 
 CAPTIONS_DIR = 'vript_captions'
 _CAPTIONS_SUFFIX = '_captions'
@@ -72,7 +80,7 @@ class Clip:
   caption: Caption
   voiceover: str  # the caption record's voiceover[0]; '' when empty
   asr: Optional[AsrRecord]  # None when the clip has no line in _asr.jsonl
-  path: Optional[str]  # absolute mp4 path if the file exists, else None
+  path: Optional[str]  # absolute mp4 path (or URL) if the file exists, else None
   relpath: str  # '{group}_clips/{video_id}/{clip_id}.mp4'
 
 
@@ -150,7 +158,7 @@ def read_asr_file(path: str, problems: Problems) -> dict[str, AsrRecord]:
   builders' dict does.
   """
   records = {}
-  with open(path, encoding='utf-8') as f:
+  with files.open_text(path) as f:
     for n, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -213,7 +221,7 @@ def _read_caption_file(path: str, problems: Problems) -> Optional[_VideoText]:
   """
   video_id = os.path.basename(path)[:-len(_CAPTION_FILE_SUFFIX)]
   try:
-    with open(path, encoding='utf-8') as f:
+    with files.open_text(path) as f:
       doc = json.load(f)
     data = _require(doc, 'data', dict)
   except (ValueError, TypeError) as e:
@@ -245,7 +253,7 @@ def _read_caption_jsonl(path: str, problems: Problems) -> list[_VideoText]:
   """
   by_video: dict[str, list[_ClipText]] = {}
   titles: dict[str, str] = {}
-  with open(path, encoding='utf-8') as f:
+  with files.open_text(path) as f:
     for n, line in enumerate(f, start=1):
       if not line.strip():
         continue
@@ -271,20 +279,20 @@ def discover_groups(root: str) -> list[str]:
   Raises:
     FileNotFoundError: `root` has neither `vript_captions/` nor a `*_clips/` folder.
   """
-  if not os.path.isdir(root):
+  if not epath.Path(root).is_dir():
     raise FileNotFoundError(f'Vript root {root!r} is not a directory')
   groups = set()
-  for name in os.listdir(root):
-    if name.endswith(_CLIPS_SUFFIX) and os.path.isdir(os.path.join(root, name)):
-      groups.add(name[:-len(_CLIPS_SUFFIX)])
-  captions_dir = os.path.join(root, CAPTIONS_DIR)
-  has_captions = os.path.isdir(captions_dir)
+  for entry in epath.Path(root).iterdir():
+    if entry.name.endswith(_CLIPS_SUFFIX) and entry.is_dir():
+      groups.add(entry.name[:-len(_CLIPS_SUFFIX)])
+  captions_dir = epath.Path(root, CAPTIONS_DIR)
+  has_captions = captions_dir.is_dir()
   if has_captions:
-    for name in os.listdir(captions_dir):
-      full = os.path.join(captions_dir, name)
-      if name.endswith(_CAPTIONS_SUFFIX) and os.path.isdir(full):
+    for entry in captions_dir.iterdir():
+      name = entry.name
+      if name.endswith(_CAPTIONS_SUFFIX) and entry.is_dir():
         groups.add(name[:-len(_CAPTIONS_SUFFIX)])
-      elif name.endswith(_CAPTIONS_SUFFIX + '.jsonl') and os.path.isfile(full):
+      elif name.endswith(_CAPTIONS_SUFFIX + '.jsonl') and entry.is_file():
         groups.add(name[:-len(_CAPTIONS_SUFFIX + '.jsonl')])
   if not has_captions and not groups:
     raise FileNotFoundError(
@@ -298,41 +306,50 @@ def _read_group_captions(root: str, group: str, problems: Problems) -> list[_Vid
   captions_dir = os.path.join(root, CAPTIONS_DIR)
   folder = os.path.join(captions_dir, group + _CAPTIONS_SUFFIX)
   jsonl = folder + '.jsonl'
-  files = []
-  if os.path.isdir(folder):
-    files = sorted(f for f in os.listdir(folder) if f.endswith(_CAPTION_FILE_SUFFIX))
-    if not files:
+  names = []
+  if epath.Path(folder).is_dir():
+    names = sorted(p.name for p in epath.Path(folder).iterdir()
+                   if p.name.endswith(_CAPTION_FILE_SUFFIX))
+    if not names:
       problems.add(folder, 'no *_caption.json files (empty folder from a broken zip?)')
-  if files:
-    videos = [_read_caption_file(os.path.join(folder, f), problems) for f in files]
+  if names:
+    videos = [_read_caption_file(os.path.join(folder, f), problems) for f in names]
     return [v for v in videos if v is not None]
-  if os.path.isfile(jsonl):
+  if epath.Path(jsonl).is_file():
     return _read_caption_jsonl(jsonl, problems)
   problems.add(os.path.join(root, group + _CLIPS_SUFFIX),
                f'no captions for group {group!r} (neither {folder} nor {jsonl})')
   return []
 
 
+@dataclasses.dataclass(frozen=True)
+class _ClipDir:
+  """A video's non-empty clip folder and its files' names."""
+  path: str
+  names: frozenset[str]
+
+
 def _video_clip_dirs(root: str, group: str,
-                     problems: Problems) -> tuple[dict[str, str], set[str]]:
-  """(video_id -> clip folder for non-empty folders, ids of empty folders)."""
-  clips_root = os.path.join(root, group + _CLIPS_SUFFIX)
+                     problems: Problems) -> tuple[dict[str, _ClipDir], set[str]]:
+  """(video_id -> its non-empty clip folder, ids of empty folders)."""
+  clips_root = epath.Path(root, group + _CLIPS_SUFFIX)
   dirs, empty = {}, set()
-  if not os.path.isdir(clips_root):
+  if not clips_root.is_dir():
     return dirs, empty
-  for name in sorted(os.listdir(clips_root)):
-    full = os.path.join(clips_root, name)
-    if not os.path.isdir(full):
+  for entry in sorted(clips_root.iterdir(), key=lambda p: p.name):
+    if not entry.is_dir():
       continue
-    if os.listdir(full):
-      dirs[name] = full
+    full = os.path.join(root, group + _CLIPS_SUFFIX, entry.name)
+    names = frozenset(p.name for p in entry.iterdir())
+    if names:
+      dirs[entry.name] = _ClipDir(full, names)
     else:
       problems.add(full, 'empty folder (broken zip); video skipped')
-      empty.add(name)
+      empty.add(entry.name)
   return dirs, empty
 
 
-def _assemble(root: str, group: str, text: _VideoText, clip_dir: Optional[str],
+def _assemble(root: str, group: str, text: _VideoText, clip_dir: Optional[_ClipDir],
               problems: Problems) -> Video:
   asr = {}
   has_asr = False
@@ -340,15 +357,15 @@ def _assemble(root: str, group: str, text: _VideoText, clip_dir: Optional[str],
     problems.add(os.path.join(root, group + _CLIPS_SUFFIX, text.video_id),
                  'clip folder missing; clips have no mp4 and no ASR')
   else:
-    asr_path = os.path.join(clip_dir, text.video_id + _ASR_FILE_SUFFIX)
-    has_asr = os.path.isfile(asr_path)
+    asr_name = text.video_id + _ASR_FILE_SUFFIX
+    has_asr = asr_name in clip_dir.names
     if has_asr:
-      asr = read_asr_file(asr_path, problems)
+      asr = read_asr_file(os.path.join(clip_dir.path, asr_name), problems)
   clips = []
   for c in text.clips:
     relpath = f'{group}{_CLIPS_SUFFIX}/{text.video_id}/{c.clip_id}.mp4'
-    path = os.path.abspath(os.path.join(root, relpath))
-    if not os.path.isfile(path):
+    path = files.absolute(os.path.join(root, relpath))
+    if clip_dir is None or f'{c.clip_id}.mp4' not in clip_dir.names:
       if clip_dir is not None:
         problems.add(path, 'clip mp4 missing')
       path = None
@@ -400,5 +417,5 @@ def load_dataset(root: str, *, groups: Optional[Sequence[str]] = None,
         continue
       videos.append(_assemble(root, group, text, clip_dirs.get(text.video_id), problems))
     for video_id in sorted(set(clip_dirs) - captioned):
-      problems.add(clip_dirs[video_id], 'clip folder without captions; ignored')
+      problems.add(clip_dirs[video_id].path, 'clip folder without captions; ignored')
   return sorted(videos, key=lambda v: (v.group, v.video_id))

@@ -71,6 +71,8 @@ import tempfile
 import av
 import numpy as np
 
+from vwt_jax.core import files
+
 FORMAT_VERSION = 1
 LONG_GROUP = 'vript_long_videos'
 SHORT_GROUP = 'vript_short_videos'
@@ -1120,6 +1122,10 @@ def generate(root, *, num_long_videos=8, num_short_videos=2,
                      f'{resolution}')
   if not 0 <= crf <= 51:
     raise ValueError(f'crf must be in [0, 51] (x264), got {crf}')
+  if files.is_remote(root):
+    # The clips are encoded into files by FFmpeg, which writes local paths.
+    raise ValueError(f'root={root!r}: the synthetic Vript set is written to a local '
+                     'folder; generate it there and copy it to the bucket')
   root = os.path.abspath(root)
   if os.path.exists(root) and not os.path.isdir(root):
     raise ValueError(f'{root} exists and is not a folder')
