@@ -268,7 +268,7 @@ class TiTokTrainer:
     return self._reconstruct(params, images, self.frozen)
 
   def _generator_loss(self, params, batch, rng, step, disc_state, frozen):
-    config, losses = self.config, self.config.losses
+    losses = self.config.losses
     images = batch["image"]
     metrics = {}
     if self.recipe == "stage1":
