@@ -18,6 +18,7 @@ from vwt_jax.models import maskgit_vqgan
 from vwt_jax.tools import reconstruct as reconstruct_tool
 from vwt_jax.training import loop
 from vwt_jax.training import titok as titok_trainer
+from vwt_jax.training import tokenizers
 
 
 def _losses(workdir):
@@ -215,6 +216,6 @@ def test_init_from_and_reconstruct_command(shapes_dir, tmp_path):
 
   out = tmp_path / "grid.png"
   result = reconstruct_tool.reconstruct(
-      reconstruct_tool.run_config(str(tmp_path / "run")), str(tmp_path / "run"), str(out),
+      tokenizers.run_config(str(tmp_path / "run")), str(tmp_path / "run"), str(out),
       num_images=4)
   assert out.exists() and result["num_images"] == 4 and result["psnr"] > 0

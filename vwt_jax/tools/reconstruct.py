@@ -17,9 +17,7 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
-from etils import epath
 import jax
-import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
@@ -29,6 +27,7 @@ from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 from vwt_jax.evaluation import reconstruction as recon_eval
 from vwt_jax.training import titok as titok_trainer
+from vwt_jax.training import tokenizers
 
 FLAGS = flags.FLAGS
 
@@ -45,16 +44,6 @@ def define_flags():
   flags.DEFINE_integer("num_images", 8, "Images in the grid / PSNR average.")
   flags.DEFINE_string("images", None, "Glob of image files to reconstruct.")
   flags.mark_flags_as_required(["checkpoint"])
-
-
-def run_config(checkpoint: str) -> ml_collections.ConfigDict:
-  for folder in (checkpoint, os.path.dirname(checkpoint.rstrip("/")),
-                 os.path.dirname(os.path.dirname(checkpoint.rstrip("/")))):
-    path = os.path.join(folder, "config.json")
-    if epath.Path(path).exists():
-      return ml_collections.ConfigDict(json.loads(files.read_text(path)))
-  raise FileNotFoundError(
-      f"no config.json next to {checkpoint}; pass --config configs/titok.py:VARIANT")
 
 
 def image_batches(pattern: str, image_size: int, batch_size: int):
@@ -101,7 +90,7 @@ def reconstruct(config, checkpoint: str, output: str, num_images: int,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = FLAGS.config or run_config(FLAGS.checkpoint)
+  config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
   reconstruct(config, FLAGS.checkpoint, FLAGS.output, FLAGS.num_images, FLAGS.images)
 
 
