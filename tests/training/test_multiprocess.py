@@ -77,6 +77,9 @@ def test_killed_process_stops_the_job_which_resumes_with_identical_losses(shapes
   checkpoints = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
                        if d.isdigit())
   assert checkpoints and checkpoints[-1] % CHECKPOINT_EVERY == 0
+  # Every process holds its own grain iterator state in the checkpoint.
+  data_state = os.path.join(workdir, "checkpoints", str(checkpoints[-1]), "data_iter")
+  assert {f"process_{i}-of-4.json" for i in range(4)} <= set(os.listdir(data_state))
 
   with open(log_path, "a", encoding="utf-8") as log:
     launcher = _start(code_dir, workdir, log)
