@@ -3,7 +3,7 @@ r"""Vriptor-style video captioners trained on Vript's four formats (arXiv 2406.0
 A CLIP ViT per frame, a query resampler and a LLaMA/Vicuna decoder
 (`vwt_jax/models/captioner.py`, trainer `vwt_jax/training/captioner.py`).
 Vriptor itself is ST-LLM (EVA ViT-g + Q-Former + Vicuna-7B v1.1); these
-configs keep its recipe (`shared/docs/vript.md` §3) on the CLIP ViT-L/14-336
+configs keep its training recipe (docs/captioner.md) on the CLIP ViT-L/14-336
 tower and a 32-query resampler that load from Hugging Face directories.
 
   # CPU demo: tiny model on 100 embedded synthetic Vript videos, written under

@@ -31,14 +31,17 @@ def _compilation_cache(tmp_path_factory):
   jax.config.update("jax_compilation_cache_dir", None)
 
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+# Parity fixtures made with the official code (tests/fixtures/README.md).
+# VWT_FIXTURES points the suite at another set of the same layout.
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir():
   path = os.path.abspath(os.environ.get("VWT_FIXTURES", FIXTURES))
   if not os.path.isdir(path):
-    pytest.fail(f"parity fixtures not found at {path}; set VWT_FIXTURES")
+    pytest.fail(f"VWT_FIXTURES={path} is not a folder; it should hold titok/, llamagen/, "
+                "eval/ and vript/ as tests/fixtures does")
   return path
 
 

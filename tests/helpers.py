@@ -7,6 +7,45 @@ import shutil
 
 import numpy as np
 
+# Unit roundoff of float32 (half the machine epsilon).
+F32_U = 2.0 ** -24
+
+
+def f32_atol(scale, *, reduction, depth=1):
+  """The absolute tolerance between two float32 evaluations of one formula.
+
+  The one rule every numeric comparison in these tests follows. Two
+  implementations of the same function (ours and the official one, a jitted
+  and an eager path, XLA on another CPU with other vector widths or fusions)
+  differ only in the order of their float32 operations. A sum of n terms in
+  any order is within n*u*sum|terms| of the exact sum (u = 2^-24), so two
+  orders differ by at most 2*n*u*sum|terms|; a value that passed through
+  `depth` dependent reductions (layers) carries the errors of each. `scale`
+  stands for sum|terms|: for dot products and normalised activations the
+  magnitude of the compared values (their max |x|) bounds it; pass a larger
+  one where the terms cancel (e.g. a small difference of large numbers).
+
+  Args:
+    scale: magnitude of the compared values (or of the summed terms).
+    reduction: the longest reduction (sum) length on the path.
+    depth: how many dependent reductions the values went through.
+  """
+  return 2.0 * depth * reduction * F32_U * float(scale)
+
+
+def assert_allclose_f32(actual, desired, *, reduction, depth=1, scale=None):
+  """`np.testing.assert_allclose` with the tolerance of `f32_atol`.
+
+  `scale` defaults to max |desired| (at least 1, so that values near zero
+  are judged against unit-scale inputs).
+  """
+  desired = np.asarray(desired)
+  if scale is None:
+    scale = max(1.0, float(np.max(np.abs(desired)))) if desired.size else 1.0
+  np.testing.assert_allclose(
+      np.asarray(actual), desired, rtol=0,
+      atol=f32_atol(scale, reduction=reduction, depth=depth))
+
 
 def load_config(filename, arg):
   """`configs/<filename>:arg`, loaded the way `--config` loads it."""

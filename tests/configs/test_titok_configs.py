@@ -15,7 +15,7 @@ from vwt_jax.training import titok as titok_trainer
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
-# Total parameters (millions) of the official classes, ../shared/docs/titok.md §3.
+# Total parameters (millions) of the official classes, as their released checkpoints count them.
 RELEASED_PARAMS_M = {
     "L-32": 641.1, "B-64": 204.8, "S-128": 83.7,
     "BL-64-VQ": 390.0, "BL-128-VQ": 390.2, "SL-256-VQ": 330.3,

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from vwt_jax.models.maskgit_vqgan import MaskGitVQGANConfig
 from vwt_jax.models.quantizers import VectorQuantizer
 from vwt_jax.models.titok import TiTok, TiTokConfig
@@ -57,7 +58,10 @@ def test_family_runs_under_jit(family):
     assert recon is None and decoded is None
   else:
     assert recon.shape == IMAGES.shape and bool(jnp.all(jnp.isfinite(recon)))
-    np.testing.assert_allclose(decoded, recon, atol=1e-5)
+    # The same decoder on the same codes, fused differently by XLA: the
+    # longest reduction is the 1024-code proxy mix; 1 decoder block (5 dots)
+    # and the pixel decoder's 9 convs follow each other.
+    helpers.assert_allclose_f32(decoded, recon, reduction=1024, depth=14)
   if config.is_legacy:
     assert aux["proxy_logits"].shape == (2, 4, 4, 1024)
   if config.quantize_mode == "vq":

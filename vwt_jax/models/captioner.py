@@ -1,6 +1,6 @@
 """A Vriptor-style video captioner: CLIP ViT per frame -> projector -> LLaMA decoder.
 
-Vriptor (`shared/docs/vript.md` §3) is ST-LLM: EVA ViT-g, an InstructBLIP
+Vriptor (the Vript paper's captioner) is ST-LLM: EVA ViT-g, an InstructBLIP
 Q-Former and Vicuna-7B. Here the three parts are this library's own, each
 loadable from Hugging Face-format weights:
 

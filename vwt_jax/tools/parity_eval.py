@@ -1,4 +1,4 @@
-"""`parity adm-eval`: the ADM evaluator's metrics against `shared/fixtures/eval`.
+"""`parity adm-eval`: the ADM evaluator's metrics against `tests/fixtures/eval`.
 
 Files: `fid_cases.npz`, `prec_recall_cases.npz`, `is_cases.npz`,
 `resize_cases.npz` (cases `c{i}_*`, any number of them) and `eval_meta.json`
@@ -42,9 +42,9 @@ FID_RANK_DEFICIENT_TOL = dict(atol=0.0, rtol=1e-4)
 FID_SAME_TOL = dict(atol=1e-6, rtol=0.0)
 # Radii are float16 values. TF-CPU's half arithmetic rounds the norms and the
 # dot product differently from the exactly-rounded emulation; each is up to
-# ~2.4e-3 from the float64 distance on the shared fixtures, so the two may
-# differ by ~5 float16 ulps (2^-10 relative at the bottom of a binade), more
-# than the README's 3e-3 (3.2e-3 is seen on `default_batches`).
+# ~2.4e-3 from the float64 distance on the fixtures, so the two may differ
+# by ~5 float16 ulps (2^-10 relative at the bottom of a binade): 3.2e-3 is
+# seen on `default_batches`.
 RADII_FP16_TOL = dict(atol=0.0, rtol=5e-3)
 RADII_FP32_TOL = dict(atol=0.0, rtol=1e-5)
 PD_FP16_RTOL_OF_MAX = 3e-3

@@ -1,6 +1,6 @@
 """Character-exact parity of `vwt_jax.data.vript.formats` with the official builders.
 
-`formats.json` (fixture README: shared/fixtures/vript) holds the output of the
+`formats.json` (tests/fixtures/README.md) holds the output of the
 official `build_training_vript_stage{1,2}_{single,concat}.py` on the fixture
 annotations, with the patches recorded per entry: fixed windows, stage-2 random
 filters removed, and for `multi_scene` the voice-over branch forced off. Every

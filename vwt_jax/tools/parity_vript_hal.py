@@ -1,6 +1,6 @@
 """`parity vript-hal`: our Vript-HAL against the official scorer's outputs.
 
-`hal_cases.jsonl` (fixture README: shared/fixtures/vript) holds per case the
+`hal_cases.jsonl` (tests/fixtures/README.md) holds per case the
 return values of the unmodified official `HallucinationScorer` for each
 configuration, with its word sets; `hal_aggregate.json` the official printout
 on the single-GT non-failing cases (a) and plain means over the non-failing (b)

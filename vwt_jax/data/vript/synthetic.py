@@ -1,8 +1,8 @@
 """Synthetic Vript: procedurally rendered videos in the real Vript layout.
 
 `generate(root, ...)` writes a small dataset that looks exactly like the
-extracted Hugging Face `Mutonix/Vript` release (see `shared/docs/vript.md` §1
-and `shared/fixtures/vript/annotations/`):
+extracted Hugging Face `Mutonix/Vript` release (docs/vript.md, and the
+fixture layout in `tests/fixtures/vript/annotations/`):
 
   vript_captions/vript_{long,short}_videos_captions/{video_id}_caption.json
   vript_captions/vript_{long,short}_videos_captions.jsonl
