@@ -6,7 +6,7 @@ and prints one JSON line: tokens per image, held-out loss per token and per
 image (nats), next-token accuracy, train steps/s, and KV-cache sampling
 throughput (images/s, with guidance, tokenizer decoding excluded). The loss
 per image is the comparable quality number across tokenizations (a code
-sequence's negative log-likelihood); FID arrives with the evaluation milestone.
+sequence's negative log-likelihood); for FID see vwt_jax.sample_eval.
 
   python benchmarks/titok_vs_grid_ar.py --codes demo_workdir/codes,/tmp/vq_codes \
       --steps 600 --workdir /tmp/ar_compare

@@ -20,7 +20,8 @@ class count and the RoPE layout come from that dataset's metadata.json).
 
 The argument is `VARIANT[,cond=c2i|t2i]`. Variants: tiny (CPU demo), B (111M),
 L (343M), XL (775M), XXL (1.4B), 3B (3.1B; head_dim 100), with the paper's
-batch size and learning rate per size (maintainers' issue #8). t2i conditions
+batch size and learning rate per size (as the LlamaGen authors give them in
+FoundationVision/LlamaGen GitHub issue #8). t2i conditions
 on FLAN-T5-XL features (2048-d, 120 tokens), except `tiny,cond=t2i`, whose
 caption width and length are those of its code dataset's caption encoder.
 """
@@ -32,7 +33,7 @@ from vwt_jax.models import gpt
 from vwt_jax.training import loop
 from vwt_jax.training import optimizer
 
-# name: (global batch, lr) of the released c2i models (maintainers' issue #8);
+# name: (global batch, lr) of the released c2i models (LlamaGen GitHub issue #8);
 # layers, heads and width come from `gpt.GPT_VARIANTS`.
 RECIPES = {
     "B": (256, 1e-4),

@@ -4,15 +4,24 @@ r"""Trains any vwt_jax model family from a config.
       [--config.total_steps=1000 ...]
 
 The run resumes from the newest checkpoint in --workdir when there is one.
+Settings of the loop (steps, learning rate, batch size, frequencies) may
+change on a restart; what decides the shapes of the saved state (the model,
+its tokenizer, image size, ...: `STRUCTURAL_KEYS`) may not. One job at a time
+trains in a folder: it holds --workdir/lock while it runs.
 """
 
+import contextlib
 import importlib
 import json
+import os
+from typing import Any
 
 from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
+from flax import traverse_util
+import jax
 from ml_collections import config_flags
 
 from vwt_jax.core import distributed
@@ -28,19 +37,86 @@ TRAINERS = {
 }
 
 
+CONFIG_FILE = "config.json"
+LOCK_FILE = "lock"
+# Config keys (dotted; one ending in '.' covers its section) that decide the
+# shapes or layout of a run's saved state, or what its codes mean: the model
+# and the networks trained beside it, the tokenizer (vocabulary), the code
+# dataset (vocabulary, code length, classes), the image size, the weights the
+# model is built from, what is frozen, the parameter dtype. `ema_decay`
+# counts only when it switches the EMA copy on or off.
+STRUCTURAL_KEYS = ("trainer", "recipe", "param_dtype", "model.", "discriminator.", "teacher.",
+                   "tokenizer.", "init.", "data.dir", "data.image_size", "train.freeze")
+
+
+class ConfigChangedError(ValueError):
+  """A restart of a run folder with a config of another model."""
+
+
+def _config_json(config) -> str:
+  return json.dumps(config.to_dict(), indent=2, default=list)
+
+
 def save_config(config, workdir: str) -> None:
-  path = epath.Path(workdir)
-  path.mkdir(parents=True, exist_ok=True)
-  (path / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=list))
+  """Writes `workdir/config.json` whole or not at all."""
+  files.makedirs(workdir)
+  files.write_text(os.path.join(workdir, CONFIG_FILE), _config_json(config))
+
+
+def _is_structural(key: str, old: Any, new: Any) -> bool:
+  if key == "ema_decay":
+    return bool(old) != bool(new)
+  return any(key == k or (k.endswith(".") and key.startswith(k)) for k in STRUCTURAL_KEYS)
+
+
+def check_restart(config, workdir: str) -> None:
+  """Refuses to resume `workdir` with a config whose state has other shapes.
+
+  Compares `config` with the `config.json` a previous start saved there (if
+  any). Keys only one of them has come from another version of the code and
+  are not compared. Other changes are logged: the run resumes with them.
+
+  Raises:
+    ConfigChangedError: a `STRUCTURAL_KEYS` value differs; the message lists
+      every such key with its old and new value.
+  """
+  path = epath.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    return
+  old = traverse_util.flatten_dict(json.loads(files.read_text(path)), sep=".")
+  # Through JSON, as saved: tuples become lists.
+  new = traverse_util.flatten_dict(json.loads(_config_json(config)), sep=".")
+  changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
+  structural = {k: v for k, v in changed.items() if _is_structural(k, *v)}
+  listed = lambda keys: "\n".join(f"  {k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in keys)
+  if structural:
+    raise ConfigChangedError(
+        f"{path}: the run in this folder cannot be resumed with this config, which changes "
+        f"what its checkpoints hold:\n{listed(structural)}\nTo resume the run, give it its "
+        "own config (drop these overrides); to train this config, use a new --workdir (add "
+        f"--config.init_from={workdir} to start from this run's weights where their shapes "
+        "allow).")
+  if changed:
+    logging.warning("%s: resuming with changed settings:\n%s", path, listed(changed))
 
 
 def run(config, workdir: str):
-  """Dispatches on `config.trainer`; importable for notebooks and tests."""
+  """Dispatches on `config.trainer`; importable for notebooks and tests.
+
+  Checks a restart against the saved config (`check_restart`) before writing
+  anything, then holds `workdir/lock` (`files.lock`) while it trains. The
+  processes of a multi-process job share the folder: process 0 takes the lock.
+  """
   if config.trainer not in TRAINERS:
     raise ValueError(f"config.trainer={config.trainer!r}: expected one of {sorted(TRAINERS)}")
   module = importlib.import_module(TRAINERS[config.trainer])
-  save_config(config, workdir)
-  return module.train(config, workdir)
+  check_restart(config, workdir)
+  files.makedirs(workdir)
+  locked = (files.lock(os.path.join(workdir, LOCK_FILE)) if jax.process_index() == 0
+            else contextlib.nullcontext())
+  with locked:
+    save_config(config, workdir)
+    return module.train(config, workdir)
 
 
 def define_flags():
@@ -56,7 +132,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
   logging.info("config:\n%s", FLAGS.config)
-  run(FLAGS.config, files.absolute(FLAGS.workdir))
+  try:
+    run(FLAGS.config, files.absolute(FLAGS.workdir))
+  except (ConfigChangedError, files.LockedError) as e:
+    # A choice of --workdir or --config to change, not a fault to trace.
+    raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

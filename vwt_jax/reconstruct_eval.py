@@ -36,6 +36,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from vwt_jax.core import distributed
+from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import pipeline
 from vwt_jax.evaluation import adm_npz
@@ -114,9 +115,7 @@ def run(config, checkpoint: str, output_dir: str, *, split: str = "validation",
     paths = {n: os.path.join(output_dir, f"{n}.npz") for n in names}
     if jax.process_index() == 0:
       for name in names:
-        tmp = os.path.join(output_dir, f".{name}.tmp.npz")
-        adm_npz.write_samples(tmp, arrays[name])
-        os.replace(tmp, paths[name])
+        adm_npz.write_samples(paths[name], arrays[name])
   finally:
     arrays.clear()
     for path in buffers.values():
@@ -126,7 +125,7 @@ def run(config, checkpoint: str, output_dir: str, *, split: str = "validation",
   result = {"checkpoint": checkpoint, "split": split, "quantization": QUANTIZATION,
             **paths, **metrics, "notes": notes}
   if jax.process_index() == 0:
-    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as f:
+    with files.write_file(os.path.join(output_dir, "metrics.json")) as f:
       json.dump(result, f, indent=2)
     print(format_report(metrics, notes))
   return result

@@ -33,6 +33,7 @@ For FID runs (50 per class, resumable, scored) see `vwt_jax.sample_eval`.
 
 import json
 import os
+from typing import Any, Callable, Optional
 
 from absl import app
 from absl import flags
@@ -48,6 +49,7 @@ from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import caption_features
 from vwt_jax.data.vript import clip_source
+from vwt_jax.evaluation import adm_npz
 from vwt_jax.evaluation import reconstruction as recon_eval
 from vwt_jax.models import gpt as gpt_lib
 from vwt_jax.training import generator as generator_lib
@@ -57,6 +59,20 @@ FLAGS = flags.FLAGS
 # Captions need about 20 characters per line: smaller samples are enlarged
 # (nearest neighbour) to this many pixels in the captioned grid.
 _MIN_CAPTION_CELL = 128
+# The `sample_codes` setting each sampler flag overrides.
+_FLAG_SETTINGS = {"cfg": "cfg_scale", "cfg_interval": "cfg_interval",
+                  "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
+
+
+class SettingsError(ValueError):
+  """A setting the generator cannot sample with; the command lines report it as a
+  usage error, before any weights are read."""
+
+
+def check_flag(ok: bool, name: str, value: Any, allowed: str) -> None:
+  """Raises `SettingsError` "NAME=VALUE: expected ALLOWED" unless `ok`."""
+  if not ok:
+    raise SettingsError(f"{name}={value!r}: expected {allowed}")
 
 
 def define_sampling_flags():
@@ -73,9 +89,54 @@ def define_sampling_flags():
 
 def sampling_overrides() -> dict:
   """The sampler settings given on the command line, as `sample_codes` kwargs."""
-  return {k: v for k, v in dict(
-      cfg_scale=FLAGS.cfg, cfg_interval=FLAGS.cfg_interval, temperature=FLAGS.temperature,
-      top_k=FLAGS.top_k, top_p=FLAGS.top_p).items() if v is not None}
+  return {setting: FLAGS[flag].value for flag, setting in _FLAG_SETTINGS.items()
+          if FLAGS[flag].value is not None}
+
+
+def check_sampling(trainer, overrides: dict[str, Any], *, batch_size: int, resize: int,
+                   seed: int) -> None:
+  """Checks what `sample` is given against the generator's sampler.
+
+  `overrides` are `sample_codes` settings given as flags (named by their flag
+  in messages); the sampler's other settings come from `config.sampling`.
+
+  Raises:
+    SettingsError: naming the first setting the generator cannot use.
+  """
+  check_flag(batch_size >= 1, "--batch_size", batch_size, ">= 1 images per call")
+  check_flag(resize >= 0, "--resize", resize, "a size in pixels >= 0 (0 = keep)")
+  check_flag(seed >= 0, "--seed", seed, "a seed >= 0")
+  arch = trainer.arch
+  rules = arch.sampling_rules()
+  flag_of = {setting: f"--{flag}" for flag, setting in _FLAG_SETTINGS.items()}
+  for key, value in overrides.items():
+    if key not in rules:
+      raise SettingsError(f"{flag_of.get(key, key)}={value!r}: the sampler of the "
+                          f"{arch.description} has no {key}; it reads {sorted(rules)}")
+  settings = {**trainer.config.sampling.to_dict(), **overrides}
+  for key, (test, allowed) in rules.items():
+    name = flag_of.get(key, key) if key in overrides else f"config.sampling.{key}"
+    check_flag(test(settings[key]), name, settings[key], f"{allowed} for the {arch.description}")
+
+
+def class_ids(trainer, values, name: str) -> list[int]:
+  """`values` (ints or their strings) as class ids of the generator.
+
+  Raises:
+    SettingsError: naming `name`, for an empty list or a value that is not a class.
+  """
+  num = trainer.arch.num_classes
+  if not values:
+    raise SettingsError(f"{name} is empty: expected class ids 0..{num - 1}")
+  for value in values:
+    try:
+      ok = 0 <= int(value) < num
+    except (TypeError, ValueError):
+      ok = False
+    if not ok:
+      raise SettingsError(f"{name}: {value} is not a class of this generator ({num} "
+                          f"classes: 0..{num - 1})")
+  return [int(value) for value in values]
 
 
 def define_flags():
@@ -106,9 +167,16 @@ def define_flags():
   flags.mark_flags_as_required(["checkpoint"])
 
 
-def load(config, checkpoint: str, mesh=None):
-  """(generator trainer, its parameters placed on the mesh) for sampling."""
+def load(config, checkpoint: str, mesh=None,
+         check: Optional[Callable[[generator_lib.GeneratorTrainer], None]] = None):
+  """(generator trainer, its parameters placed on the mesh) for sampling.
+
+  `check(trainer)` runs before the weights are read, so that settings the
+  generator cannot use fail before minutes of loading.
+  """
   trainer = generator_lib.GeneratorTrainer(config, workdir="", mesh=mesh)
+  if check is not None:
+    check(trainer)
   params = jax.device_put(trainer.arch.load_pretrained(checkpoint),
                           trainer.param_shardings)
   return trainer, params
@@ -205,8 +273,7 @@ def caption_conditions(encoder: caption_features.CaptionFeatureEncoder,
 
 def captions_grid(images: np.ndarray, captions: list[str], per_caption: int) -> np.ndarray:
   """One cell per sample with its caption under it; a row per caption if per_caption > 1."""
-  scale = max(1, -(-_MIN_CAPTION_CELL // images.shape[1]))
-  cells = images.repeat(scale, axis=1).repeat(scale, axis=2)
+  cells = recon_eval.upscale(images, _MIN_CAPTION_CELL)
   columns = per_caption if per_caption > 1 else min(4, len(images))
   return recon_eval.captioned_grid(cells, captions, columns=columns)
 
@@ -219,39 +286,70 @@ def _square_grid(images: np.ndarray, limit: int) -> np.ndarray:
       cols, cols, *images.shape[1:])))
 
 
+def _grid_classes(config) -> tuple[list, str]:
+  """The classes of the grid rows and what set them."""
+  if FLAGS.classes is not None:
+    return FLAGS.classes, "--classes"
+  return list(config.sampling.classes), "config.sampling.classes"
+
+
+def _check_counts() -> None:
+  """Checks the flags that need no model."""
+  if FLAGS.captions and FLAGS.captions_from:
+    raise SettingsError("--captions and --captions_from exclude each other")
+  for name, ok, allowed in (
+      ("per_class", FLAGS.per_class >= 1, ">= 1 samples per class"),
+      ("num_samples", FLAGS.num_samples >= 0, ">= 0 (0 = sample --classes)"),
+      ("per_caption", FLAGS.per_caption >= 1, ">= 1 samples per caption"),
+      ("num_captions", FLAGS.num_captions >= 1, ">= 1 captions"),
+      ("caption_length", FLAGS.caption_length >= 0,
+       ">= 0 tokens (0 = the generator's prefix length)"),
+      ("grid_max", FLAGS.grid_max >= 1, ">= 1 images")):
+    check_flag(ok, f"--{name}", FLAGS[name].value, allowed)
+
+
+def _check_with_model(trainer) -> None:
+  """Checks the flags against the generator (`load`'s check)."""
+  check_sampling(trainer, sampling_overrides(), batch_size=FLAGS.batch_size,
+                 resize=FLAGS.resize, seed=FLAGS.seed)
+  if not trainer.arch.conditional_on_class:
+    if not (FLAGS.captions or FLAGS.captions_from):
+      raise SettingsError("a t2i generator samples from --captions or --captions_from")
+  elif FLAGS.captions or FLAGS.captions_from:
+    raise SettingsError("captions need a t2i generator (config.model.model_type='t2i')")
+  elif not FLAGS.num_samples:
+    class_ids(trainer, *_grid_classes(trainer.config))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.captions and FLAGS.captions_from:
-    raise app.UsageError("--captions and --captions_from exclude each other")
-  if FLAGS.per_caption < 1:
-    raise app.UsageError(f"--per_caption={FLAGS.per_caption} must be positive")
-  distributed.initialize()
-  config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
-  trainer, params = load(config, FLAGS.checkpoint)
+  try:
+    _check_counts()
+    distributed.initialize()
+    config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
+    trainer, params = load(config, FLAGS.checkpoint, check=_check_with_model)
+  except SettingsError as e:
+    raise app.UsageError(str(e)) from e
   overrides = sampling_overrides()
   kwargs = dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, resize=FLAGS.resize, **overrides)
   captions = rows = None
   if not trainer.arch.conditional_on_class:
     if FLAGS.captions:
       captions = read_captions(FLAGS.captions)
-    elif FLAGS.captions_from:
-      captions = vript_captions(FLAGS.captions_from, FLAGS.num_captions)
     else:
-      raise app.UsageError("a t2i generator samples from --captions or --captions_from")
+      captions = vript_captions(FLAGS.captions_from, FLAGS.num_captions)
     captions = [c for c in captions for _ in range(FLAGS.per_caption)]
     encoder = caption_encoder(trainer, FLAGS.caption_encoder, FLAGS.caption_encoder_dir,
                               FLAGS.caption_length)
     cond, emb_mask = caption_conditions(encoder, captions)
     images = sample(trainer, params, cond, emb_mask=emb_mask, **kwargs)
   else:
-    if FLAGS.captions or FLAGS.captions_from:
-      raise app.UsageError("captions need a t2i generator (config.model.model_type='t2i')")
     if FLAGS.num_samples:
       rng = np.random.default_rng(FLAGS.seed)
       labels = rng.integers(0, trainer.arch.num_classes, FLAGS.num_samples)
     else:
-      classes = [int(c) for c in (FLAGS.classes or config.sampling.classes)]
+      classes = class_ids(trainer, *_grid_classes(config))
       labels = np.repeat(np.asarray(classes), FLAGS.per_class)
       rows = len(classes)
     images = sample(trainer, params, labels.astype(np.int32), **kwargs)
@@ -273,11 +371,11 @@ def main(argv):
     written["grid"] = output
   if FLAGS.npz:
     files.makedirs(os.path.dirname(files.absolute(FLAGS.npz)))
-    # A file object keeps np.savez from appending ".npz" to the given name.
-    with files.write_file(FLAGS.npz, "wb") as f:
-      if captions is None:
-        np.savez(f, arr_0=images, arr_1=labels.astype(np.int64))
-      else:
+    if captions is None:
+      adm_npz.write_samples(FLAGS.npz, images, labels.astype(np.int64))
+    else:
+      # A file object keeps np.savez from appending ".npz" to the given name.
+      with files.write_file(FLAGS.npz, "wb") as f:
         np.savez(f, arr_0=images, captions=np.asarray(captions))
     written["npz"] = FLAGS.npz
   logging.info("wrote %s", written)

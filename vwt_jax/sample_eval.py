@@ -110,19 +110,8 @@ def check_settings(output_dir: str, settings: dict[str, Any]) -> None:
 
 
 def _write_json(path: str, value: Any) -> None:
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with files.write_file(path) as f:
     json.dump(value, f, indent=2)
-  os.replace(tmp, path)
-
-
-def _write_shard(path: str, images: np.ndarray, labels: np.ndarray) -> None:
-  # A shard exists under its final name only once complete: a killed job leaves
-  # at most a temporary file, which the rerun overwrites.
-  tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-  with open(tmp, "wb") as f:
-    np.savez(f, arr_0=images, arr_1=labels.astype(np.int64))
-  os.replace(tmp, path)
 
 
 def generate_shards(trainer, params, output_dir: str, labels: np.ndarray, *, shard_size: int,
@@ -152,7 +141,9 @@ def generate_shards(trainer, params, output_dir: str, labels: np.ndarray, *, sha
       chunk = labels[i * shard_size:(i + 1) * shard_size]
       images = sample_lib.sample(trainer, params, chunk, key=jax.random.fold_in(key, i),
                                  batch_size=batch, resize=resize, bar=bar, **overrides)
-      _write_shard(shard_path(output_dir, i), images, chunk)
+      # A shard exists under its final name only once complete, so a rerun
+      # skips exactly the finished ones.
+      adm_npz.write_samples(shard_path(output_dir, i), images, chunk.astype(np.int64))
   return len(todo)
 
 
@@ -183,9 +174,7 @@ def pack_shards(output_dir: str, labels: np.ndarray, shard_size: int) -> str:
         images = np.lib.format.open_memmap(
             buffer, mode="w+", dtype=np.uint8, shape=(len(labels),) + shard_images.shape[1:])
       images[i * shard_size:i * shard_size + len(shard_images)] = shard_images
-    tmp = os.path.join(output_dir, f".samples.{os.getpid()}.tmp.npz")
-    adm_npz.write_samples(tmp, images, labels.astype(np.int64))
-    os.replace(tmp, out)
+    adm_npz.write_samples(out, images, labels.astype(np.int64))
   finally:
     del images
     if os.path.exists(buffer):
@@ -212,7 +201,14 @@ def run(config, checkpoint: str, output_dir: str, *, per_class: int, reference: 
 
   Returns the summary printed by process 0 (None elsewhere or when stopped by
   `max_shards` before every shard exists).
+
+  Raises:
+    sample.SettingsError: a count or sampler setting the generator cannot
+      use, before its weights are read.
   """
+  sample_lib.check_flag(per_class >= 1, "--per_class", per_class, ">= 1 samples per class")
+  sample_lib.check_flag(shard_size >= 1, "--shard_size", shard_size, ">= 1 samples per shard")
+  sample_lib.check_flag(max_shards >= 0, "--max_shards", max_shards, ">= 0 (0 = all)")
   weights = inception_weights or config.eval.get("inception_weights", "")
   # Checked before hours of sampling, not after.
   for what, path in (("reference batch", reference), ("Inception weights", weights)):
@@ -221,10 +217,15 @@ def run(config, checkpoint: str, output_dir: str, *, per_class: int, reference: 
   if mesh is None and jax.process_count() > 1:
     # Each process samples its own shards: a mesh over its own devices.
     mesh = sharding_lib.create_mesh(config.mesh_shape, jax.local_devices())
-  trainer, params = sample_lib.load(config, checkpoint, mesh)
-  if not trainer.arch.conditional_on_class:
-    raise ValueError(f"{checkpoint}: sample_eval draws per-class samples; this generator is "
-                     "not class-conditional")
+
+  def check(trainer):
+    if not trainer.arch.conditional_on_class:
+      raise sample_lib.SettingsError(f"{checkpoint}: sample_eval draws per-class samples; "
+                                     "this generator is not class-conditional")
+    sample_lib.check_sampling(trainer, overrides, batch_size=batch_size, resize=resize,
+                              seed=seed)
+
+  trainer, params = sample_lib.load(config, checkpoint, mesh, check=check)
   labels = class_labels(trainer.arch.num_classes, per_class)
   batch = sample_lib.global_batch_size(trainer, batch_size)
   shard_size = -(-shard_size // batch) * batch
@@ -279,10 +280,13 @@ def main(argv):
   distributed.initialize()
   config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
   overrides = sample_lib.sampling_overrides()
-  run(config, FLAGS.checkpoint, FLAGS.output_dir, per_class=FLAGS.per_class,
-      reference=FLAGS.reference, inception_weights=FLAGS.inception_weights, seed=FLAGS.seed,
-      batch_size=FLAGS.batch_size, resize=FLAGS.resize, shard_size=FLAGS.shard_size,
-      max_shards=FLAGS.max_shards, **overrides)
+  try:
+    run(config, FLAGS.checkpoint, FLAGS.output_dir, per_class=FLAGS.per_class,
+        reference=FLAGS.reference, inception_weights=FLAGS.inception_weights,
+        seed=FLAGS.seed, batch_size=FLAGS.batch_size, resize=FLAGS.resize,
+        shard_size=FLAGS.shard_size, max_shards=FLAGS.max_shards, **overrides)
+  except sample_lib.SettingsError as e:
+    raise app.UsageError(str(e)) from e
 
 
 if __name__ == "__main__":

@@ -2,18 +2,25 @@
 
 import json
 import os
+import re
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
 
-from helpers import save_random_generator_run, save_random_titok_run
+from helpers import load_config, save_random_generator_run, save_random_titok_run
 from helpers import tiny_titok_config
 from vwt_jax import sample as sample_lib
 from vwt_jax import sample_eval
 from vwt_jax.data import codes
 from vwt_jax.evaluation import adm_npz
+from vwt_jax.training import generator as generator_lib
 
 NUM_CLASSES, PER_CLASS, SHARD = 3, 8, 8
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+GPT = "the LlamaGen GPT tiny (c2i, 1D RoPE)"
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +112,121 @@ def test_run_without_weights_writes_samples_and_says_what_is_missing(generator_r
   with pytest.raises(ValueError, match=r"cfg_scale.*use another --output_dir"):
     sample_eval.run(config, run, out, per_class=2, shard_size=SHARD, batch_size=8,
                     cfg_scale=1.0)
+
+
+def _command(module, *args, cwd):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=cwd,
+                        capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "5000"], "--classes: 5000 is not a class of this generator (3 classes: 0..2)"),
+    (["--classes", "1,-1"], "--classes: -1 is not a class of this generator (3 classes: 0..2)"),
+    (["--batch_size", "0"], "--batch_size=0: expected >= 1 images per call"),
+    (["--per_class", "0"], "--per_class=0: expected >= 1 samples per class"),
+    (["--cfg", "-3"], f"--cfg=-3.0: expected a guidance scale >= 1 (1 = no guidance) for {GPT}"),
+])
+def test_sample_refuses_what_the_generator_cannot_sample(generator_run, tmp_path, args,
+                                                         message):
+  _, run = generator_run
+  result = _command("vwt_jax.sample", "--checkpoint", run, *args, "--npz", "samples.npz",
+                    cwd=tmp_path)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.rstrip().endswith("\n" + message), result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert not os.listdir(tmp_path)  # neither samples.png nor samples.npz
+
+
+def test_sample_eval_refuses_settings_before_writing_anything(generator_run, tmp_path):
+  _, run = generator_run
+  result = _command("vwt_jax.sample_eval", "--checkpoint", run, "--output_dir", "out",
+                    "--top_p", "2", cwd=tmp_path)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert result.stderr.rstrip().endswith(
+      f"\n--top_p=2.0: expected 0 < top_p <= 1 (1 = off) for {GPT}"), result.stderr[-3000:]
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("overrides, counts, message", [
+    (dict(top_k=65), {}, f"--top_k=65: expected 0 (keep all) to 64 (the vocabulary) for {GPT}"),
+    (dict(top_p=0.0), {}, "--top_p=0.0: expected 0 < top_p <= 1 (1 = off)"),
+    (dict(temperature=0.0), {}, "--temperature=0.0: expected a temperature > 0"),
+    (dict(cfg_interval=-2), {}, "--cfg_interval=-2: expected -1 (guide every token) or k >= 0"),
+    (dict(num_steps=8), {}, f"num_steps=8: the sampler of {GPT} has no num_steps; it reads "
+     "['cfg_interval', 'cfg_scale', 'temperature', 'top_k', 'top_p']"),
+    ({}, dict(resize=-1), "--resize=-1: expected a size in pixels >= 0 (0 = keep)"),
+    ({}, dict(seed=-1), "--seed=-1: expected a seed >= 0"),
+])
+def test_sampler_settings_are_checked_against_the_gpt(loaded, overrides, counts, message):
+  trainer, _ = loaded
+  counts = {"batch_size": 1, "resize": 0, "seed": 0, **counts}
+  with pytest.raises(sample_lib.SettingsError, match="^" + re.escape(message)):
+    sample_lib.check_sampling(trainer, overrides, **counts)
+
+
+def test_the_edges_of_the_valid_settings_pass(loaded):
+  trainer, _ = loaded
+  sample_lib.check_sampling(trainer, dict(top_k=64, top_p=1.0, cfg_scale=1.0, cfg_interval=-1,
+                                          temperature=1e-3), batch_size=1, resize=0, seed=0)
+  assert sample_lib.class_ids(trainer, ["0", "2"], "--classes") == [0, 2]
+  with pytest.raises(sample_lib.SettingsError,
+                     match=r"^--classes: x is not a class of this generator \(3 classes: 0..2\)$"):
+    sample_lib.class_ids(trainer, ["x"], "--classes")
+  with pytest.raises(sample_lib.SettingsError,
+                     match=r"^config.sampling.classes is empty: expected class ids 0..2$"):
+    sample_lib.class_ids(trainer, [], "config.sampling.classes")
+
+
+def test_settings_from_the_config_are_named_by_their_key(loaded):
+  trainer, _ = loaded
+  config = trainer.config.copy_and_resolve_references()
+  config.sampling.top_k = 1000
+  with pytest.raises(sample_lib.SettingsError,
+                     match=re.escape("config.sampling.top_k=1000: expected 0 (keep all) to 64")):
+    sample_lib.check_sampling(types.SimpleNamespace(arch=trainer.arch, config=config), {},
+                              batch_size=1, resize=0, seed=0)
+
+
+def test_guidance_needs_a_null_class_and_maskgit_has_its_own_settings(loaded, generator_run):
+  trainer, _ = loaded
+  config = trainer.config.copy_and_resolve_references()
+  config.model.class_dropout_prob = 0.0
+  unguided = types.SimpleNamespace(
+      arch=generator_lib.Autoregressive(config, trainer.metadata), config=config)
+  sample_lib.check_sampling(unguided, {"cfg_scale": 1.0}, batch_size=1, resize=0, seed=0)
+  with pytest.raises(sample_lib.SettingsError, match=re.escape(
+      "--cfg=2.0: expected 1 (no guidance): this GPT was trained without class dropout")):
+    sample_lib.check_sampling(unguided, {"cfg_scale": 2.0}, batch_size=1, resize=0, seed=0)
+
+  config = load_config("maskgit.py", "tiny")
+  masked = types.SimpleNamespace(arch=generator_lib.Masked(config, trainer.metadata),
+                                 config=config)
+  # MaskGIT's constant and linear decays take scale 0 for the conditional pass alone.
+  sample_lib.check_sampling(masked, {"cfg_scale": 0.0}, batch_size=1, resize=0, seed=0)
+  with pytest.raises(sample_lib.SettingsError, match=re.escape(
+      "--top_k=5: the sampler of the MaskGIT ViT generator tiny has no top_k; it reads "
+      "['cfg_scale', 'guidance_decay', 'guidance_scale_pow', 'num_steps', "
+      "'randomize_temperature', 'softmax_temperature_annealing']")):
+    sample_lib.check_sampling(masked, {"top_k": 5}, batch_size=1, resize=0, seed=0)
+  with pytest.raises(sample_lib.SettingsError, match=re.escape(
+      "--cfg=-1.0: expected a guidance scale >= 0 for the MaskGIT ViT generator tiny")):
+    sample_lib.check_sampling(masked, {"cfg_scale": -1.0}, batch_size=1, resize=0, seed=0)
+
+
+def test_sample_eval_checks_its_settings_before_reading_weights(generator_run, tmp_path,
+                                                               monkeypatch):
+  config, run = generator_run
+
+  def unreachable(self, path):
+    raise AssertionError(f"read the weights of {path}")
+
+  monkeypatch.setattr(generator_lib.Autoregressive, "load_pretrained", unreachable)
+  out = str(tmp_path / "eval")
+  for kwargs, message in ((dict(per_class=0), "--per_class=0: expected >= 1 samples per class"),
+                          (dict(per_class=1, batch_size=0), "--batch_size=0: expected >= 1"),
+                          (dict(per_class=1, cfg_scale=-3.0), "--cfg=-3.0: expected a guidance")):
+    with pytest.raises(sample_lib.SettingsError, match="^" + re.escape(message)):
+      sample_eval.run(config, run, out, **kwargs)
+  assert not os.path.exists(out)

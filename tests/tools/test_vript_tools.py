@@ -48,13 +48,15 @@ def test_preview_shows_each_clip_with_its_caption(root, tmp_path):
   out = str(tmp_path / "preview.png")
   assert preview_vript.preview(root, out, num_clips=5, columns=3, cell=64) == 5
   picture = np.asarray(Image.open(out))
-  cell_h = reconstruction.caption_cell_height(64)
-  assert picture.shape == (2 * cell_h, 3 * 64, 3)
+  # 64-px frames are shown twice as large (reconstruction.MIN_CELL_SIZE).
+  size = 128
+  cell_h = reconstruction.caption_cell_height(size)
+  assert picture.shape == (2 * cell_h, 3 * size, 3)
   # Frames above, dark text on white below, an empty white sixth cell.
-  assert picture[:64, :64].std() > 0
-  text = picture[64:cell_h, :64]
+  assert picture[:size, :size].std() > 0
+  text = picture[size:cell_h, :size]
   assert (text < 128).any() and np.median(text) == 255
-  assert (picture[cell_h:, 2 * 64:] == 255).all()
+  assert (picture[cell_h:, 2 * size:] == 255).all()
 
 
 def test_baselines_pair_each_clip_with_itself_and_another_video(root, tmp_path):

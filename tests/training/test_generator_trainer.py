@@ -49,8 +49,8 @@ def test_train_writes_checkpoints_metrics_and_samples(arg, code_dir, tmp_path):
   assert result["step"] == 4
   assert np.isfinite(result["train"]["loss"]) and np.isfinite(result["eval"]["eval_loss"])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-  # 3 classes x 2 samples of 16 px: one row per class.
-  assert Image.open(os.path.join(workdir, "samples.png")).size == (2 * 16, 3 * 16)
+  # 3 classes x 2 samples of 16 px, each shown 6x (96 px): one row per class.
+  assert Image.open(os.path.join(workdir, "samples.png")).size == (2 * 96, 3 * 96)
   with open(os.path.join(workdir, "summary.txt"), encoding="utf-8") as f:
     assert f"{SEQ_LEN} tokens of {VOCAB} codes" in f.read()
 

@@ -74,9 +74,9 @@ def _layer(sd: ts.StateDictReader, i: int, config: LlamaLMConfig) -> dict:
   mlp = f"{p}.mlp"
   return {
       "attention": {
-          "wqkv": {"kernel": _wqkv(sd.get(f"{attn}.q_proj.weight"), sd.get(f"{attn}.k_proj.weight"),
-                                   sd.get(f"{attn}.v_proj.weight"), config)},
-          "wo": {"kernel": _wo(sd.get(f"{attn}.o_proj.weight"), config)},
+          "wqkv": {"kernel": _wqkv(*(sd.get(f"{attn}.{n}_proj.weight", ndim=2) for n in "qkv"),
+                                   config)},
+          "wo": {"kernel": _wo(sd.get(f"{attn}.o_proj.weight", ndim=2), config)},
       },
       "feed_forward": {
           "w1": ts.linear(sd, f"{mlp}.gate_proj", bias=False),

@@ -152,7 +152,7 @@ def convert_fid_helper(state_dict: Mapping[str, Any]) -> Flat:
   flat: Flat = {}
   for scope in conv_scopes():
     m = _fid_helper_module(scope)
-    _add_layer(flat, scope, _oihw_to_hwio(sd.get(f"{m}.weight")), sd.get(f"{m}.beta"),
+    _add_layer(flat, scope, _oihw_to_hwio(sd.get(f"{m}.weight", ndim=4)), sd.get(f"{m}.beta"),
                sd.get(f"{m}.mean"), sd.get(f"{m}.var"))
   return _check(flat, sd, with_logits=False)
 
@@ -177,12 +177,12 @@ def convert_pytorch_fid(state_dict: Mapping[str, Any]) -> Flat:
   flat: Flat = {}
   for scope in conv_scopes():
     m = _torchvision_module(scope)
-    _add_layer(flat, scope, _oihw_to_hwio(sd.get(f"{m}.conv.weight")), sd.get(f"{m}.bn.bias"),
-               sd.get(f"{m}.bn.running_mean"), sd.get(f"{m}.bn.running_var"),
-               gamma=sd.get(f"{m}.bn.weight"))
+    _add_layer(flat, scope, _oihw_to_hwio(sd.get(f"{m}.conv.weight", ndim=4)),
+               sd.get(f"{m}.bn.bias"), sd.get(f"{m}.bn.running_mean"),
+               sd.get(f"{m}.bn.running_var"), gamma=sd.get(f"{m}.bn.weight"))
   with_logits = "fc.weight" in sd
   if with_logits:
-    flat[FC_WEIGHTS] = sd.get("fc.weight").T
+    flat[FC_WEIGHTS] = sd.get("fc.weight", ndim=2).T
   ignore = ["fc.bias"] + [k for k in state_dict if k.endswith(".num_batches_tracked")]
   return _check(flat, sd, with_logits, ignore)
 

@@ -50,8 +50,8 @@ def _layer(sd: ts.StateDictReader, i: int, config: GPTConfig) -> dict:
   p = f"layers.{i}"
   return {
       "attention": {
-          "wqkv": {"kernel": _wqkv(sd.get(f"{p}.attention.wqkv.weight"), config)},
-          "wo": {"kernel": _wo(sd.get(f"{p}.attention.wo.weight"), config)},
+          "wqkv": {"kernel": _wqkv(sd.get(f"{p}.attention.wqkv.weight", ndim=2), config)},
+          "wo": {"kernel": _wo(sd.get(f"{p}.attention.wo.weight", ndim=2), config)},
       },
       "feed_forward": {name: ts.linear(sd, f"{p}.feed_forward.{name}", bias=False)
                        for name in ("w1", "w2", "w3")},

@@ -20,7 +20,8 @@ _BERT_BUFFERS = ("model.embeddings.position_ids", "model.embeddings.token_type_i
 def _heads_linear(sd: ts.StateDictReader, prefix: str, num_heads: int, bias: bool = True,
                   rows: slice = slice(None)) -> dict:
   """torch Linear (out,in) -> DenseGeneral kernel (in, heads, head_dim)."""
-  w, b = sd.get(f"{prefix}.weight"), sd.get(f"{prefix}.bias") if bias else None
+  w = sd.get(f"{prefix}.weight", ndim=2)
+  b = sd.get(f"{prefix}.bias", ndim=1) if bias else None
   tree = {}
   if w is not None:
     tree["kernel"] = w[rows].T.reshape(w.shape[1], num_heads, -1)
@@ -32,7 +33,7 @@ def _heads_linear(sd: ts.StateDictReader, prefix: str, num_heads: int, bias: boo
 def _out_proj(sd: ts.StateDictReader, prefix: str, num_heads: int) -> dict:
   """torch Linear (out,in) -> DenseGeneral kernel (heads, head_dim, out)."""
   tree = {}
-  w, b = sd.get(f"{prefix}.weight"), sd.get(f"{prefix}.bias")
+  w, b = sd.get(f"{prefix}.weight", ndim=2), sd.get(f"{prefix}.bias")
   if w is not None:
     tree["kernel"] = w.T.reshape(num_heads, -1, w.shape[0])
   if b is not None:
@@ -42,7 +43,7 @@ def _out_proj(sd: ts.StateDictReader, prefix: str, num_heads: int) -> dict:
 
 def _packed_qkv(sd: ts.StateDictReader, prefix: str, num_heads: int) -> dict:
   """UViT `qkv` (3D, D), no bias, rows [q; k; v] each split by head."""
-  w = sd.get(f"{prefix}.weight")
+  w = sd.get(f"{prefix}.weight", ndim=2)
   if w is None:
     return {}
   third = w.shape[0] // 3

@@ -2,7 +2,9 @@
 
 Converters read keys through a `StateDictReader`, which records which keys were
 missing or never used, then call `check_params` against the model's
-`jax.eval_shape` init so that every problem surfaces in a single error.
+`jax.eval_shape` init so that every problem surfaces in a single error. An
+array that a helper must transpose or split but that has the wrong number of
+dimensions is reported at once, naming its file and key.
 """
 
 import argparse
@@ -18,13 +20,26 @@ from flax import traverse_util
 
 from vwt_jax.core import files
 
-StateDict = dict[str, np.ndarray]
 # Checkpoints saved as {'model': sd} or {'state_dict': sd}.
 _NESTING_KEYS = ("model", "state_dict")
 
 
 class ConversionError(ValueError):
   """A state dict does not match the model it is converted for."""
+
+
+class StateDict(dict):
+  """Arrays by state-dict key, and the file they were read from, for error messages."""
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], path: str):
+    super().__init__(arrays)
+    self.path = path
+
+
+def _type_name(obj) -> str:
+  cls = type(obj)
+  module = "" if cls.__module__ == "builtins" else f"{cls.__module__}."
+  return module + cls.__qualname__
 
 
 def _unwrap(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -46,6 +61,10 @@ def load_state_dict(path: str) -> StateDict:
 
   A URL (`gs://...`) is read whole into memory first: the readers below take
   local paths or in-memory files only.
+
+  Raises:
+    ValueError: an unsupported extension, or a torch file that holds something
+      other than a state dict (e.g. a bare tensor).
   """
   ext = os.path.splitext(path)[1].lower()
   if ext not in (".npz", ".safetensors", ".bin", ".pt", ".pth"):
@@ -53,15 +72,15 @@ def load_state_dict(path: str) -> StateDict:
   source = io.BytesIO(epath.Path(path).read_bytes()) if files.is_remote(path) else path
   if ext == ".npz":
     with np.load(source, allow_pickle=False) as data:
-      return {k: data[k] for k in data.files}
+      return StateDict({k: data[k] for k in data.files}, path)
   if ext == ".safetensors":
     # pylint: disable=g-import-not-at-top
     from safetensors.numpy import load as load_bytes
     from safetensors.numpy import load_file
     # pylint: enable=g-import-not-at-top
     if isinstance(source, io.BytesIO):
-      return dict(_unwrap(load_bytes(source.getvalue())))
-    return dict(_unwrap(load_file(source)))
+      return StateDict(_unwrap(load_bytes(source.getvalue())), path)
+    return StateDict(_unwrap(load_file(source)), path)
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -72,8 +91,12 @@ def load_state_dict(path: str) -> StateDict:
   # weights; allow-listing that one plain class keeps the restricted unpickler.
   with torch.serialization.safe_globals([argparse.Namespace]):
     obj = torch.load(source, map_location="cpu", weights_only=True)
-  return {k: _torch_to_numpy(v) for k, v in _unwrap(obj).items()
-          if isinstance(v, torch.Tensor)}
+  if not isinstance(obj, Mapping):
+    raise ValueError(
+        f"{path} holds a {_type_name(obj)}; expected a state dict (a dict of parameter "
+        f"names to tensors), or a dict holding one under {' or '.join(map(repr, _NESTING_KEYS))}")
+  return StateDict({k: _torch_to_numpy(v) for k, v in _unwrap(obj).items()
+                    if isinstance(v, torch.Tensor)}, path)
 
 
 class StateDictReader:
@@ -83,6 +106,8 @@ class StateDictReader:
     self._sd = {k: np.asarray(v) for k, v in state_dict.items()}
     self._used: set[str] = set()
     self.missing: list[str] = []
+    # What errors name: the file of a `load_state_dict` result.
+    self.source = getattr(state_dict, "path", "") or "the state dict"
 
   def __contains__(self, key: str) -> bool:
     return key in self._sd
@@ -90,13 +115,26 @@ class StateDictReader:
   def has_prefix(self, prefix: str) -> bool:
     return any(k.startswith(prefix) for k in self._sd)
 
-  def get(self, key: str) -> Optional[np.ndarray]:
-    """The array under `key`, or None (recorded as missing)."""
+  def get(self, key: str, ndim: Optional[int] = None) -> Optional[np.ndarray]:
+    """The array under `key`, or None (recorded as missing).
+
+    Args:
+      key: the state-dict key.
+      ndim: the number of dimensions the caller's transpose or reshape needs
+        (a torch Linear weight: 2, a Conv2d weight: 4); None = any.
+
+    Raises:
+      ConversionError: the array has another number of dimensions than `ndim`.
+    """
     if key not in self._sd:
       self.missing.append(key)
       return None
     self._used.add(key)
-    return self._sd[key]
+    array = self._sd[key]
+    if ndim is not None and array.ndim != ndim:
+      raise ConversionError(f"{self.source}: {key} has shape {array.shape} ({array.ndim}-d); "
+                            f"expected a {ndim}-d array")
+    return array
 
   def unused(self) -> list[str]:
     return sorted(set(self._sd) - self._used)
@@ -136,7 +174,7 @@ def reshape_checked(array: Optional[np.ndarray], shape: tuple) -> Optional[np.nd
 def linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch Linear (out,in) -> Dense kernel (in,out)."""
   return _drop_none({
-      "kernel": _apply(sd.get(f"{prefix}.weight"), lambda w: w.T),
+      "kernel": _apply(sd.get(f"{prefix}.weight", ndim=2), lambda w: w.T),
       "bias": sd.get(f"{prefix}.bias") if bias else None,
   })
 
@@ -144,7 +182,8 @@ def linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
 def conv1x1_as_linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch 1x1 Conv2d (O,I,1,1) -> Dense kernel (I,O)."""
   return _drop_none({
-      "kernel": _apply(sd.get(f"{prefix}.weight"), lambda w: w.reshape(w.shape[:2]).T),
+      "kernel": _apply(sd.get(f"{prefix}.weight", ndim=4),
+                       lambda w: w.reshape(w.shape[:2]).T),
       "bias": sd.get(f"{prefix}.bias") if bias else None,
   })
 
@@ -152,7 +191,7 @@ def conv1x1_as_linear(sd: StateDictReader, prefix: str, bias: bool = True) -> di
 def conv(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch Conv2d (O,I,kh,kw) -> Flax Conv kernel (kh,kw,I,O)."""
   return _drop_none({
-      "kernel": _apply(sd.get(f"{prefix}.weight"), lambda w: w.transpose(2, 3, 1, 0)),
+      "kernel": _apply(sd.get(f"{prefix}.weight", ndim=4), lambda w: w.transpose(2, 3, 1, 0)),
       "bias": sd.get(f"{prefix}.bias") if bias else None,
   })
 
@@ -174,7 +213,8 @@ def multihead_attention(sd: StateDictReader, prefix: str, num_heads: int) -> dic
   (heads, head_dim, embed) for `layers.MultiHeadAttention`.
   """
   tree = {}
-  w_in, b_in = sd.get(f"{prefix}.in_proj_weight"), sd.get(f"{prefix}.in_proj_bias")
+  w_in = sd.get(f"{prefix}.in_proj_weight", ndim=2)
+  b_in = sd.get(f"{prefix}.in_proj_bias", ndim=1)
   for i, name in enumerate(("query", "key", "value")):
     def rows(a, i=i):
       third = a.shape[0] // 3
@@ -184,7 +224,7 @@ def multihead_attention(sd: StateDictReader, prefix: str, num_heads: int) -> dic
         "bias": _apply(b_in, lambda b: rows(b).reshape(num_heads, -1)),
     })
   tree["out"] = _drop_none({
-      "kernel": _apply(sd.get(f"{prefix}.out_proj.weight"),
+      "kernel": _apply(sd.get(f"{prefix}.out_proj.weight", ndim=2),
                        lambda w: w.T.reshape(num_heads, -1, w.shape[0])),
       "bias": sd.get(f"{prefix}.out_proj.bias"),
   })
@@ -219,7 +259,8 @@ def check_params(params: Mapping[str, Any], expected: Mapping[str, Any],
   problems += [f"  shape mismatch: {k} converted {got[k]} vs model {want[k]}"
                for k in sorted(set(got) & set(want)) if got[k] != want[k]]
   if problems:
-    raise ConversionError("state dict does not match the model:\n" + "\n".join(problems))
+    source = reader.source if reader is not None else "the state dict"
+    raise ConversionError(f"{source} does not match the model:\n" + "\n".join(problems))
 
 
 def cast_tree(params, dtype) -> Any:

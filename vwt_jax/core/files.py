@@ -6,18 +6,21 @@ Paths with a scheme (`gs://bucket/run`, also `s3://`) go through
 file functions, so local behaviour stays what it was. Queries (`exists`,
 `is_dir`, `iterdir`) are `epath.Path` methods at the call sites; this module
 holds what epath does not give: the same text decoding everywhere, writes
-that appear whole or not at all, and local files for libraries that only
-write local paths (ArrayRecord).
+that appear whole or not at all, local files for libraries that only write
+local paths (ArrayRecord), and a lock that keeps two jobs out of one folder.
 """
 
 import contextlib
+import fcntl
 import io
 import os
 import shutil
+import socket
 import tempfile
 from typing import IO, Iterator
 import uuid
 
+from absl import logging
 from etils import epath
 
 
@@ -103,3 +106,74 @@ def makedirs(path) -> None:
   """`os.makedirs(path, exist_ok=True)`, also for URLs (where object stores
   need no folders: epath makes this a no-op or a marker as the store wants)."""
   epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+_UNKNOWN_HOLDER = "a process that has not written its name yet"
+
+
+class LockedError(RuntimeError):
+  """Another live process holds the lock of a folder."""
+
+
+@contextlib.contextmanager
+def lock(path) -> Iterator[None]:
+  """Holds an exclusive lock on the file `path` while the block runs.
+
+  The file (created if need be) holds "host pid" of the holder; it is removed
+  on leaving the block, on an exception too. The lock is `fcntl.flock`, which
+  the kernel drops when the holder dies: a leftover file whose lock can be
+  taken belongs to a dead process and is taken over with a logged warning
+  naming it. A URL (`gs://...`) cannot be flock'ed: there the block runs
+  unlocked, with a logged note. (On NFS, Linux emulates flock with NFS
+  byte-range locks.)
+
+  Raises:
+    LockedError: a live process holds the lock; the message names it.
+  """
+  path = os.fspath(path)
+  if is_remote(path):
+    logging.info("%s: no lock on an object store; make sure no other job uses this folder",
+                 path)
+    yield
+    return
+  while True:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = _lock_holder(fd)
+      os.close(fd)
+      raise LockedError(
+          f"{os.path.dirname(path) or '.'} is in use: {holder} holds its lock {path}; "
+          "wait for that job to end, stop it, or use another folder") from None
+    # The previous holder may have removed the file between our open and our
+    # flock: then the lock is on an orphan inode and another process may lock
+    # a new file under the same name, so try again on that one.
+    try:
+      same = os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+      same = False
+    if same:
+      break
+    os.close(fd)
+  try:
+    previous = _lock_holder(fd)
+    if previous != _UNKNOWN_HOLDER:
+      logging.warning("%s: took over the stale lock of %s (that process is gone)", path,
+                      previous)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{socket.gethostname()} {os.getpid()}\n".encode(), 0)
+    yield
+  finally:
+    # Removed while still held, so no other process can lock this inode after us.
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)
+    os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+  """'host H, pid P' from a lock file's "host pid" line."""
+  words = os.pread(fd, 4096, 0).decode(errors="replace").split()
+  if len(words) != 2:
+    return _UNKNOWN_HOLDER
+  return f"host {words[0]}, pid {words[1]}"

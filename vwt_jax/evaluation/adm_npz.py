@@ -14,6 +14,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from vwt_jax.core import files
 from vwt_jax.evaluation.fid import Statistics
 
 IMAGES_KEY = "arr_0"
@@ -115,13 +116,18 @@ def read_statistics(path: str) -> Optional[tuple[Statistics, Statistics]]:
 
 
 def _save(path: str, arrays: dict) -> None:
-  # A file object keeps np.savez from appending ".npz" to the given path.
-  with open(path, "wb") as f:
+  # Whole or not at all: a batch is gigabytes, and a reader (or the resume of
+  # `sample_eval`) must never take a cut-off one for the real thing. A file
+  # object keeps np.savez from appending ".npz" to the given path.
+  with files.write_file(path, "wb") as f:
     np.savez(f, **arrays)
 
 
 def write_samples(path: str, images: np.ndarray, labels: Optional[np.ndarray] = None) -> None:
-  """Writes a sample batch: `arr_0` uint8 [N, H, W, 3] and optional `arr_1` labels [N]."""
+  """Writes a sample batch: `arr_0` uint8 [N, H, W, 3] and optional `arr_1` labels [N].
+
+  The file appears whole or not at all (`files.write_file`), as for `write_reference`.
+  """
   images = np.asarray(images)
   _check_images(f"write_samples({path}) images", images.shape, images.dtype)
   arrays = {IMAGES_KEY: images}

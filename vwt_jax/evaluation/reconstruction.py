@@ -68,9 +68,25 @@ def psnr(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
   return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
 
 
+# Pictures people look at show each image at least this many pixels wide.
+MIN_CELL_SIZE = 96
+
+
+def upscale(images: np.ndarray, min_size: int = MIN_CELL_SIZE) -> np.ndarray:
+  """NHWC images enlarged by the smallest integer factor that makes them at
+  least `min_size` wide, pixel by pixel (nearest neighbour: a 32-px image
+  shows its own pixels, not an interpolation)."""
+  factor = -(-min_size // images.shape[2])
+  if factor <= 1:
+    return images
+  return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
+
+
 def image_grid(rows: list[np.ndarray]) -> np.ndarray:
-  """Stacks equal-length rows of NHWC uint8 images into one HWC picture."""
-  return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+  """Stacks equal-length rows of NHWC uint8 images into one HWC picture,
+  small images enlarged by `upscale`."""
+  return np.concatenate([np.concatenate(list(upscale(np.asarray(r))), axis=1)
+                         for r in rows], axis=0)
 
 
 def save_grid(grid: np.ndarray, path: str) -> None:
@@ -87,9 +103,10 @@ def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int,
                    text_lines: int = CAPTION_LINES) -> np.ndarray:
   """NHWC uint8 images with word-wrapped text under each, as one HWC picture.
 
-  Cells are `images.shape[1]` wide and `caption_cell_height(...)` high, filled
-  row by row; text longer than `text_lines` lines ends in ' ...'.
+  Cells are the `upscale`d images' width wide and `caption_cell_height(...)`
+  high, filled row by row; text longer than `text_lines` lines ends in ' ...'.
   """
+  images = upscale(images)
   n, size = len(images), images.shape[1]
   font = ImageFont.load_default()
   # Pillow's default font is about 6 px wide per character.

@@ -19,7 +19,7 @@ class) decoded by the tokenizer the codes came from.
 import os
 import time
 import types
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from etils import epath
@@ -119,6 +119,23 @@ class Autoregressive:
     self.description = (f"LlamaGen GPT {config.variant} ({self.cfg.model_type}, "
                         f"{'2D' if self.cfg.rope_2d else '1D'} RoPE)")
 
+  def sampling_rules(self) -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """Each setting the KV-cache sampler reads: (test of a valid value, what is valid)."""
+    if self.cfg.has_null_condition:
+      cfg = (lambda v: v >= 1, "a guidance scale >= 1 (1 = no guidance)")
+    else:
+      cfg = (lambda v: v == 1, "1 (no guidance): this GPT was trained without class "
+             "dropout, so it has no null class to guide with")
+    vocab = self.vocab_size
+    return {
+        "cfg_scale": cfg,
+        "cfg_interval": (lambda v: v >= -1, "-1 (guide every token) or k >= 0 (guide "
+                         "image tokens 0..k+1)"),
+        "temperature": (lambda v: v > 0, "a temperature > 0"),
+        "top_k": (lambda v: 0 <= v <= vocab, f"0 (keep all) to {vocab} (the vocabulary)"),
+        "top_p": (lambda v: 0 < v <= 1, "0 < top_p <= 1 (1 = off)"),
+    }
+
   def init_args(self, batch: int):
     idx = jnp.zeros((batch, self.cfg.block_size - 1), jnp.int32)
     return (gpt_lib.dummy_condition(self.cfg, batch), idx), {"train": False}
@@ -186,6 +203,18 @@ class Masked:
     self.conditional_on_class = True
     self.num_classes = self.cfg.condition_num_classes
     self.description = f"MaskGIT {m.model_type} generator {config.variant}"
+
+  def sampling_rules(self) -> dict[str, tuple[Callable[[Any], bool], str]]:
+    """Each setting the unmasking loop reads: (test of a valid value, what is valid)."""
+    decays = maskgit_sampling.GUIDANCE_DECAYS
+    return {
+        "num_steps": (lambda v: v >= 1, ">= 1 unmasking steps"),
+        "cfg_scale": (lambda v: v >= 0, "a guidance scale >= 0"),
+        "guidance_decay": (lambda v: v in decays, f"one of {decays}"),
+        "guidance_scale_pow": (lambda v: v > 0, "an exponent > 0"),
+        "randomize_temperature": (lambda v: v >= 0, "a noise scale >= 0"),
+        "softmax_temperature_annealing": (lambda v: isinstance(v, bool), "True or False"),
+    }
 
   def init_args(self, batch: int):
     return ((jnp.zeros((batch, self.cfg.image_seq_len), jnp.int32),
