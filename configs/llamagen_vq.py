@@ -10,7 +10,7 @@ Launch (any variant; every field can be overridden):
       --config.init_from vq_ds16_c2i.pt --config.losses.discriminator_start 0
 
 The argument is `VARIANT[,image_size=N]`. Variants:
-  tiny   a small VQGAN on the embedded 32x32 synthetic shapes (runs on CPU)
+  tiny   a small VQGAN on the embedded 32x32 synthetic shapes (`make demo`, CPU)
   vq16   VQ-16 (ch_mult 1,1,2,2,4; 16x downsampling), the paper recipe
   vq8    VQ-8 (ch_mult 1,2,2,4; 8x downsampling), the paper recipe
 
@@ -90,18 +90,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.data_dir = "./data"
     c.data.image_size = 32
     c.data.synthetic.resolution = 32
-    # The demo dataset (one colour per class), shared with configs/titok.py:tiny.
-    c.data.synthetic.class_colours = True
-    c.total_steps = 2000
-    c.global_batch_size = 8
+    # The `make demo` dataset: upright shapes of random colour, size and
+    # position, so that a class shows only by its outline.
+    c.data.synthetic.upright = True
+    # Batch 16 for 1200 steps: about 4 minutes on 2 CPU cores, and 87.5 % of
+    # the reconstructions of held-out images keep their class for the demo's
+    # classifier (100 % of the originals).
+    c.total_steps = 1200
+    c.global_batch_size = 16
     c.compute_dtype = "float32"
     c.log_every = 100
-    c.eval_every = 1000
-    c.checkpoint_every = 1000
+    c.eval_every = 1200
+    c.checkpoint_every = 600
     c.optimizer.lr = c.optimizer.end_lr = 3e-4
     c.discriminator.update(dict(ndf=16, n_layers=3))
-    # A late, light adversarial phase: within a CPU demo it mostly costs PSNR.
-    c.losses.update(dict(discriminator_weight=0.1, discriminator_start=1500))
+    # Within a CPU demo's minutes the adversarial term only costs PSNR; it is
+    # on in the paper variants and in the tests.
+    c.losses.update(dict(discriminator_weight=0.0, discriminator_start=1500))
     c.eval.update(dict(num_images=256, batch_size=64, grid_images=8))
   if "image_size" in options:
     # E.g. 384 for the 24x24 codes of the released 384-px generators.

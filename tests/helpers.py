@@ -7,6 +7,19 @@ import shutil
 
 import numpy as np
 
+def needs_devices(n):
+  """Skips a test written for a mesh of `n` devices when fewer are present.
+
+  conftest.py gives every test 8 CPU devices unless XLA_FLAGS already sets
+  --xla_force_host_platform_device_count; runs with fewer devices check
+  that nothing else depends on the count.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  return pytest.mark.skipif(jax.device_count() < n,
+                            reason=f"written for {n} devices, {jax.device_count()} present")
+
+
 # Unit roundoff of float32 (half the machine epsilon).
 F32_U = 2.0 ** -24
 
@@ -31,6 +44,28 @@ def f32_atol(scale, *, reduction, depth=1):
     depth: how many dependent reductions the values went through.
   """
   return 2.0 * depth * reduction * F32_U * float(scale)
+
+
+def lowp_atol(dtype, scale, *, depth=1):
+  """The absolute tolerance between a bfloat16/float16 computation and float32.
+
+  A low-precision compute path rounds every layer's operands (activations and
+  weights) to the format, each by at most its unit roundoff u (2^-8 bfloat16,
+  2^-11 float16), while the sums accumulate in float32 (XLA upcasts them on
+  CPU; GPU and TPU matrix units accumulate in float32). A product of two
+  rounded operands is within 2u of the exact one, so a layer's output is within
+  2u*sum|terms| of the float32 result; a value that passed through `depth`
+  dependent layers carries the errors of each. float32's own reordering
+  (`f32_atol`) is orders of magnitude smaller and is ignored. `scale` stands
+  for sum|terms| as in `f32_atol`: the magnitude of the compared values.
+
+  Args:
+    dtype: jnp.bfloat16 or jnp.float16 (or their numpy names).
+    scale: magnitude of the compared values (or of the summed terms).
+    depth: how many dependent layers computed in `dtype` the values went through.
+  """
+  unit_roundoff = {"bfloat16": 2.0 ** -8, "float16": 2.0 ** -11}[np.dtype(dtype).name]
+  return 2.0 * depth * unit_roundoff * float(scale)
 
 
 def assert_allclose_f32(actual, desired, *, reduction, depth=1, scale=None):

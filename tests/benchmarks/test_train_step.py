@@ -46,16 +46,19 @@ def _check_consistent(result, config):
   median = result["step_time_s"]["median"]
   assert result["step_time_s"]["min"] <= median <= result["step_time_s"]["max"]
   assert result["timed_steps"] == 2 and result["warmup_steps"] == 1
-  assert result["num_devices"] == jax.device_count() == 8
-  assert int(np.prod(list(result["mesh_shape"].values()))) == 8
+  assert result["num_devices"] == jax.device_count()
+  assert int(np.prod(list(result["mesh_shape"].values()))) == jax.device_count()
   assert result["global_batch_size"] == config.global_batch_size
-  assert result["per_device_batch"] == config.global_batch_size / 8
+  assert result["per_device_batch"] == config.global_batch_size / jax.device_count()
   assert result["compute_dtype"] == config.compute_dtype
   assert result["tokens_per_step"] == config.global_batch_size * result["tokens_per_example"]
+  # float64 quotients of the same numbers (perhaps in another order): a few
+  # 2^-53 apart, far inside approx's default rel 1e-6.
   assert result["tokens_per_sec"] == pytest.approx(result["tokens_per_step"] / median)
   assert result["examples_per_sec"] == pytest.approx(config.global_batch_size / median)
   for kind, flops in result["flops_per_step"].items():
-    assert result["tflops_per_sec_per_device"][kind] == pytest.approx(flops / median / 8e12)
+    assert result["tflops_per_sec_per_device"][kind] == pytest.approx(
+        flops / median / jax.device_count() / 1e12)
   assert np.isfinite(result["final_loss"]) and result["nonfinite_steps"] == 0
 
 
@@ -94,6 +97,7 @@ def test_titok_step_json(shapes_dir):
   assert flops["analytic"] <= flops["compiled"] <= 1.2 * flops["analytic"]
   assert result["peak_flops_per_device"] == 2e12 and result["mfu_null_reason"] is None
   for kind, mfu in result["mfu"].items():
+    # float64 quotients, as in _check_consistent.
     assert mfu == pytest.approx(result["tflops_per_sec_per_device"][kind] / 2.0)
 
 

@@ -125,11 +125,15 @@ def test_titok_reconstruct_prints_the_token_ids_and_shows_the_grid(titok_run, tm
   codes = np.asarray(tok.encode(images))
   np.testing.assert_array_equal(printed, codes[:3])
   grid = np.asarray(Image.open(output), np.int32)
-  assert grid.shape == (2 * IMAGE_SIZE, 3 * IMAGE_SIZE, 3)
-  expected = [recon_eval.to_uint8(x[:3]) for x in (images, tok.decode(codes))]
-  np.testing.assert_array_equal(grid[:IMAGE_SIZE], np.concatenate(expected[0], axis=1))
-  # One process has 8 devices, the kernel 1: the decoders may round apart.
-  np.testing.assert_allclose(grid[IMAGE_SIZE:], np.concatenate(expected[1], axis=1), atol=1)
+  # Each image is shown enlarged, pixel by pixel (`recon_eval.upscale`).
+  cell = recon_eval.upscale(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))).shape[1]
+  assert grid.shape == (2 * cell, 3 * cell, 3)
+  expected = [recon_eval.upscale(recon_eval.to_uint8(x[:3])) for x in (images, tok.decode(codes))]
+  np.testing.assert_array_equal(grid[:cell], np.concatenate(expected[0], axis=1))
+  # One process has 8 devices, the kernel 1: the decoders may round apart, by
+  # float32 reordering far below a grey level, so by at most one level once
+  # quantised.
+  np.testing.assert_allclose(grid[cell:], np.concatenate(expected[1], axis=1), atol=1)
   assert math.isfinite(float(re.search(r"PSNR ([-\d.]+) dB", text).group(1)))
   assert len(_shown_images(nb)) == 1
 
@@ -147,7 +151,8 @@ def test_llamagen_sample_shows_one_row_per_class_and_the_speed(generator_run, tm
   text = _stdout(nb)
   speed = re.search(r"sampled 6 images in [\d.]+ s: ([\d.]+) images/s", text)
   assert speed and float(speed.group(1)) > 0
-  assert Image.open(output).size == (3 * IMAGE_SIZE, 2 * IMAGE_SIZE)
+  cell = recon_eval.upscale(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))).shape[1]
+  assert Image.open(output).size == (3 * cell, 2 * cell)
   assert "2 rows x 3 images" in text and len(_shown_images(nb)) == 1
 
 
@@ -170,6 +175,7 @@ def test_train_tiny_trains_plots_the_loss_and_shows_the_reconstructions(shapes_d
   assert len(losses) == steps // overrides["log_every"] and all(map(math.isfinite, losses))
   assert str(steps) in os.listdir(workdir / "checkpoints")
   final = re.search(rf"final train loss ([\d.]+) at step {steps}$", _stdout(nb), re.M)
+  # Printed with 4 decimals: rounded by at most half (5e-5) of the last one's unit.
   assert float(final.group(1)) == pytest.approx(losses[-1], abs=1e-4)
   # The loss curve (also written as loss.png), then the run's reconstructions.png.
   shown = _shown_images(nb)

@@ -31,7 +31,8 @@ def test_released_variants_match_official_parameter_counts(variant):
   model = titok_lib.TiTok(titok_trainer.model_config(config))
   shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 256, 256, 3), np.float32))
   count = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
-  assert count / 1e6 == pytest.approx(RELEASED_PARAMS_M[variant], abs=0.1)
+  # An exact count against totals rounded to 0.1 M: half that digit.
+  assert count / 1e6 == pytest.approx(RELEASED_PARAMS_M[variant], abs=0.05)
 
 
 def test_unknown_variant_and_option_fail_clearly():

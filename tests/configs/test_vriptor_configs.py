@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import helpers
 from helpers import load_config
 from vwt_jax import main as main_lib
 from vwt_jax.core import sharding
@@ -70,6 +71,7 @@ def _spec_axes(spec):
   return axes - {None}
 
 
+@helpers.needs_devices(8)
 def test_7b_parameters_shard_over_fsdp_and_tensor():
   config = load_config("vriptor.py", "stage1")
   cfg = captioner.model_config(config)

@@ -16,12 +16,15 @@ import pytest
 import torch
 import transformers
 
+import helpers
 from helpers import save_t5_tokenizer
 from vwt_jax.conversion import hf_checkpoint, hf_t5, torch_state
 from vwt_jax.models import t5
 
-TOL = 1e-4
 SIZES = dict(vocab_size=64, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
+# Ours against transformers in float32: 6 dots a layer for 2 layers and the
+# final norm; the longest sum is d_ff (64) or, past 64 tokens, the sequence.
+DEPTH = 2 * 6 + 1
 CAPTIONS = [
     "A woman with curly brown hair stands behind a wooden counter.",
     "Two brown eggs sit in a white ceramic bowl beside a fork.",
@@ -93,7 +96,7 @@ def test_encoder_matches_transformers(encoder_dir):
   ours = np.asarray(_forward(t5.T5Encoder(config), params, ids, mask))
   ref = _reference(model, ids, mask)
   assert ours.dtype == np.float32 and ours.shape == (3, 40, 32)
-  np.testing.assert_allclose(ours, ref, atol=TOL, rtol=0)
+  helpers.assert_allclose_f32(ours, ref, reduction=SIZES["d_ff"], depth=DEPTH)
 
 
 def test_conversion_maps_layouts(encoder_dir):
@@ -127,8 +130,9 @@ def test_encoder_of_full_model(cls, config_cls, tmp_path):
   assert any(k.startswith("decoder.") for k in hf_checkpoint.read_state_dict(directory))
   config, params = hf_t5.load_hf_t5_encoder(directory)
   ids, mask = _ids_and_mask()
-  np.testing.assert_allclose(_forward(t5.T5Encoder(config), params, ids, mask),
-                             _reference(model.get_encoder(), ids, mask), atol=TOL, rtol=0)
+  helpers.assert_allclose_f32(_forward(t5.T5Encoder(config), params, ids, mask),
+                              _reference(model.get_encoder(), ids, mask),
+                              reduction=SIZES["d_ff"], depth=DEPTH)
 
 
 def test_conversion_error_lists_every_problem(encoder_dir):
@@ -184,8 +188,9 @@ def test_text_encoder_matches_transformers(tmp_path):
                          return_tensors="np")
     assert features.dtype == np.float32 and features.shape == (len(subset), length, 32)
     np.testing.assert_array_equal(mask, batch["attention_mask"].astype(bool))
-    np.testing.assert_allclose(features, _reference(model, batch["input_ids"],
-                                                    batch["attention_mask"]), atol=TOL, rtol=0)
+    helpers.assert_allclose_f32(features, _reference(model, batch["input_ids"],
+                                                     batch["attention_mask"]),
+                                reduction=max(length, SIZES["d_ff"]), depth=DEPTH)
   # The long caption is cut, keeping its `</s>`.
   long_ids = encoder.tokenize(texts[-1:], max_length=24)[0]
   assert len(long_ids) == 24 and long_ids[-1] == 1

@@ -20,6 +20,8 @@ def test_compiled_flops_and_mfu_report():
   tracker._peak = 1e12  # pylint: disable=protected-access
   out = tracker.report(2)
   assert out["perf/examples_per_sec"] == 4 * out["perf/steps_per_sec"]
+  # The same float64 product and quotient, perhaps in another order: a few
+  # 2^-53 apart, inside the default rtol 1e-7.
   np.testing.assert_allclose(out["perf/mfu"], flops * out["perf/steps_per_sec"] / 1e12)
   assert tracker.report(2) == {}
 

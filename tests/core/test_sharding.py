@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import helpers
 from vwt_jax.core import sharding
 
 
@@ -25,6 +26,7 @@ def test_resolve_mesh_shape_rejects_bad_shapes(shape, message):
     sharding.resolve_mesh_shape(shape, 8)
 
 
+@helpers.needs_devices(8)
 def test_mesh_axes_and_size():
   mesh = sharding.create_mesh((2, 2, 2))
   assert mesh.axis_names == ("data", "fsdp", "tensor")
@@ -40,6 +42,7 @@ class _Mlp(nn.Module):
     return nn.Dense(8, kernel_init=nn.with_logical_partitioning(init, ("mlp", "embed")))(h)
 
 
+@helpers.needs_devices(8)
 def test_parameters_shard_as_the_rules_say():
   mesh = sharding.create_mesh((2, 2, 2))
   boxed = jax.eval_shape(_Mlp().init, jax.random.key(0), np.zeros((1, 8)))["params"]
@@ -50,6 +53,7 @@ def test_parameters_shard_as_the_rules_say():
   assert shardings["Dense_0"]["bias"].spec == P()
 
 
+@helpers.needs_devices(8)
 def test_host_batch_becomes_global_array_split_over_data_axes():
   mesh = sharding.create_mesh((2, 2, 2))
   batch = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3)}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy import linalg
 
+import helpers
 from vwt_jax import evaluate
 from vwt_jax.conversion import inception as inception_conversion
 from vwt_jax.conversion import weights_npz
@@ -53,9 +54,16 @@ def test_runner_matches_the_model_and_drops_padding(random_inception_weights):
   assert acts.probs.shape == (5, 1008)
   params = inception_conversion.load_inception(random_inception_weights)
   pool, aux = jax.jit(lambda p, x: InceptionV3().apply({"params": p}, x))(params, images)
-  np.testing.assert_allclose(acts.pool, pool, rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(acts.spatial, aux["spatial"], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(acts.probs, jax.nn.softmax(aux["logits"]), rtol=1e-5, atol=1e-7)
+  # Batches of 2 and of 5: two fusions of one network. Longest sums: Mixed_7b's
+  # 3x3 conv over 448 channels (4032), Mixed_6a's over 288 (2592) before the
+  # sFID tap; depths as in test_inception's real-weights check (resize, 47 convs
+  # or 28 to the tap, pool). A logit error e moves a probability by <= 2*p*e;
+  # the logits' summed terms are |pool| @ |fc|, then the softmax's sum.
+  helpers.assert_allclose_f32(acts.pool, pool, reduction=4032, depth=50)
+  helpers.assert_allclose_f32(acts.spatial, aux["spatial"], reduction=2592, depth=30)
+  logit_scale = (np.abs(pool) @ np.abs(params["softmax"]["weights"])).max()
+  np.testing.assert_allclose(acts.probs, jax.nn.softmax(aux["logits"]), atol=0,
+                             rtol=2 * helpers.f32_atol(logit_scale, reduction=4032, depth=52))
   assert np.abs(acts.pool[0] - acts.pool[1]).max() > 1e-3
 
 
@@ -130,11 +138,25 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
 
   ref_pool, ref_spatial, _ = _features(ref_images, w)
   pool, spatial, logits = _features(sample_images, w)
-  assert metrics["fid"] == pytest.approx(_adm_fid(*_stats(pool), *_stats(ref_pool)), rel=1e-5)
+  # The runner's features are float32 means of 16 pixels, the reference's
+  # float64; the statistics are float64 from there. A relative change e of
+  # every feature moves each quadratic term of FID (|mu1|^2, -2 mu1.mu2, |mu2|^2,
+  # traces, -2 tr sqrt(S1 S2)) by <= 2e of it: the terms sum to at most
+  # 2 * (E|x1|^2 + E|x2|^2), the scale.
+  def fid_tol(x1, x2):
+    return helpers.f32_atol(2 * (np.mean(x1 ** 2, 0).sum() + np.mean(x2 ** 2, 0).sum()),
+                            reduction=16)
+
+  assert metrics["fid"] == pytest.approx(_adm_fid(*_stats(pool), *_stats(ref_pool)),
+                                         abs=fid_tol(pool, ref_pool))
   assert metrics["sfid"] == pytest.approx(_adm_fid(*_stats(spatial), *_stats(ref_spatial)),
-                                          rel=1e-5)
+                                          abs=fid_tol(spatial, ref_spatial))
   assert metrics["fid"] > 0.01 and metrics["sfid"] > 0.01
-  assert metrics["inception_score"] == pytest.approx(_adm_is(logits), rel=1e-4)
+  # IS = exp(mean KL): its relative error is the KL's absolute one, of the
+  # logits' magnitude. Longest sum: the 48-d logit dot; after the 16-pixel
+  # mean: softmax, marginal, KL and row sums follow.
+  assert metrics["inception_score"] == pytest.approx(
+      _adm_is(logits), rel=helpers.f32_atol(np.abs(logits).max(), reduction=48, depth=6))
   assert 0 < metrics["precision"] <= 1 and 0 < metrics["recall"] <= 1
 
   # A reference batch with stored statistics: FID uses them, not its images.
@@ -143,9 +165,11 @@ def test_cli_end_to_end(tmp_path, monkeypatch, capsys):
   adm_npz.write_reference(ref_path, ref_images, stored, stored_spatial)
   metrics_stored = evaluate.main([ref_path, sample_path, "--inception_weights", "flag.npz"])
   assert seen[-1] == "flag.npz"
-  assert metrics_stored["fid"] == pytest.approx(_adm_fid(*_stats(pool), *stored), rel=1e-5)
+  assert metrics_stored["fid"] == pytest.approx(_adm_fid(*_stats(pool), *stored),
+                                                abs=fid_tol(pool, ref_pool + 0.1))
   # Stored float64 statistics of float64 features vs the runner's float32 ones.
-  assert metrics_stored["sfid"] == pytest.approx(metrics["sfid"], rel=1e-5)
+  assert metrics_stored["sfid"] == pytest.approx(metrics["sfid"],
+                                                 abs=fid_tol(spatial, ref_spatial))
   assert metrics_stored["precision"] == metrics["precision"]
 
 
@@ -165,10 +189,14 @@ def test_runner_injected_features_keep_order_across_batches():
   images = np.random.RandomState(4).randint(0, 256, (21, 16, 16, 3)).astype(np.uint8)
   acts = runner.activations(iter([images[:13], images[13:]]))
   pool, spatial, logits = _features(images, w)
-  np.testing.assert_allclose(acts.pool, pool, rtol=1e-6)
-  np.testing.assert_allclose(acts.spatial, spatial, rtol=1e-6)
-  np.testing.assert_allclose(np.log(acts.probs) - np.log(acts.probs[:, :1]),
-                             logits - logits[:, :1], atol=1e-4)
+  # float32 against float64: a mean of 16 pixels (<= 1); then the logits (one
+  # term each here) go through the softmax's 10-term sum and a float32 log of
+  # values up to |log p| (the summed terms' scale).
+  helpers.assert_allclose_f32(acts.pool, pool, reduction=16)
+  helpers.assert_allclose_f32(acts.spatial, spatial, reduction=16)
+  helpers.assert_allclose_f32(np.log(acts.probs) - np.log(acts.probs[:, :1]),
+                              logits - logits[:, :1], reduction=16, depth=2,
+                              scale=np.abs(np.log(acts.probs)).max())
   with pytest.raises(ValueError, match=r"expected \[N, H, W, 3\]"):
     runner.activations([images[:, :, :, 0]])
   with pytest.raises(ValueError, match="apply_fn needs params"):

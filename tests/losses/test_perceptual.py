@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import helpers
 from vwt_jax.losses import perceptual
 from vwt_jax.models.convnext import ConvNeXt, ConvNeXtConfig
 
@@ -34,7 +35,10 @@ def test_preprocess_matches_torch_antialias_resize(size):
   mean = torch.tensor(perceptual.IMAGENET_MEAN)[None, :, None, None]
   std = torch.tensor(perceptual.IMAGENET_STD)[None, :, None, None]
   want = ((t - mean) / std).permute(0, 2, 3, 1).numpy()
-  np.testing.assert_allclose(perceptual.imagenet_preprocess(jnp.asarray(x)), want, atol=2e-5)
+  # jax.image.resize contracts each axis with a dense weight matrix over the
+  # input (size columns): 2 passes over values in [0, 1], then / std (< 0.23).
+  helpers.assert_allclose_f32(perceptual.imagenet_preprocess(jnp.asarray(x)), want,
+                              reduction=size, depth=2, scale=1 / min(perceptual.IMAGENET_STD))
 
 
 def test_zero_for_identical_positive_otherwise():
@@ -43,8 +47,12 @@ def test_zero_for_identical_positive_otherwise():
   value_and_grad = jax.jit(jax.value_and_grad(lambda recon, loss, real: loss(real, recon)))
   x, y = _images(0), _images(1)
   same, _ = value_and_grad(x, loss, x)
-  # Both images share one forward batch, so rows may differ by rounding only.
-  assert float(same) < 1e-10
+  # Both images share one forward batch, so rows may differ by rounding only:
+  # the mean squared logit difference is below the square of the logits'
+  # tolerance. Longest sum: the 2x2 downsample or pointwise conv over 16 (64);
+  # resize 2, stem 1, 3 convs a block for 4 blocks, 3 downsamples, pool, head.
+  logit_tol = helpers.f32_atol(float(jnp.abs(loss.logits(x)).max()), reduction=64, depth=20)
+  assert float(same) < logit_tol ** 2
   value, grad = value_and_grad(y, loss, x)
   assert float(value) > 1e-6
   assert np.all(np.isfinite(grad)) and np.any(grad != 0)

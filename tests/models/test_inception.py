@@ -8,7 +8,6 @@ images, and compares pool_3 and the sFID tap.
 import importlib.util
 import os
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from flax import traverse_util
 
+import helpers
 from vwt_jax.conversion import inception as ci
 from vwt_jax.conversion import torch_state as ts
 from vwt_jax.conversion import weights_npz
 from vwt_jax.models.inception import ConvBN, InceptionV3, tf1_resize_bilinear
+from vwt_jax.tools import parity_eval
 
 # Parameters of the real checkpoint: 94 ConvBN layers and the 2048x1008 fc.
 NUM_CONV_PARAMS = 21_802_784
@@ -60,7 +61,7 @@ def test_resize_matches_tf1_resize_bilinear(fixtures_dir, case):
     images, want = data[f"c{case}_in_uint8"], data[f"c{case}_out"]
   got = tf1_resize_bilinear(images, want.shape[1], want.shape[2])
   assert got.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=5e-3)
+  np.testing.assert_allclose(np.asarray(got), want, **parity_eval.RESIZE_TOL)
 
 
 def test_output_shapes_with_and_without_fc():
@@ -107,10 +108,17 @@ def test_real_weights_match_torchscript(torchscript, fid_helper_flat):
     tap = layers.mixed_6.conv(h).numpy().transpose(0, 2, 3, 1)
   ref_spatial = tap[..., :7].reshape(2, -1)
 
-  assert np.abs(pool3 - ref_pool3).max() <= 1e-4 * np.abs(ref_pool3).max()
-  assert np.abs(spatial - ref_spatial).max() <= 1e-4 * np.abs(ref_spatial).max()
-  np.testing.assert_allclose(np.asarray(aux["logits"]), ref_pool3 @ fc, rtol=0,
-                             atol=1e-4 * np.abs(ref_pool3 @ fc).max())
+  # Longest sums: Mixed_7b's 3x3 conv over 448 channels (4032), Mixed_6a's over
+  # 288 (2592) before the tap. Depths: the 2 resize lerps, the longest chain of
+  # convs (5 stem, 3 per Mixed_5, 3, 5 per Mixed_6b-e, 4, 3 per Mixed_7b-c: 47;
+  # 28 to the tap), the 8x8 mean pool, the fc; for the logits the summed terms
+  # |pool_3| @ |fc| bound the scale.
+  helpers.assert_allclose_f32(pool3, ref_pool3, reduction=4032, depth=50,
+                              scale=np.abs(ref_pool3).max())
+  helpers.assert_allclose_f32(spatial, ref_spatial, reduction=2592, depth=30,
+                              scale=np.abs(ref_spatial).max())
+  helpers.assert_allclose_f32(np.asarray(aux["logits"]), ref_pool3 @ fc, reduction=4032,
+                              depth=51, scale=(np.abs(ref_pool3) @ np.abs(fc)).max())
 
 
 def _write_graph_def(path, flat, scaled_scope, gamma_scaled, fc, fc_bias):
@@ -241,8 +249,9 @@ def test_pytorch_fid_converter_folds_batchnorm_scale():
           for k in ("weight", "bias", "running_mean", "running_var")}
     want = F.relu(F.batch_norm(z, bn["running_mean"], bn["running_var"], bn["weight"],
                                bn["bias"], training=False, eps=1e-3))
-  chex.assert_trees_all_close(np.asarray(ours), want.numpy().transpose(0, 2, 3, 1),
-                              atol=1e-5, rtol=1e-5)
+  # One 7x1 conv over 160 channels; batch norm and ReLU add no sums.
+  helpers.assert_allclose_f32(np.asarray(ours), want.numpy().transpose(0, 2, 3, 1),
+                              reduction=7 * 160)
 
 
 def test_pytorch_fid_converter_reports_bad_keys():

@@ -15,6 +15,7 @@ import torch
 import transformers
 from flax import traverse_util
 
+import helpers
 from vwt_jax.core import sharding
 from vwt_jax.models import llama, llama_lm
 
@@ -75,7 +76,7 @@ def test_7b_variant_is_transformers_llama_default(abstract_7b):
 
 def test_7b_matrices_are_split_over_fsdp_and_tensor(abstract_7b):
   _, boxed = abstract_7b
-  mesh = sharding.create_mesh((1, 4, 2))
+  mesh = sharding.create_mesh((1, -1, 2))
   shardings = sharding.logical_to_sharding(boxed, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES)
   shapes = traverse_util.flatten_dict(nn.meta.unbox(boxed), sep="/")
   specs = traverse_util.flatten_dict(shardings, sep="/")
@@ -86,7 +87,7 @@ def test_7b_matrices_are_split_over_fsdp_and_tensor(abstract_7b):
     assert used == {"fsdp", "tensor"}, (name, specs[name].spec)
   biggest = max(large, key=lambda k: large[k].size)
   per_device = np.prod(specs[biggest].shard_shape(large[biggest].shape))
-  assert per_device * 8 <= large[biggest].size, biggest
+  assert per_device * mesh.size <= large[biggest].size, biggest
 
 
 def _random_params(config, seed=0):
@@ -149,11 +150,14 @@ def test_left_padded_prompts_match_unpadded():
   causal = jnp.broadcast_to(llama.attention_mask(None, jnp.arange(width), width),
                             (2, width, width))
   unpadded = np.asarray(_forward(model, params, jnp.asarray(right), causal))
+  # The same logits three ways: the longest sum is the FFN's 128; 6 dots a layer
+  # for 2 layers, the final norm and the head.
+  tol = dict(reduction=config.ffn_hidden, depth=2 * 6 + 2)
   for b, seq in enumerate(seqs):
     alone = unpadded[b, :len(seq)]
     start = width - len(seq)
-    np.testing.assert_allclose(full[b, start:], alone, atol=1e-4, rtol=0)
-    np.testing.assert_allclose(cached[b], alone[lengths[b] - 1:-1], atol=1e-4, rtol=0)
+    helpers.assert_allclose_f32(full[b, start:], alone, **tol)
+    helpers.assert_allclose_f32(cached[b], alone[lengths[b] - 1:-1], **tol)
 
 
 def test_input_errors():

@@ -90,6 +90,7 @@ def default_data_config():
       'num_validation': synthetic_shapes.DEFAULT_NUM_VALIDATION,
       'seed': synthetic_shapes.DEFAULT_SEED,
       'class_colours': False,
+      'upright': False,
   })
   return config
 
@@ -110,8 +111,9 @@ def open_source(data_config, split):
         data_dir, resolution=synthetic.resolution,
         num_train=synthetic.num_train, num_validation=synthetic.num_validation,
         seed=synthetic.seed,
-        # Configs saved before the option existed lack the field.
-        class_colours=synthetic.get('class_colours', False))
+        # Configs saved before these options existed lack their fields.
+        class_colours=synthetic.get('class_colours', False),
+        upright=synthetic.get('upright', False))
     source = builder.as_data_source(
         split=split, decoders={'image': tfds.decode.SkipDecoding()})
     where = f'synthetic_shapes/{builder.builder_config.name}'

@@ -5,7 +5,9 @@ the shape kind (`CLASS_NAMES`, 10 classes, balanced: example `i` has label
 `i % 10`). Colour, size, position and rotation are nuisance variables drawn from
 a generator seeded by `(seed, split, i)` (with `class_colours=True` the colour
 belongs to the class instead, so that a class stays visible through a
-tokenizer too small to render outlines sharply, as in the CPU demo), so example `i` of a split is the same
+tokenizer too small to render outlines sharply; with `upright=True` every
+shape keeps its canonical orientation, as in the CPU demo, where a class must
+show by its outline alone), so example `i` of a split is the same
 picture on every machine and at every resolution (geometry is in normalised
 coordinates; only the rasterisation changes). Edges are anti-aliased by drawing
 the shape mask at 4x resolution and box-filtering it down.
@@ -165,7 +167,7 @@ def _shape_mask(kind, center, radius, angle, resolution):
 
 
 def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train',
-                   class_colours=False):
+                   class_colours=False, upright=False):
   """Draws example `index` of `split`.
 
   Args:
@@ -174,6 +176,7 @@ def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train',
     resolution: output height and width in pixels.
     split: 'train' or 'validation' (independent picture streams).
     class_colours: draw class `c` in colour `c` of a fixed 10-colour palette.
+    upright: draw every shape unrotated, in its canonical orientation.
 
   Returns:
     (uint8 array of shape (resolution, resolution, 3), int label).
@@ -188,6 +191,8 @@ def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train',
   radius = rng.uniform(0.15, 0.35)
   center = rng.uniform(radius, 1 - radius, size=2)
   angle = rng.uniform(0, 2 * math.pi)
+  if upright:
+    angle = 0.0
   background = _background(rng, resolution, _luminance(colour))
   alpha = _shape_mask(CLASS_NAMES[label], center, radius, angle, resolution)
   image = background * (1 - alpha) + colour * alpha
@@ -209,11 +214,12 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   num_validation: int = DEFAULT_NUM_VALIDATION
   seed: int = DEFAULT_SEED
   class_colours: bool = False
+  upright: bool = False
 
 
 def make_config(resolution, num_train=DEFAULT_NUM_TRAIN,
                 num_validation=DEFAULT_NUM_VALIDATION, seed=DEFAULT_SEED,
-                class_colours=False):
+                class_colours=False, upright=False):
   """The config for these settings; its name encodes any non-default."""
   name = f'res{resolution}'
   if (num_train, num_validation, seed) != (
@@ -221,17 +227,21 @@ def make_config(resolution, num_train=DEFAULT_NUM_TRAIN,
     name += f'_train{num_train}_val{num_validation}_seed{seed}'
   if class_colours:
     name += '_classcolours'
+  if upright:
+    name += '_upright'
   return SyntheticShapesConfig(
       name=name,
       description=(
           f'{resolution}x{resolution} shapes, {num_train} train / '
           f'{num_validation} validation examples, seed {seed}'
-          + (', one colour per class.' if class_colours else '.')),
+          + (', one colour per class' if class_colours else '')
+          + (', upright' if upright else '') + '.'),
       resolution=resolution,
       num_train=num_train,
       num_validation=num_validation,
       seed=seed,
       class_colours=class_colours,
+      upright=upright,
   )
 
 
@@ -270,14 +280,14 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     for index in range(num_examples):
       image, label = render_example(
           index, seed=config.seed, resolution=config.resolution, split=split,
-          class_colours=config.class_colours)
+          class_colours=config.class_colours, upright=config.upright)
       yield index, {'image': encode_png(image), 'label': label}
 
 
 def prepare_synthetic_shapes(data_dir, resolution=64,
                              num_train=DEFAULT_NUM_TRAIN,
                              num_validation=DEFAULT_NUM_VALIDATION,
-                             seed=DEFAULT_SEED, class_colours=False):
+                             seed=DEFAULT_SEED, class_colours=False, upright=False):
   """Writes the dataset under `data_dir` unless it is already there.
 
   Args:
@@ -287,13 +297,14 @@ def prepare_synthetic_shapes(data_dir, resolution=64,
     num_validation: size of the 'validation' split.
     seed: picture seed (see `render_example`).
     class_colours: one colour per class (see `render_example`).
+    upright: shapes in their canonical orientation (see `render_example`).
 
   Returns:
     The prepared `SyntheticShapes` builder: read it with
     `builder.as_data_source(split)`, or with `tfds.data_source(
     f'synthetic_shapes/{builder.builder_config.name}', data_dir=data_dir)`.
   """
-  config = make_config(resolution, num_train, num_validation, seed, class_colours)
+  config = make_config(resolution, num_train, num_validation, seed, class_colours, upright)
   if config.name in SyntheticShapes.builder_configs:
     # tfds refuses a config object that shadows a named one; pass the name.
     config = config.name

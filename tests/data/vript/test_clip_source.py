@@ -129,6 +129,8 @@ def test_sample_source_single_clip(samples):
   decoded = _decode_all(s.paths[0])
   expected = frames.normalize(np.stack(
       [_resized(decoded[i], 32) for i in (3, 10, 17, 24)]))
+  # The same numpy normalisation of the same uint8 pixels: equal (1e-6 is margin
+  # only); a pixel one grey level off would move by 1/255/0.28 = 0.014.
   np.testing.assert_allclose(record['frames'], expected, rtol=1e-6)
   # CLIP normalisation: uint8 0..255 maps into these per-channel bounds.
   assert record['frames'].min() >= -1.7923
@@ -153,6 +155,7 @@ def test_sample_source_window_splits_frames_over_its_clips(samples):
   paths = samples[index].paths
   expected = [_decode_all(paths[0])[i] for i in (5, 17)]
   expected += [_decode_all(paths[1])[9], _decode_all(paths[2])[14]]
+  # Equal pixels, equally normalised (as above): 1e-6 is margin only.
   np.testing.assert_allclose(
       record['frames'],
       frames.normalize(np.stack([_resized(f, 32) for f in expected])),
