@@ -125,9 +125,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # than 4 x 128, and whether its samples show their class
       # (`vwt_jax.tools.class_accuracy`) depends on how many images it has seen.
       c.model.update(dict(n_layer=3, dim=64))
-      c.total_steps = 1000
+      c.total_steps = 900
       c.global_batch_size = 64
-      c.eval_every = c.checkpoint_every = 500
+      c.eval_every = c.checkpoint_every = 900
       c.optimizer.update(dict(lr=3e-3, end_lr=3e-4))
       c.sampling.cfg_scale = 4.0
   else:

@@ -5,7 +5,10 @@ import importlib.util
 import os
 import shutil
 
+import jax
 import numpy as np
+import pytest
+
 
 def needs_devices(n):
   """Skips a test written for a mesh of `n` devices when fewer are present.
@@ -14,8 +17,6 @@ def needs_devices(n):
   --xla_force_host_platform_device_count; runs with fewer devices check
   that nothing else depends on the count.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  import pytest  # pylint: disable=g-import-not-at-top
   return pytest.mark.skipif(jax.device_count() < n,
                             reason=f"written for {n} devices, {jax.device_count()} present")
 

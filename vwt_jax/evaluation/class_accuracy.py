@@ -46,7 +46,7 @@ class SmallConvNet(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-  steps: int = 800
+  steps: int = 500
   batch_size: int = 64
   learning_rate: float = 2e-3
   # Each training image is blurred with this probability, by a Gaussian of a
