@@ -141,5 +141,10 @@ test: venv
 	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile \
 	  $(PYTEST_ARGS)
 
+# The edit-test loop: everything but the tests marked slow in tests/conftest.py.
+test-fast: venv
+	JAX_PLATFORMS=cpu $(BIN)/python -m pytest tests -q -n $(TEST_WORKERS) --dist loadfile \
+	  -m "not slow" $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

@@ -51,7 +51,22 @@ def shapes_dir(tmp_path_factory):
   return tmp_path_factory.mktemp("tfds")
 
 
+# Files whose tests train for more than a few seconds, start processes or
+# execute notebooks: marked `slow`, which `make test-fast` leaves out.
+SLOW = ("training/", "colabs/")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: trains for long, starts processes or runs "
+                          "notebooks (left out by `make test-fast`)")
+
+
 def pytest_collection_modifyitems(items):
+  tests_dir = os.path.dirname(__file__)
+  for item in items:
+    path = os.path.relpath(str(item.path), tests_dir)
+    if path.startswith(SLOW):
+      item.add_marker(pytest.mark.slow)
   # The trainer files run minutes each: started first, they leave the many
   # short files to balance the xdist workers at the end (a stable sort keeps
   # every file's own order).
