@@ -134,7 +134,6 @@ demo-all: demo
 	@echo
 	@echo "Pictures (besides those of make demo):"
 	@echo "  $(DEMO_DIR)/titok/reconstructions.png      validation images (top) and the tiny TiTok's reconstructions from 32 tokens"
-	@echo "  $(DEMO_DIR)/t2i/samples.png                the t2i GPT's samples during training"
 	@echo "  $(DEMO_DIR)/captions_to_images.png         two images for each of 8 held-out captions"
 
 test: venv

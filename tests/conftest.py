@@ -53,7 +53,10 @@ def shapes_dir(tmp_path_factory):
 
 # Files whose tests train for more than a few seconds, start processes or
 # execute notebooks: marked `slow`, which `make test-fast` leaves out.
-SLOW = ("training/", "colabs/")
+SLOW = ("training/", "colabs/", "benchmarks/", "evaluation/test_class_accuracy.py",
+        "evaluation/test_sample_eval.py", "models/test_attention_kinds.py",
+        "conversion/test_sentence_transformers_conversion.py",
+        "tools/test_parity_llamagen.py", "tools/test_parity_titok.py")
 
 
 def pytest_configure(config):

@@ -32,7 +32,7 @@ def run(tmp_path_factory):
   config.model.lm.vocab_size = config.tokenizer.vocab_size = 384
   config.text.update(dict(max_length=256, max_answer_length=64))
   # Generation runs on the run's mesh, parameters split as in training.
-  config.mesh_shape = (1, 4, 2)
+  config.mesh_shape = (1, -1, 2)
   workdir = str(base / "run")
   save_random_captioner_run(config, workdir)
   return root, workdir
@@ -144,4 +144,4 @@ def test_parameters_are_split_as_in_training(run):
   # LLaMA blocks: embed over fsdp, heads / mlp over tensor.
   spec = layer["feed_forward"]["w1"]["kernel"].sharding.spec
   assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-  assert len(layer["attention"]["wqkv"]["kernel"].sharding.device_set) == 8
+  assert len(layer["attention"]["wqkv"]["kernel"].sharding.device_set) == jax.device_count()

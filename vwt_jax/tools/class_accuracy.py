@@ -26,6 +26,7 @@ import numpy as np
 
 from vwt_jax.core import files
 from vwt_jax.data import pipeline
+from vwt_jax.data import synthetic_shapes
 from vwt_jax.data import transforms
 from vwt_jax.evaluation import class_accuracy
 
@@ -129,9 +130,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--batch_size", type=int, default=class_accuracy.TrainSettings.batch_size)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  for name in ("train_images",):
-    if getattr(args, name) < 0:
-      parser.error(f"--{name} must be >= 0, got {getattr(args, name)}")
+  if args.train_images < 0:
+    parser.error(f"--train_images must be >= 0, got {args.train_images}")
   for name in ("steps", "batch_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -144,10 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   settings = class_accuracy.TrainSettings(steps=args.steps, batch_size=args.batch_size,
                                           seed=args.seed)
   result = score(args.samples, config.data, train_images=args.train_images, settings=settings)
-  class_names = None
-  if config.data.name == "synthetic_shapes":
-    from vwt_jax.data import synthetic_shapes  # pylint: disable=g-import-not-at-top
-    class_names = synthetic_shapes.CLASS_NAMES
+  class_names = (synthetic_shapes.CLASS_NAMES if config.data.name == "synthetic_shapes"
+                 else None)
   table = report(result, class_names)
   print(table)
   if args.output:
