@@ -82,3 +82,25 @@ def test_class_colours_tie_the_colour_to_the_label():
   assert {label for label, _ in same_class} == {3}
   assert max(np.abs(c - same_class[0][1]).max() for _, c in same_class) <= 40
   assert synthetic_shapes.make_config(32, class_colours=True).name == 'res32_classcolours'
+
+
+def test_upright_keeps_everything_but_the_rotation():
+  # Index 8: a half disc, whose rotation shows (a circle's would not).
+  rotated, label = synthetic_shapes.render_example(8, resolution=32)
+  upright, same_label = synthetic_shapes.render_example(8, resolution=32, upright=True)
+  assert label == same_label and not np.array_equal(rotated, upright)
+  # Colour and background come from the same draws: the corners agree.
+  np.testing.assert_array_equal(rotated[[0, 0, -1, -1], [0, -1, 0, -1]],
+                                upright[[0, 0, -1, -1], [0, -1, 0, -1]])
+  # Upright, every example of a class shows the same outline, whatever its size
+  # and place: the half disc's flat side is at the bottom (rows below its
+  # centre of mass hold more of the shape than rows above).
+  for index in (8, 18, 28):
+    image, _ = synthetic_shapes.render_example(index, resolution=64, upright=True)
+    background = image[0, 0].astype(int)
+    mask = np.abs(image.astype(int) - background).sum(-1) > 60
+    rows = np.nonzero(mask)[0]
+    centre = rows.mean()
+    assert (rows > centre).sum() > (rows < centre).sum(), index
+  assert (synthetic_shapes.make_config(32, class_colours=True, upright=True).name
+          == 'res32_classcolours_upright')
