@@ -164,8 +164,7 @@ def pack_shards(output_dir: str, labels: np.ndarray, shard_size: int) -> str:
   buffer = os.path.join(output_dir, f".samples.{os.getpid()}.npy")
   try:
     for i, path in enumerate(tqdm(paths, desc="pack", unit="shard")):
-      with np.load(path, allow_pickle=False) as shard:
-        shard_images, shard_labels = shard["arr_0"], shard["arr_1"]
+      shard_images, shard_labels = adm_npz.read_samples(path)
       expected = labels[i * shard_size:(i + 1) * shard_size]
       if not np.array_equal(shard_labels, expected):
         raise ValueError(f"{path}: holds labels {shard_labels[:4]}... but shard {i} should "

@@ -12,6 +12,7 @@ import contextlib
 import zipfile
 from typing import Iterator, Optional
 
+from etils import epath
 import numpy as np
 
 from vwt_jax.core import files
@@ -138,6 +139,24 @@ def write_samples(path: str, images: np.ndarray, labels: Optional[np.ndarray] = 
                        f"({len(images)},)")
     arrays[LABELS_KEY] = labels
   _save(path, arrays)
+
+
+def read_samples(path: str) -> tuple[np.ndarray, np.ndarray]:
+  """(uint8 [N, H, W, 3] images, int64 [N] labels) of a class-conditional batch.
+
+  The reader of what `write_samples` writes with labels (a URL too).
+  """
+  with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
+    if IMAGES_KEY not in data or LABELS_KEY not in data:
+      raise ValueError(f"{path}: expected {IMAGES_KEY} (images) and {LABELS_KEY} (class "
+                       "labels), as `vwt_jax.sample --npz` writes for a class-conditional "
+                       f"generator; found {sorted(data.files)}")
+    images, labels = data[IMAGES_KEY], data[LABELS_KEY]
+  _check_images(f"{path} {IMAGES_KEY}", images.shape, images.dtype)
+  if labels.shape != (len(images),):
+    raise ValueError(f"{path}: {LABELS_KEY} shape {labels.shape}, expected one label per "
+                     f"image ({len(images)},)")
+  return images, labels.astype(np.int64)
 
 
 def write_reference(path: str, images: np.ndarray, pool_stats: Statistics,

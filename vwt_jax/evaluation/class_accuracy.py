@@ -111,10 +111,14 @@ def _blur_some(images, rng, settings):
       if b else image for image, b, radius in zip(images, blur, radii)])
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _classes(model, params, images):
+  return jnp.argmax(model.apply({"params": params}, _to_float(images)), -1)
+
+
 def predict(model: SmallConvNet, params, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
   """Predicted class of each uint8 NHWC image."""
-  apply = jax.jit(lambda p, x: jnp.argmax(model.apply({"params": p}, _to_float(x)), -1))
-  out = [np.asarray(apply(params, images[i:i + batch_size]))
+  out = [np.asarray(_classes(model, params, images[i:i + batch_size]))
          for i in range(0, len(images), batch_size)]
   return np.concatenate(out) if out else np.zeros((0,), np.int64)
 

@@ -15,9 +15,10 @@ Parameter layouts (chosen so tensor parallelism needs no resharding):
   The official fused (rows [q | k | v], head-major) weight maps onto it with a
   reshape (see `conversion/llamagen.py`).
 * `attention/wo/kernel` is (heads, head_dim, embed).
-* The KV cache holds n_kv_head heads, (B, S_max, n_kv_head, head_dim); the
-  grouped einsum never materialises repeated kv heads (equivalent to the
-  reference's repeat-interleave, without its n_head-sized cache).
+* The KV cache holds n_kv_head heads, (B, S_max, n_kv_head, head_dim): the
+  grouped einsum lets each kv head serve its group of query heads in place,
+  which gives the results of LlamaGen's repeat-interleave of the kv heads
+  with a cache n_head / n_kv_head times smaller.
 
 Attention implementations (`StackConfig.attention`), all over the same
 parameters: 'xla' writes out the einsum and the float32 softmax (the default;

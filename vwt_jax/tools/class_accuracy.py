@@ -28,24 +28,8 @@ from vwt_jax.core import files
 from vwt_jax.data import pipeline
 from vwt_jax.data import synthetic_shapes
 from vwt_jax.data import transforms
+from vwt_jax.evaluation import adm_npz
 from vwt_jax.evaluation import class_accuracy
-
-
-def read_samples(path: str) -> tuple[np.ndarray, np.ndarray]:
-  """(uint8 NHWC images, int labels) of an ADM-style sample batch."""
-  with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as data:
-    if "arr_0" not in data or "arr_1" not in data:
-      raise ValueError(f"{path}: expected arr_0 (images) and arr_1 (class labels), as "
-                       f"`vwt_jax.sample --npz` writes for a class-conditional generator; "
-                       f"found {sorted(data.files)}")
-    images, labels = data["arr_0"], data["arr_1"]
-  if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3), got {images.dtype} "
-                     f"{images.shape}")
-  if labels.shape != (len(images),):
-    raise ValueError(f"{path}: arr_1 must hold one label per image, got shape {labels.shape} "
-                     f"for {len(images)} images")
-  return images, labels.astype(np.int64)
 
 
 def read_split(data_config: ml_collections.ConfigDict, split: str, image_size: int,
@@ -68,7 +52,7 @@ def read_split(data_config: ml_collections.ConfigDict, split: str, image_size: i
 def score(samples: str, data_config: ml_collections.ConfigDict, *, train_images: int = 0,
           settings: class_accuracy.TrainSettings = class_accuracy.TrainSettings()) -> dict:
   """Trains the classifier and scores the real validation split and the samples."""
-  images, labels = read_samples(samples)
+  images, labels = adm_npz.read_samples(samples)
   num_classes = pipeline.num_classes(data_config)
   if labels.min() < 0 or labels.max() >= num_classes:
     raise ValueError(f"{samples}: labels must lie in [0, {num_classes}) for "
