@@ -55,7 +55,7 @@ demo: venv
 	  --config.data.data_dir $(DEMO_DIR)/data --workdir $(DEMO_DIR)/tokenizer
 	for split in train validation; do \
 	  $(RUN) vwt_jax.tools.extract_codes --split $$split --checkpoint $(DEMO_DIR)/tokenizer \
-	    --views flip --output $(DEMO_DIR)/codes || exit 1; \
+	    --views flip --output_dir $(DEMO_DIR)/codes || exit 1; \
 	done
 	$(RUN) vwt_jax.main --config configs/llamagen.py:tiny \
 	  --config.data.dir $(DEMO_DIR)/codes --workdir $(DEMO_DIR)/generator
@@ -114,7 +114,7 @@ demo-all: demo
 	$(RUN) vwt_jax.main --config configs/vriptor.py:tiny \
 	  --config.data.root $(VRIPT)/train --workdir $(DEMO_DIR)/captioner
 	$(RUN) vwt_jax.caption $(VRIPT)/heldout \
-	  --checkpoint $(DEMO_DIR)/captioner --output $(VRIPT)/captions --score
+	  --checkpoint $(DEMO_DIR)/captioner --output_dir $(VRIPT)/captions --score
 	$(RUN) vwt_jax.tools.vript_baselines --root $(VRIPT)/heldout --output_dir $(VRIPT)/hal_heldout
 	@echo "Vript-HAL of the other_scene baseline on the same held-out clips:"
 	$(RUN) vwt_jax.evaluate_captions --task hal \
@@ -123,7 +123,7 @@ demo-all: demo
 	  root=$$(test $$split = train && echo train || echo heldout); \
 	  $(RUN) vwt_jax.tools.extract_codes --output_split $$split \
 	    --vript_root $(VRIPT)/$$root --caption_encoder minilm --caption_length 64 \
-	    --checkpoint $(DEMO_DIR)/titok --views flip --output $(VRIPT)/codes || exit 1; \
+	    --checkpoint $(DEMO_DIR)/titok --views flip --output_dir $(VRIPT)/codes || exit 1; \
 	done
 	$(RUN) vwt_jax.main --config configs/llamagen.py:tiny,cond=t2i \
 	  --config.data.dir $(VRIPT)/codes --workdir $(DEMO_DIR)/t2i

@@ -21,6 +21,7 @@ import time
 import jax
 import numpy as np
 
+from vwt_jax.families import generator as generator_lib
 from vwt_jax.training import generator
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "llamagen.py")
@@ -37,12 +38,12 @@ def _config(codes_dir: str, steps: int, batch: int):
   return config
 
 
-def sampling_rate(trainer, params, batch: int, repeats: int = 3) -> float:
-  labels = np.arange(batch, dtype=np.int32) % trainer.arch.num_classes
-  trainer.sample_codes(params, labels, jax.random.key(0))  # Compiles.
+def sampling_rate(gen, params, batch: int, repeats: int = 3) -> float:
+  labels = np.arange(batch, dtype=np.int32) % gen.num_classes
+  gen.sample_codes(params, labels, jax.random.key(0))  # Compiles.
   start = time.perf_counter()
   for i in range(repeats):
-    trainer.sample_codes(params, labels, jax.random.key(i + 1))
+    gen.sample_codes(params, labels, jax.random.key(i + 1))
   return batch * repeats / (time.perf_counter() - start)
 
 
@@ -61,19 +62,19 @@ def main():
     start = time.perf_counter()
     result = generator.train(config, workdir)
     seconds = time.perf_counter() - start
-    trainer = generator.GeneratorTrainer(config, workdir)
-    params = jax.device_put(trainer.arch.load_pretrained(workdir), trainer.param_shardings)
-    meta = trainer.metadata
+    gen = generator_lib.Generator(config)
+    params = gen.load_params(workdir)
+    meta = gen.metadata
     print(json.dumps({
         "codes": codes_dir, "tokenizer": meta.tokenizer, "code_shape": list(meta.code_shape),
         "vocab_size": meta.vocab_size, "tokens_per_image": meta.seq_len,
-        "rope": "2d" if trainer.arch.cfg.rope_2d else "1d", "steps": args.steps,
+        "rope": "2d" if gen.cfg.rope_2d else "1d", "steps": args.steps,
         "batch": args.batch, "train_seconds": round(seconds, 1),
         "train_steps_per_s": round(result["train"]["perf/steps_per_sec"], 2),
         "eval_nats_per_token": round(result["eval"]["eval_loss"], 4),
         "eval_nats_per_image": round(result["eval"]["eval_loss"] * meta.seq_len, 2),
         "eval_accuracy": round(result["eval"]["eval_accuracy"], 4),
-        "sampling_images_per_s": round(sampling_rate(trainer, params, args.sample_batch), 2),
+        "sampling_images_per_s": round(sampling_rate(gen, params, args.sample_batch), 2),
         "sample_batch": args.sample_batch, "cfg_scale": config.sampling.cfg_scale,
         "device": jax.devices()[0].device_kind,
     }), flush=True)

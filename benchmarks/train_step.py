@@ -60,7 +60,7 @@ from vwt_jax.training import titok
 FLAGS = flags.FLAGS
 
 # LlamaGen's ImageNet-256 c2i setting (VQ-16 codes) and its t2i text features.
-LLAMAGEN_SIZES = dict(vocab_size=16384, block_size=256, rope="2d")
+LLAMAGEN_SIZES = dict(vocab_size=16384, block_size=256, rope_2d=True)
 LLAMAGEN_T2I_PREFIX = dict(caption_dim=2048, cls_token_num=120)
 
 
@@ -140,15 +140,11 @@ def titok_train_flops(cfg: titok_lib.TiTokConfig, batch: int) -> float:
 def _fill_gpt_sizes(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Sets LlamaGen's ImageNet sizes where the config leaves them to a dataset."""
   m = config.model
-  if config.data.dir or m.arch != "gpt":
+  if config.data.dir or config.family != "gpt":
     return {}
-  filled = {}
-  if not m.vocab_size:
-    filled["vocab_size"] = LLAMAGEN_SIZES["vocab_size"]
-  if not m.block_size:
-    filled.update(block_size=LLAMAGEN_SIZES["block_size"], rope=LLAMAGEN_SIZES["rope"])
+  filled = {k: v for k, v in LLAMAGEN_SIZES.items() if m[k] is None}
   if m.model_type == "t2i":
-    filled.update({k: v for k, v in LLAMAGEN_T2I_PREFIX.items() if not m[k]})
+    filled.update({k: v for k, v in LLAMAGEN_T2I_PREFIX.items() if m[k] is None})
   m.update(filled)
   return filled
 
@@ -176,22 +172,22 @@ def _local_rows(config) -> int:
 def _generator_setup(config: ml_collections.ConfigDict, rng: np.random.Generator) -> _Setup:
   filled = _fill_gpt_sizes(config)
   trainer = generator.GeneratorTrainer(config, workdir="")
-  arch, rows = trainer.arch, _local_rows(config)
-  batch = {"codes": rng.integers(0, arch.vocab_size, (rows, arch.seq_len)).astype(np.int32)}
+  gen, rows = trainer.generator, _local_rows(config)
+  batch = {"codes": rng.integers(0, gen.vocab_size, (rows, gen.seq_len)).astype(np.int32)}
   notes = [f"sizes not in the config, set to LlamaGen ImageNet-256's: {filled}"] if filled else []
-  if config.model.arch != "gpt":
-    model = {"arch": config.model.arch, "seq_len": arch.seq_len, "vocab_size": arch.vocab_size}
-    batch["labels"] = rng.integers(0, arch.num_classes, rows).astype(np.int32)
-    return _Setup(trainer, batch, arch.seq_len, "image code", None,
-                  [f"no analytic count for arch {config.model.arch!r}"], model, notes)
-  cfg = arch.cfg
+  if config.family != "gpt":
+    model = {"family": config.family, "seq_len": gen.seq_len, "vocab_size": gen.vocab_size}
+    batch["labels"] = rng.integers(0, gen.num_classes, rows).astype(np.int32)
+    return _Setup(trainer, batch, gen.seq_len, "image code", None,
+                  [f"no analytic count for family {config.family!r}"], model, notes)
+  cfg = gen.cfg
   if cfg.model_type == "c2i":
     batch["labels"] = rng.integers(0, cfg.num_classes, rows).astype(np.int32)
   else:
     prefix = cfg.cls_token_num
     batch["caption_emb"] = rng.normal(size=(rows, prefix, cfg.caption_dim)).astype(np.float32)
     batch["caption_mask"] = np.ones((rows, prefix), np.int32)
-  model = dict(arch="gpt", model_type=cfg.model_type, n_layer=cfg.n_layer, n_head=cfg.n_head,
+  model = dict(family="gpt", model_type=cfg.model_type, n_layer=cfg.n_layer, n_head=cfg.n_head,
                dim=cfg.dim, vocab_size=cfg.vocab_size, block_size=cfg.block_size,
                cls_token_num=cfg.cls_token_num, params=gpt_lib.count_params(cfg),
                attention=cfg.attention, remat=cfg.remat, scan_layers=cfg.scan_layers)
@@ -221,7 +217,8 @@ def _titok_setup(config: ml_collections.ConfigDict, rng: np.random.Generator) ->
 
 
 SETUPS: dict[str, Callable[[ml_collections.ConfigDict, np.random.Generator], _Setup]] = {
-    "generator": _generator_setup,
+    "gpt": _generator_setup,
+    "maskgit": _generator_setup,
     "titok": _titok_setup,
 }
 
@@ -235,12 +232,12 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int,
               profile_dir: str = "", profile_steps: int = 3,
               peak_tflops: float = 0.0) -> dict[str, Any]:
   """Measures `config`'s train step; returns the JSON-able result (see module doc)."""
-  if config.trainer not in SETUPS:
-    raise ValueError(f"config.trainer={config.trainer!r}: this benchmark measures "
+  if config.family not in SETUPS:
+    raise ValueError(f"config.family={config.family!r}: this benchmark measures "
                      f"{sorted(SETUPS)}")
   if steps < 1 or warmup < 0:
     raise ValueError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0")
-  setup = SETUPS[config.trainer](config, np.random.default_rng(config.seed))
+  setup = SETUPS[config.family](config, np.random.default_rng(config.seed))
   trainer = setup.trainer
   batch = sharding.host_batch_to_global(setup.batch, trainer.mesh)
   rng = jax.random.key(config.seed)
@@ -291,7 +288,7 @@ def benchmark(config: ml_collections.ConfigDict, *, steps: int, warmup: int,
   examples = config.global_batch_size
   tokens_per_step = examples * setup.tokens_per_example
   return {
-      "trainer": config.trainer,
+      "family": config.family,
       "variant": config.variant,
       "model": setup.model,
       "platform": devices[0].platform,

@@ -27,14 +27,13 @@ caption width and length are those of its code dataset's caption encoder.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
-from vwt_jax.data import codes
-from vwt_jax.models import gpt
-from vwt_jax.training import loop
-from vwt_jax.training import optimizer
+from vwt_jax import config_common
+from vwt_jax.models.gpt import GPT_VARIANTS, GPTConfig
 
 # name: (global batch, lr) of the released c2i models (LlamaGen GitHub issue #8);
-# layers, heads and width come from `gpt.GPT_VARIANTS`.
+# layers, heads and width come from `models/gpt.GPT_VARIANTS`.
 RECIPES = {
     "B": (256, 1e-4),
     "L": (256, 1e-4),
@@ -46,54 +45,35 @@ RECIPES = {
 DEMO_CLASSES = (207, 360, 387, 974, 88, 979, 417, 279)
 
 
-def _parse(arg):
-  parts = [p for p in (arg or "tiny").split(",") if p]
-  options = dict(p.split("=", 1) for p in parts[1:])
-  unknown = set(options) - {"cond"}
-  if unknown:
-    raise ValueError(f"configs/llamagen.py: unknown option(s) {sorted(unknown)}; "
-                     "expected VARIANT[,cond=c2i|t2i]")
-  return parts[0], options
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, options = _parse(arg)
-  if variant != "tiny" and variant not in RECIPES:
-    raise ValueError(f"configs/llamagen.py: unknown variant {variant!r}; expected "
-                     f"'tiny' or one of {sorted(RECIPES)}")
+  variant, options = config_common.parse_arg(arg, "configs/llamagen.py", ("cond",))
+  config_common.check_variant(variant, ("tiny", *RECIPES), "configs/llamagen.py")
   cond = options.get("cond", "c2i")
   if cond not in ("c2i", "t2i"):
     raise ValueError(f"configs/llamagen.py: cond={cond!r}: expected c2i or t2i")
 
   # The official runs keep no EMA by default.
-  c = loop.base_config("generator", variant, total_steps=1_500_000, global_batch_size=256,
+  c = config_common.base_config("gpt", variant, total_steps=1_500_000, global_batch_size=256,
                        ema_decay=0.0)
 
-  c.data = codes.default_codes_data_config()
+  c.data = config_common.code_data()
 
-  # GPT architecture (`ModelArgs`). vocab_size, block_size and num_classes left
-  # at 0 and rope='auto' are read from the code dataset's metadata: 2D RoPE
-  # over VQGAN grids, 1D over TiTok sequences.
-  c.model = ml_collections.ConfigDict(dict(
-      arch="gpt",
-      n_layer=12, n_head=12, dim=768, n_kv_head=0, multiple_of=256,
-      ffn_dim_multiplier=0.0, rope_base=10000.0, norm_eps=1e-5,
-      vocab_size=0, block_size=0, num_classes=0,
-      rope="auto",
-      class_dropout_prob=0.1, model_type=cond, caption_dim=2048,
-      cls_token_num=1 if cond == "c2i" else 120,
-      token_dropout_p=0.1, attn_dropout_p=0.0, resid_dropout_p=0.1,
-      ffn_dropout_p=0.1, drop_path_rate=0.0,
-      scan_layers=False, remat=False,
-      # 'xla' (einsum + float32 softmax, reference parity), 'cudnn' (cuDNN
-      # flash attention: NVIDIA GPUs, bfloat16) or 'dot_product' (the same
-      # jax.nn.dot_product_attention call on XLA); see `models/llama.py`.
-      attention="xla",
-  ))
+  # GPT architecture (`GPTConfig`: the reference's `ModelArgs` + layout). The
+  # sizes left unset (None) are read from the code dataset's metadata:
+  # vocab_size, block_size, num_classes, and rope_2d (2D RoPE over VQGAN
+  # grids, 1D over TiTok sequences). `attention`: 'xla' (einsum + float32
+  # softmax, reference parity), 'cudnn' (cuDNN flash attention: NVIDIA GPUs,
+  # bfloat16) or 'dot_product' (the same jax.nn.dot_product_attention call on
+  # XLA); see `models/llama.py`.
+  c.model = config_common.model_section(GPTConfig(
+      n_layer=12, n_head=12, dim=768, model_type=cond, cls_token_num=1 if cond == "c2i" else 120))
+  for name, kind in (("n_kv_head", int), ("ffn_dim_multiplier", float), ("vocab_size", int),
+                     ("block_size", int), ("num_classes", int), ("rope_2d", bool)):
+    c.model[name] = config_dict.placeholder(kind)
 
   # AdamW, betas (0.9, 0.95), decay 0.05 on every >=2-D weight (embeddings and
   # the head included), constant lr, clip 1.0: `train_c2i.py`.
-  c.optimizer = optimizer.default_optimizer_config(
+  c.optimizer = config_common.optimizer(
       lr=1e-4, end_lr=1e-4, schedule="constant", warmup_steps=0, b1=0.9, b2=0.95,
       weight_decay=0.05, grad_clip_norm=1.0, wd_exclude=())
 
@@ -131,7 +111,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       c.optimizer.update(dict(lr=3e-3, end_lr=3e-4))
       c.sampling.cfg_scale = 4.0
   else:
-    n_layer, n_head, dim = gpt.GPT_VARIANTS[variant]
+    n_layer, n_head, dim = GPT_VARIANTS[variant]
     batch, lr = RECIPES[variant]
     c.model.update(dict(n_layer=n_layer, n_head=n_head, dim=dim))
     c.global_batch_size = batch
@@ -146,7 +126,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # caption width and length (the prefix) come from the code dataset, i.e.
     # from its caption encoder; 10 % of the captions are dropped to the null
     # caption as in LlamaGen. Sample with `vwt_jax.sample --captions_from`.
-    c.model.update(dict(caption_dim=0, cls_token_num=0))
+    c.model.caption_dim = config_dict.placeholder(int)
+    c.model.cls_token_num = config_dict.placeholder(int)
     # The demo's ~200 keyframes (x2 flips) are memorised fast: in a 600-step
     # run the held-out loss was 4.56 nats at step 400 and 4.86 at step 600.
     c.total_steps = 400

@@ -32,44 +32,34 @@ The perceptual term is LPIPS-VGG v0.1 as in the reference (`losses.perceptual
 
 import ml_collections
 
-from vwt_jax.data import pipeline
-from vwt_jax.training import loop
-from vwt_jax.training import optimizer
+from vwt_jax import config_common
+from vwt_jax.models.vqgan import VQGANConfig
 
-VARIANTS = {"vq16": (1, 1, 2, 2, 4), "vq8": (1, 2, 2, 4)}
+# Config variant: the released tokenizer (`models/vqgan.VARIANTS`).
+VARIANTS = {"vq16": "VQ-16", "vq8": "VQ-8"}
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 
 def _adam(**overrides) -> ml_collections.ConfigDict:
   """Adam (AdamW with weight decay 0) at a constant learning rate, clip 1.0."""
-  return optimizer.default_optimizer_config(**{
+  return config_common.optimizer(**{
       "lr": 1e-4, "end_lr": 1e-4, "schedule": "constant", "warmup_steps": 0,
       "b1": 0.9, "b2": 0.95, "weight_decay": 0.0, "grad_clip_norm": 1.0, **overrides})
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, *options = (arg or "tiny").split(",")
-  options = dict(o.split("=", 1) for o in options if o)
-  if set(options) - {"image_size"}:
-    raise ValueError(f"configs/llamagen_vq.py: unknown option(s) {sorted(options)}; "
-                     "expected VARIANT[,image_size=N]")
-  if variant != "tiny" and variant not in VARIANTS:
-    raise ValueError(f"configs/llamagen_vq.py: unknown variant {variant!r}; expected "
-                     f"'tiny' or one of {sorted(VARIANTS)}")
+  variant, options = config_common.parse_arg(arg, "configs/llamagen_vq.py", ("image_size",))
+  config_common.check_variant(variant, ("tiny", *VARIANTS), "configs/llamagen_vq.py")
   # 40 epochs of ImageNet-1k train at batch 128 (the sampler drops the last
   # batch); the reference's EMA is optional and off by default.
-  c = loop.base_config("vqgan", variant, total_steps=40 * (IMAGENET_TRAIN_IMAGES // 128),
+  c = config_common.base_config("vqgan", variant, total_steps=40 * (IMAGENET_TRAIN_IMAGES // 128),
                        global_batch_size=128, ema_decay=0.0)
 
-  c.data = pipeline.default_data_config()
+  c.data = config_common.image_data()
   c.data.name = "imagenet2012"
   c.data.image_size = 256
 
-  c.model = ml_collections.ConfigDict(dict(
-      ch=128, ch_mult=VARIANTS.get(variant, VARIANTS["vq16"]), num_res_blocks=2,
-      z_channels=256, codebook_size=16384, codebook_embed_dim=8, codebook_l2_norm=True,
-      commit_loss_beta=0.25, entropy_loss_ratio=0.0, entropy_temperature=0.01,
-      dropout_p=0.0))
+  c.model = config_common.model_section(VQGANConfig.named(VARIANTS.get(variant, "VQ-16")))
 
   c.optimizer = _adam()
   c.discriminator_optimizer = _adam()

@@ -21,50 +21,39 @@ randomised temperature).
 """
 
 import ml_collections
+from ml_collections import config_dict
 
-from vwt_jax.data import codes
-from vwt_jax.models import maskgit_generator
-from vwt_jax.sampling import maskgit as maskgit_sampling
-from vwt_jax.training import loop
-from vwt_jax.training import optimizer
+from vwt_jax import config_common
+from vwt_jax.models.maskgit_generator import GENERATOR_VARIANTS, MaskGitGeneratorConfig
+from vwt_jax.sampling.maskgit import SAMPLING_PRESETS
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "tiny"
-  if variant != "tiny" and variant not in maskgit_generator.GENERATOR_VARIANTS:
-    raise ValueError(f"configs/maskgit.py: unknown variant {variant!r}; expected 'tiny' or "
-                     f"one of {sorted(maskgit_generator.GENERATOR_VARIANTS)}")
-  c = loop.base_config("generator", variant, total_steps=500_000, global_batch_size=2048,
+  variant, _ = config_common.parse_arg(arg, "configs/maskgit.py")
+  config_common.check_variant(variant, ("tiny", *GENERATOR_VARIANTS), "configs/maskgit.py")
+  c = config_common.base_config("maskgit", variant, total_steps=500_000, global_batch_size=2048,
                        ema_decay=0.999)
 
-  c.data = codes.default_codes_data_config()
+  c.data = config_common.code_data()
 
-  # Sizes left at 0 come from the code dataset's metadata; the released
-  # variants state theirs (ImageNet, their TiTok's codebook and length), which
-  # a code dataset must then match.
+  # Sizes left unset (None) come from the code dataset's metadata; the
+  # released variants state theirs (ImageNet, their TiTok's codebook and
+  # length), which a code dataset must then match.
   if variant == "tiny":
-    released = maskgit_generator.MaskGitGeneratorConfig(
+    c.model = config_common.model_section(MaskGitGeneratorConfig(
         hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-        dropout=0.0, attn_drop=0.0)
+        dropout=0.0, attn_drop=0.0))
+    for name in ("image_seq_len", "codebook_size", "condition_num_classes"):
+      c.model[name] = config_dict.placeholder(int)
   else:
-    released = maskgit_generator.GENERATOR_VARIANTS[variant]
-  c.model = ml_collections.ConfigDict(dict(
-      arch="maskgit", model_type=released.model_type, hidden_size=released.hidden_size,
-      num_hidden_layers=released.num_hidden_layers,
-      num_attention_heads=released.num_attention_heads,
-      intermediate_size=released.intermediate_size, dropout=released.dropout,
-      attn_drop=released.attn_drop,
-      image_seq_len=0 if variant == "tiny" else released.image_seq_len,
-      codebook_size=0 if variant == "tiny" else released.codebook_size,
-      num_classes=0 if variant == "tiny" else released.condition_num_classes))
+    c.model = config_common.model_section(GENERATOR_VARIANTS[variant])
   c.losses = ml_collections.ConfigDict(dict(
       label_smoothing=0.1, unmasked_weight=0.1, class_dropout=0.1))
-  c.optimizer = optimizer.default_optimizer_config(
+  c.optimizer = config_common.optimizer(
       lr=2e-4, end_lr=1e-5, schedule="cosine", warmup_steps=10_000, b1=0.9, b2=0.96,
       weight_decay=0.03, grad_clip_norm=1.0)
 
-  preset = maskgit_sampling.SAMPLING_PRESETS.get(variant, maskgit_sampling.SAMPLING_PRESETS[
-      "titok_l32"])
+  preset = SAMPLING_PRESETS.get(variant, SAMPLING_PRESETS["titok_l32"])
   c.sampling = ml_collections.ConfigDict(dict(
       classes=(207, 360, 387, 974, 88, 979, 417, 279), per_class=4, seed=0,
       num_steps=preset["num_steps"], cfg_scale=preset["guidance_scale"],

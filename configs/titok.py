@@ -24,14 +24,12 @@ sFID, precision/recall, IS) once `--config.eval.lpips_weights` /
 
 import ml_collections
 
-from vwt_jax.data import pipeline
-from vwt_jax.training import loop
-from vwt_jax.training import optimizer
+from vwt_jax import config_common
+from vwt_jax.models.maskgit_vqgan import MaskGitVQGANConfig
+from vwt_jax.models.titok import TiTokConfig
 
-# (width, depth, heads) of the official size names.
-SIZES = {"small": (512, 8, 8), "base": (768, 12, 12), "large": (1024, 24, 16)}
-
-# name: (encoder size, decoder size, latent tokens, codebook, token size, family)
+# name: (encoder size, decoder size, latent tokens, codebook, token size, family);
+# sizes are `models/titok.VIT_SIZES`.
 RELEASED = {
     "L-32": ("large", "large", 32, 4096, 12, "two_stage"),
     "B-64": ("base", "base", 64, 4096, 12, "two_stage"),
@@ -43,56 +41,58 @@ RELEASED = {
     "BL-64-VAE": ("base", "large", 64, 0, 16, "vae"),
     "BL-128-VAE": ("base", "large", 128, 0, 16, "vae"),
 }
+RECIPES = ("stage1", "stage2", "single_stage")
+# The demo model's MaskGIT-VQGAN (pixel decoder, stage-1 teacher) at 32 px.
+TINY_VQGAN = MaskGitVQGANConfig(hidden_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
+                                z_channels=16, codebook_size=1024)
 
 
-def _model(enc, dec, tokens, codebook, token_size, family, patch=16):
-  enc_w, enc_d, enc_h = SIZES[enc] if isinstance(enc, str) else enc
-  dec_w, dec_d, dec_h = SIZES[dec] if isinstance(dec, str) else dec
-  return ml_collections.ConfigDict(dict(
-      enc_width=enc_w, enc_depth=enc_d, enc_heads=enc_h,
-      dec_width=dec_w, dec_depth=dec_d, dec_heads=dec_h,
-      enc_patch_size=patch, dec_patch_size=patch,
-      num_latent_tokens=tokens,
-      codebook_size=codebook or 1,
-      token_size=token_size,
-      use_l2_norm=family == "two_stage",
-      commitment_cost=0.25,
+def _model(variant: str, recipe: str) -> TiTokConfig:
+  if variant == "tiny":
+    return TiTokConfig(
+        image_size=32, enc_width=128, enc_depth=2, enc_heads=4, dec_width=128, dec_depth=2,
+        dec_heads=4, enc_patch_size=4, dec_patch_size=4, num_latent_tokens=32,
+        codebook_size=1024, token_size=12, use_l2_norm=True, quantize_mode="vq",
+        is_legacy=recipe != "single_stage", finetune_decoder=recipe == "stage2",
+        pixel_decoder=TINY_VQGAN)
+  enc, dec, tokens, codebook, token_size, family = RELEASED[variant]
+  two_stage = family == "two_stage" or recipe != "single_stage"
+  return TiTokConfig.from_sizes(
+      enc, dec, image_size=256, num_latent_tokens=tokens, codebook_size=codebook or 1,
+      token_size=token_size, use_l2_norm=two_stage,
       quantize_mode="vae" if family == "vae" else "vq",
-      is_legacy=family == "two_stage",
+      is_legacy=two_stage, finetune_decoder=two_stage and recipe != "stage1",
+      pixel_decoder=MaskGitVQGANConfig())
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variant, options = config_common.parse_arg(arg, "configs/titok.py", ("recipe",))
+  config_common.check_variant(variant, ("tiny", *RELEASED), "configs/titok.py")
+  two_stage = variant != "tiny" and RELEASED[variant][5] == "two_stage"
+  default = "stage1" if two_stage else "single_stage"
+  recipe = options.get("recipe", default)
+  if recipe not in RECIPES:
+    raise ValueError(f"recipe={recipe!r}: expected one of {RECIPES}")
+  c = config_common.base_config("titok", variant, total_steps=1_000_000, global_batch_size=256,
+                                ema_decay=0.999)
+  c.recipe = recipe
+
+  c.data = config_common.image_data()
+  c.data.name = "imagenet2012"
+  model = _model(variant, recipe)
+  c.model = config_common.model_section(model)
+  # One value: the pipeline's crops are the model's input.
+  c.data.image_size = c.model.get_ref("image_size")
+
+  # Training knobs of the tokenizer that are not part of the model.
+  c.train = ml_collections.ConfigDict(dict(
       # Multiplies the official N(0, 0.02) kernel init (sized for widths ~1000).
       init_kernel_scale=1.0,
       # Codebook restart: codes whose usage EMA falls below threshold/K are reset
       # to batch latents (0 disables; the official recipes do not use it).
-      dead_code_threshold=0.0, dead_code_decay=0.99,
-      # MaskGIT-VQGAN pixel decoder of the released models (fine-tuned in stage 2).
-      pixel_decoder=dict(hidden_channels=128, channel_mult=(1, 1, 2, 2, 4),
-                         num_res_blocks=2, z_channels=256, codebook_size=1024),
-  ))
+      dead_code_threshold=0.0, dead_code_decay=0.99))
 
-
-def _parse(arg: str | None) -> tuple[str, dict[str, str]]:
-  parts = [p for p in (arg or "tiny").split(",") if p]
-  options = dict(p.split("=", 1) for p in parts[1:])
-  unknown = set(options) - {"recipe"}
-  if unknown:
-    raise ValueError(f"configs/titok.py: unknown option(s) {sorted(unknown)}; "
-                     "expected VARIANT[,recipe=stage1|stage2|single_stage]")
-  return parts[0], options
-
-
-def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, options = _parse(arg)
-  if variant != "tiny" and variant not in RELEASED:
-    raise ValueError(f"configs/titok.py: unknown variant {variant!r}; expected "
-                     f"'tiny' or one of {sorted(RELEASED)}")
-  c = loop.base_config("titok", variant, total_steps=1_000_000, global_batch_size=256,
-                       ema_decay=0.999)
-
-  c.data = pipeline.default_data_config()
-  c.data.name = "imagenet2012"
-  c.data.image_size = 256
-
-  c.optimizer = optimizer.default_optimizer_config()
+  c.optimizer = config_common.optimizer()
 
   # Pixel objective (stage 2 and single stage).
   c.losses = ml_collections.ConfigDict(dict(
@@ -104,28 +104,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   ))
   c.discriminator = ml_collections.ConfigDict(dict(
       hidden_channels=128, channel_mults=(1, 1, 2, 4), norm_groups=32, pool_size=16))
-  c.discriminator_optimizer = optimizer.default_optimizer_config(
-      b2=0.999, warmup_steps=5_000)
+  c.discriminator_optimizer = config_common.optimizer(b2=0.999, warmup_steps=5_000)
 
-  # Stage 1: proxy codes from a frozen MaskGIT-VQGAN teacher.
-  c.teacher = ml_collections.ConfigDict(dict(
-      checkpoint="", hidden_channels=128, channel_mult=(1, 1, 2, 2, 4),
-      num_res_blocks=2, z_channels=256, codebook_size=1024))
+  # Stage 1: proxy codes from a frozen MaskGIT-VQGAN teacher (its file and
+  # `MaskGitVQGANConfig` fields); stage 2 starts its pixel decoder from it.
+  c.teacher = config_common.model_section(model.pixel_decoder, checkpoint="")
 
   c.eval.update(dict(num_images=1024, batch_size=64, grid_images=8))
 
   if variant == "tiny":
-    c.model = _model((128, 2, 4), (128, 2, 4), 32, 1024, 12, "vq", patch=4)
-    c.model.use_l2_norm = True
-    c.model.update(dict(init_kernel_scale=4.0, dead_code_threshold=0.1, dead_code_decay=0.9))
-    c.model.pixel_decoder = dict(hidden_channels=32, channel_mult=(1, 2, 2),
-                                 num_res_blocks=1, z_channels=16, codebook_size=1024)
-    c.recipe = "single_stage"
-    c.teacher.update(dict(hidden_channels=32, channel_mult=(1, 2, 2),
-                          num_res_blocks=1, z_channels=16, codebook_size=1024))
+    c.train.update(dict(init_kernel_scale=4.0, dead_code_threshold=0.1, dead_code_decay=0.9))
     c.data.name = "synthetic_shapes"
     c.data.data_dir = "./data"
-    c.data.image_size = 32
     c.data.synthetic.resolution = 32
     # One colour per class: the samples of the generator trained on this
     # tokenizer's codes (`make demo`) then show their class even where the
@@ -148,20 +138,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.losses.discriminator_start = 2000
     c.discriminator_optimizer.update(dict(lr=1e-4, end_lr=1e-5, warmup_steps=50))
     c.eval.update(dict(num_images=256, batch_size=64, grid_images=8))
-  else:
-    enc, dec, tokens, codebook, token_size, family = RELEASED[variant]
-    c.model = _model(enc, dec, tokens, codebook, token_size, family)
-    c.recipe = "stage1" if family == "two_stage" else "single_stage"
 
-  c.recipe = options.get("recipe", c.recipe)
-  if c.recipe not in ("stage1", "stage2", "single_stage"):
-    raise ValueError(f"recipe={c.recipe!r}: expected stage1, stage2 or single_stage")
-  if c.recipe in ("stage1", "stage2"):
-    c.model.is_legacy = True
-    c.model.use_l2_norm = True
-  if c.recipe == "stage1" and variant != "tiny":
+  if recipe == "stage1" and variant != "tiny":
     c.optimizer.update(dict(b2=0.99, warmup_steps=10_000))
-  if c.recipe == "stage2":
+  if recipe == "stage2":
     # The released stage-2 recipe: encoder frozen, commitment off, 500k steps.
     c.model.commitment_cost = 0.0
     c.losses.quantizer_weight = 0.0

@@ -50,9 +50,10 @@ TPU v5p-8 (4 chips) use mesh (1,-1,1) or (1,2,2).
 
 import ml_collections
 
-from vwt_jax.data.vript import pipeline as vript_pipeline
-from vwt_jax.training import loop
-from vwt_jax.training import optimizer
+from vwt_jax import config_common
+from vwt_jax.models.captioner import CaptionerConfig
+from vwt_jax.models.clip_vision import VARIANTS as VISION_VARIANTS
+from vwt_jax.models.llama_lm import LlamaLMConfig
 
 VARIANTS = ("tiny", "stage1", "stage2")
 # stage: (frames, max_txt_len, sequence length, RoPE linear factor)
@@ -68,12 +69,10 @@ DEMO_DATA = dict(num_long_videos=80, num_short_videos=20, scenes_per_video=(3, 5
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = arg or "tiny"
-  if variant not in VARIANTS:
-    raise ValueError(f"configs/vriptor.py: unknown variant {variant!r}; expected one of "
-                     f"{VARIANTS}")
-  c = loop.base_config("captioner", variant, total_steps=0, global_batch_size=64,
-                       ema_decay=0.0)
+  variant, _ = config_common.parse_arg(arg, "configs/vriptor.py")
+  config_common.check_variant(variant, VARIANTS, "configs/vriptor.py")
+  c = config_common.base_config("captioner", variant, total_steps=0, global_batch_size=64,
+                                ema_decay=0.0)
   # total_steps = 0: num_epochs over the training samples.
   c.num_epochs = 1.0
   c.grad_accum_steps = 8
@@ -84,18 +83,29 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (Vript has no held-out split).
   c.eval_every = 500
 
-  c.data = vript_pipeline.default_vript_data_config()
+  c.data = config_common.vript_data()
   c.data.update(dict(image_size=336, num_workers=8, num_threads=16))
 
-  c.model = ml_collections.ConfigDict(dict(
-      # '' = the tower of init.vision_dir.
-      vision=dict(variant="ViT-L/14@336px", feature_layer=-2, drop_cls=True),
-      projector=dict(kind="resampler", num_queries=32, num_layers=2, num_heads=16,
-                     temporal_embedding=True, max_frames=256),
-      # '' = the model of init.llm_dir; 0 = the variant's/checkpoint's value.
-      lm=dict(variant="7B", vocab_size=0, max_positions=0, rope_linear_factor=0.0,
-              scan_layers=True, remat=True),
-  ))
+  # `CaptionerConfig`: the CLIP tower, the projector and the LLaMA decoder
+  # (Vicuna-7B's sizes). The weights of `init.vision_dir` / `init.llm_dir`
+  # must have these sizes; the decoder may extend its positions
+  # (`lm.max_positions`, `lm.rope_linear_factor`).
+  if variant == "tiny":
+    model = CaptionerConfig(
+        vision=VISION_VARIANTS["tiny"], lm=LlamaLMConfig.from_variant("tiny", vocab_size=1024),
+        projector="resampler", num_queries=4, projector_layers=1, projector_heads=4,
+        max_frames=0, num_frames=4)
+  else:
+    frames, answer, length, rope = STAGES[variant]
+    model = CaptionerConfig(
+        vision=VISION_VARIANTS["ViT-L/14@336px"],
+        lm=LlamaLMConfig.from_variant("7B", max_positions=length, rope_linear_factor=rope,
+                                      scan_layers=True, remat=True),
+        feature_layer=-2, drop_cls=True, projector="resampler", num_queries=32,
+        projector_layers=2, projector_heads=16, temporal_embedding=True, max_frames=256,
+        num_frames=frames)
+  c.model = config_common.model_section(model)
+  c.data.num_frames = c.model.get_ref("num_frames")
   # Hugging Face directories (config.json + safetensors/bin) of the decoder
   # (LlamaForCausalLM: LLaMA, Vicuna) and the CLIP vision tower.
   c.init = ml_collections.ConfigDict(dict(llm_dir="", vision_dir=""))
@@ -106,18 +116,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.text = ml_collections.ConfigDict(dict(
       max_length=4096, max_answer_length=1024, bos=True, bos_token="</s>", pad_token="<unk>"))
   c.train = ml_collections.ConfigDict(dict(freeze=("vision",)))
-  c.optimizer = optimizer.default_optimizer_config(
+  c.optimizer = config_common.optimizer(
       lr=2e-5, end_lr=2e-5, schedule="constant", warmup_steps=0, b1=0.9, b2=0.999, eps=1e-8,
       weight_decay=0.0, grad_clip_norm=1.0, wd_exclude=())
   c.eval.update(dict(num_batches=8, batch_size=8))
 
   if variant == "tiny":
-    c.data.update(dict(root="demo_workdir/vript/train", num_frames=4, image_size=32,
+    c.data.update(dict(root="demo_workdir/vript/train", image_size=32,
                        num_workers=0, num_threads=4, prefetch=8))
     c.data.synthetic = ml_collections.ConfigDict(DEMO_DATA)
-    c.model.vision.variant = "tiny"
-    c.model.projector.update(dict(num_queries=4, num_layers=1, num_heads=4, max_frames=0))
-    c.model.lm.update(dict(variant="tiny", vocab_size=1024, scan_layers=False, remat=False))
     c.tokenizer.vocab_size = 1024
     # 16 visual tokens, prompts of at most ~120 and answers of ~400 tokens.
     c.text.update(dict(max_length=512, max_answer_length=384, bos_token="<s>",
@@ -136,8 +143,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                             weight_decay=0.01))
     c.eval.update(dict(num_batches=4, batch_size=8))
   else:
-    frames, answer, length, rope = STAGES[variant]
-    c.data.update(dict(stage=variant, num_frames=frames))
-    c.model.lm.update(dict(max_positions=length, rope_linear_factor=rope))
+    c.data.stage = variant
     c.text.update(dict(max_length=length, max_answer_length=answer))
   return c

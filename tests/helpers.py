@@ -155,10 +155,9 @@ def save_random_titok_run(config, workdir):
   import numpy as np
   from vwt_jax import main as main_lib
   from vwt_jax.core import checkpoint as checkpoint_lib
-  from vwt_jax.models import titok as titok_lib
-  from vwt_jax.training import titok as titok_trainer
+  from vwt_jax.families import titok as titok_family
   # pylint: enable=g-import-not-at-top
-  model = titok_lib.TiTok(titok_trainer.model_config(config))
+  model = titok_family.build(titok_family.model_config(config))
   size = config.data.image_size
   abstract = nn.meta.unbox(jax.eval_shape(model.init, jax.random.key(0),
                                           jnp.zeros((1, size, size, 3)))["params"])
@@ -174,18 +173,16 @@ def save_random_titok_run(config, workdir):
   return model, params
 
 
-def _save_random_run(config, workdir, boxed_abstract):
-  """Saves the config and random params (std 0.02) of `boxed_abstract` as step 1."""
+def _save_random_run(config, workdir, abstract):
+  """Saves the config and random params (std 0.02) of the shapes `abstract` holds as step 1."""
   # pylint: disable=g-import-not-at-top
-  import flax.linen as nn
   import jax
   import numpy as np
   from vwt_jax import main as main_lib
   from vwt_jax.core import checkpoint as checkpoint_lib
   # pylint: enable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda a: (0.02 * rng.normal(size=a.shape)).astype(a.dtype),
-                        nn.meta.unbox(boxed_abstract))
+  params = jax.tree.map(lambda a: (0.02 * rng.normal(size=a.shape)).astype(a.dtype), abstract)
   main_lib.save_config(config, workdir)
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), save_interval_steps=1, max_to_keep=1,
@@ -206,7 +203,7 @@ def save_random_generator_run(arg, code_dir, workdir):
   config.data.update(dict(dir=code_dir, num_workers=0))
   config.sampling.update(dict(top_k=0, cfg_scale=2.0))
   _save_random_run(config, workdir,
-                   generator.GeneratorTrainer(config, workdir="").abstract_params)
+                   generator.GeneratorTrainer(config, workdir="").abstract_state()["params"])
   return config
 
 
@@ -300,7 +297,7 @@ def save_random_captioner_run(config, workdir):
   """
   from vwt_jax.training import captioner  # pylint: disable=g-import-not-at-top
   # The trainer writes the tokenizer and model config the saved config refers to.
-  abstract = captioner.CaptionerTrainer(config, workdir).abstract_params
+  abstract = captioner.CaptionerTrainer(config, workdir).abstract_state()["params"]
   return _save_random_run(config, workdir, abstract)
 
 

@@ -2,7 +2,7 @@ r"""Captions videos with a trained Vriptor-style captioner run.
 
   # every captioned clip of an extracted Vript root, one caption per clip, scored
   python -m vwt_jax.caption --checkpoint demo_workdir/captioner demo_workdir/vript/heldout \
-      --output captions --score
+      --output_dir captions --score
   # one video's clip folder as one multi-scene window; one clip; a foreign ASR file
   python -m vwt_jax.caption --checkpoint RUN vript_long_videos_clips/VIDEO_ID \
       --format multi_scene
@@ -27,7 +27,7 @@ Prompts are those of training (`captioner_text`, `formats`), at the run's
 Generation is greedy by default (--temperature 0) and stops at Vriptor's end
 symbol '###' (or eos); see `sampling/text_generation.py`.
 
-Output under --output:
+Output under --output_dir:
 - `vript_captions/{group}_captions/{video_id}_caption.json` per video, in the
   Vript caption schema and layout (the input's group; 'captioned' for a
   folder not named '{group}_clips'), so the folder reads back with
@@ -40,46 +40,36 @@ Output under --output:
   (also printed, with the scorer's configuration).
 """
 
-import argparse
 import dataclasses
-import functools
 import json
 import os
-import sys
 from typing import Any, Callable, Optional, Sequence
 
+from absl import app
+from absl import flags
 from absl import logging
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tokenizers
 from tqdm import tqdm
 
-from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax import cli
 from vwt_jax.core import files
-from vwt_jax.core import sharding as sharding_lib
-from vwt_jax.data import text_tokenizer
 from vwt_jax.data.vript import captioner_text
 from vwt_jax.data.vript import clip_source
 from vwt_jax.data.vript import formats
 from vwt_jax.data.vript import frames as frames_lib
 from vwt_jax.data.vript import schema
 from vwt_jax.evaluation import vript_hal
-from vwt_jax.models import captioner as captioner_lib
-from vwt_jax.sampling import text_generation
-from vwt_jax.training import captioner as captioner_trainer
-from vwt_jax.training import tokenizers as tokenizers_lib
+from vwt_jax.families import captioner as captioner_family
 
+FLAGS = flags.FLAGS
 CAPTION_FORMATS = ("single_scene", "multi_scene")
 PREDICTIONS_FILE = "predictions.jsonl"
 HAL_FILE = "hal_scores.json"
 # The caption group of clips that are not under a '{group}_clips' folder.
 DEFAULT_GROUP = "captioned"
-# Prompts are left-padded to a multiple of this, so batches compile for few lengths.
-PROMPT_BUCKET = 64
-_EOS_TOKEN = "</s>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,148 +213,13 @@ def window_prompt(clips: Sequence[schema.Clip], stage: str) -> str:
       "multi_scene", stage, text.total, text.voiceover or None))
 
 
-def stop_sequences(tokenizer: tokenizers.Tokenizer,
-                   end_symbol: str = captioner_text.END_SYMBOL) -> list[tuple[int, ...]]:
-  """Token sequences that end an answer: the end symbol on its own, every
-  vocabulary token containing it (a merge such as '.###') and eos.
-
-  A split of the symbol other than these is not caught during generation
-  (the row runs on); `captioner_text.strip_end_symbol` still cuts the text.
-  """
-  stops = {tuple(tokenizer.encode(end_symbol, add_special_tokens=False).ids)}
-  stops |= {(i,) for token, i in tokenizer.get_vocab(with_added_tokens=True).items()
-            if end_symbol in token}
-  eos = tokenizer.token_to_id(_EOS_TOKEN)
-  if eos is not None:
-    stops.add((eos,))
-  return sorted(stops)
-
-
-@functools.lru_cache(maxsize=8)
-def _embed_fn(model: captioner_lib.Captioner):
-  """`Captioner.embed_inputs`, jitted once per model config."""
-  return jax.jit(lambda params, frames, ids, visual: model.apply(
-      {"params": params}, frames, ids, visual, method="embed_inputs"))
-
-
-class CaptionGenerator:
-  """A loaded captioner run: prompt layout, frames -> captions."""
-
-  def __init__(self, config: ml_collections.ConfigDict,
-               cfg: captioner_lib.CaptionerConfig, tokenizer: tokenizers.Tokenizer):
-    self.config = config
-    self.cfg = cfg
-    self.tokenizer = tokenizer
-    self.model = captioner_lib.Captioner(cfg)
-    self.stage = config.data.stage
-    t = config.text
-    self.pad_id = text_tokenizer.special_id(tokenizer, t.pad_token)
-    self.stops = stop_sequences(tokenizer)
-
-  def read_frames(self, paths: Sequence[str]) -> np.ndarray:
-    """float32 (num_frames, H, W, 3) of consecutive clips, as the eval pipeline
-    reads them ('middle' frames split over the clips, center crop, CLIP norm)."""
-    clips, _ = frames_lib.read_window(list(paths), self.cfg.num_frames, "middle")
-    size = self.cfg.vision.image_size
-    return frames_lib.normalize(frames_lib.transform_clips(clips, image_size=size, train=False))
-
-  def prompt_tokens(self, model_input: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, visual) of a prompt alone, laid out as in training."""
-    t = self.config.text
-    example = captioner_text.encode_example(
-        model_input, "", self.tokenizer, num_visual_tokens=self.cfg.num_visual_tokens(),
-        max_length=self.cfg.lm.max_positions, bos=t.bos, bos_token=t.bos_token,
-        pad_token=t.pad_token)
-    length = int(example["attention"].sum())
-    return example["ids"][:length], example["visual"][:length]
-
-  def caption(self, params: Any, frames: np.ndarray, model_inputs: Sequence[str], *,
-              key: jax.Array, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-              top_p: float = 1.0, prompt_bucket: int = PROMPT_BUCKET) -> list[str]:
-    """Answers (end symbol cut, stripped) for frames (B, T, H, W, 3) and prompts.
-
-    The prompts are left-padded to a multiple of `prompt_bucket` tokens (at
-    most what max_positions leaves), so that batches of similar prompts share
-    one compiled program.
-    """
-    rows = [self.prompt_tokens(m) for m in model_inputs]
-    positions = self.cfg.lm.max_positions
-    longest = max(len(ids) for ids, _ in rows)
-    new = min(max_new_tokens, positions - longest + 1)
-    if new < 1:
-      raise ValueError(f"a prompt of {longest} tokens leaves no room in max_positions="
-                       f"{positions}")
-    if new < max_new_tokens:
-      logging.log_first_n(logging.WARNING, "max_new_tokens %d cut to %d by max_positions=%d",
-                          1, max_new_tokens, new, positions)
-    # The bucket never takes positions the new tokens need.
-    length = min(-(-longest // prompt_bucket) * prompt_bucket, positions - new + 1)
-    ids = np.full((len(rows), length), self.pad_id, np.int32)
-    visual = np.zeros(ids.shape, bool)
-    mask = np.zeros(ids.shape, bool)
-    for row, (row_ids, row_visual) in enumerate(rows):
-      ids[row, length - len(row_ids):] = row_ids
-      visual[row, length - len(row_ids):] = row_visual
-      mask[row, length - len(row_ids):] = True
-    captioner_lib.check_visual_slots(visual, self.cfg.num_visual_tokens())
-    embeds = _embed_fn(self.model)(params, jnp.asarray(frames), jnp.asarray(ids),
-                                   jnp.asarray(visual))
-    cache = captioner_lib.init_cache(self.cfg, len(rows), length + new - 1)
-    tokens, lengths = text_generation.generate(
-        *text_generation.module_fns(self.model), params, embeds, mask, cache=cache,
-        max_new_tokens=new, key=key, temperature=temperature, top_k=top_k, top_p=top_p,
-        stop_sequences=self.stops, pad_id=self.pad_id)
-    tokens, lengths = jax.device_get((tokens, lengths))
-    return [self._answer(row, n) for row, n in zip(tokens, lengths)]
-
-  def _answer(self, tokens: np.ndarray, length: int) -> str:
-    """The text of a generated row, up to the end symbol.
-
-    The stop sequence (the tokens from `length` up to the padding) is decoded
-    too: a merged stop token such as '.###' holds the answer's last
-    characters; the text is then cut at the symbol.
-    """
-    end = length
-    while end < len(tokens) and tokens[end] != self.pad_id:
-      end += 1
-    text = self.tokenizer.decode(tokens[:end].tolist(), skip_special_tokens=True)
-    return captioner_text.strip_end_symbol(text).strip()
-
-
-def load(config: Optional[ml_collections.ConfigDict],
-         checkpoint: str) -> tuple[CaptionGenerator, Any]:
-  """(caption generator, its parameters placed as in training) of a captioner run.
-
-  `checkpoint` is the run folder (the trainer's workdir): config.json,
-  tokenizer.json, captioner_config.json and checkpoints/ (the latest step is
-  read). `config` defaults to its config.json. The parameters are split over
-  the run's mesh (`config.mesh_shape`, `config.logical_axis_rules`), so a
-  captioner trained with FSDP / tensor parallelism generates without ever
-  sitting whole on one device; the jitted generation then runs on the mesh.
-  """
-  config = config or tokenizers_lib.run_config(checkpoint)
-  if config.trainer != "captioner":
-    raise ValueError(f"{checkpoint}: a {config.trainer!r} run, not a captioner run")
-  model_file = os.path.join(checkpoint, captioner_trainer.MODEL_CONFIG_FILE)
-  if not epath.Path(model_file).is_file():
-    raise FileNotFoundError(f"{model_file} not found: --checkpoint should be the run folder")
-  cfg = captioner_lib.CaptionerConfig.from_json(files.read_text(model_file))
-  tokenizer = text_tokenizer.load_tokenizer(
-      os.path.join(checkpoint, captioner_trainer.TOKENIZER_FILE))
-  params = checkpoint_lib.load_state_subtree(checkpoint, "params")
-  captioner_lib.check_params(params, cfg, checkpoint)
-  mesh = sharding_lib.create_mesh(config.mesh_shape)
-  shardings = sharding_lib.logical_to_sharding(captioner_lib.abstract_params(cfg), mesh,
-                                               config.logical_axis_rules)
-  return CaptionGenerator(config, cfg, tokenizer), jax.device_put(params, shardings)
-
-
 def _batches(items: Sequence[Any], size: int):
   for start in range(0, len(items), size):
     yield items[start:start + size]
 
 
-def _run_batch(gen: CaptionGenerator, params: Any, windows: Sequence[Sequence[schema.Clip]],
+def _run_batch(gen: captioner_family.CaptionGenerator, params: Any,
+               windows: Sequence[Sequence[schema.Clip]],
                prompt: Callable[[Sequence[schema.Clip]], str], key: jax.Array,
                batch_size: int, sampling: dict[str, Any]) -> list[str]:
   """Captions of a batch of windows (consecutive clips), padded to `batch_size`
@@ -376,7 +231,7 @@ def _run_batch(gen: CaptionGenerator, params: Any, windows: Sequence[Sequence[sc
                      key=key, **sampling)[:len(windows)]
 
 
-def caption_videos(gen: CaptionGenerator, params: Any, videos: Sequence[VideoInput], *,
+def caption_videos(gen: captioner_family.CaptionGenerator, params: Any, videos: Sequence[VideoInput], *,
                    fmt: str = "single_scene", batch_size: int = 8, seed: int = 0,
                    **sampling) -> list[tuple[VideoInput, list[dict[str, Any]]]]:
   """Per video, one record per clip ({'scene', 'content', 'scene_title', 'voiceover'}).
@@ -388,7 +243,7 @@ def caption_videos(gen: CaptionGenerator, params: Any, videos: Sequence[VideoInp
     batch_size: rows per generation call.
     seed: batch i draws from fold_in(key(seed), i) (greedy ignores it).
     **sampling: max_new_tokens, temperature, top_k, top_p, prompt_bucket for
-      `CaptionGenerator.caption`.
+      `families.captioner.CaptionGenerator.caption`.
   """
   if fmt not in CAPTION_FORMATS:
     raise ValueError(f"format {fmt!r}: expected one of {CAPTION_FORMATS}")
@@ -469,59 +324,44 @@ def score(rows: Sequence[dict[str, Any]], scorer: vript_hal.HalScorer) -> dict[s
   return {"config": scorer.description, "metrics": vript_hal.aggregate(results)}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
-  """Captions the input, writes the outputs; returns {'predictions', 'hal'?, ...}."""
-  parser = argparse.ArgumentParser(prog="python -m vwt_jax.caption", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("input", help="a Vript root, one video's clip folder or one mp4")
-  parser.add_argument("--checkpoint", required=True,
-                      help="a captioner run folder (the trainer's workdir)")
-  parser.add_argument("--voiceover", default=None, help="an _asr.jsonl for the input's clips")
-  parser.add_argument("--no_voiceover", action="store_true",
-                      help="prompt without voice-over lines even where ASR exists")
-  parser.add_argument("--format", default="single_scene", choices=CAPTION_FORMATS)
-  parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-  parser.add_argument("--top_k", type=int, default=0, help="0 = off")
-  parser.add_argument("--top_p", type=float, default=1.0, help="1 = off")
-  parser.add_argument("--max_new_tokens", type=int, default=0,
-                      help="0 = the run's config.text.max_answer_length (if unset: as many "
-                      "as the LM's max_positions leave)")
-  parser.add_argument("--batch_size", type=int, default=8, help="rows per generation call")
-  parser.add_argument("--prompt_bucket", type=int, default=PROMPT_BUCKET,
-                      help="prompts are left-padded to a multiple of this many tokens")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--output", default="captions", help="output folder")
-  parser.add_argument("--cache_dir", default="",
-                      help="index cache folder for a read-only Vript root")
-  parser.add_argument("--score", action="store_true", help="Vript-HAL against the ground truth")
-  parser.add_argument("--hal_config", default="minilm_sm", choices=sorted(vript_hal.CONFIGS))
-  parser.add_argument("--encoder_dir", default=None,
-                      help="HAL sentence-transformers directory (overrides the config's)")
-  args = parser.parse_args(argv)
-  if not epath.Path(args.input).exists():
-    parser.error(f"{args.input} not found")
-  gen, params = load(None, args.checkpoint)
-  videos = find_videos(args.input, voiceover=args.voiceover,
-                       use_voiceover=not args.no_voiceover, cache_dir=args.cache_dir)
-  if args.score and not any(c.gt for v in videos for c in v.clips):
-    parser.error("--score needs ground truth: caption a Vript root with captions")
+def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.ConfigDict] = None,
+        output_dir: str = "captions", fmt: str = "single_scene", voiceover: Optional[str] = None,
+        use_voiceover: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+        seed: int = 0, batch_size: int = 8, max_new_tokens: int = 0,
+        prompt_bucket: int = captioner_family.PROMPT_BUCKET, cache_dir: str = "",
+        score_hal: bool = False, hal_config: str = "minilm_sm",
+        encoder_dir: Optional[str] = None) -> dict[str, Any]:
+  """Captions the input and writes the outputs (module docstring); returns
+  {'predictions', 'num_videos', 'num_clips', 'format', 'hal'?}.
+
+  `max_new_tokens` 0 takes the run's `config.text.max_answer_length` (if
+  unset: as many as the LM's max_positions leave).
+
+  Raises:
+    cli.SettingsError: the input does not exist, or `score_hal` without ground truth.
+  """
+  if not epath.Path(input_path).exists():
+    raise cli.SettingsError(f"{input_path} not found")
+  gen, params = captioner_family.load_run(config, checkpoint)
+  videos = find_videos(input_path, voiceover=voiceover, use_voiceover=use_voiceover,
+                       cache_dir=cache_dir)
+  if score_hal and not any(c.gt for v in videos for c in v.clips):
+    raise cli.SettingsError("--score needs ground truth: caption a Vript root with captions")
   # `caption` cuts this to what max_positions leaves after each batch's prompts.
-  max_new = (args.max_new_tokens or gen.config.text.get("max_answer_length")
+  max_new = (max_new_tokens or gen.config.text.get("max_answer_length")
              or gen.cfg.lm.max_positions)
-  results = caption_videos(gen, params, videos, fmt=args.format, batch_size=args.batch_size,
-                           seed=args.seed, max_new_tokens=max_new,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           prompt_bucket=args.prompt_bucket)
-  rows = write_outputs(results, args.output)
-  out = {"predictions": os.path.join(args.output, PREDICTIONS_FILE), "num_videos": len(videos),
-         "num_clips": len(rows), "format": args.format}
-  print(f"wrote {len(videos)} caption files and {len(rows)} predictions to {args.output}")
-  if args.score:
-    hal = score(rows, vript_hal.HalScorer(args.hal_config, encoder_dir=args.encoder_dir))
-    with files.write_file(os.path.join(args.output, HAL_FILE)) as f:
-      json.dump(dict(hal, checkpoint=args.checkpoint, format=args.format,
-                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                     max_new_tokens=max_new), f, indent=2)
+  results = caption_videos(gen, params, videos, fmt=fmt, batch_size=batch_size, seed=seed,
+                           max_new_tokens=max_new, temperature=temperature, top_k=top_k,
+                           top_p=top_p, prompt_bucket=prompt_bucket)
+  rows = write_outputs(results, output_dir)
+  out = {"predictions": os.path.join(output_dir, PREDICTIONS_FILE), "num_videos": len(videos),
+         "num_clips": len(rows), "format": fmt}
+  print(f"wrote {len(videos)} caption files and {len(rows)} predictions to {output_dir}")
+  if score_hal:
+    hal = score(rows, vript_hal.HalScorer(hal_config, encoder_dir=encoder_dir))
+    with files.write_file(os.path.join(output_dir, HAL_FILE)) as f:
+      json.dump(dict(hal, checkpoint=checkpoint, format=fmt, temperature=temperature,
+                     top_k=top_k, top_p=top_p, max_new_tokens=max_new), f, indent=2)
     m = hal["metrics"]
     print(f"configuration {hal['config']}\n{vript_hal.format_official(m)}\nclips "
           f"{m['num_clips']}, empty predictions (scored 0) {m['num_empty_predictions']}")
@@ -529,5 +369,45 @@ def main(argv: Optional[Sequence[str]] = None) -> dict[str, Any]:
   return out
 
 
+def define_flags():
+  cli.define_config_flag("The captioner run's config with overrides (a run folder or config "
+                         "file); default: the --checkpoint run's.")
+  flags.DEFINE_string("checkpoint", None, "A captioner run folder (the trainer's workdir).")
+  flags.DEFINE_string("voiceover", None, "An _asr.jsonl for the input's clips.")
+  flags.DEFINE_bool("no_voiceover", False,
+                    "Prompt without voice-over lines even where ASR exists.")
+  flags.DEFINE_enum("format", "single_scene", CAPTION_FORMATS, "One caption per clip, or one "
+                    "multi-scene answer per video.")
+  cli.define_sampling_flags(batch_size=8)
+  flags.DEFINE_integer("max_new_tokens", 0, "0 = the run's config.text.max_answer_length "
+                       "(if unset: as many as the LM's max_positions leave).")
+  flags.DEFINE_integer("prompt_bucket", captioner_family.PROMPT_BUCKET,
+                       "Prompts are left-padded to a multiple of this many tokens.")
+  flags.DEFINE_string("output_dir", "captions", "Where the caption files, predictions.jsonl "
+                      "and hal_scores.json go.")
+  flags.DEFINE_string("cache_dir", "", "Index cache folder for a read-only Vript root.")
+  flags.DEFINE_bool("score", False, "Vript-HAL against the ground truth.")
+  flags.DEFINE_enum("hal_config", "minilm_sm", sorted(vript_hal.CONFIGS), "Vript-HAL scorer.")
+  flags.DEFINE_string("encoder_dir", None,
+                      "HAL sentence-transformers directory (overrides the config's).")
+  flags.mark_flags_as_required(["checkpoint"])
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("expected one INPUT: a Vript root, one video's clip folder or one mp4")
+  try:
+    run(argv[1], FLAGS.checkpoint, config=FLAGS.config, output_dir=FLAGS.output_dir,
+        fmt=FLAGS.format, voiceover=FLAGS.voiceover, use_voiceover=not FLAGS.no_voiceover,
+        temperature=FLAGS.temperature or 0.0, top_k=FLAGS.top_k or 0,
+        top_p=1.0 if FLAGS.top_p is None else FLAGS.top_p, seed=FLAGS.seed,
+        batch_size=FLAGS.batch_size, max_new_tokens=FLAGS.max_new_tokens,
+        prompt_bucket=FLAGS.prompt_bucket, cache_dir=FLAGS.cache_dir, score_hal=FLAGS.score,
+        hal_config=FLAGS.hal_config, encoder_dir=FLAGS.encoder_dir)
+  except cli.SettingsError as e:
+    raise app.UsageError(str(e)) from e
+
+
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  define_flags()
+  app.run(main)

@@ -22,31 +22,27 @@ from absl import logging
 from etils import epath
 from flax import traverse_util
 import jax
-from ml_collections import config_flags
 
+from vwt_jax import cli
+from vwt_jax import families
 from vwt_jax.core import distributed
 from vwt_jax.core import files
+from vwt_jax.families import common
 
 FLAGS = flags.FLAGS
 
-TRAINERS = {
-    "titok": "vwt_jax.training.titok",
-    "vqgan": "vwt_jax.training.vqgan",
-    "generator": "vwt_jax.training.generator",
-    "captioner": "vwt_jax.training.captioner",
-}
 
-
-CONFIG_FILE = "config.json"
 LOCK_FILE = "lock"
 # Config keys (dotted; one ending in '.' covers its section) that decide the
 # shapes or layout of a run's saved state, or what its codes mean: the model
 # and the networks trained beside it, the tokenizer (vocabulary), the code
 # dataset (vocabulary, code length, classes), the image size, the weights the
-# model is built from, what is frozen, the parameter dtype. `ema_decay`
-# counts only when it switches the EMA copy on or off.
-STRUCTURAL_KEYS = ("trainer", "recipe", "param_dtype", "model.", "discriminator.", "teacher.",
+# model is built from, what is frozen, the parameter dtype. `ON_OFF_KEYS`
+# count only when they switch a state entry (the EMA copy, code-usage
+# statistics) on or off.
+STRUCTURAL_KEYS = ("family", "recipe", "param_dtype", "model.", "discriminator.", "teacher.",
                    "tokenizer.", "init.", "data.dir", "data.image_size", "train.freeze")
+ON_OFF_KEYS = ("ema_decay", "train.dead_code_threshold")
 
 
 class ConfigChangedError(ValueError):
@@ -60,11 +56,11 @@ def _config_json(config) -> str:
 def save_config(config, workdir: str) -> None:
   """Writes `workdir/config.json` whole or not at all."""
   files.makedirs(workdir)
-  files.write_text(os.path.join(workdir, CONFIG_FILE), _config_json(config))
+  files.write_text(os.path.join(workdir, common.CONFIG_FILE), _config_json(config))
 
 
 def _is_structural(key: str, old: Any, new: Any) -> bool:
-  if key == "ema_decay":
+  if key in ON_OFF_KEYS:
     return bool(old) != bool(new)
   return any(key == k or (k.endswith(".") and key.startswith(k)) for k in STRUCTURAL_KEYS)
 
@@ -80,7 +76,7 @@ def check_restart(config, workdir: str) -> None:
     ConfigChangedError: a `STRUCTURAL_KEYS` value differs; the message lists
       every such key with its old and new value.
   """
-  path = epath.Path(workdir) / CONFIG_FILE
+  path = epath.Path(workdir) / common.CONFIG_FILE
   if not path.exists():
     return
   old = traverse_util.flatten_dict(json.loads(files.read_text(path)), sep=".")
@@ -101,15 +97,13 @@ def check_restart(config, workdir: str) -> None:
 
 
 def run(config, workdir: str):
-  """Dispatches on `config.trainer`; importable for notebooks and tests.
+  """Trains `config.family` with its trainer; importable for notebooks and tests.
 
   Checks a restart against the saved config (`check_restart`) before writing
   anything, then holds `workdir/lock` (`files.lock`) while it trains. The
   processes of a multi-process job share the folder: process 0 takes the lock.
   """
-  if config.trainer not in TRAINERS:
-    raise ValueError(f"config.trainer={config.trainer!r}: expected one of {sorted(TRAINERS)}")
-  module = importlib.import_module(TRAINERS[config.trainer])
+  module = importlib.import_module(families.get(config.family).TRAINER)
   check_restart(config, workdir)
   files.makedirs(workdir)
   locked = (files.lock(os.path.join(workdir, LOCK_FILE)) if jax.process_index() == 0
@@ -121,8 +115,8 @@ def run(config, workdir: str):
 
 def define_flags():
   # Defined on demand so that importing `run` (tests, notebooks) defines no flags.
-  config_flags.DEFINE_config_file(
-      "config", None, "Config file, optionally with ':variant'.", lock_config=True)
+  cli.define_config_flag("Config file with its argument (configs/titok.py:tiny), or a run "
+                         "folder: its saved config.")
   flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
   flags.mark_flags_as_required(["config", "workdir"])
 

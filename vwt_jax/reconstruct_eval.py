@@ -16,7 +16,7 @@ to --output_dir:
 
 * originals.npz, reconstructions.npz: ADM batches (`arr_0` uint8 NHWC). Both
   are quantised with one rule, LlamaGen's round-half-up
-  clip(127.5 x + 128, 0, 255) (`reconstruction.quantize`), which returns the
+  clip(127.5 x + 128, 0, 255) (`images.quantize`), which returns the
   pipeline's decoded pixels exactly. originals.npz also serves as a reference
   batch for `vwt_jax.sample_eval --reference` / `vwt_jax.evaluate`.
 * metrics.json: psnr, ssim (per-image means on [0, 1]), codebook_usage and
@@ -33,15 +33,16 @@ from absl import app
 from absl import flags
 import jax
 import numpy as np
-from ml_collections import config_flags
 
+from vwt_jax import cli
 from vwt_jax.core import distributed
 from vwt_jax.core import files
+from vwt_jax.core import images as images_lib
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import pipeline
 from vwt_jax.evaluation import adm_npz
 from vwt_jax.evaluation import reconstruction as recon_eval
-from vwt_jax.training import tokenizers
+from vwt_jax.families import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 
@@ -49,9 +50,8 @@ QUANTIZATION = "round half up: clip(127.5 x + 128, 0, 255) -> uint8 (LlamaGen)"
 
 
 def define_flags():
-  config_flags.DEFINE_config_file(
-      "config", None, "Tokenizer config; defaults to the config.json of the --checkpoint run.",
-      lock_config=True)
+  cli.define_config_flag("Tokenizer config (a config file or a run folder); default: "
+                         "the --checkpoint run's.")
   flags.DEFINE_string("checkpoint", None, "A tokenizer run folder or an official state dict.")
   flags.DEFINE_string("split", "validation", "Dataset split (tfds name; slices work).")
   flags.DEFINE_integer("num_images", 50_000, "Images to reconstruct (at most the split).")
@@ -66,7 +66,7 @@ def define_flags():
   flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
-def _tokenizer_reconstruct(tok: tokenizers.Tokenizer):
+def _tokenizer_reconstruct(tok: tokenizer_lib.Tokenizer):
   def reconstruct(images):
     codes = tok.encode(images)
     return tok.decode(codes), codes
@@ -78,7 +78,7 @@ def run(config, checkpoint: str, output_dir: str, *, split: str = "validation",
         lpips_weights: str = "", lpips_net: str = "vgg", mesh=None) -> dict[str, Any]:
   """Reconstructs, writes the two batches and metrics.json; returns the metrics."""
   mesh = mesh or sharding_lib.create_mesh((-1, 1, 1))
-  tok = tokenizers.load_tokenizer(checkpoint, config, mesh)
+  tok = tokenizer_lib.load_tokenizer(checkpoint, config, mesh)
   dp = sharding_lib.data_parallel_size(mesh)
   batch_size = -(-batch_size // dp) * dp
   dataset = pipeline.create_image_dataset(config.data, split=split, global_batch_size=batch_size,
@@ -103,7 +103,7 @@ def run(config, checkpoint: str, output_dir: str, *, split: str = "validation",
           arrays[name] = np.lib.format.open_memmap(
               buffers[name], mode="w+", dtype=np.uint8,
               shape=(num_images,) + batch[key].shape[1:])
-        arrays[name][seen:seen + len(batch[key])] = recon_eval.quantize(batch[key])
+        arrays[name][seen:seen + len(batch[key])] = images_lib.quantize(batch[key])
       seen += len(batch["psnr"])
     arrays = {n: a[:seen] for n, a in arrays.items()}
     metrics = stats.result()
@@ -148,7 +148,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
+  config = cli.config_or_run(FLAGS.checkpoint)
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
   ev = config.get("eval", {})

@@ -27,7 +27,7 @@ r"""Sampling from a generator: class rows or captioned images, and an ADM-style 
 The npz holds `arr_0` (uint8 NHWC) and `arr_1` (labels), the layout OpenAI's
 ADM evaluator reads; caption samples hold `arr_0` and `captions` instead.
 Pixels are quantised as the official sampler does: clip(127.5 x + 128, 0, 255)
-truncated to uint8 (`reconstruction.quantize`).
+truncated to uint8 (`images.quantize`).
 For FID runs (50 per class, resumable, scored) see `vwt_jax.sample_eval`.
 """
 
@@ -41,19 +41,18 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 from tqdm import tqdm
 
+from vwt_jax import cli
+from vwt_jax.cli import SettingsError, check_flag
 from vwt_jax.core import distributed
 from vwt_jax.core import files
-from vwt_jax.core import sharding as sharding_lib
-from vwt_jax.data import caption_features
+from vwt_jax.core import images as images_lib
 from vwt_jax.data.vript import clip_source
 from vwt_jax.evaluation import adm_npz
-from vwt_jax.evaluation import reconstruction as recon_eval
+from vwt_jax.families import generator as generator_lib
+from vwt_jax.families import text_encoders
 from vwt_jax.models import gpt as gpt_lib
-from vwt_jax.training import generator as generator_lib
-from vwt_jax.training import tokenizers
 
 FLAGS = flags.FLAGS
 # Captions need about 20 characters per line: smaller samples are enlarged
@@ -64,26 +63,12 @@ _FLAG_SETTINGS = {"cfg": "cfg_scale", "cfg_interval": "cfg_interval",
                   "temperature": "temperature", "top_k": "top_k", "top_p": "top_p"}
 
 
-class SettingsError(ValueError):
-  """A setting the generator cannot sample with; the command lines report it as a
-  usage error, before any weights are read."""
-
-
-def check_flag(ok: bool, name: str, value: Any, allowed: str) -> None:
-  """Raises `SettingsError` "NAME=VALUE: expected ALLOWED" unless `ok`."""
-  if not ok:
-    raise SettingsError(f"{name}={value!r}: expected {allowed}")
-
-
 def define_sampling_flags():
-  """The sampler settings shared by `sample` and `sample_eval` (None = config.sampling)."""
+  """The image sampler's settings, shared by `sample` and `sample_eval` (None =
+  config.sampling's)."""
+  cli.define_sampling_flags(batch_size=64)
   flags.DEFINE_float("cfg", None, "Classifier-free guidance scale (1 = off).")
   flags.DEFINE_integer("cfg_interval", None, "Guide only the first cfg_interval+2 tokens.")
-  flags.DEFINE_float("temperature", None, "Softmax temperature.")
-  flags.DEFINE_integer("top_k", None, "Keep the k most likely tokens (0 = all).")
-  flags.DEFINE_float("top_p", None, "Nucleus sampling threshold (1 = off).")
-  flags.DEFINE_integer("seed", 0, "PRNG seed: the same seed gives the same samples.")
-  flags.DEFINE_integer("batch_size", 64, "Images per compiled sampling call (all devices).")
   flags.DEFINE_integer("resize", 0, "Bicubic-resize the images to this size (0 = keep).")
 
 
@@ -93,8 +78,8 @@ def sampling_overrides() -> dict:
           if FLAGS[flag].value is not None}
 
 
-def check_sampling(trainer, overrides: dict[str, Any], *, batch_size: int, resize: int,
-                   seed: int) -> None:
+def check_sampling(gen: generator_lib.Generator, overrides: dict[str, Any], *,
+                   batch_size: int, resize: int, seed: int) -> None:
   """Checks what `sample` is given against the generator's sampler.
 
   `overrides` are `sample_codes` settings given as flags (named by their flag
@@ -106,26 +91,26 @@ def check_sampling(trainer, overrides: dict[str, Any], *, batch_size: int, resiz
   check_flag(batch_size >= 1, "--batch_size", batch_size, ">= 1 images per call")
   check_flag(resize >= 0, "--resize", resize, "a size in pixels >= 0 (0 = keep)")
   check_flag(seed >= 0, "--seed", seed, "a seed >= 0")
-  arch = trainer.arch
-  rules = arch.sampling_rules()
+  rules = gen.sampling_rules()
   flag_of = {setting: f"--{flag}" for flag, setting in _FLAG_SETTINGS.items()}
   for key, value in overrides.items():
     if key not in rules:
       raise SettingsError(f"{flag_of.get(key, key)}={value!r}: the sampler of the "
-                          f"{arch.description} has no {key}; it reads {sorted(rules)}")
-  settings = {**trainer.config.sampling.to_dict(), **overrides}
+                          f"{gen.description} has no {key}; it reads {sorted(rules)}")
+  settings = {**gen.config.sampling.to_dict(), **overrides}
   for key, (test, allowed) in rules.items():
     name = flag_of.get(key, key) if key in overrides else f"config.sampling.{key}"
-    check_flag(test(settings[key]), name, settings[key], f"{allowed} for the {arch.description}")
+    check_flag(test(settings[key]), name, settings[key],
+               f"{allowed} for the {gen.description}")
 
 
-def class_ids(trainer, values, name: str) -> list[int]:
+def class_ids(gen: generator_lib.Generator, values, name: str) -> list[int]:
   """`values` (ints or their strings) as class ids of the generator.
 
   Raises:
     SettingsError: naming `name`, for an empty list or a value that is not a class.
   """
-  num = trainer.arch.num_classes
+  num = gen.num_classes
   if not values:
     raise SettingsError(f"{name} is empty: expected class ids 0..{num - 1}")
   for value in values:
@@ -140,9 +125,8 @@ def class_ids(trainer, values, name: str) -> list[int]:
 
 
 def define_flags():
-  config_flags.DEFINE_config_file(
-      "config", None, "Generator config; defaults to the config.json of the --checkpoint run.",
-      lock_config=True)
+  cli.define_config_flag("Generator config (a config file or a run folder); default: "
+                         "the --checkpoint run's.")
   flags.DEFINE_string("checkpoint", None, "A generator run folder or an official state dict.")
   flags.DEFINE_list("classes", None, "Class labels; one grid row per class.")
   flags.DEFINE_integer("per_class", 4, "Samples per class in --classes.")
@@ -152,7 +136,7 @@ def define_flags():
                       "clips spread over this Vript root.")
   flags.DEFINE_integer("num_captions", 8, "Captions taken by --captions_from.")
   flags.DEFINE_integer("per_caption", 1, "Samples per caption (one grid row each if > 1).")
-  flags.DEFINE_enum("caption_encoder", None, caption_features.KINDS, "t2i text encoder; "
+  flags.DEFINE_enum("caption_encoder", None, text_encoders.KINDS, "t2i text encoder; "
                     "default the one recorded in the code dataset's metadata.")
   flags.DEFINE_string("caption_encoder_dir", "", "Its model directory (with "
                       "--caption_encoder; '' = the kind's default).")
@@ -168,27 +152,24 @@ def define_flags():
 
 
 def load(config, checkpoint: str, mesh=None,
-         check: Optional[Callable[[generator_lib.GeneratorTrainer], None]] = None):
-  """(generator trainer, its parameters placed on the mesh) for sampling.
+         check: Optional[Callable[[generator_lib.Generator], None]] = None):
+  """(generator, its parameters placed on the mesh) for sampling.
 
-  `check(trainer)` runs before the weights are read, so that settings the
+  `check(generator)` runs before the weights are read, so that settings the
   generator cannot use fail before minutes of loading.
   """
-  trainer = generator_lib.GeneratorTrainer(config, workdir="", mesh=mesh)
+  gen = generator_lib.Generator(config, mesh=mesh)
   if check is not None:
-    check(trainer)
-  params = jax.device_put(trainer.arch.load_pretrained(checkpoint),
-                          trainer.param_shardings)
-  return trainer, params
+    check(gen)
+  return gen, gen.load_params(checkpoint)
 
 
-def global_batch_size(trainer, batch_size: int) -> int:
+def global_batch_size(gen: generator_lib.Generator, batch_size: int) -> int:
   """`batch_size` rounded up to a multiple of the data-parallel devices."""
-  dp = sharding_lib.data_parallel_size(trainer.mesh)
-  return -(-batch_size // dp) * dp
+  return -(-batch_size // gen.data_parallel) * gen.data_parallel
 
 
-def sample(trainer, params, cond: np.ndarray, *, emb_mask: np.ndarray | None = None,
+def sample(gen: generator_lib.Generator, params, cond: np.ndarray, *, emb_mask: np.ndarray | None = None,
            seed: int = 0, key=None, batch_size: int = 64, resize: int = 0, bar=None,
            **overrides) -> np.ndarray:
   """uint8 NHWC samples for `cond`, in order; defaults from `config.sampling`.
@@ -198,8 +179,8 @@ def sample(trainer, params, cond: np.ndarray, *, emb_mask: np.ndarray | None = N
   Batch i draws from `fold_in(key, i)`, `key` defaulting to `key(seed)`. A
   given tqdm `bar` is advanced instead of showing a new one.
   """
-  tok = trainer.tokenizer()
-  batch_size = global_batch_size(trainer, batch_size)
+  tok = gen.tokenizer()
+  batch_size = global_batch_size(gen, batch_size)
   key = jax.random.key(seed) if key is None else key
 
   def pad(rows):
@@ -210,12 +191,12 @@ def sample(trainer, params, cond: np.ndarray, *, emb_mask: np.ndarray | None = N
     for i, start in enumerate(range(0, len(cond), batch_size)):
       chunk = cond[start:start + batch_size]
       mask = None if emb_mask is None else pad(emb_mask[start:start + batch_size])
-      codes = trainer.sample_codes(params, pad(chunk), jax.random.fold_in(key, i),
+      codes = gen.sample_codes(params, pad(chunk), jax.random.fold_in(key, i),
                                    emb_mask=mask, **overrides)
       images = tok.decode(jnp.asarray(codes))
       if resize and resize != images.shape[1]:
         images = jax.image.resize(images, (images.shape[0], resize, resize, 3), "bicubic")
-      out.append(recon_eval.quantize(jax.device_get(images))[:len(chunk)])
+      out.append(images_lib.quantize(jax.device_get(images))[:len(chunk)])
       (bar or own).update(len(chunk))
   return np.concatenate(out)
 
@@ -239,21 +220,21 @@ def vript_captions(root: str, num: int) -> list[str]:
   return [source[int(i)]["caption"] for i in picks]
 
 
-def caption_encoder(trainer, kind: str | None = None, model_dir: str = "",
-                    max_length: int = 0) -> caption_features.CaptionFeatureEncoder:
+def caption_encoder(gen: generator_lib.Generator, kind: str | None = None, model_dir: str = "",
+                    max_length: int = 0) -> text_encoders.CaptionFeatureEncoder:
   """The text encoder of a t2i generator: `kind` if given, else the one its
   code dataset recorded (`extract_codes --vript_root`); it must produce the
   GPT's caption width and prefix length."""
-  cfg = trainer.arch.cfg
+  cfg = gen.cfg
   if kind:
-    encoder = caption_features.load_caption_encoder(
+    encoder = text_encoders.load_caption_encoder(
         kind, model_dir, max_length=max_length or cfg.cls_token_num)
   else:
-    source = getattr(trainer.metadata, "source", None) or {}
+    source = getattr(gen.metadata, "source", None) or {}
     if "caption_encoder" not in source:
-      raise ValueError(f"the code dataset {trainer.config.data.dir!r} records no caption "
+      raise ValueError(f"the code dataset {gen.config.data.dir!r} records no caption "
                        "encoder: name one (--caption_encoder, --caption_encoder_dir)")
-    encoder = caption_features.from_description(source["caption_encoder"])
+    encoder = text_encoders.from_description(source["caption_encoder"])
   if (encoder.dim, encoder.max_length) != (cfg.caption_dim, cfg.cls_token_num):
     raise ValueError(f"caption encoder {encoder.kind} gives {encoder.max_length} tokens of "
                      f"{encoder.dim}-d features; the generator takes {cfg.cls_token_num} "
@@ -261,7 +242,7 @@ def caption_encoder(trainer, kind: str | None = None, model_dir: str = "",
   return encoder
 
 
-def caption_conditions(encoder: caption_features.CaptionFeatureEncoder,
+def caption_conditions(encoder: text_encoders.CaptionFeatureEncoder,
                        captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
   """(left-padded features float32 (N, T, D), mask bool (N, T)): the t2i GPT's
   input, laid out as the code reader lays out the training captions."""
@@ -273,16 +254,16 @@ def caption_conditions(encoder: caption_features.CaptionFeatureEncoder,
 
 def captions_grid(images: np.ndarray, captions: list[str], per_caption: int) -> np.ndarray:
   """One cell per sample with its caption under it; a row per caption if per_caption > 1."""
-  cells = recon_eval.upscale(images, _MIN_CAPTION_CELL)
+  cells = images_lib.upscale(images, _MIN_CAPTION_CELL)
   columns = per_caption if per_caption > 1 else min(4, len(images))
-  return recon_eval.captioned_grid(cells, captions, columns=columns)
+  return images_lib.captioned_grid(cells, captions, columns=columns)
 
 
 def _square_grid(images: np.ndarray, limit: int) -> np.ndarray:
   n = min(len(images), limit)
   cols = int(np.ceil(np.sqrt(n)))
   pad = np.zeros((cols * cols - n, *images.shape[1:]), np.uint8)
-  return recon_eval.image_grid(list(np.concatenate([images[:n], pad]).reshape(
+  return images_lib.image_grid(list(np.concatenate([images[:n], pad]).reshape(
       cols, cols, *images.shape[1:])))
 
 
@@ -308,17 +289,17 @@ def _check_counts() -> None:
     check_flag(ok, f"--{name}", FLAGS[name].value, allowed)
 
 
-def _check_with_model(trainer) -> None:
+def _check_with_model(gen: generator_lib.Generator) -> None:
   """Checks the flags against the generator (`load`'s check)."""
-  check_sampling(trainer, sampling_overrides(), batch_size=FLAGS.batch_size,
+  check_sampling(gen, sampling_overrides(), batch_size=FLAGS.batch_size,
                  resize=FLAGS.resize, seed=FLAGS.seed)
-  if not trainer.arch.conditional_on_class:
+  if not gen.conditional_on_class:
     if not (FLAGS.captions or FLAGS.captions_from):
       raise SettingsError("a t2i generator samples from --captions or --captions_from")
   elif FLAGS.captions or FLAGS.captions_from:
     raise SettingsError("captions need a t2i generator (config.model.model_type='t2i')")
   elif not FLAGS.num_samples:
-    class_ids(trainer, *_grid_classes(trainer.config))
+    class_ids(gen, *_grid_classes(gen.config))
 
 
 def main(argv):
@@ -327,32 +308,32 @@ def main(argv):
   try:
     _check_counts()
     distributed.initialize()
-    config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
-    trainer, params = load(config, FLAGS.checkpoint, check=_check_with_model)
+    config = cli.config_or_run(FLAGS.checkpoint)
+    gen, params = load(config, FLAGS.checkpoint, check=_check_with_model)
   except SettingsError as e:
     raise app.UsageError(str(e)) from e
   overrides = sampling_overrides()
   kwargs = dict(seed=FLAGS.seed, batch_size=FLAGS.batch_size, resize=FLAGS.resize, **overrides)
   captions = rows = None
-  if not trainer.arch.conditional_on_class:
+  if not gen.conditional_on_class:
     if FLAGS.captions:
       captions = read_captions(FLAGS.captions)
     else:
       captions = vript_captions(FLAGS.captions_from, FLAGS.num_captions)
     captions = [c for c in captions for _ in range(FLAGS.per_caption)]
-    encoder = caption_encoder(trainer, FLAGS.caption_encoder, FLAGS.caption_encoder_dir,
+    encoder = caption_encoder(gen, FLAGS.caption_encoder, FLAGS.caption_encoder_dir,
                               FLAGS.caption_length)
     cond, emb_mask = caption_conditions(encoder, captions)
-    images = sample(trainer, params, cond, emb_mask=emb_mask, **kwargs)
+    images = sample(gen, params, cond, emb_mask=emb_mask, **kwargs)
   else:
     if FLAGS.num_samples:
       rng = np.random.default_rng(FLAGS.seed)
-      labels = rng.integers(0, trainer.arch.num_classes, FLAGS.num_samples)
+      labels = rng.integers(0, gen.num_classes, FLAGS.num_samples)
     else:
-      classes = class_ids(trainer, *_grid_classes(config))
+      classes = class_ids(gen, *_grid_classes(config))
       labels = np.repeat(np.asarray(classes), FLAGS.per_class)
       rows = len(classes)
-    images = sample(trainer, params, labels.astype(np.int32), **kwargs)
+    images = sample(gen, params, labels.astype(np.int32), **kwargs)
   if jax.process_index() != 0:
     return
   written = {}
@@ -364,10 +345,10 @@ def main(argv):
       n = min(len(images), FLAGS.grid_max)
       grid = captions_grid(images[:n], captions[:n], FLAGS.per_caption)
     elif rows:
-      grid = recon_eval.image_grid(list(images.reshape(rows, -1, *images.shape[1:])))
+      grid = images_lib.image_grid(list(images.reshape(rows, -1, *images.shape[1:])))
     else:
       grid = _square_grid(images, FLAGS.grid_max)
-    recon_eval.save_grid(grid, output)
+    images_lib.save_grid(grid, output)
     written["grid"] = output
   if FLAGS.npz:
     files.makedirs(os.path.dirname(files.absolute(FLAGS.npz)))

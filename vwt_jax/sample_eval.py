@@ -40,9 +40,9 @@ from absl import logging
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-from ml_collections import config_flags
 from tqdm import tqdm
 
+from vwt_jax import cli
 from vwt_jax import sample as sample_lib
 from vwt_jax.core import distributed
 from vwt_jax.core import files
@@ -50,7 +50,6 @@ from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.evaluation import adm_npz
 from vwt_jax.evaluation import evaluator
 from vwt_jax.evaluation import reconstruction as recon_eval
-from vwt_jax.training import tokenizers
 
 FLAGS = flags.FLAGS
 
@@ -60,9 +59,8 @@ METRICS = "metrics.json"
 
 
 def define_flags():
-  config_flags.DEFINE_config_file(
-      "config", None, "Generator config; defaults to the config.json of the --checkpoint run.",
-      lock_config=True)
+  cli.define_config_flag("Generator config (a config file or a run folder); default: "
+                         "the --checkpoint run's.")
   flags.DEFINE_string("checkpoint", None, "A generator run folder or an official state dict.")
   flags.DEFINE_integer("per_class", 50, "Samples of each class (50 -> 50k for ImageNet).")
   flags.DEFINE_string("output_dir", None, "Shards, samples.npz and metrics.json go here.")
@@ -114,14 +112,14 @@ def _write_json(path: str, value: Any) -> None:
     json.dump(value, f, indent=2)
 
 
-def generate_shards(trainer, params, output_dir: str, labels: np.ndarray, *, shard_size: int,
+def generate_shards(gen, params, output_dir: str, labels: np.ndarray, *, shard_size: int,
                     seed: int = 0, batch_size: int = 64, resize: int = 0,
                     max_shards: int = 0, **overrides) -> int:
   """Writes this process's missing shards; returns how many it generated.
 
   `shard_size` must be a multiple of the global batch (`sample.global_batch_size`).
   """
-  batch = sample_lib.global_batch_size(trainer, batch_size)
+  batch = sample_lib.global_batch_size(gen, batch_size)
   if shard_size % batch:
     raise ValueError(f"shard_size={shard_size} is not a multiple of the global batch {batch}")
   os.makedirs(os.path.join(output_dir, "shards"), exist_ok=True)
@@ -139,7 +137,7 @@ def generate_shards(trainer, params, output_dir: str, labels: np.ndarray, *, sha
             unit="img") as bar:
     for i in todo:
       chunk = labels[i * shard_size:(i + 1) * shard_size]
-      images = sample_lib.sample(trainer, params, chunk, key=jax.random.fold_in(key, i),
+      images = sample_lib.sample(gen, params, chunk, key=jax.random.fold_in(key, i),
                                  batch_size=batch, resize=resize, bar=bar, **overrides)
       # A shard exists under its final name only once complete, so a rerun
       # skips exactly the finished ones.
@@ -217,26 +215,26 @@ def run(config, checkpoint: str, output_dir: str, *, per_class: int, reference: 
     # Each process samples its own shards: a mesh over its own devices.
     mesh = sharding_lib.create_mesh(config.mesh_shape, jax.local_devices())
 
-  def check(trainer):
-    if not trainer.arch.conditional_on_class:
+  def check(gen):
+    if not gen.conditional_on_class:
       raise sample_lib.SettingsError(f"{checkpoint}: sample_eval draws per-class samples; "
                                      "this generator is not class-conditional")
-    sample_lib.check_sampling(trainer, overrides, batch_size=batch_size, resize=resize,
+    sample_lib.check_sampling(gen, overrides, batch_size=batch_size, resize=resize,
                               seed=seed)
 
-  trainer, params = sample_lib.load(config, checkpoint, mesh, check=check)
-  labels = class_labels(trainer.arch.num_classes, per_class)
-  batch = sample_lib.global_batch_size(trainer, batch_size)
+  gen, params = sample_lib.load(config, checkpoint, mesh, check=check)
+  labels = class_labels(gen.num_classes, per_class)
+  batch = sample_lib.global_batch_size(gen, batch_size)
   shard_size = -(-shard_size // batch) * batch
   # The grid-only fields (classes, per_class, seed of samples.png) do not matter here.
   sampling = {k: v for k, v in {**config.sampling.to_dict(), **overrides}.items()
               if k not in ("classes", "per_class", "seed")}
   check_settings(output_dir, json.loads(json.dumps({
       "checkpoint": files.absolute(checkpoint),
-      "num_classes": int(trainer.arch.num_classes), "per_class": per_class, "seed": seed,
+      "num_classes": int(gen.num_classes), "per_class": per_class, "seed": seed,
       "batch_size": batch, "shard_size": shard_size, "resize": resize,
       "sampling": sampling})))
-  generate_shards(trainer, params, output_dir, labels, shard_size=shard_size, seed=seed,
+  generate_shards(gen, params, output_dir, labels, shard_size=shard_size, seed=seed,
                   batch_size=batch, resize=resize, max_shards=max_shards, **overrides)
   _barrier("shards written")
   total = num_shards(len(labels), shard_size)
@@ -277,7 +275,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
+  config = cli.config_or_run(FLAGS.checkpoint)
   overrides = sample_lib.sampling_overrides()
   try:
     run(config, FLAGS.checkpoint, FLAGS.output_dir, per_class=FLAGS.per_class,

@@ -1,5 +1,6 @@
 """benchmarks/train_step.py: its JSON for tiny GPT and TiTok steps, and its FLOP counts."""
 
+import functools
 import importlib.util
 import os
 
@@ -9,9 +10,13 @@ import numpy as np
 import pytest
 
 from helpers import load_config, tiny_titok_config
+from vwt_jax.families import common
+from vwt_jax.families import gpt as gpt_family
+from vwt_jax.families import titok as titok_family
 from vwt_jax.models import maskgit_vqgan
 from vwt_jax.training import generator
 from vwt_jax.training import titok
+from vwt_jax.training import trainer as trainer_lib
 
 
 def _load_benchmark():
@@ -28,7 +33,7 @@ train_step = _load_benchmark()
 def _tiny_gpt(arg="tiny", **model):
   config = load_config("llamagen.py", arg)
   config.model.update(dict(dict(n_layer=2, n_head=4, dim=64, vocab_size=256, block_size=16,
-                                rope="2d"), **model))
+                                rope_2d=True), **model))
   config.global_batch_size = 8
   return config
 
@@ -37,7 +42,7 @@ def _tiny_titok(shapes_dir, **overrides):
   # Wider than the trainer tests' model so that matmuls, not elementwise ops,
   # dominate the step; no GAN, whose convolutions the analytic count leaves
   # out; no EMA or code restarts, which only cost compile time here.
-  overrides = {"model.enc_width": 64, "model.dec_width": 64, "model.dead_code_threshold": 0.0,
+  overrides = {"model.enc_width": 64, "model.dec_width": 64, "train.dead_code_threshold": 0.0,
                "losses.discriminator_weight": 0.0, "ema_decay": 0.0, **overrides}
   return tiny_titok_config(shapes_dir, **overrides)
 
@@ -73,7 +78,7 @@ def test_gpt_step_json(tmp_path):
   assert result["model"]["params"] > 0 and result["model"]["attention"] == "xla"
   flops = result["flops_per_step"]
   assert flops["analytic"] == train_step.gpt_train_flops(
-      generator.model_config(config), config.global_batch_size)
+      gpt_family.model_config(config), config.global_batch_size)
   # XLA also counts the softmax over 16-wide heads, norms, the loss and (on
   # every device) the AdamW update: 1.10x the matmuls here.
   assert flops["analytic"] <= flops["compiled"] <= 1.15 * flops["analytic"]
@@ -133,10 +138,10 @@ def _matmul_flops(jaxpr, skip: tuple[str, ...]) -> int:
 def _traced_flops(trainer, setup_fn, config, skip=()):
   setup = setup_fn(config, np.random.default_rng(0))
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in setup.batch.items()}
-  args = (trainer.abstract_state(), batch, jax.random.key(0))
-  if isinstance(trainer, titok.TiTokTrainer):
-    args += (trainer.frozen,)
-  return _matmul_flops(jax.make_jaxpr(trainer._train_step_fn)(*args).jaxpr, skip), setup
+  step = functools.partial(trainer_lib.train_step, trainer=trainer)
+  jaxpr = jax.make_jaxpr(step)(trainer.abstract_state(), batch, jax.random.key(0),
+                               trainer.frozen).jaxpr
+  return _matmul_flops(jaxpr, skip), setup
 
 
 @pytest.mark.parametrize("arg,model", [
@@ -150,10 +155,10 @@ def test_gpt_analytic_flops_equal_the_traced_matmuls(arg, model):
   assert setup.analytic == traced
 
 
-def _zero_teacher(path, teacher_config, image_size):
-  """`titok.load_maskgit_vqgan` without a file: zero weights of the right shapes."""
-  del path
-  cfg = titok.pixel_decoder_config(teacher_config)
+def _zero_teacher(section, image_size):
+  """`titok_family.load_vqgan` without a file: zero weights of the right shapes."""
+  cfg = common.from_fields(maskgit_vqgan.MaskGitVQGANConfig,
+                           {k: v for k, v in section.items() if k != "checkpoint"})
   abstract = jax.eval_shape(maskgit_vqgan.MaskGitVQGAN(cfg).init, jax.random.key(0),
                             np.zeros((1, image_size, image_size, 3), np.float32))["params"]
   return cfg, jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), nn.meta.unbox(abstract))
@@ -168,7 +173,7 @@ def _zero_teacher(path, teacher_config, image_size):
 ])
 def test_titok_analytic_flops_equal_the_traced_matmuls(shapes_dir, monkeypatch, arg, overrides,
                                                        excludes):
-  monkeypatch.setattr(titok, "load_maskgit_vqgan", _zero_teacher)
+  monkeypatch.setattr(titok_family, "load_vqgan", _zero_teacher)
   config = _tiny_titok(shapes_dir, arg=arg, **overrides)
   trainer = titok.TiTokTrainer(config, workdir="")
   traced, setup = _traced_flops(trainer, train_step._titok_setup, config,
@@ -180,8 +185,8 @@ def test_titok_analytic_flops_equal_the_traced_matmuls(shapes_dir, monkeypatch, 
 def test_gpt_sizes_default_to_llamagen_imagenet():
   config = load_config("llamagen.py", "B")
   assert train_step._fill_gpt_sizes(config) == {"vocab_size": 16384, "block_size": 256,
-                                               "rope": "2d"}
-  cfg = generator.model_config(config)
+                                               "rope_2d": True}
+  cfg = gpt_family.model_config(config)
   assert (cfg.vocab_size, cfg.block_size, cfg.rope_2d, cfg.num_classes) == (16384, 256, True,
                                                                             1000)
   t2i = load_config("llamagen.py", "tiny,cond=t2i")
@@ -195,10 +200,10 @@ def test_maskgit_generator_gets_a_batch_but_no_analytic_count():
   config = load_config("maskgit.py", "tiny")
   config.model.update(dict(num_hidden_layers=1, num_attention_heads=2, hidden_size=32,
                            intermediate_size=64, image_seq_len=8, codebook_size=64,
-                           num_classes=10))
+                           condition_num_classes=10))
   config.global_batch_size = 8
   setup = train_step._generator_setup(config, np.random.default_rng(0))
   assert setup.batch["codes"].shape == (8, 8) and setup.batch["codes"].max() < 64
   assert setup.batch["labels"].shape == (8,) and setup.batch["labels"].max() < 10
   assert setup.analytic is None and setup.analytic_excludes == [
-      "no analytic count for arch 'maskgit'"]
+      "no analytic count for family 'maskgit'"]

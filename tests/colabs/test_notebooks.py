@@ -21,9 +21,9 @@ import pytest
 
 from helpers import save_random_generator_run, save_random_titok_run, titok_config
 from helpers import tiny_titok_config, write_class_codes
+from vwt_jax.core import images as images_lib
 from vwt_jax.data import pipeline
-from vwt_jax.evaluation import reconstruction as recon_eval
-from vwt_jax.training import tokenizers
+from vwt_jax.families import tokenizer as tokenizer_lib
 
 COLABS = os.path.join(os.path.dirname(__file__), "..", "..", "colabs")
 NOTEBOOKS = ("titok_reconstruct.ipynb", "llamagen_sample.ipynb", "train_tiny.ipynb")
@@ -118,17 +118,17 @@ def test_titok_reconstruct_prints_the_token_ids_and_shows_the_grid(titok_run, tm
   printed = np.array([[int(t) for t in ids.split()] for _, ids in rows])
   # The ids are the tokenizer's own codes of the first eval images, and the
   # grid holds those images above the decoding of the ids.
-  tok = tokenizers.load_tokenizer(run, config)
+  tok = tokenizer_lib.load_tokenizer(run, config)
   images = next(iter(pipeline.create_image_dataset(
       config.data, split=config.data.eval_split, global_batch_size=8, seed=config.seed,
       train=False)))["image"]
   codes = np.asarray(tok.encode(images))
   np.testing.assert_array_equal(printed, codes[:3])
   grid = np.asarray(Image.open(output), np.int32)
-  # Each image is shown enlarged, pixel by pixel (`recon_eval.upscale`).
-  cell = recon_eval.upscale(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))).shape[1]
+  # Each image is shown enlarged, pixel by pixel (`images_lib.upscale`).
+  cell = images_lib.upscale(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))).shape[1]
   assert grid.shape == (2 * cell, 3 * cell, 3)
-  expected = [recon_eval.upscale(recon_eval.to_uint8(x[:3])) for x in (images, tok.decode(codes))]
+  expected = [images_lib.upscale(images_lib.to_uint8(x[:3])) for x in (images, tok.decode(codes))]
   np.testing.assert_array_equal(grid[:cell], np.concatenate(expected[0], axis=1))
   # One process has 8 devices, the kernel 1: the decoders may round apart, by
   # float32 reordering far below a grey level, so by at most one level once
@@ -151,7 +151,7 @@ def test_llamagen_sample_shows_one_row_per_class_and_the_speed(generator_run, tm
   text = _stdout(nb)
   speed = re.search(r"sampled 6 images in [\d.]+ s: ([\d.]+) images/s", text)
   assert speed and float(speed.group(1)) > 0
-  cell = recon_eval.upscale(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))).shape[1]
+  cell = images_lib.upscale(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))).shape[1]
   assert Image.open(output).size == (3 * cell, 2 * cell)
   assert "2 rows x 3 images" in text and len(_shown_images(nb)) == 1
 

@@ -5,9 +5,9 @@ import types
 import pytest
 
 from helpers import load_config
+from vwt_jax.families import gpt as gpt_family
 from vwt_jax.models import gpt
 from vwt_jax.models import maskgit_generator
-from vwt_jax.training import generator
 
 # ImageNet VQ-16 codes at 256 px: 16x16 grid, 16384 codes, 1000 classes.
 VQ16_256 = types.SimpleNamespace(code_shape=(16, 16), vocab_size=16384, num_classes=1000)
@@ -20,7 +20,7 @@ VQ16_256 = types.SimpleNamespace(code_shape=(16, 16), vocab_size=16384, num_clas
 ])
 def test_llamagen_variants_are_the_papers_models(variant, params, batch, lr):
   config = load_config("llamagen.py", variant)
-  cfg = generator.model_config(config, VQ16_256)
+  cfg = gpt_family.model_config(config, VQ16_256)
   assert (cfg.block_size, cfg.rope_2d, cfg.vocab_size) == (256, True, 16384)
   assert gpt.count_params(cfg) == params
   assert (config.global_batch_size, config.optimizer.lr) == (batch, lr)
@@ -30,8 +30,8 @@ def test_llamagen_variants_are_the_papers_models(variant, params, batch, lr):
 def test_titok_codes_give_1d_rope_and_t2i_takes_captions():
   config = load_config("llamagen.py", "tiny")
   meta = types.SimpleNamespace(code_shape=(32,), vocab_size=4096, num_classes=1000)
-  assert not generator.model_config(config, meta).rope_2d
-  t2i = generator.model_config(load_config("llamagen.py", "XL,cond=t2i"), VQ16_256)
+  assert not gpt_family.model_config(config, meta).rope_2d
+  t2i = gpt_family.model_config(load_config("llamagen.py", "XL,cond=t2i"), VQ16_256)
   assert (t2i.model_type, t2i.cls_token_num, t2i.caption_dim) == ("t2i", 120, 2048)
 
 

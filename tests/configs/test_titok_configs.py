@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import titok_config
-from vwt_jax.models import titok as titok_lib
-from vwt_jax.training import titok as titok_trainer
+from vwt_jax.families import titok as titok_family
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -28,7 +27,7 @@ def test_released_variants_match_official_parameter_counts(variant):
   # Released two-stage models are counted with their pixel decoder (stage 2).
   arg = f"{variant},recipe=stage2" if variant in ("L-32", "B-64", "S-128") else variant
   config = titok_config(arg)
-  model = titok_lib.TiTok(titok_trainer.model_config(config))
+  model = titok_family.build(titok_family.model_config(config))
   shapes = jax.eval_shape(model.init, jax.random.key(0), np.zeros((1, 256, 256, 3), np.float32))
   count = sum(x.size for x in jax.tree.leaves(nn.meta.unbox(shapes["params"])))
   # An exact count against totals rounded to 0.1 M: half that digit.

@@ -10,11 +10,14 @@ import pytest
 
 import helpers
 from helpers import load_config
-from vwt_jax import main as main_lib
+from vwt_jax import families
+from vwt_jax.conversion import hf_checkpoint
+from vwt_jax.conversion import hf_llama
 from vwt_jax.core import sharding
+from vwt_jax.families import captioner as captioner_family
 from vwt_jax.models import captioner as captioner_lib
+from vwt_jax.models import llama_lm
 from vwt_jax.training import captioner
-from vwt_jax.training import train_state
 
 # Every LM and vision-tower matrix of at least this many elements must be split
 # over both 'fsdp' and 'tensor' (the smaller ones: patch and position embeddings).
@@ -32,31 +35,37 @@ def test_stage_recipes_follow_vriptor():
     # 64 = 1 per device x 8 accumulation steps x 8 devices.
     assert (c.global_batch_size, c.grad_accum_steps, c.mesh_shape) == (64, 8, (1, -1, 1))
     assert tuple(c.train.freeze) == ("vision",)
-    cfg = captioner.model_config(c)
+    cfg = captioner_family.model_config(c)
     assert (cfg.lm.dim, cfg.lm.n_layer, cfg.lm.vocab_size, cfg.lm.scan_layers, cfg.lm.remat) == (
         4096, 32, 32000, True, True)
     assert (cfg.vision.image_size, cfg.vision.patch_size, cfg.num_queries) == (336, 14, 32)
     assert cfg.num_visual_tokens() + c.text.max_answer_length < c.text.max_length
     assert c.text.max_length == cfg.lm.max_positions
-  assert captioner.model_config(s2).num_visual_tokens() == 256 * 32
-  assert importlib.import_module(main_lib.TRAINERS[s1.trainer]).train is captioner.train
+  assert captioner_family.model_config(s2).num_visual_tokens() == 256 * 32
+  assert importlib.import_module(families.get(s1.family).TRAINER).train is captioner.train
 
 
-def test_llm_sizes_come_from_init_llm_dir_and_must_agree(tmp_path):
-  """Vicuna-7B v1.1's config.json: the '7B' variant, or '' to take it as is."""
+def test_llm_sizes_are_vicunas_and_another_model_is_refused(tmp_path, monkeypatch):
+  """The stage configs state Vicuna-7B v1.1's sizes (its config.json); the
+  weights of another model are refused, naming the field."""
   (tmp_path / "config.json").write_text(json.dumps(dict(
       model_type="llama", vocab_size=32000, hidden_size=4096, num_hidden_layers=32,
       num_attention_heads=32, intermediate_size=11008, rms_norm_eps=1e-6,
       max_position_embeddings=2048, hidden_act="silu")))
+
+  def config_only(model_dir, **overrides):
+    # The directory's config, and weights of its shapes: 7B of them would take minutes.
+    lm = llama_lm.LlamaLMConfig.from_hf_config(hf_checkpoint.read_config(model_dir),
+                                               **overrides)
+    return lm, nn.meta.unbox(llama_lm.abstract_params(lm))
+
+  monkeypatch.setattr(hf_llama, "load_hf_llama", config_only)
   config = load_config("vriptor.py", "stage1")
-  expected = captioner.model_config(config).lm
-  config.init.llm_dir = str(tmp_path)
-  assert captioner.model_config(config).lm == expected
-  config.model.lm.variant = ""
-  assert captioner.model_config(config).lm == expected
-  config.model.lm.variant = "llama2-7B"
-  with pytest.raises(ValueError, match="variant='llama2-7B' is not the model in"):
-    captioner.model_config(config)
+  cfg = captioner_family.model_config(config)
+  assert sorted(captioner_family.load_pretrained(cfg, str(tmp_path))) == ["lm"]
+  config.model.lm.norm_eps = 1e-5  # LLaMA-2's.
+  with pytest.raises(ValueError, match=r"the checkpoint has norm_eps=1e-06 \(captioner: 1e-05\)"):
+    captioner_family.load_pretrained(captioner_family.model_config(config), str(tmp_path))
 
 
 def test_unknown_variant_fails_clearly():
@@ -74,11 +83,10 @@ def _spec_axes(spec):
 @helpers.needs_devices(8)
 def test_7b_parameters_shard_over_fsdp_and_tensor():
   config = load_config("vriptor.py", "stage1")
-  cfg = captioner.model_config(config)
+  cfg = captioner_family.model_config(config)
   mesh = sharding.create_mesh((1, 4, 2))
-  boxed, shardings, _ = train_state.init_params(
-      captioner_lib.Captioner(cfg), jax.random.key(0), *captioner_lib.init_inputs(cfg),
-      mesh=mesh, rules=sharding.normalize_rules(config.logical_axis_rules))
+  boxed = captioner_lib.abstract_params(cfg)
+  shardings = sharding.logical_to_sharding(boxed, mesh, config.logical_axis_rules)
   params = nn.meta.unbox(boxed)
   leaves = jax.tree_util.tree_flatten_with_path(params)[0]
   total, per_device, largest = 0, 0, None

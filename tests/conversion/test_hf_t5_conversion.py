@@ -19,6 +19,7 @@ import transformers
 import helpers
 from helpers import save_t5_tokenizer
 from vwt_jax.conversion import hf_checkpoint, hf_t5, torch_state
+from vwt_jax.families import text_encoders
 from vwt_jax.models import t5
 
 SIZES = dict(vocab_size=64, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2)
@@ -174,7 +175,7 @@ def test_text_encoder_matches_transformers(tmp_path):
   _randomize(model, 2)
   text_dir = _save(model, str(tmp_path))
   assert save_t5_tokenizer(text_dir, CAPTIONS).get_vocab_size() <= SIZES["vocab_size"]
-  encoder = hf_t5.load_t5_text_encoder(text_dir, batch_size=4)
+  encoder = text_encoders.load_t5_text_encoder(text_dir, batch_size=4)
   assert (encoder.pad_id, encoder.dim) == (0, 32)
   # 8 texts: two full batches of 4; 3 texts: one batch padded to 4 rows.
   texts = CAPTIONS + [" ".join(CAPTIONS)]

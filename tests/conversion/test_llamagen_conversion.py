@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from vwt_jax.conversion import llamagen, torch_state
+from vwt_jax.conversion import llama_block, llamagen, torch_state
 from vwt_jax.conversion.torch_state import ConversionError
 from vwt_jax.models import gpt
 
@@ -50,7 +50,9 @@ def test_gqa_wqkv_grouping():
   config = gpt.GPTConfig(dim=32, n_layer=1, n_head=4, n_kv_head=2, block_size=16)
   hd = config.head_dim
   w = np.arange((4 + 2 * 2) * hd * 32, dtype=np.float32).reshape(-1, 32)
-  out = llamagen._wqkv(w, config)
+  heads, kv = config.n_head, config.kv_heads
+  out = llama_block.wqkv_kernel(w[:heads * hd], w[heads * hd:(heads + kv) * hd],
+                                w[(heads + kv) * hd:], heads, kv, hd)
   assert out.shape == (32, 2, 4, hd)
   # kv head 1 serves q heads 2 and 3 (repeat-interleave), then its k and v.
   np.testing.assert_array_equal(out[:, 1, 1], w[3 * hd:4 * hd].T)

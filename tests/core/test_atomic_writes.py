@@ -59,7 +59,7 @@ def test_a_failed_conversion_leaves_the_previous_weights_and_hash(tmp_path, monk
 
 def test_config_json_is_replaced_whole(tmp_path):
   workdir = str(tmp_path)
-  config = ml_collections.ConfigDict({"trainer": "titok", "total_steps": 1})
+  config = ml_collections.ConfigDict({"family": "titok", "total_steps": 1})
   main.save_config(config, workdir)
   with open(tmp_path / "config.json", encoding="utf-8") as reader:
     config.total_steps = 2

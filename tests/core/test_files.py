@@ -19,9 +19,9 @@ from vwt_jax import main
 from vwt_jax.conversion import torch_state
 from vwt_jax.core import checkpoint
 from vwt_jax.core import files
+from vwt_jax.core import images as images_lib
 from vwt_jax.core import metrics
-from vwt_jax.evaluation import reconstruction
-from vwt_jax.training import tokenizers
+from vwt_jax.families import common
 
 
 @pytest.fixture
@@ -142,16 +142,16 @@ def test_checkpoint_folders_on_a_bucket_resolve_as_local_ones(tmp_path, bucket, 
 
 
 def test_run_config_and_pictures_on_a_bucket(bucket):
-  config = ml_collections.ConfigDict({"trainer": "titok", "data": {"image_size": 8}})
+  config = ml_collections.ConfigDict({"family": "titok", "data": {"image_size": 8}})
   main.save_config(config, "gs://b/run")
   assert json.loads(bucket["b/run/config.json"]) == config.to_dict()
-  assert tokenizers.run_config("gs://b/run/checkpoints/10").to_dict() == config.to_dict()
+  assert common.run_config("gs://b/run/checkpoints/10").to_dict() == config.to_dict()
   grid = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
-  reconstruction.save_grid(grid, "gs://b/run/reconstructions.png")
+  images_lib.save_grid(grid, "gs://b/run/reconstructions.png")
   np.testing.assert_array_equal(
       np.asarray(Image.open(io.BytesIO(bucket["b/run/reconstructions.png"]))), grid)
   with pytest.raises(ValueError, match="unknown image file extension"):
-    reconstruction.save_grid(grid, "gs://b/run/grid")
+    images_lib.save_grid(grid, "gs://b/run/grid")
 
 
 def test_state_dict_files_read_from_a_bucket(bucket):

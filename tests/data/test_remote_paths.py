@@ -83,7 +83,7 @@ def test_tfds_preparation_read_from_a_bucket(shapes_builder, data_config, bucket
 
 
 def test_code_dataset_written_and_read_on_a_bucket(tmp_path, bucket, array_record_on_bucket):
-  tokenizer_config = ml_collections.ConfigDict({'trainer': 'titok'})
+  tokenizer_config = ml_collections.ConfigDict({'family': 'titok'})
   local, remote = [
       helpers.write_class_codes(path, 'run', tokenizer_config, num_classes=4, seq_len=8,
                                 vocab=64, sizes=(('train', 24), ('validation', 8)))

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import pytest
@@ -10,14 +12,15 @@ from helpers import load_config, save_random_captioner_run
 from vwt_jax import caption
 from vwt_jax.data.vript import schema
 from vwt_jax.data.vript import synthetic
+from vwt_jax.families import captioner as captioner_family
 
 # 2 videos x 2 scenes of 8 frames at 32 px.
 DATA = dict(num_long_videos=2, num_short_videos=0, scenes_per_video=(2, 2),
             frames_per_scene=(8, 8), resolution=32, fps=8, seed=0)
 # Both runs use these, so that their rows have one shape (the four clips; one
-# window and three repeats of it, both prompts under 256 tokens) and the
-# programs compile once.
-COMMON = ["--max_new_tokens", "8", "--batch_size", "4", "--prompt_bucket", "256"]
+# window and three repeats of it, both prompts under 256 tokens).
+COMMON = dict(max_new_tokens=8, batch_size=4, prompt_bucket=256)
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +49,7 @@ def _read_jsonl(path):
 def test_vript_root_single_scene_scored(run, tmp_path, capsys):
   root, workdir = run
   out = str(tmp_path / "out")
-  result = caption.main([root, "--checkpoint", workdir, "--output", out, "--score", *COMMON])
+  result = caption.run(root, workdir, output_dir=out, score_hal=True, **COMMON)
   printed = capsys.readouterr().out
   videos = schema.load_dataset(root)
   clips = [c for v in videos for c in v.clips]
@@ -70,14 +73,22 @@ def test_vript_root_single_scene_scored(run, tmp_path, capsys):
   assert f"Vript-HAL [Hallucination]  F1:  {hal['metrics']['f1']:.2f}\n" in printed
 
 
-def test_clip_folder_multi_scene(run, tmp_path):
+def test_command_line_captions_a_clip_folder_as_one_multi_scene_window(run, tmp_path):
   root, workdir = run
   video = schema.load_dataset(root)[0]
   folder = os.path.join(root, "vript_long_videos_clips", video.video_id)
   out = str(tmp_path / "out")
-  result = caption.main([folder, "--checkpoint", workdir, "--output", out, "--format",
-                         "multi_scene", *COMMON])
-  assert result["num_clips"] == 2 and result["format"] == "multi_scene"
+  flags = [f"--{k}={v}" for k, v in COMMON.items()]
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO), JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  # The run's config with an override, as every config-driven command takes it.
+  result = subprocess.run(
+      [sys.executable, "-m", "vwt_jax.caption", folder, "--checkpoint", workdir,
+       "--config", workdir, "--config.text.max_answer_length=8", "--output_dir", out,
+       "--format", "multi_scene", *flags], env=env, capture_output=True, text=True,
+      timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"wrote 1 caption files and 2 predictions to {out}" in result.stdout
   rows = _read_jsonl(os.path.join(out, caption.PREDICTIONS_FILE))
   # No ground truth outside a Vript root; one row per clip of the window.
   assert [r["id"] for r in rows] == [c.clip_id for c in video.clips]
@@ -131,7 +142,7 @@ def test_window_answer_scenes_go_to_clips_in_order(run):
 def test_stop_sequences_cover_the_end_symbol(run):
   from vwt_jax.data import text_tokenizer  # pylint: disable=g-import-not-at-top
   tokenizer = text_tokenizer.load_tokenizer(os.path.join(run[1], "tokenizer.json"))
-  stops = caption.stop_sequences(tokenizer)
+  stops = captioner_family.stop_sequences(tokenizer)
   assert tuple(tokenizer.encode("###", add_special_tokens=False).ids) in stops
   merged = [i for t, i in tokenizer.get_vocab().items() if "###" in t]
   assert merged and all((i,) in stops for i in merged)
@@ -139,7 +150,7 @@ def test_stop_sequences_cover_the_end_symbol(run):
 
 
 def test_parameters_are_split_as_in_training(run):
-  _, params = caption.load(None, run[1])
+  _, params = captioner_family.load_run(None, run[1])
   layer = params["lm"]["layers_0"]
   # LLaMA blocks: embed over fsdp, heads / mlp over tensor.
   spec = layer["feed_forward"]["w1"]["kernel"].sharding.spec

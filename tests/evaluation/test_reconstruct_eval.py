@@ -11,21 +11,15 @@ import pytest
 import helpers
 from helpers import save_random_titok_run, tiny_titok_config
 from vwt_jax import reconstruct_eval
+from vwt_jax.core import images as images_lib
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 from vwt_jax.evaluation import codebook
 from vwt_jax.evaluation import evaluator
 from vwt_jax.evaluation import reconstruction as recon_eval
+from vwt_jax.families import common
+from vwt_jax.families import tokenizer as tokenizer_lib
 from vwt_jax.tools import parity_eval
-from vwt_jax.training import tokenizers
-
-
-def test_quantize_returns_the_pipeline_pixels_and_truncation_does_not():
-  pixels = np.arange(256, dtype=np.uint8)
-  floats = transforms.to_float(pixels)
-  np.testing.assert_array_equal(recon_eval.quantize(floats), pixels)
-  # TiTok's truncating rule loses a level on a quarter of them: not for rFID.
-  assert np.sum(recon_eval.to_uint8(floats) != pixels) > 32
 
 
 def test_codebook_usage_and_perplexity_of_a_known_histogram():
@@ -90,8 +84,8 @@ def test_metric_loop_masks_truncates_and_scores_against_the_originals():
   counts = codebook.code_histogram(np.asarray(reconstruct(jnp.asarray(valid))[1]), 4)
   assert result["codebook_usage"] == codebook.usage_stats(counts)["codebook_usage"]
   want = evaluator.compute_metrics(
-      runner.activations([recon_eval.quantize(valid)]),
-      runner.activations([recon_eval.quantize(recon)]))
+      runner.activations([images_lib.quantize(valid)]),
+      runner.activations([images_lib.quantize(recon)]))
   # The same features accumulated in other chunks: float64 statistics, compared
   # as the parity tool compares FIDs; the 48-d sFID from 15 images is rank
   # deficient. Precision and recall are fractions of 15 counts: a miss is 1/15.
@@ -101,7 +95,7 @@ def test_metric_loop_masks_truncates_and_scores_against_the_originals():
   for key in ("fid", "sfid", "precision", "recall"):
     np.testing.assert_allclose(result["rfid" if key == "fid" else key], want[key], **tols[key])
   assert result["rfid"] > 1 and "inception_score" not in result
-  # 12-px images shown 8x (`reconstruction.upscale`: cells of at least 96 px).
+  # 12-px images shown 8x (`images_lib.upscale`: cells of at least 96 px).
   assert result["grid"].shape == (2 * 96, 4 * 96, 3)
 
 
@@ -111,7 +105,7 @@ def test_reconstruct_eval_writes_adm_batches_and_metrics(shapes_dir, tmp_path, c
   save_random_titok_run(config, run)
   out = str(tmp_path / "rfid")
   # 16 validation images in batches of 8: the second batch is cut at 12.
-  result = reconstruct_eval.run(tokenizers.run_config(run), run, out, num_images=12,
+  result = reconstruct_eval.run(common.run_config(run), run, out, num_images=12,
                                 batch_size=8)
   with open(os.path.join(out, "metrics.json"), encoding="utf-8") as f:
     metrics = json.load(f)
@@ -124,9 +118,9 @@ def test_reconstruct_eval_writes_adm_batches_and_metrics(shapes_dir, tmp_path, c
   ds = pipeline.create_image_dataset(config.data, split="validation", global_batch_size=16,
                                      seed=config.seed, train=False)
   images = next(iter(ds))["image"][:12]
-  np.testing.assert_array_equal(originals, recon_eval.quantize(images))
+  np.testing.assert_array_equal(originals, images_lib.quantize(images))
   # Usage over every code of the 12 images, from the tokenizer itself.
-  tok = tokenizers.load_tokenizer(run)
+  tok = tokenizer_lib.load_tokenizer(run)
   codes = np.asarray(tok.encode(jnp.asarray(np.concatenate([images, images[:4]]))))[:12]
   assert metrics["codebook_usage"] == codebook.usage_stats(
       codebook.code_histogram(codes, 64))["codebook_usage"]

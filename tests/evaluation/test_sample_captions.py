@@ -12,9 +12,9 @@ from PIL import Image
 from helpers import save_random_generator_run, save_random_titok_run
 from helpers import save_tiny_t5_encoder, tiny_titok_config
 from vwt_jax import sample as sample_lib
-from vwt_jax.data import caption_features
+from vwt_jax.core import images as images_lib
 from vwt_jax.data import codes
-from vwt_jax.evaluation import reconstruction
+from vwt_jax.families import text_encoders
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 CAPTIONS = ["A red disc moves left over a blue sky.", "Two green squares grow.",
@@ -30,7 +30,7 @@ def t2i_run(shapes_dir, tmp_path_factory):
   titok = str(tmp_path_factory.mktemp("titok"))
   titok_config = tiny_titok_config(shapes_dir)
   save_random_titok_run(titok_config, titok)
-  encoder = caption_features.load_caption_encoder(
+  encoder = text_encoders.load_caption_encoder(
       "t5", save_tiny_t5_encoder(str(tmp_path_factory.mktemp("t5")), CAPTIONS),
       max_length=LENGTH)
   code_dir = str(tmp_path_factory.mktemp("codes"))
@@ -38,7 +38,7 @@ def t2i_run(shapes_dir, tmp_path_factory):
       tokenizer="titok", code_shape=(8,), vocab_size=64, num_classes=0, views="center",
       image_size=16, caption_dim=encoder.dim, caption_length=LENGTH,
       source={"checkpoint": titok, "config": titok_config.to_dict(),
-              "caption_encoder": caption_features.describe(encoder)})
+              "caption_encoder": text_encoders.describe(encoder)})
   features, mask = encoder.encode(CAPTIONS)
   with codes.CodeDatasetWriter(code_dir, meta, split="train") as writer:
     for i in range(3):
@@ -49,11 +49,11 @@ def t2i_run(shapes_dir, tmp_path_factory):
 
 def test_captions_are_encoded_by_the_recorded_encoder_and_left_padded(t2i_run):
   # Sampling itself runs in the command-line test below (one compile).
-  trainer, _ = sample_lib.load(*t2i_run)
+  gen, _ = sample_lib.load(*t2i_run)
   # Prefix length and width come from the code dataset.
-  assert (trainer.arch.cfg.cls_token_num, trainer.arch.cfg.caption_dim) == (LENGTH, 32)
-  encoder = sample_lib.caption_encoder(trainer)
-  assert caption_features.describe(encoder) == trainer.metadata.source["caption_encoder"]
+  assert (gen.cfg.cls_token_num, gen.cfg.caption_dim) == (LENGTH, 32)
+  encoder = sample_lib.caption_encoder(gen)
+  assert text_encoders.describe(encoder) == gen.metadata.source["caption_encoder"]
   cond, emb_mask = sample_lib.caption_conditions(encoder, CAPTIONS)
   # As the code reader lays out training captions: the real tokens at the end,
   # zeros before them (the 18-token caption; the others fill all 24).
@@ -63,7 +63,7 @@ def test_captions_are_encoded_by_the_recorded_encoder_and_left_padded(t2i_run):
   np.testing.assert_array_equal(cond[[0, 2]], features[[0, 2]])
   with pytest.raises(ValueError, match="gives 8 tokens of 32-d features; the generator takes "
                      f"{LENGTH} of 32"):
-    sample_lib.caption_encoder(trainer, "t5", encoder.model_dir, max_length=8)
+    sample_lib.caption_encoder(gen, "t5", encoder.model_dir, max_length=8)
 
 
 def test_command_line_writes_captions_to_images(t2i_run, tmp_path):
@@ -82,6 +82,6 @@ def test_command_line_writes_captions_to_images(t2i_run, tmp_path):
   assert summary["cfg_scale"] == 3.0
   # Two rows (one per caption) of two 16 px samples shown at 128 px, text below.
   picture = np.asarray(Image.open(tmp_path / "captions_to_images.png"))
-  assert picture.shape == (2 * reconstruction.caption_cell_height(128), 2 * 128, 3)
-  text = picture[128:reconstruction.caption_cell_height(128), :128]
+  assert picture.shape == (2 * images_lib.caption_cell_height(128), 2 * 128, 3)
+  text = picture[128:images_lib.caption_cell_height(128), :128]
   assert (text < 128).any() and np.median(text) == 255

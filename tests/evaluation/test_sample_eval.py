@@ -5,7 +5,6 @@ import os
 import re
 import subprocess
 import sys
-import types
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from vwt_jax import sample as sample_lib
 from vwt_jax import sample_eval
 from vwt_jax.data import codes
 from vwt_jax.evaluation import adm_npz
-from vwt_jax.training import generator as generator_lib
+from vwt_jax.families import generator as generator_lib
 
 NUM_CLASSES, PER_CLASS, SHARD = 3, 8, 8
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -51,11 +50,11 @@ def _shards(directory):
 
 
 def test_resumed_run_keeps_finished_shards_and_equals_an_uninterrupted_one(loaded, tmp_path):
-  trainer, params = loaded
+  gen, params = loaded
   labels = sample_eval.class_labels(NUM_CLASSES, PER_CLASS)
   kwargs = dict(shard_size=SHARD, seed=3, batch_size=8)
   interrupted = str(tmp_path / "interrupted")
-  assert sample_eval.generate_shards(trainer, params, interrupted, labels, max_shards=2,
+  assert sample_eval.generate_shards(gen, params, interrupted, labels, max_shards=2,
                                      **kwargs) == 2
   assert _shards(interrupted) == ["shard_00000.npz", "shard_00001.npz"]
   first = [os.path.join(interrupted, "shards", n) for n in _shards(interrupted)]
@@ -64,12 +63,12 @@ def test_resumed_run_keeps_finished_shards_and_equals_an_uninterrupted_one(loade
     os.utime(path, (1e9, 1e9))
   with pytest.raises(FileNotFoundError, match="1 of 3 shards missing"):
     sample_eval.pack_shards(interrupted, labels, SHARD)
-  assert sample_eval.generate_shards(trainer, params, interrupted, labels, **kwargs) == 1
+  assert sample_eval.generate_shards(gen, params, interrupted, labels, **kwargs) == 1
   assert [os.path.getmtime(p) for p in first] == [1e9, 1e9]
   resumed = sample_eval.pack_shards(interrupted, labels, SHARD)
 
   whole = str(tmp_path / "whole")
-  assert sample_eval.generate_shards(trainer, params, whole, labels, **kwargs) == 3
+  assert sample_eval.generate_shards(gen, params, whole, labels, **kwargs) == 3
   uninterrupted = sample_eval.pack_shards(whole, labels, SHARD)
   with np.load(resumed) as a, np.load(uninterrupted) as b:
     assert sorted(a.files) == ["arr_0", "arr_1"]
@@ -82,9 +81,9 @@ def test_resumed_run_keeps_finished_shards_and_equals_an_uninterrupted_one(loade
 
 
 def test_shards_must_hold_whole_batches(loaded, tmp_path):
-  trainer, params = loaded
+  gen, params = loaded
   with pytest.raises(ValueError, match="shard_size=12 is not a multiple of the global batch 8"):
-    sample_eval.generate_shards(trainer, params, str(tmp_path), np.zeros(24, np.int32),
+    sample_eval.generate_shards(gen, params, str(tmp_path), np.zeros(24, np.int32),
                                 shard_size=12, batch_size=8)
 
 
@@ -160,49 +159,49 @@ def test_sample_eval_refuses_settings_before_writing_anything(generator_run, tmp
     ({}, dict(seed=-1), "--seed=-1: expected a seed >= 0"),
 ])
 def test_sampler_settings_are_checked_against_the_gpt(loaded, overrides, counts, message):
-  trainer, _ = loaded
+  gen, _ = loaded
   counts = {"batch_size": 1, "resize": 0, "seed": 0, **counts}
   with pytest.raises(sample_lib.SettingsError, match="^" + re.escape(message)):
-    sample_lib.check_sampling(trainer, overrides, **counts)
+    sample_lib.check_sampling(gen, overrides, **counts)
 
 
 def test_the_edges_of_the_valid_settings_pass(loaded):
-  trainer, _ = loaded
-  sample_lib.check_sampling(trainer, dict(top_k=64, top_p=1.0, cfg_scale=1.0, cfg_interval=-1,
-                                          temperature=1e-3), batch_size=1, resize=0, seed=0)
-  assert sample_lib.class_ids(trainer, ["0", "2"], "--classes") == [0, 2]
+  gen, _ = loaded
+  sample_lib.check_sampling(gen, dict(top_k=64, top_p=1.0, cfg_scale=1.0, cfg_interval=-1,
+                                      temperature=1e-3), batch_size=1, resize=0, seed=0)
+  assert sample_lib.class_ids(gen, ["0", "2"], "--classes") == [0, 2]
   with pytest.raises(sample_lib.SettingsError,
                      match=r"^--classes: x is not a class of this generator \(3 classes: 0..2\)$"):
-    sample_lib.class_ids(trainer, ["x"], "--classes")
+    sample_lib.class_ids(gen, ["x"], "--classes")
   with pytest.raises(sample_lib.SettingsError,
                      match=r"^config.sampling.classes is empty: expected class ids 0..2$"):
-    sample_lib.class_ids(trainer, [], "config.sampling.classes")
+    sample_lib.class_ids(gen, [], "config.sampling.classes")
 
 
 def test_settings_from_the_config_are_named_by_their_key(loaded):
-  trainer, _ = loaded
-  config = trainer.config.copy_and_resolve_references()
+  gen, _ = loaded
+  config = gen.config.copy_and_resolve_references()
   config.sampling.top_k = 1000
   with pytest.raises(sample_lib.SettingsError,
                      match=re.escape("config.sampling.top_k=1000: expected 0 (keep all) to 64")):
-    sample_lib.check_sampling(types.SimpleNamespace(arch=trainer.arch, config=config), {},
-                              batch_size=1, resize=0, seed=0)
+    sample_lib.check_sampling(generator_lib.Generator(config), {}, batch_size=1, resize=0,
+                              seed=0)
 
 
 def test_guidance_needs_a_null_class_and_maskgit_has_its_own_settings(loaded, generator_run):
-  trainer, _ = loaded
-  config = trainer.config.copy_and_resolve_references()
+  gen, _ = loaded
+  config = gen.config.copy_and_resolve_references()
   config.model.class_dropout_prob = 0.0
-  unguided = types.SimpleNamespace(
-      arch=generator_lib.Autoregressive(config, trainer.metadata), config=config)
+  unguided = generator_lib.Generator(config)
   sample_lib.check_sampling(unguided, {"cfg_scale": 1.0}, batch_size=1, resize=0, seed=0)
   with pytest.raises(sample_lib.SettingsError, match=re.escape(
       "--cfg=2.0: expected 1 (no guidance): this GPT was trained without class dropout")):
     sample_lib.check_sampling(unguided, {"cfg_scale": 2.0}, batch_size=1, resize=0, seed=0)
 
   config = load_config("maskgit.py", "tiny")
-  masked = types.SimpleNamespace(arch=generator_lib.Masked(config, trainer.metadata),
-                                 config=config)
+  # Its sizes from the GPT's code dataset.
+  config.data.dir = gen.config.data.dir
+  masked = generator_lib.Generator(config)
   # MaskGIT's constant and linear decays take scale 0 for the conditional pass alone.
   sample_lib.check_sampling(masked, {"cfg_scale": 0.0}, batch_size=1, resize=0, seed=0)
   with pytest.raises(sample_lib.SettingsError, match=re.escape(
@@ -222,7 +221,7 @@ def test_sample_eval_checks_its_settings_before_reading_weights(generator_run, t
   def unreachable(self, path):
     raise AssertionError(f"read the weights of {path}")
 
-  monkeypatch.setattr(generator_lib.Autoregressive, "load_pretrained", unreachable)
+  monkeypatch.setattr(generator_lib.Generator, "load_params", unreachable)
   out = str(tmp_path / "eval")
   for kwargs, message in ((dict(per_class=0), "--per_class=0: expected >= 1 samples per class"),
                           (dict(per_class=1, batch_size=0), "--batch_size=0: expected >= 1"),

@@ -13,6 +13,7 @@ import transformers
 
 import helpers
 from vwt_jax.conversion import hf_clip, hf_llama
+from vwt_jax.families import captioner as captioner_family
 from vwt_jax.models import captioner
 from vwt_jax.models.clip_vision import CLIPVisionConfig
 from vwt_jax.models.llama_lm import LlamaLMConfig
@@ -63,8 +64,8 @@ def loaded(hf_dirs, config):
   rng = np.random.default_rng(0)
   shapes = nn.meta.unbox(captioner.abstract_params(config)["projector"])
   projector = jax.tree.map(lambda s: 0.2 * rng.normal(size=s.shape).astype(np.float32), shapes)
-  return projector, captioner.load_pretrained(config, llm_dir, vision_dir,
-                                              {"projector": projector})
+  return projector, captioner_family.load_pretrained(config, llm_dir, vision_dir,
+                                                     {"projector": projector})
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_load_pretrained_fills_lm_and_vision_only(hf_dirs, config, loaded):
   jax.tree.map(np.testing.assert_array_equal, params["vision"],
                hf_clip.load_hf_clip_vision(vision_dir)[1])
   assert params["projector"] is projector
-  only = captioner.load_pretrained(config, vision_dir=vision_dir)
+  only = captioner_family.load_pretrained(config, vision_dir=vision_dir)
   assert sorted(only) == ["vision"]
 
 
@@ -113,11 +114,11 @@ def test_load_pretrained_refuses_another_model(hf_dirs, config):
   llm_dir, _, _ = hf_dirs
   wider = dataclasses.replace(config, lm=dataclasses.replace(config.lm, ffn_hidden=128))
   with pytest.raises(ValueError, match=r"llama.*ffn_hidden=96 \(captioner: 128\)"):
-    captioner.load_pretrained(wider, llm_dir)
+    captioner_family.load_pretrained(wider, llm_dir)
   # The context may be extended: more positions, linearly scaled RoPE.
   longer = dataclasses.replace(config, lm=dataclasses.replace(
       config.lm, max_positions=128, rope_linear_factor=2.0))
-  assert sorted(captioner.load_pretrained(longer, llm_dir)) == ["lm"]
+  assert sorted(captioner_family.load_pretrained(longer, llm_dir)) == ["lm"]
 
 
 def test_embed_inputs_puts_visual_tokens_at_the_visual_slots(config, loaded, inputs):

@@ -13,14 +13,14 @@ import pytest
 
 from helpers import copy_vript_root, save_random_titok_run, tiny_titok_config
 from vwt_jax.core import sharding
-from vwt_jax.data import caption_features
 from vwt_jax.data import codes
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 from vwt_jax.data.vript import clip_source
+from vwt_jax.families import text_encoders
+from vwt_jax.families import tokenizer as tokenizer_lib
 from vwt_jax.models import gpt
 from vwt_jax.tools import extract_codes as extract
-from vwt_jax.training import tokenizers
 
 REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
@@ -78,7 +78,7 @@ def _top_left_pixels(checkpoint, config, mesh):
     return (pixels // 4).astype(jnp.int32).reshape(len(images), -1)
 
   batch = sharding.batch_sharding(mesh)
-  return tokenizers.Tokenizer(
+  return tokenizer_lib.Tokenizer(
       kind="vqgan", config=config, code_shape=(4, 4), vocab_size=64, image_size=16,
       encode=jax.jit(encode, in_shardings=batch, out_shardings=batch), decode=None)
 
@@ -100,7 +100,7 @@ class _CorruptEveryFifth:
 
 def test_views_land_in_order_and_corrupt_images_are_skipped(run, tmp_path, monkeypatch):
   config = run[0]
-  monkeypatch.setattr(tokenizers, "load_tokenizer", _top_left_pixels)
+  monkeypatch.setattr(tokenizer_lib, "load_tokenizer", _top_left_pixels)
   open_source = pipeline.open_source
   monkeypatch.setattr(pipeline, "open_source",
                       lambda c, s: (_CorruptEveryFifth(open_source(c, s)[0]), "shapes"))
@@ -125,9 +125,9 @@ def test_views_land_in_order_and_corrupt_images_are_skipped(run, tmp_path, monke
                           views="center", batch_size=8)
 
 
-def test_unknown_trainer_and_existing_split(run, tmp_path):
-  config = tiny_titok_config(run[0].data.data_dir, trainer="maskgit")
-  with pytest.raises(ValueError, match=r"trainer='maskgit'.*'titok'"):
+def test_unknown_family_and_existing_split(run, tmp_path):
+  config = tiny_titok_config(run[0].data.data_dir, family="maskgit")
+  with pytest.raises(ValueError, match=r"family='maskgit'.*'titok'"):
     extract.extract_codes(config, run[1], str(tmp_path), views="center")
   with pytest.raises(ValueError, match="views='five_crop'"):
     extract.extract_codes(run[0], run[1], str(tmp_path), views="five_crop")
@@ -140,7 +140,7 @@ def test_command_line_writes_a_dataset_the_generator_pipeline_reads(run, tmp_pat
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   result = subprocess.run(
       [sys.executable, "-m", "vwt_jax.tools.extract_codes", "--checkpoint", workdir,
-       "--output", out, "--split", "validation", "--views", "flip", "--batch_size", "5"],
+       "--output_dir", out, "--split", "validation", "--views", "flip", "--batch_size", "5"],
       env=env, capture_output=True, text=True, timeout=120, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -160,7 +160,7 @@ def test_command_line_writes_a_dataset_the_generator_pipeline_reads(run, tmp_pat
 def test_vript_keyframes_and_caption_features_as_the_t2i_gpt_reads_them(run, fixtures_dir,
                                                                          tmp_path, monkeypatch):
   config = run[0]
-  monkeypatch.setattr(tokenizers, "load_tokenizer", _top_left_pixels)
+  monkeypatch.setattr(tokenizer_lib, "load_tokenizer", _top_left_pixels)
   root = copy_vript_root(fixtures_dir, tmp_path)
   keyframes = clip_source.KeyframeSource(clip_source.load_videos(root), image_size=16)
   records = [keyframes[i] for i in range(len(keyframes))]
@@ -171,7 +171,7 @@ def test_vript_keyframes_and_caption_features_as_the_t2i_gpt_reads_them(run, fix
     f.write(b"not an mp4")
   good = [i for i in range(9) if i != broken]
   # 80 tokens: the fixture's captions have 61 to 102.
-  encoder = caption_features.load_caption_encoder("minilm", max_length=80)
+  encoder = text_encoders.load_caption_encoder("minilm", max_length=80)
   out = str(tmp_path / "codes")
   # One batch of 16: the caption encoder then compiles once (for 16 rows) here.
   summary = extract.extract_codes(config, "unused", out, views="flip", batch_size=16,
@@ -179,7 +179,7 @@ def test_vript_keyframes_and_caption_features_as_the_t2i_gpt_reads_them(run, fix
   assert (summary["records"], summary["corrupt_skipped"], summary["split"]) == (8, 1, "train")
   meta = codes.read_metadata(out)
   assert (meta.num_classes, meta.caption_dim, meta.caption_length) == (0, 384, 80)
-  assert meta.source["caption_encoder"] == caption_features.describe(encoder)
+  assert meta.source["caption_encoder"] == text_encoders.describe(encoder)
   assert meta.splits["train"]["vript_root"] == os.path.abspath(root)
 
   # The codes spell out the middle keyframe of each clip, in index order.
@@ -208,7 +208,7 @@ def test_vript_keyframes_and_caption_features_as_the_t2i_gpt_reads_them(run, fix
   assert lengths.max() == 80 and lengths.min() < 80
 
   # Another encoder cannot add a split; Vript takes no tfds split.
-  other = caption_features.load_caption_encoder("minilm", max_length=16)
+  other = text_encoders.load_caption_encoder("minilm", max_length=16)
   with pytest.raises(ValueError, match="holds caption features of"):
     extract.extract_codes(config, "unused", out, views="flip", vript_root=root,
                           caption_encoder=other, output_split="validation")

@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from vwt_jax.evaluation import reconstruction
+from vwt_jax.core import images as images_lib
 from vwt_jax.tools import build_vript_formats
 from vwt_jax.tools import preview_vript
 from vwt_jax.tools import vript_baselines
@@ -48,9 +48,9 @@ def test_preview_shows_each_clip_with_its_caption(root, tmp_path):
   out = str(tmp_path / "preview.png")
   assert preview_vript.preview(root, out, num_clips=5, columns=3, cell=64) == 5
   picture = np.asarray(Image.open(out))
-  # 64-px frames are shown twice as large (reconstruction.MIN_CELL_SIZE).
+  # 64-px frames are shown twice as large (images_lib.MIN_CELL_SIZE).
   size = 128
-  cell_h = reconstruction.caption_cell_height(size)
+  cell_h = images_lib.caption_cell_height(size)
   assert picture.shape == (2 * cell_h, 3 * size, 3)
   # Frames above, dark text on white below, an empty white sixth cell.
   assert picture[:size, :size].std() > 0

@@ -12,6 +12,7 @@ import pytest
 import helpers
 from helpers import load_config
 from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax.families import captioner as captioner_family
 from vwt_jax.models import captioner as captioner_lib
 from vwt_jax.training import captioner
 from vwt_jax.training import loop
@@ -26,7 +27,7 @@ def _config(root):
   config.data.update(dict(root=root, num_frames=2, num_threads=2, prefetch=2))
   config.data.synthetic.update(DATA)
   # One token per vision token: the cheapest projector to compile.
-  config.model.projector.kind = "linear"
+  config.model.projector = "linear"
   config.text.update(dict(max_length=128, max_answer_length=64))
   # Data parallel x FSDP: parameters sharded as in the 7B configs.
   config.update(dict(mesh_shape=(-1, 2, 1), total_steps=4, global_batch_size=8, log_every=1,
@@ -71,7 +72,7 @@ def test_run_learns_and_writes_checkpoints_tokenizer_and_config(straight):
   assert 512 < tokenizer.get_vocab_size() <= 1024
   with open(os.path.join(workdir, captioner.MODEL_CONFIG_FILE), encoding="utf-8") as f:
     cfg = captioner_lib.CaptionerConfig.from_json(f.read())
-  assert cfg == captioner.model_config(config) and cfg.num_visual_tokens() == 32
+  assert cfg == captioner_family.model_config(config) and cfg.num_visual_tokens() == 32
 
 
 def test_frozen_vision_stays_bit_identical(straight):

@@ -8,8 +8,9 @@ from PIL import Image
 
 from helpers import load_config, save_random_titok_run, tiny_titok_config, write_class_codes
 from vwt_jax import sample as sample_lib
+from vwt_jax.core import images as images_lib
 from vwt_jax.data import codes
-from vwt_jax.evaluation import reconstruction as recon_eval
+from vwt_jax.families import gpt as gpt_family
 from vwt_jax.training import generator
 
 NUM_CLASSES, SEQ_LEN, VOCAB = 10, 8, 64
@@ -26,7 +27,7 @@ def code_dir(shapes_dir, tmp_path_factory):
 
 def _tiny(arg, code_dir, **overrides):
   config = load_config(*arg.split(":"))
-  if config.model.arch == "gpt":
+  if config.family == "gpt":
     config.model.update(dict(n_layer=1, n_head=2, dim=32))
   else:
     config.model.update(dict(num_hidden_layers=2, num_attention_heads=2, hidden_size=32,
@@ -58,25 +59,25 @@ def test_train_writes_checkpoints_metrics_and_samples(arg, code_dir, tmp_path):
 def test_sizes_come_from_the_code_dataset_and_must_agree(code_dir):
   config = _tiny("llamagen.py:tiny", code_dir)
   meta = codes.read_metadata(code_dir)
-  cfg = generator.model_config(config, meta)
+  cfg = gpt_family.model_config(config, meta)
   assert (cfg.vocab_size, cfg.block_size, cfg.num_classes, cfg.rope_2d) == (
       VOCAB, SEQ_LEN, NUM_CLASSES, False)
   config.model.vocab_size = 128
   with pytest.raises(ValueError, match="vocab_size=128 but the code dataset"):
-    generator.model_config(config, meta)
+    gpt_family.model_config(config, meta)
 
 
 def test_sample_is_deterministic_and_writes_adm_npz(code_dir, tmp_path):
   config = _tiny("llamagen.py:tiny", code_dir)
   workdir = str(tmp_path / "run")
   generator.train(config, workdir)
-  trainer, params = sample_lib.load(config, workdir)
+  gen, params = sample_lib.load(config, workdir)
   labels = np.array([1, 2, 3], np.int32)
-  a = sample_lib.sample(trainer, params, labels, seed=5, batch_size=8, top_k=0)
-  b = sample_lib.sample(trainer, params, labels, seed=5, batch_size=8, top_k=0)
+  a = sample_lib.sample(gen, params, labels, seed=5, batch_size=8, top_k=0)
+  b = sample_lib.sample(gen, params, labels, seed=5, batch_size=8, top_k=0)
   assert a.shape == (3, 16, 16, 3) and a.dtype == np.uint8
   np.testing.assert_array_equal(a, b)
-  assert recon_eval.quantize(np.array([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
+  assert images_lib.quantize(np.array([-1.0, 0.0, 1.0])).tolist() == [0, 128, 255]
 
 
 def test_text_to_image_trains_on_captioned_codes(tmp_path):
@@ -94,12 +95,12 @@ def test_text_to_image_trains_on_captioned_codes(tmp_path):
                    caption_mask=(np.arange(4) < n).astype(np.int32))
   config = _tiny("llamagen.py:tiny,cond=t2i", path)
   # The caption width and the prefix (caption) length come from the dataset.
-  cfg = generator.model_config(config, meta)
+  cfg = gpt_family.model_config(config, meta)
   assert (cfg.caption_dim, cfg.cls_token_num) == (8, 4)
   config.model.cls_token_num = 120
   with pytest.raises(ValueError, match="cls_token_num=120 but the code dataset"):
-    generator.model_config(config, meta)
-  config.model.cls_token_num = 0
+    gpt_family.model_config(config, meta)
+  config.model.cls_token_num = None
   config.update(dict(total_steps=2, checkpoint_every=2, eval_every=2))
   result = generator.train(config, str(tmp_path / "run"))
   assert result["step"] == 2 and np.isfinite(result["eval"]["eval_loss"])

@@ -5,6 +5,7 @@ import os
 import signal
 
 import chex
+import flax.linen as nn
 import grain
 import jax
 import numpy as np
@@ -15,11 +16,12 @@ from helpers import tiny_titok_config
 from vwt_jax import main as main_lib
 from vwt_jax.core import checkpoint as checkpoint_lib
 from vwt_jax.core import sharding
+from vwt_jax.families import common
+from vwt_jax.families import titok as titok_family
 from vwt_jax.models import maskgit_vqgan
 from vwt_jax.tools import reconstruct as reconstruct_tool
 from vwt_jax.training import loop
 from vwt_jax.training import titok as titok_trainer
-from vwt_jax.training import tokenizers
 
 
 def _losses(workdir):
@@ -121,7 +123,7 @@ def _one_step(config, mesh, batch):
 
 # Without codebook restart (it sees only the last micro-batch's codes under
 # accumulation): the sharded and accumulation tests then share one compiled step.
-NO_RESTART = {"model.dead_code_threshold": 0.0}
+NO_RESTART = {"train.dead_code_threshold": 0.0}
 
 
 def test_sharded_step_matches_single_device(shapes_dir):
@@ -184,14 +186,15 @@ def test_vae_stage1_and_stage2_recipes_train(shapes_dir, tmp_path, monkeypatch):
   stage1.teacher.update(dict(hidden_channels=32, channel_mult=(1, 2, 2)))
   stage1.model.dec_patch_size = 4
 
-  def random_teacher(path, teacher_config, image_size):
-    assert path == "teacher.bin"
-    cfg = titok_trainer.pixel_decoder_config(teacher_config)
+  def random_teacher(section, image_size):
+    assert section.checkpoint == "teacher.bin"
+    cfg = common.from_fields(maskgit_vqgan.MaskGitVQGANConfig,
+                             {k: v for k, v in section.items() if k != "checkpoint"})
     params = maskgit_vqgan.MaskGitVQGAN(cfg).init(
         jax.random.key(3), np.zeros((1, image_size, image_size, 3), np.float32))["params"]
-    return cfg, jax.tree.map(np.asarray, __import__("flax").linen.meta.unbox(params))
+    return cfg, jax.tree.map(np.asarray, nn.meta.unbox(params))
 
-  monkeypatch.setattr(titok_trainer, "load_maskgit_vqgan", random_teacher)
+  monkeypatch.setattr(titok_family, "load_vqgan", random_teacher)
   result = main_lib.run(stage1, str(tmp_path / "stage1"))
   assert 0 < result["train"]["proxy_ce"] < 20
   assert os.path.exists(tmp_path / "stage1" / "reconstructions.png")
@@ -229,6 +232,6 @@ def test_init_from_and_reconstruct_command(shapes_dir, tmp_path):
 
   out = tmp_path / "grid.png"
   result = reconstruct_tool.reconstruct(
-      tokenizers.run_config(str(tmp_path / "run")), str(tmp_path / "run"), str(out),
+      common.run_config(str(tmp_path / "run")), str(tmp_path / "run"), str(out),
       num_images=4)
   assert out.exists() and result["num_images"] == 4 and result["psnr"] > 0

@@ -9,7 +9,7 @@ import numpy as np
 from helpers import tiny_vqgan_config
 from vwt_jax import main as main_lib
 from vwt_jax.core import checkpoint as checkpoint_lib
-from vwt_jax.training import vqgan as vqgan_trainer
+from vwt_jax.families import vqgan as vqgan_family
 
 
 def test_tiny_run_checkpoints_batch_stats_and_evaluates(shapes_dir, tmp_path):
@@ -34,7 +34,7 @@ def test_tiny_run_checkpoints_batch_stats_and_evaluates(shapes_dir, tmp_path):
   stats = checkpoint_lib.load_state_subtree(str(tmp_path), "disc_batch_stats")
   assert not np.allclose(stats["layer_1_norm"]["var"], 1.0)
   # A run folder initialises the model (the tokenizer loader's path too).
-  params = vqgan_trainer.load_pretrained(str(tmp_path), config)
+  params = vqgan_family.load_params(str(tmp_path), config)
   state_params = jax.device_get(result["state"]["params"])
   np.testing.assert_array_equal(params["quantize"]["embedding"],
                                 state_params["quantize"]["embedding"])

@@ -15,6 +15,7 @@ import pytest
 from helpers import load_config
 from vwt_jax import main
 from vwt_jax.core import files
+from vwt_jax.families import gpt as gpt_family
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 ENV = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
@@ -45,7 +46,7 @@ def trained(monkeypatch):
     return {"step": 1}
 
   monkeypatch.setitem(sys.modules, "recording_trainer", types.SimpleNamespace(train=train))
-  monkeypatch.setitem(main.TRAINERS, "generator", "recording_trainer")
+  monkeypatch.setattr(gpt_family, "TRAINER", "recording_trainer")
   return calls
 
 
@@ -169,7 +170,7 @@ def test_the_lock_is_released_when_training_fails(tmp_path, monkeypatch):
     raise RuntimeError("out of memory")
 
   monkeypatch.setitem(sys.modules, "failing_trainer", types.SimpleNamespace(train=train))
-  monkeypatch.setitem(main.TRAINERS, "generator", "failing_trainer")
+  monkeypatch.setattr(gpt_family, "TRAINER", "failing_trainer")
   workdir = str(tmp_path / "run")
   for _ in range(2):  # the second start finds the folder free
     with pytest.raises(RuntimeError, match="out of memory"):

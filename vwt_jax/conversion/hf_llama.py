@@ -17,13 +17,13 @@ With `scan_layers` the per-layer trees are stacked on a leading axis under `laye
 Left unread on purpose: `rotary_emb.inv_freq` buffers (recomputed from the config).
 """
 
-import dataclasses
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import numpy as np
 
 from vwt_jax.conversion import hf_checkpoint
+from vwt_jax.conversion import llama_block
 from vwt_jax.conversion import torch_state as ts
 from vwt_jax.models.llama_lm import LlamaLMConfig, abstract_params
 
@@ -45,47 +45,17 @@ def _interleave_rope_rows(w: np.ndarray, heads: int, hd: int) -> np.ndarray:
   return w.reshape(heads, 2, hd // 2, dim).transpose(0, 2, 1, 3).reshape(heads * hd, dim)
 
 
-def _wqkv(q: Optional[np.ndarray], k: Optional[np.ndarray], v: Optional[np.ndarray],
-          config: LlamaLMConfig) -> Optional[np.ndarray]:
-  """q (H*hd, D), k/v (K*hd, D) -> (D, K, g + 2, hd); None if any is missing."""
-  if q is None or k is None or v is None:
-    return None
-  hd, heads, kv = config.attention_head_dim, config.n_head, config.kv_heads
-  if (q.shape[0], k.shape[0], v.shape[0]) != (heads * hd, kv * hd, kv * hd) or not (
-      q.shape[1] == k.shape[1] == v.shape[1]):
-    # Reported by `check_params` as a shape mismatch of wqkv (with q's shape).
-    return q.T
-  dim = q.shape[1]
-  q = _interleave_rope_rows(q, heads, hd).reshape(kv, heads // kv, hd, dim)
-  k = _interleave_rope_rows(k, kv, hd).reshape(kv, 1, hd, dim)
-  return np.concatenate([q, k, v.reshape(kv, 1, hd, dim)], axis=1).transpose(3, 0, 1, 2)
-
-
-def _wo(w: Optional[np.ndarray], config: LlamaLMConfig) -> Optional[np.ndarray]:
-  hd, heads = config.attention_head_dim, config.n_head
-  if w is None or w.shape[1] != heads * hd:
-    return None if w is None else w.T
-  return w.T.reshape(heads, hd, w.shape[0])
-
-
 def _layer(sd: ts.StateDictReader, i: int, config: LlamaLMConfig) -> dict:
   p = f"model.layers.{i}"
-  attn = f"{p}.self_attn"
-  mlp = f"{p}.mlp"
-  return {
-      "attention": {
-          "wqkv": {"kernel": _wqkv(*(sd.get(f"{attn}.{n}_proj.weight", ndim=2) for n in "qkv"),
-                                   config)},
-          "wo": {"kernel": _wo(sd.get(f"{attn}.o_proj.weight", ndim=2), config)},
-      },
-      "feed_forward": {
-          "w1": ts.linear(sd, f"{mlp}.gate_proj", bias=False),
-          "w2": ts.linear(sd, f"{mlp}.down_proj", bias=False),
-          "w3": ts.linear(sd, f"{mlp}.up_proj", bias=False),
-      },
-      "attention_norm": {"scale": sd.get(f"{p}.input_layernorm.weight")},
-      "ffn_norm": {"scale": sd.get(f"{p}.post_attention_layernorm.weight")},
-  }
+  hd, heads, kv = config.attention_head_dim, config.n_head, config.kv_heads
+  q, k, v = (sd.get(f"{p}.self_attn.{n}_proj.weight", ndim=2) for n in "qkv")
+  if q is not None and k is not None and q.shape[0] == heads * hd and k.shape[0] == kv * hd:
+    q, k = _interleave_rope_rows(q, heads, hd), _interleave_rope_rows(k, kv, hd)
+  return llama_block.block(
+      sd, wqkv=llama_block.wqkv_kernel(q, k, v, heads, kv, hd),
+      wo=llama_block.wo_kernel(sd.get(f"{p}.self_attn.o_proj.weight", ndim=2), heads, hd),
+      ffn=tuple(f"{p}.mlp.{n}_proj" for n in ("gate", "down", "up")),
+      attention_norm=f"{p}.input_layernorm", ffn_norm=f"{p}.post_attention_layernorm")
 
 
 def convert_llama(state_dict: Mapping[str, Any], config: LlamaLMConfig) -> dict:
@@ -102,18 +72,13 @@ def convert_llama(state_dict: Mapping[str, Any], config: LlamaLMConfig) -> dict:
   if not config.tie_embeddings:
     params["lm_head"] = ts.linear(sd, "lm_head", bias=False)
   params.update({f"layers_{i}": _layer(sd, i, config) for i in range(config.n_layer)})
-  params = ts.prune_missing(params)
-  ignored = [k for k in sd.unused() if _IGNORED.match(k)]
   if config.tie_embeddings and "lm_head.weight" in sd:
     # Some tied checkpoints store the shared matrix twice; it must be the embedding.
-    lm_head, embedding = sd.get("lm_head.weight"), params.get("embed_tokens", {}).get("embedding")
+    lm_head, embedding = sd.get("lm_head.weight"), params["embed_tokens"]["embedding"]
     if embedding is not None and not np.array_equal(lm_head, embedding):
       raise ts.ConversionError("tie_word_embeddings is set but lm_head.weight differs from "
                                "model.embed_tokens.weight")
-  unrolled = dataclasses.replace(config, scan_layers=False, remat=False)
-  return ts.check_and_stack_layers(
-      params, abstract_params(unrolled), sd, ignore_unused=ignored, n_layer=config.n_layer,
-      scan_layers=config.scan_layers, param_dtype=config.param_dtype)
+  return llama_block.finish(params, sd, config, abstract_params, _IGNORED)
 
 
 def load_hf_llama(model_dir: str, **overrides) -> tuple[LlamaLMConfig, dict]:

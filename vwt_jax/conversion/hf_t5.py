@@ -1,4 +1,4 @@
-"""Hugging Face T5 / mT5 directories -> `T5Encoder` params, config and a text encoder.
+"""Hugging Face T5 / mT5 directories -> `T5Encoder` params and config.
 
 Reads the encoder of a `T5EncoderModel`, `T5ForConditionalGeneration` or
 `MT5*` directory (`config.json` + safetensors / torch weights, see
@@ -16,27 +16,20 @@ State-dict mapping (torch Linear (out, in) -> kernel (in, out), no biases):
   `layer_{i}/mlp/...`, `.layer.1.layer_norm.weight` -> `mlp_norm/scale`.
 * `encoder.final_layer_norm.weight` -> `final_norm/scale`.
 
-`load_t5_text_encoder` adds the directory's `tokenizer.json` (the `tokenizers`
-library) for `T5TextEncoder.encode(texts) -> (features, mask)`, the input of
-LlamaGen's caption embedder.
+`families.text_encoders.load_t5_text_encoder` adds the directory's
+`tokenizer.json` to run the encoder on texts.
 """
 
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import torch_state as ts
-from vwt_jax.data import text_tokenizer
 from vwt_jax.models.t5 import T5Encoder, T5EncoderConfig, abstract_params
 
-# LlamaGen's T5Embedder pads/truncates every caption to 120 tokens.
-DEFAULT_MAX_LENGTH = 120
-DEFAULT_BATCH_SIZE = 32
 # Keys of a full encoder-decoder checkpoint that the encoder does not use.
 _IGNORED = re.compile(r"^(decoder\..*|lm_head\..*|encoder\.embed_tokens\.weight)$")
 _ATTENTION = "encoder.block.{i}.layer.0.SelfAttention"
@@ -88,78 +81,3 @@ def load_hf_t5_encoder(model_dir: str) -> tuple[T5EncoderConfig, dict]:
                 **hf_checkpoint.read_state_dict(model_dir, prefix="encoder.")}
   return config, convert_state_dict(state_dict, config)
 
-
-class T5TextEncoder:
-  """A converted T5 encoder with its tokenizer: texts -> last hidden states + mask.
-
-  Attributes: `module` (T5Encoder), `params`, `tokenizer` (tokenizers.Tokenizer;
-  T5's post-processor appends `</s>`), `pad_id`, `dim`, `batch_size`,
-  `model_dir`. `encode` reconfigures the tokenizer's truncation per call, so
-  one instance must not be shared between threads.
-  """
-
-  def __init__(self, module: T5Encoder, params: Any, tokenizer, *, pad_id: int,
-               batch_size: int = DEFAULT_BATCH_SIZE, model_dir: str = ""):
-    if batch_size < 1:
-      raise ValueError(f"batch_size={batch_size} must be positive")
-    self.module = module
-    self.params = jax.device_put(params)
-    self.tokenizer = tokenizer
-    self.pad_id = pad_id
-    self.batch_size = batch_size
-    self.model_dir = model_dir
-    self.dim = module.config.d_model
-    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask)[0])
-
-  def tokenize(self, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH
-               ) -> list[list[int]]:
-    """Token ids with `</s>`, truncated (right) to `max_length` as transformers does."""
-    if max_length < 1:
-      raise ValueError(f"max_length={max_length} must be positive")
-    truncation = self.tokenizer.truncation
-    if truncation is None or truncation["max_length"] != max_length:
-      self.tokenizer.enable_truncation(max_length=max_length, strategy="longest_first")
-    return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
-
-  def encode(self, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(features float32 [N, max_length, D], mask bool [N, max_length]) of `texts`.
-
-    As LlamaGen's `T5Embedder.get_text_embeddings`: tokens right-padded to
-    `max_length`, the encoder's last hidden state at every position (padded
-    ones included; consumers zero them through the mask, see
-    `gpt.left_pad_captions`). Batches of `batch_size` rows (fewer rows are
-    padded up to a power of two) keep the compiled shapes few.
-    """
-    if isinstance(texts, str):
-      raise TypeError("encode expects a sequence of strings, not a single string")
-    ids = self.tokenize(texts, max_length)
-    features = np.zeros((len(ids), max_length, self.dim), np.float32)
-    mask = np.zeros((len(ids), max_length), bool)
-    for start in range(0, len(ids), self.batch_size):
-      chunk = ids[start:start + self.batch_size]
-      rows = text_tokenizer.padded_size(len(chunk), 1, self.batch_size)
-      tokens = np.full((rows, max_length), self.pad_id, np.int32)
-      valid = np.zeros((rows, max_length), bool)
-      for r, row in enumerate(chunk):
-        tokens[r, :len(row)] = row
-        valid[r, :len(row)] = True
-      out = self._apply(self.params, tokens, valid)
-      features[start:start + len(chunk)] = np.asarray(out)[:len(chunk)]
-      mask[start:start + len(chunk)] = valid[:len(chunk)]
-    return features, mask
-
-
-def load_t5_text_encoder(model_dir: str, *, dtype: Any = jnp.float32,
-                         batch_size: int = DEFAULT_BATCH_SIZE) -> T5TextEncoder:
-  """A `T5TextEncoder` from a Hugging Face T5 directory with a `tokenizer.json`.
-
-  `dtype` is the compute dtype (LlamaGen extracts FLAN-T5-XL features in
-  bfloat16); parameters stay float32.
-  """
-  config, params = load_hf_t5_encoder(model_dir)
-  model_dir = os.fspath(model_dir)
-  tokenizer = text_tokenizer.load_tokenizer(model_dir)
-  pad_id = text_tokenizer.pad_id(model_dir, tokenizer, hf_checkpoint.read_config(model_dir))
-  return T5TextEncoder(T5Encoder(config, dtype=dtype), params, tokenizer, pad_id=pad_id,
-                       batch_size=batch_size, model_dir=model_dir)

@@ -14,50 +14,31 @@ Mapping (torch Linear (out,in) -> kernel (in,out)):
 With `scan_layers` the per-layer trees are stacked on a leading axis under `layers`.
 """
 
-import dataclasses
 import re
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
-import numpy as np
-
+from vwt_jax.conversion import llama_block
 from vwt_jax.conversion import torch_state as ts
 from vwt_jax.models.gpt import GPT, GPTConfig, abstract_params
 
 _IGNORED = re.compile(r"^(freqs_cis|layers\.\d+\.attention\.kv_cache\..*)$")
 
 
-def _wqkv(w: Optional[np.ndarray], config: GPTConfig) -> Optional[np.ndarray]:
-  """((H + 2K)*hd, D) rows [q | k | v] -> (D, K, H/K + 2, hd); None stays None."""
-  hd, heads, kv = config.head_dim, config.n_head, config.kv_heads
-  if w is None or w.shape[0] != (heads + 2 * kv) * hd:
-    # A wrong size is reported by `check_params` with the converted shape.
-    return None if w is None else w.T
-  dim = w.shape[1]
-  group = heads // kv
-  q = w[:heads * hd].reshape(kv, group, hd, dim)
-  k = w[heads * hd:(heads + kv) * hd].reshape(kv, 1, hd, dim)
-  v = w[(heads + kv) * hd:].reshape(kv, 1, hd, dim)
-  return np.concatenate([q, k, v], axis=1).transpose(3, 0, 1, 2)
-
-
-def _wo(w: Optional[np.ndarray], config: GPTConfig) -> Optional[np.ndarray]:
-  if w is None or w.shape[1] != config.n_head * config.head_dim:
-    return None if w is None else w.T
-  return w.T.reshape(config.n_head, config.head_dim, w.shape[0])
-
-
 def _layer(sd: ts.StateDictReader, i: int, config: GPTConfig) -> dict:
   p = f"layers.{i}"
-  return {
-      "attention": {
-          "wqkv": {"kernel": _wqkv(sd.get(f"{p}.attention.wqkv.weight", ndim=2), config)},
-          "wo": {"kernel": _wo(sd.get(f"{p}.attention.wo.weight", ndim=2), config)},
-      },
-      "feed_forward": {name: ts.linear(sd, f"{p}.feed_forward.{name}", bias=False)
-                       for name in ("w1", "w2", "w3")},
-      "attention_norm": {"scale": sd.get(f"{p}.attention_norm.weight")},
-      "ffn_norm": {"scale": sd.get(f"{p}.ffn_norm.weight")},
-  }
+  hd, heads, kv = config.head_dim, config.n_head, config.kv_heads
+  w = sd.get(f"{p}.attention.wqkv.weight", ndim=2)
+  if w is None or w.shape[0] != (heads + 2 * kv) * hd:
+    # A wrong size is reported by `check_params` with the converted shape.
+    wqkv = None if w is None else w.T
+  else:
+    wqkv = llama_block.wqkv_kernel(w[:heads * hd], w[heads * hd:(heads + kv) * hd],
+                                   w[(heads + kv) * hd:], heads, kv, hd)
+  return llama_block.block(
+      sd, wqkv=wqkv, wo=llama_block.wo_kernel(sd.get(f"{p}.attention.wo.weight", ndim=2),
+                                              heads, hd),
+      ffn=tuple(f"{p}.feed_forward.{n}" for n in ("w1", "w2", "w3")),
+      attention_norm=f"{p}.attention_norm", ffn_norm=f"{p}.ffn_norm")
 
 
 def convert_gpt(state_dict: Mapping[str, Any], config: GPTConfig) -> dict:
@@ -81,14 +62,8 @@ def convert_gpt(state_dict: Mapping[str, Any], config: GPTConfig) -> dict:
         "fc2": ts.linear(sd, "cls_embedding.cap_proj.fc2", bias=False),
         "uncond_embedding": sd.get("cls_embedding.uncond_embedding"),
     }
-  layers = [_layer(sd, i, config) for i in range(config.n_layer)]
-  params.update({f"layers_{i}": layer for i, layer in enumerate(layers)})
-  params = ts.prune_missing(params)
-  ignored = [k for k in sd.unused() if _IGNORED.match(k)]
-  unrolled = dataclasses.replace(config, scan_layers=False, remat=False)
-  return ts.check_and_stack_layers(
-      params, abstract_params(unrolled), sd, ignore_unused=ignored, n_layer=config.n_layer,
-      scan_layers=config.scan_layers, param_dtype=config.param_dtype)
+  params.update({f"layers_{i}": _layer(sd, i, config) for i in range(config.n_layer)})
+  return llama_block.finish(params, sd, config, abstract_params, _IGNORED)
 
 
 def load_gpt(path_or_state_dict: Union[str, Mapping[str, Any]], config: GPTConfig

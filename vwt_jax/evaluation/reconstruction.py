@@ -1,4 +1,4 @@
-"""Reconstruction quality of a tokenizer on held-out images; the tools' picture grids.
+"""Reconstruction quality of a tokenizer on held-out images.
 
 Per image: PSNR and SSIM on [0, 1], LPIPS when LPIPS weights are given. Over
 the codes: codebook usage and perplexity. Over the set: rFID (+ sFID, IS when
@@ -6,29 +6,23 @@ the Inception weights hold the fc layer, precision/recall) with the ADM
 evaluator, the originals taking the reference role, as LlamaGen computes rFID
 on ImageNet val.
 
-Both image sets are quantised to uint8 with one rule, `quantize` (LlamaGen's
-round-half-up `clip(127.5 x + 128, 0, 255)`): it maps the pipeline's
-`u / 127.5 - 1` back to exactly `u`, so the originals the Inception network
-sees are the decoded pixels, whereas truncating `(x + 1) / 2 * 255` (TiTok's
-rule, `to_uint8`, kept for the picture grids) turns some into `u - 1`.
+Both image sets are quantised to uint8 with one rule, `images.quantize`,
+which maps the pipeline's floats back to exactly the decoded pixels, so the
+originals the Inception network sees are those pixels; the picture grid uses
+TiTok's truncating `images.to_uint8`.
 """
 
 import dataclasses
-import os
-import textwrap
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-from PIL import Image
-from PIL import ImageDraw
-from PIL import ImageFont
 from tqdm import tqdm
 
 from vwt_jax.conversion import inception as inception_conversion
 from vwt_jax.conversion import lpips as lpips_conversion
-from vwt_jax.core import files
+from vwt_jax.core import images as images_lib
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.evaluation import codebook as codebook_lib
 from vwt_jax.evaluation import evaluator
@@ -41,23 +35,9 @@ ReconstructFn = Callable[[jax.Array], tuple[jax.Array, Optional[jax.Array]]]
 INCEPTION_HINT = (
     "set config.eval.inception_weights (or --inception_weights) to an .npz written by "
     f"`{inception_conversion.CONVERT_COMMAND}`")
-# `captioned_grid` text: pixels per line of Pillow's default font, lines per cell.
-CAPTION_LINE_HEIGHT = 12
-CAPTION_LINES = 8
 LPIPS_HINT = (
     "set config.eval.lpips_weights (or --lpips_weights) to an .npz written by "
     "`python -m vwt_jax.conversion.lpips --net vgg ... --output lpips_vgg.npz`")
-
-
-def quantize(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8 as LlamaGen's samplers and rFID do: round half up."""
-  return np.clip(127.5 * np.asarray(images, np.float32) + 128.0, 0, 255).astype(np.uint8)
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8, truncating like TiTok's evaluation (picture grids)."""
-  x = (np.clip(np.asarray(images, np.float32), -1.0, 1.0) + 1.0) / 2.0
-  return (x * 255.0).astype(np.uint8)
 
 
 def psnr(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
@@ -66,67 +46,6 @@ def psnr(images: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
   b = (np.clip(np.asarray(reconstructions, np.float64), -1.0, 1.0) + 1.0) / 2.0
   mse = np.mean(np.square(a - b), axis=tuple(range(1, a.ndim)))
   return 10.0 * np.log10(1.0 / np.maximum(mse, 1e-12))
-
-
-# Pictures people look at show each image at least this many pixels wide.
-MIN_CELL_SIZE = 96
-
-
-def upscale(images: np.ndarray, min_size: int = MIN_CELL_SIZE) -> np.ndarray:
-  """NHWC images enlarged by the smallest integer factor that makes them at
-  least `min_size` wide, pixel by pixel (nearest neighbour: a 32-px image
-  shows its own pixels, not an interpolation)."""
-  factor = -(-min_size // images.shape[2])
-  if factor <= 1:
-    return images
-  return np.repeat(np.repeat(images, factor, axis=1), factor, axis=2)
-
-
-def image_grid(rows: list[np.ndarray]) -> np.ndarray:
-  """Stacks equal-length rows of NHWC uint8 images into one HWC picture,
-  small images enlarged by `upscale`."""
-  return np.concatenate([np.concatenate(list(upscale(np.asarray(r))), axis=1)
-                         for r in rows], axis=0)
-
-
-def save_grid(grid: np.ndarray, path: str) -> None:
-  """Writes an HWC uint8 picture to `path` (a URL too), format from its extension."""
-  extension = os.path.splitext(path)[1].lower()
-  image_format = Image.registered_extensions().get(extension)
-  if image_format is None:
-    raise ValueError(f"{path}: unknown image file extension {extension!r}; use e.g. .png")
-  with files.write_file(path, "wb") as f:
-    Image.fromarray(grid).save(f, format=image_format)
-
-
-def captioned_grid(images: np.ndarray, captions: Sequence[str], *, columns: int,
-                   text_lines: int = CAPTION_LINES) -> np.ndarray:
-  """NHWC uint8 images with word-wrapped text under each, as one HWC picture.
-
-  Cells are the `upscale`d images' width wide and `caption_cell_height(...)`
-  high, filled row by row; text longer than `text_lines` lines ends in ' ...'.
-  """
-  images = upscale(images)
-  n, size = len(images), images.shape[1]
-  font = ImageFont.load_default()
-  # Pillow's default font is about 6 px wide per character.
-  wrap = textwrap.TextWrapper(width=max(8, size // 6 - 1), max_lines=text_lines,
-                              placeholder=" ...")
-  cell_h = caption_cell_height(size, text_lines)
-  rows = -(-n // columns)
-  canvas = Image.new("RGB", (columns * size, rows * cell_h), "white")
-  draw = ImageDraw.Draw(canvas)
-  for i, (image, caption) in enumerate(zip(images, captions)):
-    x, y = (i % columns) * size, (i // columns) * cell_h
-    canvas.paste(Image.fromarray(image), (x, y))
-    for j, line in enumerate(wrap.wrap(caption)):
-      draw.text((x + 2, y + size + 2 + j * CAPTION_LINE_HEIGHT), line, fill="black", font=font)
-  return np.asarray(canvas)
-
-
-def caption_cell_height(image_size: int, text_lines: int = CAPTION_LINES) -> int:
-  """Height of one `captioned_grid` cell: the image, the text lines, a margin."""
-  return image_size + text_lines * CAPTION_LINE_HEIGHT + 4
 
 
 @dataclasses.dataclass
@@ -265,12 +184,12 @@ def evaluate_reconstruction(reconstruct: ReconstructFn, dataset: Iterable, mesh,
       grid_originals.append(batch["image"][:grid_images - seen])
       grid_recons.append(batch["reconstruction"][:grid_images - seen])
     if networks.inception is not None:
-      originals.append(quantize(batch["image"]))
-      recons.append(quantize(batch["reconstruction"]))
+      originals.append(images_lib.quantize(batch["image"]))
+      recons.append(images_lib.quantize(batch["reconstruction"]))
     seen += len(batch["psnr"])
   result = stats.result()
   if networks.inception is not None:
     result.update(inception_metrics(networks.inception, originals, recons, total=seen))
-  result["grid"] = image_grid([to_uint8(np.concatenate(grid_originals)),
-                               to_uint8(np.concatenate(grid_recons))])
+  result["grid"] = images_lib.image_grid([images_lib.to_uint8(np.concatenate(grid_originals)),
+                                          images_lib.to_uint8(np.concatenate(grid_recons))])
   return result

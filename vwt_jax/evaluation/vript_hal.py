@@ -42,6 +42,7 @@ import numpy as np
 
 from vwt_jax.conversion import sentence_transformers as st_conversion
 from vwt_jax.evaluation import vript_predictions
+from vwt_jax.families import text_encoders
 
 THRESHOLD = 0.5
 WORD_POS = ("VERB", "NOUN", "PROPN")
@@ -65,7 +66,7 @@ class HalConfig:
 
 
 CONFIGS = {
-    "minilm_sm": HalConfig("minilm_sm", f"all-MiniLM-L6-v2 ({st_conversion.MINILM_PIP})", "bert"),
+    "minilm_sm": HalConfig("minilm_sm", f"all-MiniLM-L6-v2 ({text_encoders.MINILM_PIP})", "bert"),
     "mpnet_sm": HalConfig("mpnet_sm", "all-mpnet-base-v2", "mpnet"),
 }
 
@@ -104,7 +105,7 @@ def resolve_encoder_dir(config: str, encoder_dir: Optional[str] = None) -> str:
   if encoder_dir:
     return encoder_dir
   if config == "minilm_sm":
-    return st_conversion.default_encoder_dir()
+    return text_encoders.default_encoder_dir()
   env = os.environ.get(MPNET_DIR_ENV, "")
   if not env:
     raise ValueError(f"config {config!r} needs encoder_dir (or ${MPNET_DIR_ENV}) pointing at "
@@ -126,11 +127,11 @@ class HalScorer:
 
   def __init__(self, config: str = "minilm_sm", *, spacy_model: Optional[str] = None,
                encoder_dir: Optional[str] = None,
-               batch_size: int = st_conversion.DEFAULT_BATCH_SIZE):
+               batch_size: int = text_encoders.SENTENCE_BATCH_SIZE):
     self.config = config
     self.encoder_dir = resolve_encoder_dir(config, encoder_dir)
     self.spacy_model = spacy_model or CONFIGS[config].spacy_model
-    self.encoder = st_conversion.load_sentence_encoder_cached(os.path.abspath(self.encoder_dir))
+    self.encoder = text_encoders.load_sentence_encoder_cached(os.path.abspath(self.encoder_dir))
     family = CONFIGS[config].family
     if self.encoder.module.config.family != family:
       raise ValueError(f"config {config!r} expects a {family} encoder, but {self.encoder_dir} "

@@ -14,7 +14,7 @@ the model stays a pure function of its inputs.
 import jax
 import jax.numpy as jnp
 
-from vwt_jax.sampling.maskgit import arccos_mask_ratio
+from vwt_jax.models.maskgit_generator import arccos_mask_ratio
 
 CLASS_LABEL_DROPOUT = 0.1
 LABEL_SMOOTHING = 0.1

@@ -15,7 +15,7 @@ loadable from Hugging Face-format weights:
 
 The parameter tree is {'vision': ..., 'projector': ..., 'lm': ...}, so
 `conversion.hf_clip.load_hf_clip_vision` and `conversion.hf_llama.load_hf_llama`
-outputs drop in (`load_pretrained`).
+outputs drop in (`families.captioner.load_pretrained`).
 
 Sequences come from `data/vript/captioner_text.encode_batch`: token ids with
 a run of `num_visual_tokens` slots marked in `visual`; `embed_inputs` puts the
@@ -36,20 +36,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vwt_jax.conversion import hf_clip
-from vwt_jax.conversion import hf_llama
-from vwt_jax.conversion import torch_state
 from vwt_jax.models import llama
 from vwt_jax.models import llama_lm
 from vwt_jax.models import projector as projector_lib
 from vwt_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionTower
 from vwt_jax.models.llama_lm import LlamaLMConfig
 
-# LlamaLMConfig fields a captioner may set differently from the checkpoint it
-# loads: layout and precision, and the context length (a captioner's frames
-# need more positions than the text model was trained on).
-_LM_FREE_FIELDS = ("max_positions", "rope_linear_factor", "attn_dropout", "scan_layers",
-                   "remat", "dtype", "param_dtype")
 _DTYPE_FIELDS = ("dtype", "param_dtype")
 
 
@@ -286,72 +278,3 @@ def count_params(config: CaptionerConfig) -> dict[str, int]:
   counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in tree.items()}
   counts["total"] = sum(counts.values())
   return counts
-
-
-def check_params(params: Mapping[str, Any], config: CaptionerConfig, source: str) -> None:
-  """Raises ValueError (a `ConversionError`) listing every leaf of `params` whose
-  path or shape does not match a captioner of `config`.
-
-  `params` may hold only some of the three parts; those are checked.
-  """
-  expected = nn.meta.unbox(abstract_params(config))
-  unknown = sorted(set(params) - set(expected))
-  if unknown:
-    raise torch_state.ConversionError(f"{source}: unknown parts {unknown}; a captioner has "
-                                      f"{sorted(expected)}")
-  try:
-    torch_state.check_params(dict(params), {k: expected[k] for k in params})
-  except torch_state.ConversionError as e:
-    raise torch_state.ConversionError(f"{source}: {e}") from None
-
-
-def _differences(loaded: Any, wanted: Any, skip: tuple[str, ...] = ()) -> list[str]:
-  return [f"{f.name}={getattr(loaded, f.name)!r} (captioner: {getattr(wanted, f.name)!r})"
-          for f in dataclasses.fields(wanted)
-          if f.name not in skip and getattr(loaded, f.name) != getattr(wanted, f.name)]
-
-
-def load_pretrained(config: CaptionerConfig, llm_dir: Optional[str] = None,
-                    vision_dir: Optional[str] = None,
-                    params: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
-  """Fills the 'lm' and/or 'vision' parts from transformers model directories.
-
-  Args:
-    config: the captioner the weights are for. Its LM must have the
-      checkpoint's sizes, norm epsilon, RoPE base and tying (it may extend
-      `max_positions` / `rope_linear_factor` and choose layout and
-      precision); its vision tower must equal the checkpoint's.
-    llm_dir: a `LlamaForCausalLM` directory (LLaMA, Vicuna), or None.
-    vision_dir: a CLIP (vision) model directory, or None.
-    params: a whole parameter tree whose parts are replaced (a new dict is
-      returned); None returns only the loaded parts.
-
-  Returns:
-    {'lm': ..., 'vision': ...} (the loaded ones; host numpy arrays in
-    `param_dtype`), merged into `params` when given.
-
-  Raises:
-    ValueError: a checkpoint's config or shapes do not fit `config` (the
-      message names the directory and the fields).
-  """
-  out = dict(params) if params is not None else {}
-  if not (llm_dir or vision_dir):
-    return out
-  if llm_dir:
-    lm_config, lm_params = hf_llama.load_hf_llama(
-        llm_dir, **{k: getattr(config.lm, k) for k in ("scan_layers", "remat", "dtype",
-                                                         "param_dtype")})
-    diff = _differences(lm_config, config.lm, _LM_FREE_FIELDS)
-    if diff:
-      raise ValueError(f"{llm_dir}: the checkpoint has {', '.join(diff)}")
-    out["lm"] = lm_params
-  if vision_dir:
-    vision_config, vision_params = hf_clip.load_hf_clip_vision(
-        vision_dir, dtype=config.vision.dtype, param_dtype=config.vision.param_dtype)
-    diff = _differences(vision_config, config.vision)
-    if diff:
-      raise ValueError(f"{vision_dir}: the checkpoint has {', '.join(diff)}")
-    out["vision"] = torch_state.cast_tree(vision_params, config.vision.param_dtype)
-  check_params({k: v for k, v in out.items() if k in ("lm", "vision")}, config,
-               " + ".join(d for d in (llm_dir, vision_dir) if d) or "params")
-  return out

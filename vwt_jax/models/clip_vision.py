@@ -154,7 +154,8 @@ class CLIPEncoderLayer(nn.Module):
     h = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="layer_norm2", **kw)(x)
     h = layers.dense(cfg.intermediate_size, ("embed", "mlp"), name="fc1", **kw)(h)
     h = layers.HF_ACTIVATIONS[cfg.hidden_act](h)
-    return x + layers.dense(cfg.hidden_size, ("mlp", "embed"), name="fc2", **kw)(h)
+    return layers.constrain_activations(
+        x + layers.dense(cfg.hidden_size, ("mlp", "embed"), name="fc2", **kw)(h))
 
 
 class CLIPVisionTower(nn.Module):

@@ -31,17 +31,47 @@ HF_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 WEIGHT_STDDEV = 0.02
 
 
+class _Named(nn.LogicallyPartitioned):
+  """Logical axis names whose sharding constraint waits for the value's final rank.
+
+  `nn.DenseGeneral` creates a multi-axis kernel or bias flat and unboxes it
+  once before reshaping; under a mesh, a constraint with the final names
+  would then be applied to the flat value and fail.
+  """
+
+  def unbox(self, apply_constraint=True):
+    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+
+def _named(init, names: Axes):
+  return lambda *args, **kwargs: _Named(init(*args, **kwargs), tuple(names))
+
+
 def weight_init(names: Axes):
-  return nn.with_logical_partitioning(nn.initializers.normal(WEIGHT_STDDEV), names)
+  return _named(nn.initializers.normal(WEIGHT_STDDEV), names)
 
 
 def zeros_init(names: Axes):
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+  return _named(nn.initializers.zeros_init(), names)
 
 
 def scaled_normal_init(scale: float, names: Axes):
   """`scale * randn`, the init of class/positional embeddings and latent tokens."""
-  return nn.with_logical_partitioning(nn.initializers.normal(scale), names)
+  return _named(nn.initializers.normal(scale), names)
+
+
+# Logical names of a transformer's (batch, length, width) activations; the
+# config's rules map them onto the mesh (`core/sharding.py`).
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
+
+def constrain_activations(x: jax.Array) -> jax.Array:
+  """States the layout of a block's (B, L, D) output: rows over the data axes.
+
+  Without it, FSDP or tensor-parallel parameter shardings leave XLA to guess
+  the activations' layout from the weights; outside a mesh it is a no-op.
+  """
+  return nn.with_logical_constraint(x, ACTIVATION_AXES)
 
 
 def dense(features, names: Axes, *, dtype: Dtype, param_dtype: Dtype,
@@ -140,4 +170,4 @@ class ResidualAttentionBlock(nn.Module):
     h = layer_norm(epsilon=self.ln_epsilon, name="ln_1", **kw)(x)
     x = x + MultiHeadAttention(self.num_heads, name="attn", **kw)(h)
     h = layer_norm(epsilon=self.ln_epsilon, name="ln_2", **kw)(x)
-    return x + Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(h)
+    return constrain_activations(x + Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(h))

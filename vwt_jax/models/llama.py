@@ -242,7 +242,7 @@ class Block(nn.Module):
     x = x + (drop_path(self, h, drop_rate, train) if use_dp else h)
     h = RMSNorm(self.norm_eps, name="ffn_norm", **kw)(x)
     h = FeedForward(self.ffn_hidden, self.ffn_dropout, name="feed_forward", **kw)(h, train=train)
-    x = x + (drop_path(self, h, drop_rate, train) if use_dp else h)
+    x = layers.constrain_activations(x + (drop_path(self, h, drop_rate, train) if use_dp else h))
     self.sow("intermediates", "out", x)
     return x, cache
 

@@ -10,15 +10,18 @@ Token space of the input sequence (as the official code):
 `[0, K)` image tokens, `K` the mask token, `K+1 .. K+nc` the classes
 (label + K + 1) and `K+1+nc` the null class used for classifier-free guidance.
 The class token is prepended at position 0; logits are returned for the `L`
-image positions over the `K` codebook entries only.
+image positions over the `K` codebook entries only. `arccos_mask_ratio` is the
+masking schedule of training and sampling.
 """
 
 import dataclasses
+import math
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vwt_jax.models import layers
 
@@ -115,6 +118,16 @@ GENERATOR_VARIANTS = {
 }
 
 
+def arccos_mask_ratio(t):
+  """Fraction of tokens masked at progress `t` in [0,1]: arccos(t) / (pi/2).
+
+  The schedule of both the masked-token loss and MaskGIT sampling. numpy in,
+  numpy (float64) out; jax in, jax out.
+  """
+  xp = jnp if isinstance(t, jax.Array) else np
+  return xp.arccos(t) / (math.pi * 0.5)
+
+
 def condition_tokens(labels: jax.Array, config: MaskGitGeneratorConfig,
                      drop_labels: Optional[jax.Array] = None) -> jax.Array:
   """Class labels (B,) -> class-token ids; dropped labels become the null class."""
@@ -195,7 +208,8 @@ class BertLayer(nn.Module):
     x = layers.layer_norm(epsilon=BERT_LN_EPSILON, name="attention_ln", **kw)(x + h)
     h = layers.Mlp(cfg.intermediate_size, name="mlp", **kw)(x)
     h = nn.Dropout(cfg.dropout)(h, deterministic=not train)
-    return layers.layer_norm(epsilon=BERT_LN_EPSILON, name="output_ln", **kw)(x + h)
+    return layers.constrain_activations(
+        layers.layer_norm(epsilon=BERT_LN_EPSILON, name="output_ln", **kw)(x + h))
 
 
 class ImageBert(nn.Module):
@@ -243,7 +257,8 @@ class UViTBlock(nn.Module):
     h = layers.layer_norm(epsilon=UVIT_LN_EPSILON, name="norm1", **kw)(x)
     x = x + SelfAttention(cfg.num_attention_heads, qkv_bias=False, name="attn", **kw)(h)
     h = layers.layer_norm(epsilon=UVIT_LN_EPSILON, name="norm2", **kw)(x)
-    return x + layers.Mlp(cfg.intermediate_size, name="mlp", **kw)(h)
+    return layers.constrain_activations(
+        x + layers.Mlp(cfg.intermediate_size, name="mlp", **kw)(h))
 
 
 class UViTBert(nn.Module):

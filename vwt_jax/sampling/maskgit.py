@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vwt_jax.models import maskgit_generator
+
 GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
 # Columns of the fixtures' `schedule_*` tables, in order.
 SCHEDULE_COLUMNS = ("step", "ratio", "annealed_temp", "cfg_scale", "softmax_temp", "mask_ratio",
@@ -37,15 +39,6 @@ SAMPLING_PRESETS = {
                        softmax_temperature_annealing=True),
 }
 _GUMBEL_EPS = 1e-20
-
-
-def arccos_mask_ratio(t):
-  """Fraction of tokens masked at progress `t` in [0,1]: arccos(t) / (pi/2).
-
-  numpy in, numpy (float64) out; jax in, jax out.
-  """
-  xp = jnp if isinstance(t, jax.Array) else np
-  return xp.arccos(t) / (math.pi * 0.5)
 
 
 def step_ratios(num_steps: int) -> np.ndarray:
@@ -85,7 +78,8 @@ def guidance_scales(num_steps: int, guidance_scale: float, guidance_decay: str =
 
 def target_mask_lengths(num_steps: int, seq_len: int) -> np.ndarray:
   """floor(L * arccos_mask_ratio(ratio)) per step, before clamping to the masked count."""
-  return np.floor(seq_len * arccos_mask_ratio(step_ratios(num_steps))).astype(np.int64)
+  ratios = maskgit_generator.arccos_mask_ratio(step_ratios(num_steps))
+  return np.floor(seq_len * ratios).astype(np.int64)
 
 
 def clamp_mask_length(target, num_masked):
@@ -118,7 +112,8 @@ def sampling_schedule(num_steps: int, seq_len: int, *, guidance_scale: float = 3
       step=np.arange(num_steps), ratio=ratio,
       annealed_temp=annealed_temperatures(num_steps, randomize_temperature),
       cfg_scale=guidance_scales(num_steps, guidance_scale, guidance_decay, guidance_scale_pow),
-      softmax_temp=softmax_temperatures(num_steps), mask_ratio=arccos_mask_ratio(ratio),
+      softmax_temp=softmax_temperatures(num_steps),
+      mask_ratio=maskgit_generator.arccos_mask_ratio(ratio),
       mask_len=mask_len, masked_before=masked_before, masked_after=masked_after,
       target_mask_len=target)
 

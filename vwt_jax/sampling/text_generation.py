@@ -1,14 +1,14 @@
 """Batched KV-cache text generation for causal LMs (`LlamaLM`, the captioner).
 
-One jitted program per (model functions, static settings, shapes): a prefill
-of the left-padded prompt embeddings, then single-token decodes in a
-`lax.while_loop` that ends once every row has produced a stop sequence or
-`max_new_tokens` tokens. Tokens are drawn as the image GPT sampler draws
-them (`autoregressive.sample_token`: temperature, then top-k, then top-p);
+One jitted program per (model functions, static settings, shapes) around the
+decode loop the image GPT sampler runs too (`sampling.decode`): a prefill of
+the left-padded prompt embeddings, then single-token decodes that end once
+every row has produced a stop sequence or `max_new_tokens` tokens. Tokens are
+drawn by `decode.sample_token` (temperature, then top-k, then top-p);
 temperature 0 is greedy.
 
-The model enters as two functions that take the params first, so the params
-are arguments of the compiled program rather than constants baked into it:
+The model enters as `decode`'s two logits functions, with the prompt mask as
+their context:
 
   prefill_fn(params, inputs_embeds (B,T,D), cache, mask (B,T)) -> (logits (B,V), cache)
   decode_fn(params, token (B,), position, cache, mask (B,T)) -> (logits (B,V), cache)
@@ -20,7 +20,7 @@ for equal modules).
 """
 
 import functools
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -28,14 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from vwt_jax.models import llama, llama_lm
-from vwt_jax.sampling import autoregressive
-
-PrefillFn = Callable[[Any, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
-DecodeFn = Callable[[Any, jax.Array, jax.Array, Any, jax.Array], tuple[jax.Array, Any]]
+from vwt_jax.sampling import decode as decode_lib
 
 
 @functools.lru_cache(maxsize=16)
-def module_fns(module: nn.Module) -> tuple[PrefillFn, DecodeFn]:
+def module_fns(module: nn.Module) -> tuple[decode_lib.PrefillFn, decode_lib.DecodeFn]:
   """(prefill_fn, decode_fn) of a module's `prefill`/`decode` methods on {'params': params}."""
 
   def prefill_fn(params, inputs_embeds, cache, mask):
@@ -48,50 +45,17 @@ def module_fns(module: nn.Module) -> tuple[PrefillFn, DecodeFn]:
 
 
 @functools.lru_cache(maxsize=32)
-def _build(prefill_fn: PrefillFn, decode_fn: DecodeFn, max_new_tokens: int, greedy: bool,
-           top_k: int, use_top_p: bool, stops: tuple[tuple[int, ...], ...], pad_id: int):
+def _build(prefill_fn: decode_lib.PrefillFn, decode_fn: decode_lib.DecodeFn,
+           max_new_tokens: int, greedy: bool, top_k: int, use_top_p: bool,
+           stops: tuple[tuple[int, ...], ...], pad_id: int):
   """The jitted generation program for these static settings."""
-  longest = max((len(s) for s in stops), default=1)
+  fns = decode_lib.LogitsFns(prefill_fn, decode_fn)
 
   def run(params, inputs_embeds, prompt_mask, cache, key, temperature, top_p):
-    batch, prompt_len = prompt_mask.shape
-
-    def emit(step, logits, tokens, window, lengths, done):
-      """Draws token `step`, records it and updates the per-row stop state."""
-      token = autoregressive.sample_token(logits, jax.random.fold_in(key, step), greedy,
-                                          temperature, top_k, top_p, use_top_p)
-      token = jnp.where(done, pad_id, token)
-      tokens = tokens.at[:, step].set(token)
-      # The last `longest` generated tokens; -1 (no token id) before the first
-      # ones, so a stop never matches across the prompt.
-      window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
-      stop_len = jnp.zeros((batch,), jnp.int32)
-      for stop in stops:
-        hit = jnp.all(window[:, longest - len(stop):] == jnp.asarray(stop, jnp.int32), axis=1)
-        # Several stops ending here: the longest one is cut.
-        stop_len = jnp.maximum(stop_len, jnp.where(hit, len(stop), 0))
-      stopped = ~done & (stop_len > 0)
-      lengths = jnp.where(stopped, step + 1 - stop_len, lengths)
-      return token, tokens, window, lengths, done | stopped
-
-    logits, cache = prefill_fn(params, inputs_embeds, cache, prompt_mask)
-    state = emit(0, logits, jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
-                 jnp.full((batch, longest), -1, jnp.int32),
-                 jnp.full((batch,), max_new_tokens, jnp.int32), jnp.zeros((batch,), bool))
-
-    def cond(carry):
-      step, _, _, _, _, _, done = carry
-      return (step < max_new_tokens) & ~jnp.all(done)
-
-    def body(carry):
-      step, token, cache, tokens, window, lengths, done = carry
-      logits, cache = decode_fn(params, token, prompt_len + step - 1, cache, prompt_mask)
-      token, tokens, window, lengths, done = emit(step, logits, tokens, window, lengths, done)
-      return step + 1, token, cache, tokens, window, lengths, done
-
-    token, tokens, window, lengths, done = state
-    _, _, _, tokens, _, lengths, _ = jax.lax.while_loop(
-        cond, body, (jnp.int32(1), token, cache, tokens, window, lengths, done))
+    tokens, lengths, _ = decode_lib.decode_loop(
+        fns, params, inputs_embeds, prompt_mask, cache, key, temperature, top_p,
+        num_tokens=max_new_tokens, start=prompt_mask.shape[1], greedy=greedy, top_k=top_k,
+        use_top_p=use_top_p, stops=stops, pad_id=pad_id)
     return tokens, lengths
 
   return jax.jit(run)
@@ -104,7 +68,7 @@ def _stop_tuples(stop_sequences: Sequence[Sequence[int]]) -> tuple[tuple[int, ..
   return stops
 
 
-def generate(prefill_fn: PrefillFn, decode_fn: DecodeFn, params: Any,
+def generate(prefill_fn: decode_lib.PrefillFn, decode_fn: decode_lib.DecodeFn, params: Any,
              inputs_embeds: jax.Array, prompt_mask: Optional[jax.Array], *, cache: Any,
              max_new_tokens: int, key: Optional[jax.Array] = None, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0,

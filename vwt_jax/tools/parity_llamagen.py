@@ -21,7 +21,7 @@ from vwt_jax.conversion import torch_state
 from vwt_jax.conversion.llamagen import convert_gpt
 from vwt_jax.losses.classification import token_cross_entropy
 from vwt_jax.models import gpt as gpt_lib
-from vwt_jax.sampling import autoregressive
+from vwt_jax.sampling import autoregressive, decode
 from vwt_jax.tools.parity_common import EXACT, LOSS_TOL, Result, compare_io, missing
 
 LOGITS_TOL = dict(atol=1e-4, rtol=1e-5)
@@ -83,7 +83,7 @@ def _gpt_outputs(model, params, io, cond, emb_mask, attn_mask) -> dict:
         cfg_scale=scale, cfg_interval=interval, greedy=True, emb_mask=emb_mask,
         return_logits=True)
     ours[f"gen_greedy_{tag}"] = tokens
-    mixed = autoregressive.guided_logits(raw, scale, interval)
+    mixed = decode.guided_logits(raw, scale, interval)
     ours[f"gen_greedy_{tag}_top2_gap"] = _top2_gap(mixed)
     # The fixtures store the first calls' logits as (calls, rows, V).
     steps = {f"gen_{tag}_step_logits": raw} if scale == 1.0 else {

@@ -15,8 +15,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vwt_jax.core import images as images_lib
 from vwt_jax.data.vript import clip_source
-from vwt_jax.evaluation import reconstruction
 
 
 def preview(root: str, output: str, *, num_clips: int = 12, columns: int = 4,
@@ -27,11 +27,11 @@ def preview(root: str, output: str, *, num_clips: int = 12, columns: int = 4,
   if not len(source):
     raise ValueError(f"no clip with a caption and an mp4 under {root!r}")
   records = [source[i] for i in range(min(num_clips, len(source)))]
-  grid = reconstruction.captioned_grid(
+  grid = images_lib.captioned_grid(
       np.stack([r["image"] for r in records]),
       [f"{r['clip_id']}: {r['scene_title']}. {r['caption']}" for r in records],
       columns=min(columns, len(records)))
-  reconstruction.save_grid(grid, output)
+  images_lib.save_grid(grid, output)
   return len(records)
 
 

@@ -1,4 +1,4 @@
-r"""Writes an originals/reconstructions grid (and PSNR) for any TiTok checkpoint.
+r"""Writes an originals/reconstructions grid (and PSNR) for a TiTok or VQGAN checkpoint.
 
   # one of our runs (its config.json is read from the run folder)
   python -m vwt_jax.tools.reconstruct --checkpoint /tmp/titok_tiny --output grid.png
@@ -18,16 +18,17 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
-from ml_collections import config_flags
 
-from vwt_jax.core import files
+from vwt_jax import cli
+from vwt_jax import families
+from vwt_jax.core import images as images_lib
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 from vwt_jax.evaluation import reconstruction as recon_eval
-from vwt_jax.training import titok as titok_trainer
-from vwt_jax.training import tokenizers
+from vwt_jax.families import common
 
 FLAGS = flags.FLAGS
 
@@ -35,9 +36,8 @@ FLAGS = flags.FLAGS
 def define_flags():
   # Defined on demand so that importing this module (tests, notebooks) does not
   # collide with the trainer's --config flag.
-  config_flags.DEFINE_config_file(
-      "config", None, "Config; defaults to the config.json of the --checkpoint run.",
-      lock_config=True)
+  cli.define_config_flag("Tokenizer config (a config file or a run folder); default: "
+                         "the --checkpoint run's.")
   flags.DEFINE_string(
       "checkpoint", None, "A run folder, a step folder, or an official state dict file.")
   flags.DEFINE_string("output", "reconstructions.png", "Grid PNG to write.")
@@ -66,21 +66,26 @@ def image_batches(pattern: str, image_size: int, batch_size: int):
 
 def reconstruct(config, checkpoint: str, output: str, num_images: int,
                 images: str | None = None) -> dict:
-  trainer = titok_trainer.TiTokTrainer(config, os.path.dirname(files.absolute(output)))
-  params = jax.device_put(
-      titok_trainer.load_pretrained(checkpoint, config), trainer.param_shardings)
-  dp = sharding_lib.data_parallel_size(trainer.mesh)
+  family = families.get(config.family)
+  mesh = sharding_lib.create_mesh(config.mesh_shape)
+  cfg = family.model_config(config)
+  model = family.build(cfg)
+  size = config.data.image_size
+  params = common.place_params(model, family.load_params(checkpoint, config), mesh,
+                               config.logical_axis_rules, jnp.zeros((1, size, size, 3)))
+  run = jax.jit(lambda p, x: family.reconstruct(model, p, x))
+  dp = sharding_lib.data_parallel_size(mesh)
   batch_size = max(dp, -(-num_images // dp) * dp)
   if images:
-    dataset = image_batches(images, config.data.image_size, batch_size)
+    dataset = image_batches(images, size, batch_size)
   else:
     dataset = pipeline.create_image_dataset(
         config.data, split=config.data.eval_split, global_batch_size=batch_size,
         seed=config.seed, train=False)
   result = recon_eval.evaluate_reconstruction(
-      lambda x: trainer.reconstruct_images(params, x), dataset, trainer.mesh,
-      num_images=num_images, grid_images=num_images, codebook_size=trainer.cfg.codebook_size)
-  recon_eval.save_grid(result.pop("grid"), output)
+      lambda x: run(params, x), dataset, mesh,
+      num_images=num_images, grid_images=num_images, codebook_size=cfg.codebook_size)
+  images_lib.save_grid(result.pop("grid"), output)
   logging.info("wrote %s; PSNR %.2f dB over %d images", output, result["psnr"],
                result["num_images"])
   print(json.dumps({"output": output, **result}))
@@ -90,7 +95,7 @@ def reconstruct(config, checkpoint: str, output: str, num_images: int,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = FLAGS.config or tokenizers.run_config(FLAGS.checkpoint)
+  config = cli.config_or_run(FLAGS.checkpoint)
   reconstruct(config, FLAGS.checkpoint, FLAGS.output, FLAGS.num_images, FLAGS.images)
 
 

@@ -14,9 +14,9 @@ tokenizer.json or a model directory), else the one saved next to the
 directory), else a LLaMA-style BPE of `config.tokenizer.vocab_size` trained on
 the dataset's prompts and targets (`text_tokenizer.train_tokenizer`).
 
-Model: `model_config` builds the `CaptionerConfig` from `config.model`, taking
-the decoder's and the vision tower's sizes from `config.init.llm_dir` /
-`config.init.vision_dir` when set (their config.json). Parameters start
+Model: `CaptionerConfig(**config.model)` (`families.captioner.model_config`;
+`vision` and `lm` hold their dataclasses' fields), which the weights of
+`config.init.llm_dir` / `config.init.vision_dir` must fit. Parameters start
 random; then `init_from` (a captioner run, e.g. stage 2 from stage 1) and the
 Hugging Face weights of those directories replace what they hold. The
 resolved config is written to `{workdir}/captioner_config.json`.
@@ -51,83 +51,27 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import tokenizers
 
-from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.core import checkpoint as checkpoint_lib
 from vwt_jax.core import files
-from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import text_tokenizer
 from vwt_jax.data.vript import captioner_text
 from vwt_jax.data.vript import clip_source
 from vwt_jax.data.vript import pipeline as vript_pipeline
 from vwt_jax.data.vript import synthetic
+from vwt_jax.families import captioner as captioner_family
 from vwt_jax.losses import classification
 from vwt_jax.models import captioner as captioner_lib
-from vwt_jax.models.clip_vision import CLIPVisionConfig
-from vwt_jax.models.llama_lm import LlamaLMConfig
 from vwt_jax.training import loop
-from vwt_jax.training import optimizer as optimizer_lib
-from vwt_jax.training import train_state
+from vwt_jax.training import trainer as trainer_lib
 
-TOKENIZER_FILE = text_tokenizer.TOKENIZER_FILE
-MODEL_CONFIG_FILE = "captioner_config.json"
+TOKENIZER_FILE = captioner_family.TOKENIZER_FILE
+MODEL_CONFIG_FILE = captioner_family.MODEL_CONFIG_FILE
 PARTS = ("vision", "projector", "lm")
 # What a device batch holds; 'attention' is left out because right-padded
 # rows need no mask beyond the causal one (see `Captioner.__call__`).
 BATCH_KEYS = ("frames", "ids", "visual", "targets", "loss_mask")
-
-
-def _sizes(config) -> dict[str, Any]:
-  return {k: v for k, v in vars(config).items() if k not in ("dtype", "param_dtype")}
-
-
-def model_config(config: ml_collections.ConfigDict) -> captioner_lib.CaptionerConfig:
-  """The `CaptionerConfig` of `config.model` (+ the init directories' config.json).
-
-  A vision or LLM variant named in the config must agree with the checkpoint
-  directory given for that part; leave it '' to take the checkpoint's.
-  """
-  m, init = config.model, config.init
-  kw = dict(dtype=jnp.dtype(config.compute_dtype), param_dtype=jnp.dtype(config.param_dtype))
-
-  named_vision = CLIPVisionConfig.from_variant(m.vision.variant, **kw) if m.vision.variant else None
-  if init.vision_dir:
-    vision = CLIPVisionConfig.from_hf_config(
-        hf_checkpoint.read_config(init.vision_dir),
-        source=os.path.join(init.vision_dir, "config.json"), **kw)
-    if named_vision is not None and named_vision != vision:
-      raise ValueError(f"config.model.vision.variant={m.vision.variant!r} is not the tower in "
-                       f"config.init.vision_dir={init.vision_dir}: {_sizes(vision)}")
-  elif named_vision is None:
-    raise ValueError("config.model.vision.variant is empty and config.init.vision_dir unset")
-  else:
-    vision = named_vision
-
-  lm_kw = dict(kw, scan_layers=m.lm.scan_layers, remat=m.lm.remat)
-  for name in ("vocab_size", "max_positions", "rope_linear_factor"):
-    if m.lm[name]:
-      lm_kw[name] = m.lm[name]
-  if init.llm_dir:
-    lm = LlamaLMConfig.from_hf_config(hf_checkpoint.read_config(init.llm_dir),
-                                      os.path.join(init.llm_dir, "config.json"), **lm_kw)
-    if m.lm.variant:
-      named = LlamaLMConfig.from_variant(m.lm.variant, **lm_kw)
-      if _sizes(named) != _sizes(lm):
-        raise ValueError(f"config.model.lm.variant={m.lm.variant!r} is not the model in "
-                         f"config.init.llm_dir={init.llm_dir}: {_sizes(lm)}")
-  elif not m.lm.variant:
-    raise ValueError("config.model.lm.variant is empty and config.init.llm_dir unset")
-  else:
-    lm = LlamaLMConfig.from_variant(m.lm.variant, **lm_kw)
-
-  p = m.projector
-  return captioner_lib.CaptionerConfig(
-      vision=vision, lm=lm, feature_layer=m.vision.feature_layer, drop_cls=m.vision.drop_cls,
-      projector=p.kind, num_queries=p.num_queries, projector_layers=p.num_layers,
-      projector_heads=p.num_heads, temporal_embedding=p.temporal_embedding,
-      max_frames=p.max_frames, num_frames=config.data.num_frames)
 
 
 def prepare_synthetic_data(config: ml_collections.ConfigDict) -> None:
@@ -229,65 +173,46 @@ class _EncodedIterator(grain.DatasetIterator):
     return self._parent.stats()
 
 
-class CaptionerTrainer:
-  """Builds the state, the jitted train step and the evaluation of a captioner."""
+class CaptionerTrainer(trainer_lib.Trainer):
+  """The captioner's data, tokenizer, freezing and answer-token loss on the generic trainer."""
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh=None):
-    self.config = config
-    self.workdir = workdir
     if config.ema_decay:
       raise ValueError("config.ema_decay: the captioner trainer keeps no EMA; set it to 0")
     unknown = sorted(set(config.train.freeze) - set(PARTS))
     if unknown:
       raise ValueError(f"config.train.freeze has {unknown}; parts are {PARTS}")
-    self.frozen = tuple(config.train.freeze)
-    self.mesh = mesh or sharding_lib.create_mesh(config.mesh_shape)
-    self.rules = sharding_lib.normalize_rules(config.logical_axis_rules)
+    super().__init__(config, workdir, mesh)
+    self.frozen_parts = tuple(config.train.freeze)
     prepare_synthetic_data(config)
     self._samples = None
     self.tokenizer, source = prepare_tokenizer(config, workdir, self.samples)
     logging.info("tokenizer: %s", source)
-    self.cfg = model_config(config)
-    self.model = captioner_lib.Captioner(self.cfg)
+    self.cfg = captioner_family.model_config(config)
+    self.model = captioner_family.build(self.cfg)
     self._check_sizes()
     if not config.total_steps:
       config.total_steps = self._epoch_steps()
 
-    dp = sharding_lib.data_parallel_size(self.mesh)
-    per_step = dp * config.grad_accum_steps
-    if config.global_batch_size % per_step:
+    dp = self.data_parallel
+    if config.global_batch_size % (dp * config.grad_accum_steps):
       raise ValueError(f"global_batch_size={config.global_batch_size} must divide evenly over "
                        f"{dp} data-parallel devices x grad_accum_steps={config.grad_accum_steps}")
     if config.eval.batch_size % dp:
       raise ValueError(f"eval.batch_size={config.eval.batch_size} must divide evenly over "
                        f"{dp} data-parallel devices")
-    args = captioner_lib.init_inputs(self.cfg)
-    self.abstract_params, self.param_shardings, self._init_params = train_state.init_params(
-        self.model, jax.random.key(0), *args, mesh=self.mesh, rules=self.rules)
-    abstract = nn.meta.unbox(self.abstract_params)
-    self.tx, self.schedule = optimizer_lib.make_optimizer(
-        config.optimizer, abstract, config.total_steps, tuple(f"^{p}/" for p in self.frozen))
-    repl = sharding_lib.replicated(self.mesh)
-    self.state_shardings = {
-        "step": repl, "params": self.param_shardings,
-        "opt_state": train_state.opt_state_shardings(
-            self.tx, abstract, self.param_shardings, self.mesh)}
-    self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
-    self._train_step = jax.jit(
-        self._train_step_fn,
-        in_shardings=(self.state_shardings, self.batch_sharding, repl),
-        out_shardings=(self.state_shardings, repl),
-        donate_argnums=(0,))
+    self.setup_state(tuple(f"^{p}/" for p in self.frozen_parts))
     self._eval_step = jax.jit(
         self._eval_step_fn, in_shardings=(self.param_shardings, self.batch_sharding),
-        out_shardings=repl)
+        out_shardings=self.replicated)
     if jax.process_index() == 0:
       files.write_text(epath.Path(workdir) / MODEL_CONFIG_FILE, self.cfg.to_json())
+    abstract = nn.meta.unbox(self.abstract_state()["params"])
     counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
               for k, v in abstract.items()}
     logging.info("captioner: %s parameters; frozen %s; %d visual tokens of %d positions",
-                 {k: f"{v / 1e6:.1f}M" for k, v in counts.items()}, self.frozen or "nothing",
-                 self.num_visual_tokens, config.text.max_length)
+                 {k: f"{v / 1e6:.1f}M" for k, v in counts.items()},
+                 self.frozen_parts or "nothing", self.num_visual_tokens, config.text.max_length)
 
   @property
   def num_visual_tokens(self) -> int:
@@ -349,85 +274,51 @@ class CaptionerTrainer:
     return _EncodedIterator(iter(self._dataset(True, self.config.global_batch_size)),
                             self.encode)
 
-  # -- state ------------------------------------------------------------------
+  # -- state, loss ---------------------------------------------------------------
 
-  def _init_state(self, rng):
-    params = self._init_params(rng)
-    return {"step": jnp.zeros((), jnp.int32), "params": params,
-            "opt_state": self.tx.init(params)}
-
-  def abstract_state(self):
-    return train_state.abstract_state(self._init_state, self.state_shardings)
+  def init_params(self, rng):
+    return self.model.init(rng, *captioner_lib.init_inputs(self.cfg))["params"]
 
   def pretrained_params(self) -> dict[str, Any]:
     """The parts `init_from` and `config.init`'s directories provide (host arrays)."""
     loaded = {}
     if self.config.init_from:
       loaded = dict(checkpoint_lib.load_state_subtree(self.config.init_from, "params"))
-      captioner_lib.check_params(loaded, self.cfg, self.config.init_from)
+      captioner_family.check_params(loaded, self.cfg, self.config.init_from)
     init = self.config.init
-    return captioner_lib.load_pretrained(self.cfg, init.llm_dir or None,
-                                         init.vision_dir or None, loaded)
-
-  def init_state(self, rng):
-    with nn.logical_axis_rules(self.rules):
-      state = jax.jit(self._init_state, out_shardings=self.state_shardings)(rng)
-    loaded = self.pretrained_params()
+    loaded = captioner_family.load_pretrained(self.cfg, init.llm_dir or None,
+                                              init.vision_dir or None, loaded)
     if loaded:
       logging.info("initialised %s from %s", sorted(loaded), [
-          p for p in (self.config.init_from, self.config.init.llm_dir,
-                      self.config.init.vision_dir) if p])
-      abstract = nn.meta.unbox(self.abstract_params)
-      params = dict(state["params"])
-      for part, values in loaded.items():
-        params[part] = jax.device_put(
-            jax.tree.map(lambda x, ref: np.asarray(x, ref.dtype), values, abstract[part]),
-            self.param_shardings[part])
-      state = train_state.restart_from(state, params, self.tx, self.state_shardings)
-    return state
+          p for p in (self.config.init_from, init.llm_dir, init.vision_dir) if p])
+    return loaded
 
-  # -- the jitted step ----------------------------------------------------------
+  def context(self, state, batch):
+    # Each micro-batch divides by its share of the global answer-token count,
+    # so their average is the mean over every answer token of the batch.
+    answer_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
+    return {"answer_tokens": answer_tokens,
+            "num_tokens": jnp.maximum(answer_tokens, 1.0) / self.config.grad_accum_steps}
 
   def _loss(self, params, batch, rng, train: bool, num_tokens=None):
     # Frozen parts are constants of the loss: no gradient is computed for them.
-    params = {k: jax.lax.stop_gradient(v) if k in self.frozen else v for k, v in params.items()}
+    params = {k: jax.lax.stop_gradient(v) if k in self.frozen_parts else v
+              for k, v in params.items()}
     logits, _ = self.model.apply(
         {"params": params}, batch["frames"], batch["ids"], batch["visual"], train=train,
         rngs={"dropout": rng} if train else None)
-    loss, metrics = answer_token_loss(logits, batch["targets"], batch["loss_mask"], num_tokens)
+    return answer_token_loss(logits, batch["targets"], batch["loss_mask"], num_tokens)
+
+  def loss(self, params, batch, rng, context, frozen):
+    loss, metrics = self._loss(params, batch, rng, True, context["num_tokens"])
     return loss, (metrics, {})
 
-  def _train_step_fn(self, state, batch, rng):
-    step = state["step"]
-    accum = self.config.grad_accum_steps
-    answer_tokens = jnp.sum(batch["loss_mask"].astype(jnp.float32))
-    # Each micro-batch divides by its share of the global count, so their
-    # average is the mean over every answer token of the batch.
-    per_micro = jnp.maximum(answer_tokens, 1.0) / accum
-
-    def loss_and_grad(params, micro_batch, r):
-      return jax.value_and_grad(self._loss, has_aux=True)(params, micro_batch, r, True, per_micro)
-
-    with nn.logical_axis_rules(self.rules):
-      (loss, (metrics, _)), grads = train_state.accumulate_gradients(
-          loss_and_grad, state["params"], batch, rng, accum)
-      updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
-      params = jax.tree.map(jnp.add, state["params"], updates)
-    new = dict(state, step=step + 1, params=params, opt_state=opt_state)
-    ok = jnp.isfinite(loss) & train_state.all_finite(grads)
-    new = train_state.keep_if(ok, new, dict(state, step=step + 1))
-    metrics.update(answer_tokens=answer_tokens, grad_norm=optax.tree.norm(grads),
-                   lr=self.schedule(step), nonfinite=jnp.logical_not(ok).astype(jnp.int32))
-    return new, metrics
-
-  def compile_train_step(self, state, batch, rng):
-    compiled = self._train_step.lower(state, batch, rng).compile()
-    return compiled, compiled
+  def update_extra(self, state, new, batch, rng, extras, frozen):
+    return {"answer_tokens": self.context(state, batch)["answer_tokens"]}, jnp.array(True)
 
   def _eval_step_fn(self, params, batch):
     """Sums over the batch: answer-token CE, correct tokens, answer tokens."""
-    with nn.logical_axis_rules(self.rules):
-      _, (metrics, _) = self._loss(params, batch, None, False, 1.0)
+    _, metrics = self._loss(params, batch, None, False, 1.0)
     return {"ce": metrics["loss"], "correct": metrics["accuracy"],
             "tokens": jnp.sum(batch["loss_mask"].astype(jnp.float32))}
 
@@ -438,13 +329,8 @@ class CaptionerTrainer:
     batches of) one pass of the samples; padding rows carry no answer tokens."""
     del writer
     ev = self.config.eval
-    totals = {"ce": 0.0, "correct": 0.0, "tokens": 0.0}
-    for i, batch in enumerate(self._dataset(False, ev.batch_size)):
-      if ev.num_batches and i >= ev.num_batches:
-        break
-      batch = sharding_lib.host_batch_to_global(self.encode(batch), self.mesh)
-      for k, v in jax.device_get(self._eval_step(state["params"], batch)).items():
-        totals[k] += float(v)
+    batches = (self.encode(b) for b in self._dataset(False, ev.batch_size))
+    totals, _ = self.eval_sums(self._eval_step, state["params"], batches, ev.num_batches)
     tokens = max(totals["tokens"], 1.0)
     result = {"eval_loss": totals["ce"] / tokens, "eval_accuracy": totals["correct"] / tokens,
               "eval_answer_tokens": totals["tokens"]}
@@ -464,5 +350,5 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       result, workdir, start,
       [f"tokenizer: {os.path.join(workdir, TOKENIZER_FILE)}",
        f"model config: {os.path.join(workdir, MODEL_CONFIG_FILE)}",
-       f"frozen: {', '.join(trainer.frozen) or 'nothing'}"])
+       f"frozen: {', '.join(trainer.frozen_parts) or 'nothing'}"])
   return result

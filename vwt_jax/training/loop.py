@@ -1,14 +1,15 @@
 """The training loop every trainer shares.
 
-A trainer supplies its state layout and one jitted step; this module owns the
-rest: mesh, data iterators, resume, checkpoints (state + data iterator),
-preemption, non-finite losses, metrics and periodic evaluation.
+A trainer (`trainer.Trainer`) supplies its state layout, the jitted step, its
+data and evaluation; this module owns the rest: data iterators, resume,
+checkpoints (state + data iterator), preemption, non-finite losses, metrics
+and periodic evaluation.
 """
 
 import os
 import signal
 import time
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Sequence
 
 from absl import logging
 from clu import metrics as clu_metrics
@@ -21,33 +22,11 @@ from vwt_jax.core import files
 from vwt_jax.core import metrics as metrics_lib
 from vwt_jax.core import progress as progress_lib
 from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.training import trainer as trainer_lib
 
 
 class NonFiniteLossError(FloatingPointError):
   pass
-
-
-class Trainer(Protocol):
-  """What `train_and_evaluate` needs from a model family's trainer."""
-
-  config: ml_collections.ConfigDict
-  mesh: Any
-
-  def abstract_state(self) -> Any:
-    """ShapeDtypeStructs of the train state, each carrying its sharding."""
-
-  def init_state(self, rng) -> Any:
-    """A fresh, sharded train state (including `init_from` weights)."""
-
-  def compile_train_step(self, state, batch, rng) -> tuple[Any, Any]:
-    """(step function, compiled executable); the step returns (state, metrics)
-    and its metrics contain `loss` and `nonfinite`."""
-
-  def train_iterator(self) -> Iterator[Any]:
-    """A checkpointable grain iterator of host-local batches."""
-
-  def evaluate(self, state, step: int, writer) -> dict[str, float]:
-    """Periodic evaluation; may write images into the workdir."""
 
 
 class _PreemptionFlag:
@@ -89,8 +68,17 @@ def _average(history: list[dict[str, Any]]) -> dict[str, float]:
   return {k: float(v.compute()) for k, v in totals.items()}
 
 
-def train_and_evaluate(trainer: Trainer, workdir: str) -> dict[str, Any]:
-  """Trains to `config.total_steps`, resuming from `workdir` if it holds a run."""
+def train_and_evaluate(trainer: trainer_lib.Trainer, workdir: str) -> dict[str, Any]:
+  """Trains to `config.total_steps`, resuming from `workdir` if it holds a run.
+
+  Everything runs under the trainer's mesh and logical axis rules, entered
+  here once for the whole run.
+  """
+  with sharding_lib.mesh_rules(trainer.mesh, trainer.rules):
+    return _train_and_evaluate(trainer, workdir)
+
+
+def _train_and_evaluate(trainer: trainer_lib.Trainer, workdir: str) -> dict[str, Any]:
   config = trainer.config
   files.makedirs(workdir)
   writer = metrics_lib.create_writer(workdir)
@@ -191,49 +179,6 @@ def _peek(iterator):
   batch = next(iterator)
   iterator.set_state(saved)
   return batch
-
-
-def base_config(trainer: str, variant: str, *, total_steps: int, global_batch_size: int,
-                ema_decay: float) -> ml_collections.ConfigDict:
-  """The fields every trainer config shares: the loop, the mesh, checkpoints.
-
-  Each config file adds its own model, data, optimizer and loss sections and
-  overrides these where its recipe differs.
-  """
-  c = ml_collections.ConfigDict()
-  c.trainer = trainer
-  c.variant = variant
-  c.seed = 0
-  c.total_steps = total_steps
-  c.global_batch_size = global_batch_size
-  c.grad_accum_steps = 1
-  c.compute_dtype = "bfloat16"
-  c.param_dtype = "float32"
-  c.mesh_shape = (-1, 1, 1)
-  c.logical_axis_rules = sharding_lib.DEFAULT_LOGICAL_AXIS_RULES
-  c.log_every = 100
-  c.eval_every = 10_000
-  c.checkpoint_every = 5_000
-  c.max_checkpoints_to_keep = 3
-  c.async_checkpointing = True
-  # A jax.profiler trace of steps [profile_start_step, + profile_num_steps)
-  # into {workdir}/profile/process_0 (TensorBoard's profile plugin reads it);
-  # 0 steps = off. The first steps after the start are not representative.
-  c.profile_start_step = 10
-  c.profile_num_steps = 0
-  c.profile_all_processes = False
-  # A checkpoint (ours: a workdir or step folder) or an official state dict
-  # (.bin/.pt/.safetensors/.npz) whose weights initialise the model.
-  c.init_from = ""
-  c.ema_decay = ema_decay
-  # Each config adds its evaluation sizes. Weight files of the optional metrics
-  # ('' = off; the evaluation log says how to get them): the FID Inception
-  # (.npz from `vwt_jax.conversion.inception`) for rFID in tokenizer evaluations
-  # and the default of `vwt_jax.sample_eval`, and LPIPS (.npz from
-  # `vwt_jax.conversion.lpips`, backbone `lpips_net`) for tokenizer evaluations.
-  c.eval = ml_collections.ConfigDict(dict(inception_weights="", lpips_weights="",
-                                          lpips_net="vgg"))
-  return c
 
 
 def write_summary(title: str, result: dict[str, Any], workdir: str, start: float,

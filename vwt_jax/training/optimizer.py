@@ -83,15 +83,3 @@ def ema_decay(step: jnp.ndarray, max_decay: float) -> jnp.ndarray:
 
 def update_ema(ema_params: Any, params: Any, decay: jnp.ndarray) -> Any:
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
-
-
-def default_optimizer_config(**overrides) -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict(dict(
-      lr=1e-4, end_lr=1e-5, schedule="cosine", warmup_steps=10_000,
-      b1=0.9, b2=0.99, eps=1e-8, weight_decay=1e-4, grad_clip_norm=1.0,
-      # Substrings of parameter paths excluded from weight decay, as in TiTok.
-      wd_exclude=("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm",
-                  "gamma", "embed"),
-  ))
-  config.update(overrides)
-  return config

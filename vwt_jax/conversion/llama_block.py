@@ -1,0 +1,61 @@
+"""One LLaMA block's parameters from its projection weights (`models/llama.py` layout).
+
+Shared by the LlamaGen GPT and the Hugging Face LLaMA converters, whose
+checkpoints name and split the same weights differently. torch Linear weights
+are (out, in); H query heads, K kv heads, g = H/K, hd = head_dim, D = width.
+"""
+
+import dataclasses
+import re
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from vwt_jax.conversion import torch_state as ts
+
+
+def wqkv_kernel(q: Optional[np.ndarray], k: Optional[np.ndarray], v: Optional[np.ndarray],
+                heads: int, kv_heads: int, head_dim: int) -> Optional[np.ndarray]:
+  """q (H*hd, D), k/v (K*hd, D) -> (D, K, g + 2, hd): slot [:, j, :g] the q heads
+  of kv group j, [:, j, g] k head j, [:, j, g + 1] v head j. None if any is
+  missing; wrong sizes pass through transposed, for `check_params` to report."""
+  if q is None or k is None or v is None:
+    return None
+  hd, kv = head_dim, kv_heads
+  if (q.shape[0], k.shape[0], v.shape[0]) != (heads * hd, kv * hd, kv * hd) or not (
+      q.shape[1] == k.shape[1] == v.shape[1]):
+    return q.T
+  dim = q.shape[1]
+  return np.concatenate([q.reshape(kv, heads // kv, hd, dim), k.reshape(kv, 1, hd, dim),
+                         v.reshape(kv, 1, hd, dim)], axis=1).transpose(3, 0, 1, 2)
+
+
+def wo_kernel(w: Optional[np.ndarray], heads: int, head_dim: int) -> Optional[np.ndarray]:
+  """(D, H*hd) -> (H, hd, D)."""
+  if w is None or w.shape[1] != heads * head_dim:
+    return None if w is None else w.T
+  return w.T.reshape(heads, head_dim, w.shape[0])
+
+
+def block(sd: ts.StateDictReader, *, wqkv: Optional[np.ndarray], wo: Optional[np.ndarray],
+          ffn: tuple[str, str, str], attention_norm: str, ffn_norm: str) -> dict:
+  """A block's tree; `ffn` names the torch Linear modules of w1 (gate), w2 (down), w3 (up)."""
+  return {
+      "attention": {"wqkv": {"kernel": wqkv}, "wo": {"kernel": wo}},
+      "feed_forward": {name: ts.linear(sd, module, bias=False)
+                       for name, module in zip(("w1", "w2", "w3"), ffn)},
+      "attention_norm": {"scale": sd.get(f"{attention_norm}.weight")},
+      "ffn_norm": {"scale": sd.get(f"{ffn_norm}.weight")},
+  }
+
+
+def finish(params: dict, sd: ts.StateDictReader, config: Any,
+           abstract_params: Callable[[Any], Any], ignored: re.Pattern) -> dict:
+  """Checks the converted tree against the model of `config` (unrolled, so errors
+  name the layer), stacks the layers for `scan_layers` and casts; keys matching
+  `ignored` may stay unread."""
+  unrolled = dataclasses.replace(config, scan_layers=False, remat=False)
+  return ts.check_and_stack_layers(
+      ts.prune_missing(params), abstract_params(unrolled), sd,
+      ignore_unused=[k for k in sd.unused() if ignored.match(k)], n_layer=config.n_layer,
+      scan_layers=config.scan_layers, param_dtype=config.param_dtype)

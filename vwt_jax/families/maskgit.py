@@ -1,0 +1,77 @@
+"""TiTok's MaskGIT generators (ImageBert / UViTBert): config, weights, sampling."""
+
+from typing import Any, Callable
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vwt_jax.conversion import maskgit_generator as maskgit_conversion
+from vwt_jax.conversion import torch_state
+from vwt_jax.families import common
+from vwt_jax.models import maskgit_generator
+from vwt_jax.sampling import maskgit as maskgit_sampling
+
+TRAINER = "vwt_jax.training.generator"
+DATASET_FIELDS = ("image_seq_len", "codebook_size", "condition_num_classes")
+
+
+def model_config(config: ml_collections.ConfigDict,
+                 metadata=None) -> maskgit_generator.MaskGitGeneratorConfig:
+  """`MaskGitGeneratorConfig(**config.model)`, unset sizes from the code dataset."""
+  fields = dict(config.model)
+  if metadata is not None:
+    common.fill_from_dataset(fields, dict(
+        image_seq_len=int(np.prod(metadata.code_shape)), codebook_size=int(metadata.vocab_size),
+        condition_num_classes=int(metadata.num_classes)), config.data.dir)
+  missing = [k for k in DATASET_FIELDS if not fields[k]]
+  if missing:
+    raise ValueError(f"config.model: {missing} unknown; set them or config.data.dir")
+  return common.from_fields(maskgit_generator.MaskGitGeneratorConfig, fields,
+                            **common.dtypes(config))
+
+
+def build(cfg: maskgit_generator.MaskGitGeneratorConfig):
+  return maskgit_generator.build_generator(cfg)
+
+
+def init_args(cfg: maskgit_generator.MaskGitGeneratorConfig, batch: int):
+  return ((jnp.zeros((batch, cfg.image_seq_len), jnp.int32), jnp.zeros((batch,), jnp.int32)),
+          {"train": False})
+
+
+def load_params(path: str, config: ml_collections.ConfigDict,
+                cfg: maskgit_generator.MaskGitGeneratorConfig) -> Any:
+  """Parameters from our run or an official generator state dict."""
+  if common.is_run(path):
+    return common.run_params(path, config)
+  return maskgit_conversion.convert_generator(torch_state.load_state_dict(path), cfg)
+
+
+def description(config: ml_collections.ConfigDict, cfg) -> str:
+  return f"MaskGIT {cfg.model_type} generator {config.variant}"
+
+
+def sampling_rules(cfg) -> dict[str, tuple[Callable[[Any], bool], str]]:
+  """Each setting the unmasking loop reads: (test of a valid value, what is valid)."""
+  del cfg
+  decays = maskgit_sampling.GUIDANCE_DECAYS
+  return {
+      "num_steps": (lambda v: v >= 1, ">= 1 unmasking steps"),
+      "cfg_scale": (lambda v: v >= 0, "a guidance scale >= 0"),
+      "guidance_decay": (lambda v: v in decays, f"one of {decays}"),
+      "guidance_scale_pow": (lambda v: v > 0, "an exponent > 0"),
+      "randomize_temperature": (lambda v: v >= 0, "a noise scale >= 0"),
+      "softmax_temperature_annealing": (lambda v: isinstance(v, bool), "True or False"),
+  }
+
+
+def sample(model, params: Any, labels, rng, settings: dict, mesh, rules, emb_mask=None):
+  """Codes for `labels` by confidence-based unmasking."""
+  del mesh, rules, emb_mask  # The loop runs on whatever sharding `labels` has.
+  return maskgit_sampling.generate(
+      model, params, labels, rng=rng, num_steps=settings["num_steps"],
+      guidance_scale=settings["cfg_scale"], guidance_decay=settings["guidance_decay"],
+      guidance_scale_pow=settings["guidance_scale_pow"],
+      randomize_temperature=settings["randomize_temperature"],
+      softmax_temperature_annealing=settings["softmax_temperature_annealing"])

@@ -1,0 +1,236 @@
+"""The KV-cache decode loop of the autoregressive samplers (image GPT, captioner / LLM).
+
+A model enters as logits functions that take the params first, so that the
+params are arguments of the compiled program rather than constants baked into it:
+
+  prefill_fn(params, inputs, cache, context) -> (logits (R, V), cache)
+  decode_fn(params, token (B,), position, cache, context) -> (logits (R, V), cache)
+
+`inputs` is the prompt (class labels, caption or prompt embeddings), `context`
+what both functions take besides (a padding mask, or None) and `position` the
+cache index the fed token is written at. `decode_loop` prefills and draws
+token 0 from the prefill's logits; step s >= 1 then feeds token s-1 at
+position `start + s - 1` and draws token s with the key `fold_in(rng, s)`.
+The functions return the logits of the B rows drawn from (R = B), unless a
+`guide` maps their R rows to those B, as `classifier_free_guidance` does.
+
+Tokens are drawn by `sample_token`: temperature, then top-k, then top-p, or
+the argmax when greedy.
+"""
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+PrefillFn = Callable[[Any, Any, Any, Any], tuple[jax.Array, Any]]
+DecodeFn = Callable[[Any, jax.Array, Any, Any, Any], tuple[jax.Array, Any]]
+GuideFn = Callable[[jax.Array, Any], jax.Array]
+
+
+class LogitsFns(NamedTuple):
+  """A model as `decode_loop` sees it (see the module docstring)."""
+  prefill: PrefillFn
+  decode: DecodeFn
+  # (logits (R, V), step) -> the (B, V) logits token `step` is drawn from.
+  guide: Optional[GuideFn] = None
+
+
+def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
+  """Keeps logits >= the k-th largest (ties may keep more); k is clipped to [1, V]."""
+  k = max(1, min(int(k), logits.shape[-1]))
+  kth = jax.lax.top_k(logits, k)[0][..., -1:]
+  return jnp.where(logits < kth, -jnp.inf, logits)
+
+
+def top_p_filter(logits: jax.Array, p: Any) -> jax.Array:
+  """Nucleus filter: drops tokens after the cumulative probability exceeds p.
+
+  The drop mask is shifted right by one, so the first token crossing p stays
+  and the top-1 token is always kept (the reference's rule).
+  """
+  order = jnp.argsort(-logits, axis=-1)
+  sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+  cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+  drop = cum > p
+  drop = jnp.concatenate([jnp.zeros_like(drop[..., :1]), drop[..., :-1]], axis=-1)
+  drop_orig = jnp.take_along_axis(drop, jnp.argsort(order, axis=-1), axis=-1)
+  return jnp.where(drop_orig, -jnp.inf, logits)
+
+
+def filter_logits(logits: jax.Array, *, temperature: Any = 1.0, top_k: int = 0,
+                  top_p: Any = 1.0, use_top_p: Optional[bool] = None) -> jax.Array:
+  """logits / max(temperature, 1e-5), then top-k (if k > 0), then top-p (if p < 1)."""
+  logits = logits.astype(jnp.float32) / jnp.maximum(jnp.asarray(temperature, jnp.float32), 1e-5)
+  if top_k > 0:
+    logits = top_k_filter(logits, top_k)
+  if use_top_p if use_top_p is not None else top_p < 1.0:
+    logits = top_p_filter(logits, top_p)
+  return logits
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, greedy: bool, temperature: Any, top_k: int,
+                 top_p: Any, use_top_p: Optional[bool] = None) -> jax.Array:
+  """One int32 token per row of `logits` (..., V) after `filter_logits`.
+
+  `greedy` takes the argmax, else a categorical draw from `rng`; `greedy`,
+  `top_k` and `use_top_p` are static, `temperature` and `top_p` may be traced
+  (`use_top_p=None` means top_p < 1, which needs a concrete top_p).
+  """
+  filtered = filter_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p,
+                           use_top_p=use_top_p)
+  if greedy:
+    return jnp.argmax(filtered, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+def guided_logits(logits: jax.Array, cfg_scale: Any, cfg_interval: Any = -1,
+                  step: Any = None) -> jax.Array:
+  """Classifier-free guidance of [cond ; uncond] logits: uncond + (cond - uncond) * cfg_scale.
+
+  Token t is guided when cfg_interval < 0 or t <= cfg_interval + 1; the other
+  tokens are drawn from the conditional logits alone.
+
+  Args:
+    logits: (2B, V) logits of token `step`, or (2B, N, V) logits of tokens
+      0..N-1 when `step` is None (what the GPT sampler's `return_logits` gives).
+    cfg_scale: the guidance scale. A Python number <= 1 means an unguided
+      batch of B rows, returned as it is.
+    cfg_interval: k >= 0 guides tokens 0..k+1 only; a negative one, every token.
+    step: the index of the token drawn from `logits`.
+
+  Returns:
+    The (B, V) or (B, N, V) logits the tokens are drawn from.
+  """
+  if not isinstance(cfg_scale, jax.Array) and cfg_scale <= 1.0:
+    return logits
+  if step is None:
+    step = jnp.arange(logits.shape[1])[:, None]
+  batch = logits.shape[0] // 2
+  cond, uncond = logits[:batch], logits[batch:]
+  guided = (cfg_interval < 0) | (step <= cfg_interval + 1)
+  return jnp.where(guided, uncond + (cond - uncond) * cfg_scale, cond)
+
+
+def classifier_free_guidance(fns: LogitsFns, cfg_scale: Any, cfg_interval: Any) -> LogitsFns:
+  """The logits functions of a [cond ; uncond] batch, guided by `guided_logits`.
+
+  The returned functions take the B conditional rows: they run `fns` on both
+  halves (inputs and context repeated, the same token fed to both), and their
+  guide mixes the 2B rows of logits into B. The cache must hold 2B rows.
+
+  Args:
+    fns: the model's functions; its prefill takes one more argument, bool (2B,)
+      flags of the rows that run with the null condition.
+    cfg_scale, cfg_interval: as `guided_logits` (may be traced).
+  """
+  # An array even when given a Python number: these 2B rows are always mixed.
+  cfg_scale = jnp.asarray(cfg_scale, jnp.float32)
+
+  def double(tree):
+    return jax.tree.map(lambda x: jnp.concatenate([x, x]), tree)
+
+  def prefill(params, inputs, cache, context):
+    batch = jax.tree.leaves(inputs)[0].shape[0]
+    null = jnp.concatenate([jnp.zeros((batch,), bool), jnp.ones((batch,), bool)])
+    return fns.prefill(params, double(inputs), cache, double(context), null)
+
+  def decode(params, token, position, cache, context):
+    return fns.decode(params, double(token), position, cache, double(context))
+
+  def guide(logits, step):
+    return guided_logits(logits, cfg_scale, cfg_interval, step)
+
+  return LogitsFns(prefill, decode, guide)
+
+
+def _track_stops(stops: tuple[tuple[int, ...], ...], step: Any, token: jax.Array,
+                 window: jax.Array, lengths: jax.Array,
+                 done: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(window, lengths, done) once token `step` (pad_id in finished rows) is drawn."""
+  longest = window.shape[1]
+  window = jnp.concatenate([window[:, 1:], token[:, None]], axis=1)
+  stop_len = jnp.zeros(token.shape, jnp.int32)
+  for stop in stops:
+    hit = jnp.all(window[:, longest - len(stop):] == jnp.asarray(stop, jnp.int32), axis=1)
+    # Several stops ending here: the longest one is cut.
+    stop_len = jnp.maximum(stop_len, jnp.where(hit, len(stop), 0))
+  stopped = ~done & (stop_len > 0)
+  lengths = jnp.where(stopped, step + 1 - stop_len, lengths)
+  return window, lengths, done | stopped
+
+
+def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: Any,
+                rng: jax.Array, temperature: Any, top_p: Any, *, num_tokens: int, start: int,
+                greedy: bool, top_k: int, use_top_p: bool,
+                stops: tuple[tuple[int, ...], ...] = (), pad_id: int = 0,
+                return_logits: bool = False) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+  """Generates up to `num_tokens` tokens per row; traced inside the caller's jitted program.
+
+  Args:
+    fns: the model (see the module docstring).
+    params, inputs, context: what `fns` take.
+    cache: an empty KV cache of R rows holding at least start + num_tokens - 1
+      positions.
+    rng: PRNG key of the draws; the result is a deterministic function of it.
+    temperature, top_p: `sample_token`'s (may be traced).
+    num_tokens: tokens to draw per row.
+    start: the position of the first fed token (the prompt length).
+    greedy, top_k, use_top_p: `sample_token`'s (static).
+    stops: token-id sequences that end a row; the loop stops once every row
+      has produced one. Without any it runs all `num_tokens` steps.
+    pad_id: what follows a row's stop sequence (and fills the tokens not drawn).
+    return_logits: also return the logits of every step as `fns` return them.
+
+  Returns:
+    tokens int32 (B, num_tokens); lengths int32 (B,): the number of tokens
+    before a row's first stop sequence, num_tokens for a row without one; the logits
+    float32 (R, num_tokens, V) of the prefill then each decode, or None.
+  """
+
+  def draw(step, logits):
+    if fns.guide is not None:
+      logits = fns.guide(logits, step)
+    return sample_token(logits, jax.random.fold_in(rng, step), greedy, temperature, top_k,
+                        top_p, use_top_p)
+
+  def record(step, token, logits, carry):
+    """Writes token `step` (and its logits) and advances the rows' stop state."""
+    carry = dict(carry)
+    if stops:
+      token = jnp.where(carry["done"], pad_id, token)
+      carry["window"], carry["lengths"], carry["done"] = _track_stops(
+          stops, step, token, carry["window"], carry["lengths"], carry["done"])
+    carry["tokens"] = carry["tokens"].at[:, step].set(token)
+    if return_logits:
+      carry["logits"] = carry["logits"].at[:, step].set(logits)
+    carry["token"] = token
+    return carry
+
+  def body(step, carry):
+    logits, cache = fns.decode(params, carry["token"], start + step - 1, carry["cache"], context)
+    return record(step, draw(step, logits), logits, dict(carry, cache=cache))
+
+  logits, cache = fns.prefill(params, inputs, cache, context)
+  token = draw(0, logits)
+  batch = token.shape[0]
+  carry = dict(cache=cache, tokens=jnp.full((batch, num_tokens), pad_id, jnp.int32))
+  if return_logits:
+    carry["logits"] = jnp.zeros((logits.shape[0], num_tokens, logits.shape[-1]), jnp.float32)
+  if stops:
+    # The last generated tokens; -1 (no token id) before the first ones, so a
+    # stop never matches across the prompt.
+    carry["window"] = jnp.full((batch, max(len(s) for s in stops)), -1, jnp.int32)
+    carry["lengths"] = jnp.full((batch,), num_tokens, jnp.int32)
+    carry["done"] = jnp.zeros((batch,), bool)
+  carry = record(0, token, logits, carry)
+
+  if stops:
+    carry = jax.lax.while_loop(
+        lambda c: (c["step"] < num_tokens) & ~jnp.all(c["done"]),
+        lambda c: dict(body(c["step"], c), step=c["step"] + 1), dict(carry, step=jnp.int32(1)))
+    lengths = carry["lengths"]
+  else:
+    carry = jax.lax.fori_loop(1, num_tokens, body, carry)
+    lengths = jnp.full((batch,), num_tokens, jnp.int32)
+  return carry["tokens"], lengths, carry.get("logits")
