@@ -28,6 +28,9 @@ from vwt_jax.conversion import torch_state as ts
 from vwt_jax.models.llama_lm import LlamaLMConfig, abstract_params
 
 _IGNORED = re.compile(r"^model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$")
+_NAMES = llama_block.Names(
+    wo="self_attn.o_proj", w1="mlp.gate_proj", w2="mlp.down_proj", w3="mlp.up_proj",
+    attention_norm="input_layernorm", ffn_norm="post_attention_layernorm")
 
 
 def _interleave_rope_rows(w: np.ndarray, heads: int, hd: int) -> np.ndarray:
@@ -51,19 +54,12 @@ def _layer(sd: ts.StateDictReader, i: int, config: LlamaLMConfig) -> dict:
   q, k, v = (sd.get(f"{p}.self_attn.{n}_proj.weight", ndim=2) for n in "qkv")
   if q is not None and k is not None and q.shape[0] == heads * hd and k.shape[0] == kv * hd:
     q, k = _interleave_rope_rows(q, heads, hd), _interleave_rope_rows(k, kv, hd)
-  return llama_block.block(
-      sd, wqkv=llama_block.wqkv_kernel(q, k, v, heads, kv, hd),
-      wo=llama_block.wo_kernel(sd.get(f"{p}.self_attn.o_proj.weight", ndim=2), heads, hd),
-      ffn=tuple(f"{p}.mlp.{n}_proj" for n in ("gate", "down", "up")),
-      attention_norm=f"{p}.input_layernorm", ffn_norm=f"{p}.post_attention_layernorm")
+  return llama_block.block(sd, p, _NAMES, llama_block.wqkv_kernel(q, k, v, heads, kv, hd),
+                           heads, hd)
 
 
 def convert_llama(state_dict: Mapping[str, Any], config: LlamaLMConfig) -> dict:
-  """Converts a `LlamaForCausalLM` state dict for `LlamaLM(config)`.
-
-  Returns the `params` collection (floats in `config.param_dtype`). Raises
-  `ConversionError` listing every missing/unexpected key and shape mismatch.
-  """
+  """A `LlamaForCausalLM` state dict -> `LlamaLM(config)` params (see `llama_block.finish`)."""
   sd = ts.StateDictReader(state_dict)
   params = {
       "embed_tokens": ts.embedding(sd, "model.embed_tokens.weight"),

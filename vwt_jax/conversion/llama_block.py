@@ -7,7 +7,7 @@ are (out, in); H query heads, K kv heads, g = H/K, hd = head_dim, D = width.
 
 import dataclasses
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -37,23 +37,40 @@ def wo_kernel(w: Optional[np.ndarray], heads: int, head_dim: int) -> Optional[np
   return w.T.reshape(heads, head_dim, w.shape[0])
 
 
-def block(sd: ts.StateDictReader, *, wqkv: Optional[np.ndarray], wo: Optional[np.ndarray],
-          ffn: tuple[str, str, str], attention_norm: str, ffn_norm: str) -> dict:
-  """A block's tree; `ffn` names the torch Linear modules of w1 (gate), w2 (down), w3 (up)."""
+class Names(NamedTuple):
+  """A checkpoint's module names (after the layer prefix) of a block's other weights."""
+  wo: str
+  w1: str  # gate
+  w2: str  # down
+  w3: str  # up
+  attention_norm: str
+  ffn_norm: str
+
+
+def block(sd: ts.StateDictReader, prefix: str, names: Names, wqkv: Optional[np.ndarray],
+          heads: int, head_dim: int) -> dict:
+  """The tree of the block whose modules are `{prefix}.{name}`, given its wqkv kernel."""
+  module = lambda field: f"{prefix}.{getattr(names, field)}"
   return {
-      "attention": {"wqkv": {"kernel": wqkv}, "wo": {"kernel": wo}},
-      "feed_forward": {name: ts.linear(sd, module, bias=False)
-                       for name, module in zip(("w1", "w2", "w3"), ffn)},
-      "attention_norm": {"scale": sd.get(f"{attention_norm}.weight")},
-      "ffn_norm": {"scale": sd.get(f"{ffn_norm}.weight")},
+      "attention": {"wqkv": {"kernel": wqkv},
+                    "wo": {"kernel": wo_kernel(sd.get(f"{module('wo')}.weight", ndim=2),
+                                               heads, head_dim)}},
+      "feed_forward": {w: ts.linear(sd, module(w), bias=False) for w in ("w1", "w2", "w3")},
+      "attention_norm": {"scale": sd.get(f"{module('attention_norm')}.weight")},
+      "ffn_norm": {"scale": sd.get(f"{module('ffn_norm')}.weight")},
   }
 
 
 def finish(params: dict, sd: ts.StateDictReader, config: Any,
            abstract_params: Callable[[Any], Any], ignored: re.Pattern) -> dict:
-  """Checks the converted tree against the model of `config` (unrolled, so errors
-  name the layer), stacks the layers for `scan_layers` and casts; keys matching
-  `ignored` may stay unread."""
+  """The `params` collection: the converted tree checked against the model of
+  `config` (unrolled, so errors name the layer), the layers stacked for
+  `scan_layers`, floats cast to `config.param_dtype`. Keys matching `ignored`
+  may stay unread.
+
+  Raises:
+    ConversionError: listing every missing or unexpected key and shape mismatch.
+  """
   unrolled = dataclasses.replace(config, scan_layers=False, remat=False)
   return ts.check_and_stack_layers(
       ts.prune_missing(params), abstract_params(unrolled), sd,

@@ -22,6 +22,9 @@ from vwt_jax.conversion import torch_state as ts
 from vwt_jax.models.gpt import GPT, GPTConfig, abstract_params
 
 _IGNORED = re.compile(r"^(freqs_cis|layers\.\d+\.attention\.kv_cache\..*)$")
+_NAMES = llama_block.Names(
+    wo="attention.wo", w1="feed_forward.w1", w2="feed_forward.w2", w3="feed_forward.w3",
+    attention_norm="attention_norm", ffn_norm="ffn_norm")
 
 
 def _layer(sd: ts.StateDictReader, i: int, config: GPTConfig) -> dict:
@@ -34,19 +37,11 @@ def _layer(sd: ts.StateDictReader, i: int, config: GPTConfig) -> dict:
   else:
     wqkv = llama_block.wqkv_kernel(w[:heads * hd], w[heads * hd:(heads + kv) * hd],
                                    w[(heads + kv) * hd:], heads, kv, hd)
-  return llama_block.block(
-      sd, wqkv=wqkv, wo=llama_block.wo_kernel(sd.get(f"{p}.attention.wo.weight", ndim=2),
-                                              heads, hd),
-      ffn=tuple(f"{p}.feed_forward.{n}" for n in ("w1", "w2", "w3")),
-      attention_norm=f"{p}.attention_norm", ffn_norm=f"{p}.ffn_norm")
+  return llama_block.block(sd, p, _NAMES, wqkv, heads, hd)
 
 
 def convert_gpt(state_dict: Mapping[str, Any], config: GPTConfig) -> dict:
-  """Converts an official c2i/t2i GPT state dict for `GPT(config)`.
-
-  Returns the `params` collection (floats in `config.param_dtype`). Raises
-  `ConversionError` listing every missing/unexpected key and shape mismatch.
-  """
+  """An official c2i/t2i GPT state dict -> `GPT(config)` params (see `llama_block.finish`)."""
   sd = ts.StateDictReader(state_dict)
   params = {
       "tok_embeddings": ts.embedding(sd, "tok_embeddings.weight"),

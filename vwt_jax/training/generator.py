@@ -16,7 +16,6 @@ class) decoded by the tokenizer the codes came from.
 """
 
 import os
-import time
 from typing import Any
 
 from absl import logging
@@ -106,6 +105,15 @@ class GeneratorTrainer(trainer_lib.Trainer):
     loss, metrics = self._loss(self, params, batch, rng, True)
     return loss, (metrics, {})
 
+  def title(self):
+    gen = self.generator
+    return f"{gen.description} on {gen.seq_len} tokens of {gen.vocab_size} codes"
+
+  def summary_notes(self, result):
+    del result
+    return (["samples.png: one row per class of config.sampling.classes"]
+            if self.generator.conditional_on_class else [])
+
   def evaluate(self, state, step: int, writer) -> dict[str, float]:
     """Held-out loss over `eval.num_batches` batches; `samples.png` for class generators."""
     ev = self.config.eval
@@ -127,12 +135,4 @@ class GeneratorTrainer(trainer_lib.Trainer):
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains a generator and writes `summary.txt` next to the checkpoints."""
-  start = time.time()
-  trainer = GeneratorTrainer(config, workdir)
-  result = loop.train_and_evaluate(trainer, workdir)
-  gen = trainer.generator
-  notes = ["samples.png: one row per class of config.sampling.classes"
-           ] if gen.conditional_on_class else []
-  loop.write_summary(f"{gen.description} on {gen.seq_len} tokens of {gen.vocab_size} codes",
-                     result, workdir, start, notes)
-  return result
+  return loop.run(GeneratorTrainer(config, workdir))

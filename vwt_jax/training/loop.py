@@ -181,6 +181,14 @@ def _peek(iterator):
   return batch
 
 
+def run(trainer: trainer_lib.Trainer) -> dict[str, Any]:
+  """Trains to the end (`train_and_evaluate`) and writes `summary.txt` in the workdir."""
+  start = time.time()
+  result = train_and_evaluate(trainer, trainer.workdir)
+  write_summary(trainer.title(), result, trainer.workdir, start, trainer.summary_notes(result))
+  return result
+
+
 def write_summary(title: str, result: dict[str, Any], workdir: str, start: float,
                   notes: Sequence[str] = ()) -> str:
   """Writes `summary.txt`: what trained how long, `notes`, the last train/eval metrics."""

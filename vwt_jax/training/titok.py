@@ -11,7 +11,6 @@ computed with the shared modules in `vwt_jax.losses`, on images in [0, 1] as
 the official losses are, so the recipe's loss weights carry over.
 """
 
-import time
 from typing import Any
 
 from flax import traverse_util
@@ -187,6 +186,9 @@ class TiTokTrainer(tokenizer_common.TokenizerTrainer):
       metrics.update(d_metrics)
     return metrics, ok
 
+  def title(self):
+    return f"TiTok {self.config.variant} ({self.recipe})"
+
   def reconstruct_batch(self, params, images, rng):
     return self.model.apply({"params": params}, images, rng=rng)[0]
 
@@ -209,8 +211,4 @@ class TiTokTrainer(tokenizer_common.TokenizerTrainer):
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains TiTok and writes `summary.txt` next to the checkpoints."""
-  start = time.time()
-  result = loop.train_and_evaluate(TiTokTrainer(config, workdir), workdir)
-  tokenizer_common.write_summary(f"TiTok {config.variant} ({config.recipe})", result, workdir,
-                                 start)
-  return result
+  return loop.run(TiTokTrainer(config, workdir))

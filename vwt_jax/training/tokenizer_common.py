@@ -24,7 +24,6 @@ from vwt_jax.data import pipeline
 from vwt_jax.evaluation import reconstruction as recon_eval
 from vwt_jax.losses import adversarial
 from vwt_jax.losses import reconstruction
-from vwt_jax.training import loop
 from vwt_jax.training import optimizer as optimizer_lib
 from vwt_jax.training import train_state
 from vwt_jax.training import trainer as trainer_lib
@@ -181,6 +180,12 @@ class TokenizerTrainer(trainer_lib.Trainer):
       recon = self.reconstruct_batch(state["params"], batch["image"], rng)
     return self.adversary.update(state, new, batch["image"], jax.lax.stop_gradient(recon))
 
+  def summary_notes(self, result):
+    if "psnr" not in result["eval"]:
+      return []
+    return [f"held-out PSNR: {result['eval']['psnr']:.2f} dB over "
+            f"{int(result['eval']['num_images'])} images (reconstructions.png)"]
+
   def reconstruct_batch(self, params, images, rng):
     del rng
     return self.model.apply({"params": params}, images)[0]
@@ -230,10 +235,4 @@ def evaluate(trainer, state, step: int, writer) -> dict[str, float]:
   return result
 
 
-def write_summary(title: str, result: dict[str, Any], workdir: str, start: float) -> str:
-  """`loop.write_summary` with the held-out PSNR of the reconstructions."""
-  notes = []
-  if "psnr" in result["eval"]:
-    notes.append(f"held-out PSNR: {result['eval']['psnr']:.2f} dB over "
-                 f"{int(result['eval']['num_images'])} images (reconstructions.png)")
-  return loop.write_summary(title, result, workdir, start, notes)
+

@@ -114,6 +114,15 @@ class Trainer(abc.ABC):
     """Host parameters (all or some) the run starts from, or None."""
     return None
 
+  @abc.abstractmethod
+  def title(self) -> str:
+    """What trains, for the run summary."""
+
+  def summary_notes(self, result: dict[str, Any]) -> list[str]:
+    """Lines the run summary adds about `result` (what `loop.train_and_evaluate` returns)."""
+    del result
+    return []
+
   # -- the state and the step ---------------------------------------------------
 
   def setup_state(self, frozen_patterns=()) -> None:

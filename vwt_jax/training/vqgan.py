@@ -8,7 +8,6 @@ loss, same gate; its BatchNorm statistics live in (and are checkpointed with)
 the train state. Both optimizers are Adam (AdamW with weight decay 0).
 """
 
-import time
 from typing import Any
 
 import jax
@@ -100,6 +99,9 @@ class VQGANTrainer(tokenizer_common.TokenizerTrainer):
 
   # -- evaluation ---------------------------------------------------------------
 
+  def title(self):
+    return f"LlamaGen VQGAN {self.config.variant}"
+
   def reconstruct_images(self, params, images):
     """(reconstructions in [-1, 1], codes (B, h*w))."""
     return self._reconstruct(params, images)
@@ -107,7 +109,4 @@ class VQGANTrainer(tokenizer_common.TokenizerTrainer):
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains the VQGAN tokenizer and writes `summary.txt` next to the checkpoints."""
-  start = time.time()
-  result = loop.train_and_evaluate(VQGANTrainer(config, workdir), workdir)
-  tokenizer_common.write_summary(f"LlamaGen VQGAN {config.variant}", result, workdir, start)
-  return result
+  return loop.run(VQGANTrainer(config, workdir))
