@@ -25,7 +25,19 @@ from ml_collections import config_dict
 
 from vwt_jax import config_common
 from vwt_jax.models.maskgit_generator import GENERATOR_VARIANTS, MaskGitGeneratorConfig
-from vwt_jax.sampling.maskgit import SAMPLING_PRESETS
+
+# Sampling settings of the released generators (`sample_imagenet_titok.py` / yaml).
+SAMPLING_PRESETS = {
+    "titok_l32": dict(num_steps=8, randomize_temperature=9.5, guidance_scale=4.5,
+                      guidance_decay="linear", guidance_scale_pow=3.0,
+                      softmax_temperature_annealing=True),
+    "titok_b64": dict(num_steps=8, randomize_temperature=11.0, guidance_scale=3.0,
+                      guidance_decay="linear", guidance_scale_pow=3.0,
+                      softmax_temperature_annealing=True),
+    "titok_s128": dict(num_steps=64, randomize_temperature=2.8, guidance_scale=6.9,
+                       guidance_decay="power-cosine", guidance_scale_pow=3.0,
+                       softmax_temperature_annealing=True),
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -2,12 +2,14 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
 import helpers
 from vwt_jax.core import sharding
+from vwt_jax.models import gpt
 
 
 def test_resolve_mesh_shape_fills_the_wildcard():
@@ -63,3 +65,18 @@ def test_host_batch_becomes_global_array_split_over_data_axes():
   np.testing.assert_array_equal(np.asarray(out), batch["image"])
   # 4 data-parallel shards of 2 rows, each replicated over 'tensor'.
   assert {s.data.shape for s in out.addressable_shards} == {(2, 3)}
+
+
+def test_block_outputs_are_constrained_only_under_a_program_mesh():
+  """Each transformer block states its output layout once a mesh and rules are entered."""
+  cfg = gpt.GPTConfig(dim=32, n_layer=3, n_head=4, vocab_size=16, block_size=9, num_classes=4)
+  model = gpt.GPT(cfg)
+  idx = jnp.zeros((4, 8), jnp.int32)
+  params = nn.meta.unbox(model.init(jax.random.key(0), gpt.dummy_condition(cfg, 4), idx))
+  forward = lambda p: model.apply(p, gpt.dummy_condition(cfg, 4), idx)[0]
+  count = lambda text: text.count("sharding_constraint")
+  assert count(jax.jit(forward).lower(params).as_text()) == 0
+  mesh = sharding.create_mesh((-1, 1, 1))
+  with sharding.mesh_rules(mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES):
+    text = jax.jit(forward).lower(params).as_text()
+  assert count(text) == cfg.n_layer

@@ -40,14 +40,8 @@ class Generator:
     self.metadata = self._metadata()
     self.cfg = self.family.model_config(config, self.metadata)
     self.model = self.family.build(self.cfg)
-    if config.family == "gpt":
-      self.seq_len, self.vocab_size = self.cfg.block_size, self.cfg.vocab_size
-      self.conditional_on_class = self.cfg.model_type == "c2i"
-      self.num_classes = self.cfg.num_classes
-    else:
-      self.seq_len, self.vocab_size = self.cfg.image_seq_len, self.cfg.codebook_size
-      self.conditional_on_class = True
-      self.num_classes = self.cfg.condition_num_classes
+    self.seq_len, self.vocab_size, self.num_classes, self.conditional_on_class = (
+        self.family.sizes(self.cfg))
     self.description = self.family.description(config, self.cfg)
     self.batch_sharding = sharding_lib.batch_sharding(self.mesh)
     self.data_parallel = sharding_lib.data_parallel_size(self.mesh)

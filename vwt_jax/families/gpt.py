@@ -63,6 +63,11 @@ def load_params(path: str, config: ml_collections.ConfigDict, cfg: gpt_lib.GPTCo
   return llamagen_conversion.convert_gpt(torch_state.load_state_dict(path), cfg)
 
 
+def sizes(cfg: gpt_lib.GPTConfig) -> tuple[int, int, int, bool]:
+  """(codes per sample, code vocabulary, classes, conditioned on a class label)."""
+  return cfg.block_size, cfg.vocab_size, cfg.num_classes, cfg.model_type == "c2i"
+
+
 def description(config: ml_collections.ConfigDict, cfg: gpt_lib.GPTConfig) -> str:
   return (f"LlamaGen GPT {config.variant} ({cfg.model_type}, "
           f"{'2D' if cfg.rope_2d else '1D'} RoPE)")

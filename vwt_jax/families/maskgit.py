@@ -48,6 +48,11 @@ def load_params(path: str, config: ml_collections.ConfigDict,
   return maskgit_conversion.convert_generator(torch_state.load_state_dict(path), cfg)
 
 
+def sizes(cfg) -> tuple[int, int, int, bool]:
+  """(codes per sample, code vocabulary, classes, conditioned on a class label)."""
+  return cfg.image_seq_len, cfg.codebook_size, cfg.condition_num_classes, True
+
+
 def description(config: ml_collections.ConfigDict, cfg) -> str:
   return f"MaskGIT {cfg.model_type} generator {config.variant}"
 

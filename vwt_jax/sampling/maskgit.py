@@ -26,18 +26,6 @@ GUIDANCE_DECAYS = ("constant", "linear", "power-cosine")
 # Columns of the fixtures' `schedule_*` tables, in order.
 SCHEDULE_COLUMNS = ("step", "ratio", "annealed_temp", "cfg_scale", "softmax_temp", "mask_ratio",
                     "mask_len", "masked_before", "masked_after")
-# Sampling settings of the released generators (`sample_imagenet_titok.py` / yaml).
-SAMPLING_PRESETS = {
-    "titok_l32": dict(num_steps=8, randomize_temperature=9.5, guidance_scale=4.5,
-                      guidance_decay="linear", guidance_scale_pow=3.0,
-                      softmax_temperature_annealing=True),
-    "titok_b64": dict(num_steps=8, randomize_temperature=11.0, guidance_scale=3.0,
-                      guidance_decay="linear", guidance_scale_pow=3.0,
-                      softmax_temperature_annealing=True),
-    "titok_s128": dict(num_steps=64, randomize_temperature=2.8, guidance_scale=6.9,
-                       guidance_decay="power-cosine", guidance_scale_pow=3.0,
-                       softmax_temperature_annealing=True),
-}
 _GUMBEL_EPS = 1e-20
 
 
@@ -189,7 +177,7 @@ def generate(model: nn.Module, params: Any, labels: jax.Array, *, rng: jax.Array
       does not depend on it.
     num_steps, guidance_scale, guidance_decay, guidance_scale_pow,
     randomize_temperature, softmax_temperature_annealing: as the official
-      `ImageBert.generate` (same defaults); see `SAMPLING_PRESETS`.
+      `ImageBert.generate` (same defaults); the released settings are in `configs/maskgit.py`.
   """
   schedule = sampling_schedule(
       num_steps, model.config.image_seq_len, guidance_scale=guidance_scale,

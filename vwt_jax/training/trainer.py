@@ -65,9 +65,9 @@ def train_step(state: dict[str, Any], batch: Any, rng: jax.Array, frozen: Any, *
 class Trainer(abc.ABC):
   """State, shardings and the compiled step of one run; subclasses add the family's parts.
 
-  Subclasses set `self.model` and call `setup_state(frozen_patterns)` at the
-  end of their `__init__`, once everything `init_params`, `init_extra` and
-  `loss` read exists.
+  Subclasses call `setup_state(frozen_patterns)` at the end of their
+  `__init__`, once everything `init_params`, `init_extra` and `loss` read
+  exists.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh=None):
@@ -113,6 +113,14 @@ class Trainer(abc.ABC):
   def pretrained_params(self) -> Optional[Any]:
     """Host parameters (all or some) the run starts from, or None."""
     return None
+
+  @abc.abstractmethod
+  def train_iterator(self):
+    """A checkpointable grain iterator of host-local batches."""
+
+  @abc.abstractmethod
+  def evaluate(self, state, step: int, writer) -> dict[str, float]:
+    """Periodic evaluation; may write pictures into the workdir."""
 
   @abc.abstractmethod
   def title(self) -> str:
