@@ -27,7 +27,7 @@ r"""Sampling from a generator: class rows or captioned images, and an ADM-style 
 The npz holds `arr_0` (uint8 NHWC) and `arr_1` (labels), the layout OpenAI's
 ADM evaluator reads; caption samples hold `arr_0` and `captions` instead.
 Pixels are quantised as the official sampler does: clip(127.5 x + 128, 0, 255)
-truncated to uint8 (`images.quantize`).
+truncated to uint8 (`core.images.quantize`).
 For FID runs (50 per class, resumable, scored) see `vwt_jax.sample_eval`.
 """
 
