@@ -61,15 +61,10 @@ class CLIPVisionConfig:
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"CLIPVisionConfig: hidden_size={self.hidden_size} is not divisible by "
-                       f"num_attention_heads={self.num_attention_heads}")
+    layers.check_sizes(self, "hidden_size", "num_attention_heads", "hidden_act")
     if self.image_size % self.patch_size:
       raise ValueError(f"CLIPVisionConfig: image_size={self.image_size} is not divisible by "
                        f"patch_size={self.patch_size}")
-    if self.hidden_act not in layers.HF_ACTIVATIONS:
-      raise ValueError(f"CLIPVisionConfig.hidden_act={self.hidden_act!r}: expected one of "
-                       f"{sorted(layers.HF_ACTIVATIONS)}")
 
   @property
   def head_dim(self) -> int:

@@ -26,6 +26,18 @@ HF_ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": nn.silu,
 }
 
+
+def check_sizes(config: Any, width: str, heads: str, activation: Optional[str] = None) -> None:
+  """Config check: field `heads` divides field `width`, field `activation` is known."""
+  owner = type(config).__name__
+  if getattr(config, width) % getattr(config, heads):
+    raise ValueError(f"{owner}: {width}={getattr(config, width)} is not divisible by "
+                     f"{heads}={getattr(config, heads)}")
+  if activation and getattr(config, activation) not in HF_ACTIVATIONS:
+    raise ValueError(f"{owner}.{activation}={getattr(config, activation)!r}: expected one of "
+                     f"{sorted(HF_ACTIVATIONS)}")
+
+
 # torch's trunc_normal_(std=0.02) truncates at +-2 *absolute*, i.e. ~100 std,
 # so the official init is effectively an untruncated normal.
 WEIGHT_STDDEV = 0.02
@@ -111,34 +123,77 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
   return (offset > 0).astype(np.int64) * half + np.where(distance < max_exact, distance, large)
 
 
+def project_qkv(x: jax.Array, context: jax.Array, num_heads: int, head_dim: int, *,
+                dtype: Dtype, param_dtype: Dtype, use_bias: bool = True,
+                names: Sequence[str] = ("query", "key", "value")):
+  """q from `x`, k and v from `context`: (B, L, heads, head_dim) each.
+
+  Created in the calling module, so the parameters `names` sit directly under it.
+  """
+  def project(name, y):
+    return nn.DenseGeneral(
+        (num_heads, head_dim), axis=-1, use_bias=use_bias, dtype=dtype,
+        param_dtype=param_dtype, kernel_init=weight_init(("embed", "heads", "kv")),
+        bias_init=zeros_init(("heads", "kv")), name=name)(y)
+
+  return project(names[0], x), project(names[1], context), project(names[2], context)
+
+
+def attention_out(width: int, *, dtype: Dtype, param_dtype: Dtype, use_bias: bool = True,
+                  name: str = "out") -> nn.DenseGeneral:
+  """The projection (B, L, heads, head_dim) -> (B, L, width) after attention."""
+  return nn.DenseGeneral(
+      width, axis=(-2, -1), use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=weight_init(("heads", "kv", "embed")), bias_init=zeros_init(("embed",)),
+      name=name)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array,
+                     bias: Optional[jax.Array] = None, *, scaled: bool = True) -> jax.Array:
+  """transformers' eager attention with float32 logits, a bias and a (B, L) key mask.
+
+  Logits / sqrt(head_dim) unless not `scaled` (T5 folds that into its init);
+  padded keys get the most negative float; probabilities are cast to v's dtype.
+  """
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+  if scaled:
+    scores = scores / math.sqrt(q.shape[-1])
+  if bias is not None:
+    scores = scores + bias
+  scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def relative_position_bias(module: nn.Module, table_size: int, num_heads: int,
+                           buckets: np.ndarray) -> jax.Array:
+  """[1, heads, L, L] bias of [L, L] `buckets` from `module`'s 'relative_attention_bias'."""
+  table = module.param(
+      "relative_attention_bias",
+      nn.with_logical_partitioning(nn.initializers.normal(WEIGHT_STDDEV), (None, "heads")),
+      (table_size, num_heads), jnp.float32)
+  return jnp.transpose(table[buckets], (2, 0, 1))[None]
+
+
 class MultiHeadAttention(nn.Module):
-  """Bidirectional (or causal) multi-head self-attention with q/k/v/out biases."""
+  """Multi-head attention with q/k/v/out biases: self- (optionally causal) or cross-."""
   num_heads: int
   use_bias: bool = True
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, is_causal: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, context: Optional[jax.Array] = None, *,
+               is_causal: bool = False) -> jax.Array:
+    """Queries from x (B, L, D), keys and values from `context` (B, N, D), else x."""
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
-    head_dim = width // self.num_heads
-
-    def project(name):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), axis=-1, use_bias=self.use_bias,
-          dtype=self.dtype, param_dtype=self.param_dtype,
-          kernel_init=weight_init(("embed", "heads", "kv")),
-          bias_init=zeros_init(("heads", "kv")), name=name)(x)
-
-    q, k, v = project("query"), project("key"), project("value")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
+    q, k, v = project_qkv(x, x if context is None else context, self.num_heads,
+                          width // self.num_heads, **kw)
     y = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=weight_init(("heads", "kv", "embed")),
-        bias_init=zeros_init(("embed",)), name="out")(y)
+    return attention_out(width, **kw)(y)
 
 
 class Mlp(nn.Module):
@@ -171,3 +226,10 @@ class ResidualAttentionBlock(nn.Module):
     x = x + MultiHeadAttention(self.num_heads, name="attn", **kw)(h)
     h = layer_norm(epsilon=self.ln_epsilon, name="ln_2", **kw)(x)
     return constrain_activations(x + Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(h))
+
+
+def abstract_text_encoder_params(module: nn.Module, length: int = 8) -> Any:
+  """The boxed parameter tree of `module`(input_ids, attention_mask), by shape only."""
+  ids = jnp.zeros((1, length), jnp.int32)
+  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))[
+      "params"]

@@ -51,9 +51,7 @@ class MaskGitGeneratorConfig:
   def __post_init__(self):
     if self.model_type not in MODEL_TYPES:
       raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
-                       f"num_attention_heads {self.num_attention_heads}")
+    layers.check_sizes(self, "hidden_size", "num_attention_heads")
     if self.model_type == "UViT" and self.intermediate_size % self.hidden_size:
       raise ValueError(f"UViT needs intermediate_size ({self.intermediate_size}) to be a "
                        f"multiple of hidden_size ({self.hidden_size}) (it uses mlp_ratio)")
@@ -162,24 +160,15 @@ class SelfAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, deterministic: bool = True) -> jax.Array:
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     width = x.shape[-1]
     head_dim = width // self.num_heads
-
-    def project(name):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), axis=-1, use_bias=self.qkv_bias, dtype=self.dtype,
-          param_dtype=self.param_dtype, kernel_init=layers.weight_init(("embed", "heads", "kv")),
-          bias_init=layers.zeros_init(("heads", "kv")), name=name)(x)
-
-    q, k, v = project("query"), project("key"), project("value")
+    q, k, v = layers.project_qkv(x, x, self.num_heads, head_dim, use_bias=self.qkv_bias, **kw)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim).astype(self.dtype)
     probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
     probs = nn.Dropout(self.dropout_rate)(probs, deterministic=deterministic)
     y = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=layers.weight_init(("heads", "kv", "embed")),
-        bias_init=layers.zeros_init(("embed",)), name="out")(y)
+    return layers.attention_out(width, **kw)(y)
 
 
 def _token_embedding(config: MaskGitGeneratorConfig, name: str) -> nn.Embed:

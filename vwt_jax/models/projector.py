@@ -32,34 +32,6 @@ Dtype = Any
 KINDS = ("linear", "mlp", "resampler")
 
 
-class CrossAttention(nn.Module):
-  """Multi-head attention of queries (B, Q, D) over a context (B, N, D), with biases."""
-  num_heads: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, queries: jax.Array, context: jax.Array) -> jax.Array:
-    width = queries.shape[-1]
-    if width % self.num_heads:
-      raise ValueError(f"width {width} is not divisible by {self.num_heads} heads")
-    head_dim = width // self.num_heads
-
-    def project(name, x):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), axis=-1, dtype=self.dtype, param_dtype=self.param_dtype,
-          kernel_init=layers.weight_init(("embed", "heads", "kv")),
-          bias_init=layers.zeros_init(("heads", "kv")), name=name)(x)
-
-    q = project("query", queries)
-    k, v = project("key", context), project("value", context)
-    y = jax.nn.dot_product_attention(q, k, v)
-    return nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, param_dtype=self.param_dtype,
-        kernel_init=layers.weight_init(("heads", "kv", "embed")),
-        bias_init=layers.zeros_init(("embed",)), name="out")(y)
-
-
 class ResamplerBlock(nn.Module):
   """q + attn(LN(q), LN(context)); q + MLP(LN(q))."""
   num_heads: int
@@ -72,7 +44,8 @@ class ResamplerBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = layers.layer_norm(name="ln_query", **kw)(queries)
     context = layers.layer_norm(name="ln_context", **kw)(context)
-    queries = queries + CrossAttention(self.num_heads, name="cross_attn", **kw)(h, context)
+    queries = queries + layers.MultiHeadAttention(self.num_heads, name="cross_attn", **kw)(
+        h, context)
     h = layers.layer_norm(name="ln_mlp", **kw)(queries)
     return queries + layers.Mlp(int(queries.shape[-1] * self.mlp_ratio), name="mlp", **kw)(h)
 

@@ -159,22 +159,10 @@ class SelfAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, position_bias: jax.Array, key_mask: jax.Array) -> jax.Array:
     """x (B,L,D); position_bias (1,H,L,L) float32; key_mask (B,L) bool."""
-    def project(name):
-      return nn.DenseGeneral(
-          (self.num_heads, self.head_dim), axis=-1, use_bias=False, dtype=self.dtype,
-          param_dtype=jnp.float32, kernel_init=layers.weight_init(("embed", "heads", "kv")),
-          name=name)(x)
-
-    q, k, v = project("q"), project("k"), project("v")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores + position_bias
-    # Padded keys get the most negative float, as transformers' additive mask.
-    scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    return nn.DenseGeneral(
-        x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=layers.weight_init(("heads", "kv", "embed")), name="o")(context)
+    kw = dict(dtype=self.dtype, param_dtype=jnp.float32, use_bias=False)
+    q, k, v = layers.project_qkv(x, x, self.num_heads, self.head_dim, names=("q", "k", "v"), **kw)
+    context = layers.masked_attention(q, k, v, key_mask, position_bias, scaled=False)
+    return layers.attention_out(x.shape[-1], name="o", **kw)(context)
 
 
 class FeedForward(nn.Module):
@@ -237,23 +225,14 @@ class T5Encoder(nn.Module):
     # bfloat16, where the float32 `wo` output promotes every residual sum.
     x = nn.Embed(cfg.vocab_size, cfg.d_model, dtype=jnp.float32, param_dtype=jnp.float32,
                  embedding_init=layers.weight_init(("vocab", "embed")), name="shared")(input_ids)
-    table = self.param(
-        "relative_attention_bias",
-        nn.with_logical_partitioning(nn.initializers.normal(layers.WEIGHT_STDDEV),
-                                     (None, "heads")),
-        (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
-    buckets = layers.relative_position_buckets(length, cfg.relative_attention_num_buckets,
-                                        cfg.relative_attention_max_distance)
-    # [1, heads, L, L], from static bucket ids; shared by every layer.
-    position_bias = jnp.transpose(table[buckets], (2, 0, 1))[None]
+    position_bias = layers.relative_position_bias(
+        self, cfg.relative_attention_num_buckets, cfg.num_heads,
+        layers.relative_position_buckets(length, cfg.relative_attention_num_buckets,
+                                         cfg.relative_attention_max_distance))
     for i in range(cfg.num_layers):
       x = EncoderLayer(cfg, self.dtype, name=f"layer_{i}")(x, position_bias, key_mask)
     x = llama.RMSNorm(cfg.layer_norm_epsilon, name="final_norm")(x)
     return x, {}
 
 
-def abstract_params(module: T5Encoder, length: int = 8) -> Any:
-  """The boxed parameter tree of `module`, by shape only (no weights computed)."""
-  ids = jnp.zeros((1, length), jnp.int32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))[
-      "params"]
+abstract_params = layers.abstract_text_encoder_params

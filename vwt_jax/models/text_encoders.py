@@ -16,7 +16,6 @@ through `TextEncoderConfig.from_hf_config`.
 """
 
 import dataclasses
-import math
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -59,12 +58,7 @@ class TextEncoderConfig:
   def __post_init__(self):
     if self.family not in FAMILIES:
       raise ValueError(f"TextEncoderConfig.family={self.family!r}: expected one of {FAMILIES}")
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"TextEncoderConfig: hidden_size={self.hidden_size} is not divisible "
-                       f"by num_heads={self.num_heads}")
-    if self.hidden_act not in layers.HF_ACTIVATIONS:
-      raise ValueError(f"TextEncoderConfig.hidden_act={self.hidden_act!r}: expected one of "
-                       f"{sorted(layers.HF_ACTIVATIONS)}")
+    layers.check_sizes(self, "hidden_size", "num_heads", "hidden_act")
     if self.family == "mpnet" and self.relative_attention_num_buckets < MPNET_RELATIVE_BUCKETS:
       raise ValueError(
           f"TextEncoderConfig.relative_attention_num_buckets="
@@ -129,25 +123,9 @@ class EncoderLayer(nn.Module):
                position_bias: Optional[jax.Array]) -> jax.Array:
     cfg = self.config
     kw = dict(dtype=jnp.float32, param_dtype=jnp.float32)
-
-    def project(name):
-      return nn.DenseGeneral(
-          (cfg.num_heads, cfg.head_dim), axis=-1, **kw,
-          kernel_init=layers.weight_init(("embed", "heads", "kv")),
-          bias_init=layers.zeros_init(("heads", "kv")), name=name)(x)
-
-    q, k, v = project("query"), project("key"), project("value")
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
-    if position_bias is not None:
-      scores = scores + position_bias
-    # Padded keys get the most negative float, as transformers' additive mask.
-    scores = jnp.where(key_mask[:, None, None, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-    attn = nn.DenseGeneral(
-        cfg.hidden_size, axis=(-2, -1), **kw,
-        kernel_init=layers.weight_init(("heads", "kv", "embed")),
-        bias_init=layers.zeros_init(("embed",)), name="attention_out")(context)
+    q, k, v = layers.project_qkv(x, x, cfg.num_heads, cfg.head_dim, **kw)
+    context = layers.masked_attention(q, k, v, key_mask, position_bias)
+    attn = layers.attention_out(cfg.hidden_size, name="attention_out", **kw)(context)
     x = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="attention_norm", **kw)(x + attn)
     h = layers.dense(cfg.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
     h = layers.HF_ACTIVATIONS[cfg.hidden_act](h)
@@ -190,14 +168,10 @@ class TextEncoder(nn.Module):
     else:
       not_pad = (input_ids != MPNET_POSITION_PADDING_IDX).astype(jnp.int32)
       positions = jnp.cumsum(not_pad, axis=1) * not_pad + MPNET_POSITION_PADDING_IDX
-      table = self.param(
-          "relative_attention_bias",
-          nn.with_logical_partitioning(nn.initializers.normal(layers.WEIGHT_STDDEV),
-                                       (None, "heads")),
-          (cfg.relative_attention_num_buckets, cfg.num_heads), jnp.float32)
-      # [1, heads, L, L]: one bias for every layer, from static bucket ids.
-      position_bias = jnp.transpose(table[layers.relative_position_buckets(
-          length, MPNET_RELATIVE_BUCKETS, MPNET_RELATIVE_MAX_DISTANCE)], (2, 0, 1))[None]
+      position_bias = layers.relative_position_bias(
+          self, cfg.relative_attention_num_buckets, cfg.num_heads,
+          layers.relative_position_buckets(length, MPNET_RELATIVE_BUCKETS,
+                                           MPNET_RELATIVE_MAX_DISTANCE))
     x = x + _embed(cfg.max_position_embeddings, cfg.hidden_size, ("length", "embed"),
                    "position_embeddings")(positions)
     x = layers.layer_norm(epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
@@ -222,8 +196,4 @@ class TextEncoder(nn.Module):
     return pooled, {"token_embeddings": x}
 
 
-def abstract_params(module: TextEncoder, length: int = 8) -> Any:
-  """The boxed parameter tree of `module`, by shape only (no weights computed)."""
-  ids = jnp.zeros((1, length), jnp.int32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))[
-      "params"]
+abstract_params = layers.abstract_text_encoder_params

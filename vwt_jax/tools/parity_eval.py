@@ -12,7 +12,6 @@ sizes, IS split sizes).
 import collections
 import functools
 import hashlib
-import json
 import os
 import re
 from typing import Optional
@@ -29,7 +28,8 @@ from vwt_jax.evaluation.precision_recall import (ManifoldEstimator, pairwise_dis
                                                  uses_float32)
 from vwt_jax.models import lpips as lpips_model
 from vwt_jax.models.inception import tf1_resize_bilinear
-from vwt_jax.tools.parity_common import Result, compare_io, missing
+from vwt_jax.tools.parity_common import (Result, compare_io, load_arrays, load_json, missing,
+                                         missing_files)
 
 META = "eval_meta.json"
 _CASE = re.compile(r"^(c\d+)_(.+)$")
@@ -59,11 +59,6 @@ IS_TOL = dict(atol=0.0, rtol=1e-5)
 RESIZE_TOL = dict(atol=5e-3, rtol=0.0)
 
 
-def _load(path: str) -> dict[str, np.ndarray]:
-  with np.load(path, allow_pickle=False) as data:
-    return {k: data[k] for k in data.files}
-
-
 def _split_cases(arrays: dict) -> tuple[dict[str, dict], dict]:
   """{case: {name: array}} for `c{i}_name` keys, and the remaining keys."""
   cases, rest = collections.defaultdict(dict), {}
@@ -84,7 +79,7 @@ def _meta_case(meta: dict, group: str, case: str) -> Optional[dict]:
 
 
 def _no_meta(label: str, group: str) -> list[Result]:
-  return [Result(label, float("nan"), f"no {group} entry in {META}", False)]
+  return [Result.failed(label, f"no {group} entry in {META}")]
 
 
 def _fid_case(case: str, io: dict) -> list[Result]:
@@ -122,7 +117,7 @@ def _prec_recall_case(case: str, io: dict, meta: dict) -> list[Result]:
   if entry is None:
     return _no_meta(f"prec_recall/{case}", "prec_recall")
   if "ref" not in io or "sample" not in io:
-    return compare_io(f"prec_recall/{case}", io, {}, (), lambda name, ref: {})
+    return compare_io(f"prec_recall/{case}", io, {})
   rows, cols = int(entry["row_batch_size"]), int(entry["col_batch_size"])
   nhood_sizes = entry.get("nhood_sizes", (3,))
   ref, sample = io["ref"], io["sample"]
@@ -193,17 +188,9 @@ def _resize_case(case: str, io: dict) -> list[Result]:
   return compare_io(f"resize/{case}", io, ours, ("in_uint8",), lambda name, ref: RESIZE_TOL)
 
 
-def _unknown(group: str, rest: dict) -> list[Result]:
-  return compare_io(group, rest, {}, (), lambda name, ref: {})
-
-
 def run_adm_eval(fixture_dir: str) -> list[Result]:
   """Every array of the four eval fixture files, compared or declared an input."""
-  meta_path = os.path.join(fixture_dir, META)
-  meta = {}
-  if os.path.exists(meta_path):
-    with open(meta_path, encoding="utf-8") as f:
-      meta = json.load(f)
+  meta = load_json(fixture_dir, META) if os.path.exists(os.path.join(fixture_dir, META)) else {}
   results = []
 
   def each_file(name: str, per_case, per_rest=None):
@@ -211,12 +198,12 @@ def run_adm_eval(fixture_dir: str) -> list[Result]:
     if not os.path.exists(path):
       results.extend(missing(path))
       return
-    cases, rest = _split_cases(_load(path))
+    cases, rest = _split_cases(load_arrays(fixture_dir, name))
     if not cases:
       results.extend(missing(f"{path}: c{{i}}_* cases"))
     for case, io in cases.items():
       results.extend(per_case(case, io))
-    results.extend((per_rest or (lambda r: _unknown(name, r)))(rest))
+    results.extend(per_rest(rest) if per_rest else compare_io(name, rest, {}))
 
   each_file("fid_cases.npz", _fid_case)
   each_file("prec_recall_cases.npz", lambda c, io: _prec_recall_case(c, io, meta),
@@ -273,13 +260,10 @@ def _lpips_tolerance(name: str, ref: np.ndarray) -> dict:
 
 def run_lpips(fixture_dir: str) -> list[Result]:
   """Every net of lpips_meta.json: dist, dist_normalize01, per_layer and spatial maps."""
-  meta_path = os.path.join(fixture_dir, "lpips_meta.json")
-  cases_path = os.path.join(fixture_dir, "lpips_cases.npz")
-  if not (os.path.exists(meta_path) and os.path.exists(cases_path)):
-    return missing(os.path.join(fixture_dir, "lpips_{meta.json,cases.npz}"))
-  with open(meta_path, encoding="utf-8") as f:
-    meta = json.load(f)
-  io = _load(cases_path)
+  absent = missing_files(fixture_dir, "lpips_", ("meta.json", "cases.npz"))
+  if absent:
+    return absent
+  meta, io = load_json(fixture_dir, "lpips_meta.json"), load_arrays(fixture_dir, "lpips_cases.npz")
   x0, x1 = (jnp.asarray(io[k].transpose(0, 2, 3, 1)) for k in ("in0", "in1"))
   results, ours, inputs = [], {}, {"in0", "in1"}
   for net, spec in meta["nets"].items():
@@ -293,7 +277,7 @@ def run_lpips(fixture_dir: str) -> list[Result]:
     try:
       params = lpips_conversion.convert_torch({**backbone, **heads}, net)
     except torch_state.ConversionError as e:
-      results.append(Result(f"lpips/{net}/weights", float("nan"), str(e), False))
+      results.append(Result.failed(f"lpips/{net}/weights", str(e)))
       continue
     with jax.default_matmul_precision("highest"):
       dist, dist01, aux = _lpips_forward(net)(params, x0, x1)

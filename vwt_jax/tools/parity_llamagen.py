@@ -9,7 +9,6 @@ S with 'p' for the decimal point).
 
 import functools
 import hashlib
-import json
 import os
 import re
 
@@ -17,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vwt_jax.conversion import torch_state
 from vwt_jax.conversion.llamagen import convert_gpt
 from vwt_jax.losses.classification import token_cross_entropy
 from vwt_jax.models import gpt as gpt_lib
 from vwt_jax.sampling import autoregressive, decode
-from vwt_jax.tools.parity_common import EXACT, LOSS_TOL, Result, compare_io, missing
+from vwt_jax.tools.parity_common import (EXACT, LOSS_TOL, Result, compare_io, load_arrays,
+                                         load_json, missing_files)
 
 LOGITS_TOL = dict(atol=1e-4, rtol=1e-5)
 HIDDEN_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -112,72 +111,64 @@ def _fingerprint(fixture_dir: str, stem: str, io, inputs) -> str:
 
 
 def _memoized(fixture_dir: str, stem: str, inputs, compute) -> tuple[dict, dict]:
-  """(io, our outputs), computing them only for an unseen fingerprint."""
-  io = torch_state.load_state_dict(os.path.join(fixture_dir, f"{stem}_io.npz"))
+  """(io, our outputs as numpy), computed at highest precision only for an unseen fingerprint."""
+  io = load_arrays(fixture_dir, f"{stem}_io.npz")
   key = _fingerprint(fixture_dir, stem, io, inputs)
   if key not in _MEMO:
     if len(_MEMO) >= 4:
       _MEMO.clear()
-    _MEMO[key] = compute(io)
+    with jax.default_matmul_precision("highest"):
+      _MEMO[key] = {k: np.asarray(v) for k, v in compute(io).items()}
   return io, _MEMO[key]
 
 
 def _load(fixture_dir: str, stem: str):
-  with open(os.path.join(fixture_dir, f"{stem}_config.json")) as f:
-    meta = json.load(f)
+  meta = load_json(fixture_dir, f"{stem}_config.json")
   config = gpt_lib.GPTConfig.from_official(meta["model_args"], dtype=jnp.float32,
                                            param_dtype=jnp.float32)
-  params = convert_gpt(
-      torch_state.load_state_dict(os.path.join(fixture_dir, f"{stem}_state_dict.npz")), config)
+  params = convert_gpt(load_arrays(fixture_dir, f"{stem}_state_dict.npz"), config)
   return gpt_lib.GPT(config), params
 
 
-def _exists(fixture_dir: str, stem: str) -> bool:
-  return all(os.path.exists(os.path.join(fixture_dir, f"{stem}_{part}"))
-             for part in ("config.json", "state_dict.npz", "io.npz"))
+def _run(fixture_dir: str, stem: str, inputs: tuple[str, ...], outputs) -> list[Result]:
+  """`{stem}_{config.json,state_dict.npz,io.npz}`, with `outputs(fixture_dir, io)` ours."""
+  absent = missing_files(fixture_dir, f"{stem}_", ("config.json", "state_dict.npz", "io.npz"))
+  if absent:
+    return absent
+  io, ours = _memoized(fixture_dir, stem, inputs, functools.partial(outputs, fixture_dir))
+  return compare_io(stem, io, ours, inputs, _tolerance)
 
 
 def run_gpt(fixture_dir: str) -> list[Result]:
   """Class-conditional GPT: `gpt_{config.json,state_dict.npz,io.npz}`."""
-  if not _exists(fixture_dir, "gpt"):
-    return missing(f"{fixture_dir}/gpt_{{config.json,state_dict.npz,io.npz}}")
-  inputs = ("cond_idx", "targets", "idx")
-  io, ours = _memoized(fixture_dir, "gpt", inputs, functools.partial(_c2i_outputs, fixture_dir))
-  return compare_io("gpt", io, ours, inputs, _tolerance)
+  return _run(fixture_dir, "gpt", ("cond_idx", "targets", "idx"), _c2i_outputs)
 
 
 def _c2i_outputs(fixture_dir: str, io) -> dict:
   model, params = _load(fixture_dir, "gpt")
-  with jax.default_matmul_precision("highest"):
-    ours = _gpt_outputs(model, params, io, jnp.asarray(io["cond_idx"]), None, None)
-  return {k: np.asarray(v) for k, v in ours.items()}
+  return _gpt_outputs(model, params, io, jnp.asarray(io["cond_idx"]), None, None)
 
 
 def run_t2i(fixture_dir: str) -> list[Result]:
   """Text-conditional GPT: `t2i_*`; left padding, caption projector, masks, CFG."""
-  if not _exists(fixture_dir, "t2i"):
-    return missing(f"{fixture_dir}/t2i_{{config.json,state_dict.npz,io.npz}}")
-  inputs = ("caption_raw", "emb_mask_raw", "targets", "idx")
-  io, ours = _memoized(fixture_dir, "t2i", inputs, functools.partial(_t2i_outputs, fixture_dir))
-  return compare_io("t2i", io, ours, inputs, _tolerance)
+  return _run(fixture_dir, "t2i", ("caption_raw", "emb_mask_raw", "targets", "idx"), _t2i_outputs)
 
 
 def _t2i_outputs(fixture_dir: str, io) -> dict:
   model, params = _load(fixture_dir, "t2i")
   config = model.config
   ours = {}
-  with jax.default_matmul_precision("highest"):
-    caption, emb_mask = gpt_lib.left_pad_captions(io["caption_raw"], io["emb_mask_raw"])
-    ours["caption_emb"], ours["emb_mask"] = caption, emb_mask
-    seq = config.cls_token_num + io["idx"].shape[1]
-    attn_mask = gpt_lib.t2i_attention_mask(emb_mask, seq)
-    ours["attn_mask"] = attn_mask
-    embed = jax.jit(lambda p, c, d: model.apply({"params": p}, c, force_drop=d,
-                                                method=gpt_lib.GPT.embed_condition))
-    batch = caption.shape[0]
-    ours["cond_emb"] = embed(params, caption, None)
-    ours["cond_emb_null"] = embed(params, caption, jnp.ones((batch,), bool))[0]
-    # The fixture drops row 0 and keeps row 1 (`force_drop_ids=[1, 0]`).
-    ours["cond_emb_forcedrop"] = embed(params, caption, jnp.arange(batch) % 2 == 0)
-    ours.update(_gpt_outputs(model, params, io, caption, emb_mask, attn_mask))
-  return {k: np.asarray(v) for k, v in ours.items()}
+  caption, emb_mask = gpt_lib.left_pad_captions(io["caption_raw"], io["emb_mask_raw"])
+  ours["caption_emb"], ours["emb_mask"] = caption, emb_mask
+  seq = config.cls_token_num + io["idx"].shape[1]
+  attn_mask = gpt_lib.t2i_attention_mask(emb_mask, seq)
+  ours["attn_mask"] = attn_mask
+  embed = jax.jit(lambda p, c, d: model.apply({"params": p}, c, force_drop=d,
+                                              method=gpt_lib.GPT.embed_condition))
+  batch = caption.shape[0]
+  ours["cond_emb"] = embed(params, caption, None)
+  ours["cond_emb_null"] = embed(params, caption, jnp.ones((batch,), bool))[0]
+  # The fixture drops row 0 and keeps row 1 (`force_drop_ids=[1, 0]`).
+  ours["cond_emb_forcedrop"] = embed(params, caption, jnp.arange(batch) % 2 == 0)
+  ours.update(_gpt_outputs(model, params, io, caption, emb_mask, attn_mask))
+  return ours

@@ -1,27 +1,18 @@
 """`parity titok`: TiTok tokenizers (legacy two-stage, single-stage VQ and VAE)."""
 
 import functools
-import glob
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vwt_jax.conversion import torch_state
 from vwt_jax.conversion.titok import convert_titok
 from vwt_jax.losses.classification import proxy_code_cross_entropy
 from vwt_jax.losses.quantizer import kl_divergence, vq_losses
 from vwt_jax.models.quantizers import DiagonalGaussian
 from vwt_jax.models.titok import TiTok, TiTokConfig
-from vwt_jax.tools.parity_common import (ACTIVATION_TOL, EXACT, LOSS_TOL, PIXEL_TOL, Result,
-                                         compare_io, missing)
-
-
-def _nchw(x):
-  return np.asarray(x).transpose(0, 3, 1, 2)
-
+from vwt_jax.tools.parity_common import (ACTIVATION_TOL, LOSS_TOL, PIXEL_TOL, Result, compare_io,
+                                         load_arrays, load_json, nchw, run_stems, tolerance_table)
 
 def _latent_to_torch(x):
   """Our (B,N,C) latent -> the official (B,C,1,N)."""
@@ -36,15 +27,12 @@ _TITOK_INPUTS = ("images", "sample_eps", "stage1_ce_targets")
 
 
 def _titok_stem(fixture_dir: str, stem: str) -> list[Result]:
-
-  with open(os.path.join(fixture_dir, f"{stem}_config.json")) as f:
-    meta = json.load(f)
+  meta = load_json(fixture_dir, f"{stem}_config.json")
   config = TiTokConfig.from_official(meta["official_config"], meta.get("sizes"),
                                      meta.get("pixel_decoder"),
                                      dtype=jnp.float32, param_dtype=jnp.float32)
-  params = convert_titok(
-      torch_state.load_state_dict(os.path.join(fixture_dir, f"{stem}_state_dict.npz")), config)
-  io = torch_state.load_state_dict(os.path.join(fixture_dir, f"{stem}_io.npz"))
+  params = convert_titok(load_arrays(fixture_dir, f"{stem}_state_dict.npz"), config)
+  io = load_arrays(fixture_dir, f"{stem}_io.npz")
   model, variables = TiTok(config), {"params": params}
 
   images = jnp.asarray(io["images"].transpose(0, 2, 3, 1)) * 2.0 - 1.0
@@ -57,8 +45,8 @@ def _titok_stem(fixture_dir: str, stem: str) -> list[Result]:
     for part in ("encoder", "decoder"):
       for key, (value,) in inter.get(part, {}).items():
         ours[f"dbg_{key}"] = value
-    ours["dbg_enc_patch_embed"] = _nchw(ours["dbg_enc_patch_embed"])
-    ours["dbg_dec_ffn_out"] = _nchw(ours["dbg_dec_ffn_out"])
+    ours["dbg_enc_patch_embed"] = nchw(ours["dbg_enc_patch_embed"])
+    ours["dbg_dec_ffn_out"] = nchw(ours["dbg_dec_ffn_out"])
     ours["enc_out"] = _latent_to_torch(aux["enc_out"])
 
     if config.quantize_mode == "vq":
@@ -87,41 +75,29 @@ def _titok_stem(fixture_dir: str, stem: str) -> list[Result]:
 
     if config.is_legacy:
       logits = aux["proxy_logits"]
-      ours["decoder_out"] = _nchw(logits)
+      ours["decoder_out"] = nchw(logits)
       ours["proxy_codes_argmax"] = np.asarray(jnp.argmax(logits, axis=-1))
       batch = logits.shape[0]
       ours["stage1_ce_loss"] = proxy_code_cross_entropy(
           logits.reshape(batch, -1, logits.shape[-1]), jnp.asarray(io["stage1_ce_targets"]))
       if recon is not None:
-        ours["pixel_decoder_in"] = _nchw(inter["pixel_decoder_in"][0])
-        pixels = _nchw((recon + 1.0) / 2.0)
+        ours["pixel_decoder_in"] = nchw(inter["pixel_decoder_in"][0])
+        pixels = nchw((recon + 1.0) / 2.0)
         ours["pixels"] = ours["forward_full"] = pixels
         ours["pixels_clamped"] = np.clip(pixels, 0.0, 1.0)
     else:
-      ours["decoder_out"] = _nchw((recon + 1.0) / 2.0)
+      ours["decoder_out"] = nchw((recon + 1.0) / 2.0)
 
   return compare_io(stem, io, ours, _TITOK_INPUTS, _titok_tolerance)
 
 
-def _titok_tolerance(name: str, ref: np.ndarray) -> dict:
-  if np.issubdtype(ref.dtype, np.integer):
-    return EXACT
-  # The margin is a difference of two O(|z|^2) distances, so its float32
-  # rounding is absolute, like an activation's, not relative like a loss's.
-  if ref.ndim == 0 and name != "codebook_margin_min":
-    return LOSS_TOL
-  if name in ("pixels", "pixels_clamped", "forward_full"):
-    return PIXEL_TOL
-  return ACTIVATION_TOL
+# The margin is a difference of two O(|z|^2) distances, so its float32 rounding
+# is absolute, like an activation's, not relative like a loss's.
+_titok_tolerance = tolerance_table(ACTIVATION_TOL, LOSS_TOL, codebook_margin_min=ACTIVATION_TOL,
+                                   pixels=PIXEL_TOL, pixels_clamped=PIXEL_TOL,
+                                   forward_full=PIXEL_TOL)
 
 
 def run_titok(fixture_dir: str) -> list[Result]:
-  paths = sorted(glob.glob(os.path.join(fixture_dir, "titok_*_config.json")))
-  if not paths:
-    return missing(f"{fixture_dir}/titok_*_config.json")
-  results = []
-  for path in paths:
-    results += _titok_stem(fixture_dir, os.path.basename(path)[:-len("_config.json")])
-  return results
-
-
+  """Every `titok_*` stem: its config, converted weights and each io array."""
+  return run_stems(fixture_dir, "titok", _titok_stem)

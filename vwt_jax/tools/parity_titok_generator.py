@@ -6,20 +6,17 @@ generations (`generate_T0_<decay>`), all sizes and settings read from the
 stem's config json.
 """
 
-import glob
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vwt_jax.conversion import torch_state
 from vwt_jax.conversion.maskgit_generator import load_generator
 from vwt_jax.models.maskgit_generator import MaskGitGeneratorConfig
 from vwt_jax.sampling import maskgit
 from vwt_jax.tools.parity_common import (ACTIVATION_TOL, EXACT, LOSS_TOL, Result, compare_io,
-                                         missing)
+                                         load_arrays, load_json, run_stems)
 
 _INPUTS = ("input_ids", "condition")
 _GENERATE_PREFIX, _SCHEDULE_PREFIX = "generate_T0_", "schedule_"
@@ -39,12 +36,11 @@ def _decay(name: str, prefix: str) -> str:
 
 
 def _generator_stem(fixture_dir: str, stem: str) -> list[Result]:
-  with open(os.path.join(fixture_dir, f"{stem}_config.json")) as f:
-    meta = json.load(f)
+  meta = load_json(fixture_dir, f"{stem}_config.json")
   config = MaskGitGeneratorConfig.from_official(meta["official_config"], meta["model_type"],
                                                 dtype=jnp.float32, param_dtype=jnp.float32)
   model, params = load_generator(os.path.join(fixture_dir, f"{stem}_state_dict.npz"), config)
-  io = torch_state.load_state_dict(os.path.join(fixture_dir, f"{stem}_io.npz"))
+  io = load_arrays(fixture_dir, f"{stem}_io.npz")
   kwargs = _generate_kwargs(meta["generate_kwargs"])
   tokens, labels = jnp.asarray(io["input_ids"]), jnp.asarray(io["condition"])
 
@@ -80,10 +76,5 @@ def _tolerance(name: str, ref: np.ndarray) -> dict:
 
 
 def run_generators(fixture_dir: str) -> list[Result]:
-  paths = sorted(glob.glob(os.path.join(fixture_dir, "generator_*_config.json")))
-  if not paths:
-    return missing(f"{fixture_dir}/generator_*_config.json")
-  results = []
-  for path in paths:
-    results += _generator_stem(fixture_dir, os.path.basename(path)[:-len("_config.json")])
-  return results
+  """Every `generator_*` stem: logits, sampling schedules and deterministic generations."""
+  return run_stems(fixture_dir, "generator", _generator_stem)

@@ -1,19 +1,16 @@
 """`parity llamagen-vq`: the LlamaGen VQ tokenizer (vq_config/vq_state_dict/vq_io)."""
 
 import functools
-import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vwt_jax.conversion import torch_state
 from vwt_jax.conversion.vqgan import convert_vqgan
 from vwt_jax.losses.quantizer import entropy_loss, vq_losses
 from vwt_jax.models.vqgan import VQGANConfig, VQModel
-from vwt_jax.tools.parity_common import (EXACT, LOSS_TOL, PIXEL_TOL, Result, compare_io,
-                                         missing)
+from vwt_jax.tools.parity_common import (LOSS_TOL, PIXEL_TOL, Result, compare_io, load_arrays,
+                                         load_json, missing_files, nchw, tolerance_table)
 
 # Fixture README: encoder activations atol 1e-5, quant 1e-6, indices exact, dec 2e-4.
 LATENT_TOL = dict(atol=1e-5, rtol=0.0)
@@ -21,25 +18,9 @@ QUANT_TOL = dict(atol=1e-6, rtol=0.0)
 # Softmax at temperature 0.01 scales distance rounding by 100.
 ENTROPY_TOL = dict(atol=1e-4, rtol=1e-4)
 _INPUTS = ("x",)
-
-
-def _nchw(x):
-  return np.asarray(x).transpose(0, 3, 1, 2)
-
-
-def _tolerance(name: str, ref: np.ndarray) -> dict:
-  if np.issubdtype(ref.dtype, np.integer):
-    return EXACT
-  if name == "quant":
-    return QUANT_TOL
-  if name == "dec":
-    return PIXEL_TOL
-  if name == "entropy_loss_unweighted":
-    return ENTROPY_TOL
-  if ref.ndim == 0:
-    return LOSS_TOL
-  # enc_out, h_prequant(_l2) and code_margin (a difference of O(1) distances).
-  return LATENT_TOL
+# LATENT_TOL: enc_out, h_prequant(_l2) and code_margin (a difference of O(1) distances).
+_tolerance = tolerance_table(LATENT_TOL, LOSS_TOL, quant=QUANT_TOL, dec=PIXEL_TOL,
+                             entropy_loss_unweighted=ENTROPY_TOL)
 
 
 def config_from_fixture(meta: dict) -> VQGANConfig:
@@ -63,14 +44,13 @@ def _forward(config: VQGANConfig):
 
 
 def run_vq(fixture_dir: str) -> list[Result]:
-  config_path = os.path.join(fixture_dir, "vq_config.json")
-  if not os.path.exists(config_path):
-    return missing(config_path)
-  with open(config_path, encoding="utf-8") as f:
-    config = config_from_fixture(json.load(f))
-  params = convert_vqgan(
-      torch_state.load_state_dict(os.path.join(fixture_dir, "vq_state_dict.npz")), config)
-  io = torch_state.load_state_dict(os.path.join(fixture_dir, "vq_io.npz"))
+  """`vq_{config.json,state_dict.npz,io.npz}`: encoder, quantizer, decoder and losses."""
+  absent = missing_files(fixture_dir, "vq_", ("config.json", "state_dict.npz", "io.npz"))
+  if absent:
+    return absent
+  config = config_from_fixture(load_json(fixture_dir, "vq_config.json"))
+  params = convert_vqgan(load_arrays(fixture_dir, "vq_state_dict.npz"), config)
+  io = load_arrays(fixture_dir, "vq_io.npz")
   images = jnp.asarray(io["x"].transpose(0, 2, 3, 1))
   with jax.default_matmul_precision("highest"):
     enc_out, z_q, aux, dec = _forward(config)({"params": params}, images)
@@ -78,13 +58,13 @@ def run_vq(fixture_dir: str) -> list[Result]:
     dist = np.sort(np.asarray(aux["distances"]), axis=-1)
     batch = images.shape[0]
     ours = {
-        "enc_out": _nchw(enc_out),
-        "h_prequant": _nchw(aux["h_prequant"]),
-        "h_prequant_l2": _nchw(aux["z"]),
-        "quant": _nchw(z_q),
+        "enc_out": nchw(enc_out),
+        "h_prequant": nchw(aux["h_prequant"]),
+        "h_prequant_l2": nchw(aux["z"]),
+        "quant": nchw(z_q),
         "indices": np.asarray(aux["indices"]),
         "code_margin": (dist[..., 1] - dist[..., 0]).reshape(batch, -1),
-        "dec": _nchw(dec),
+        "dec": nchw(dec),
         "vq_loss": losses["codebook"],
         "commit_loss": losses["commitment"],
         "entropy_loss_unweighted": entropy_loss(aux["distances"], config.entropy_temperature),

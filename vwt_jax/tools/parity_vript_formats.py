@@ -44,29 +44,25 @@ def compare_text(name: str, ours: str, ref: str) -> TextResult:
       f"ours {ours[i:i + _CONTEXT]!r} vs ref {ref[i:i + _CONTEXT]!r}", False)
 
 
-def _as_list(value) -> list:
-  return value if isinstance(value, list) else [value]
-
-
 def compare_entry(prefix: str, sample, entry: dict,
                   expected_format=None) -> list[parity_common.Result]:
   """One Result per field of a formats.json entry (plus the format, if given)."""
   if sample is None:
-    return [TextResult(prefix, float("nan"), "no sample built (clip without ASR?)", False)]
+    return [TextResult.failed(prefix, "no sample built (clip without ASR?)")]
   results = []
   if expected_format is not None:
     results.append(compare_text(f"{prefix}/format", sample.format, expected_format))
   for key, ref in entry.items():
     name = f"{prefix}/{key}"
     if key in DESCRIPTIONS:
-      results.append(TextResult(name, 0.0, "description", True))
+      results.append(TextResult.declared(name, "description"))
     elif key in TEXT_FIELDS:
       results.append(compare_text(name, getattr(sample, key), ref))
     elif key in LIST_FIELDS:
-      ours = list(sample.clip_ids if key == "clip_ids" else sample.video)
-      results.append(compare_text(name, json.dumps(ours), json.dumps(_as_list(ref))))
+      refs = ref if isinstance(ref, list) else [ref]  # a one-element list may be stored bare
+      results.append(compare_text(name, json.dumps(list(getattr(sample, key))), json.dumps(refs)))
     else:
-      results.append(TextResult(name, float("nan"), "no comparison known", False))
+      results.append(TextResult.failed(name, "no comparison known"))
   return results
 
 
@@ -82,12 +78,12 @@ def _format_entries(video: schema.Video, fixture: dict) -> list[parity_common.Re
   results = []
   for fmt, stages in fixture["formats"].items():
     if fmt not in formats.FORMATS:
-      results.append(TextResult(f"formats/{fmt}", float("nan"), "unknown format", False))
+      results.append(TextResult.failed(f"formats/{fmt}", "unknown format"))
       continue
     for stage, entry in stages.items():
       prefix = f"formats/{fmt}/{stage}"
       if stage not in formats.STAGES:
-        results.append(TextResult(prefix, float("nan"), "unknown stage", False))
+        results.append(TextResult.failed(prefix, "unknown stage"))
         continue
       force = False if _FORCED_OFF in entry.get("patched", "") else None
       clips = _clips(video, entry["clip_ids"])
@@ -105,7 +101,7 @@ def _keyword_rule_entries(video: schema.Video, fixture: dict) -> list[parity_com
     prefix = f"all_samples_keyword_rule/{key}"
     stage, _, kind = key.partition("_")
     if stage not in formats.STAGES or kind not in formats.KINDS:
-      results.append(TextResult(prefix, float("nan"), "unknown stage_kind", False))
+      results.append(TextResult.failed(prefix, "unknown stage_kind"))
       continue
     windows = [e["clip_ids"] for e in entries] if kind == "concat" else None
     samples = formats.build_samples([video], stage=stage, seed=0, kinds=[kind],
@@ -122,12 +118,11 @@ def run_vript_formats(fixture_dir: str) -> list[parity_common.Result]:
   root = os.path.join(fixture_dir, "annotations")
   if not os.path.isfile(path) or not os.path.isdir(root):
     return parity_common.missing(f"{path} and {root}/")
-  with open(path, encoding="utf-8") as f:
-    fixture = json.load(f)
-  results = [TextResult(f"{key}", float("nan"), "no comparison known", False)
+  fixture = parity_common.load_json(fixture_dir, "formats.json")
+  results = [TextResult.failed(key, "no comparison known")
              for key in sorted(set(fixture) - {"video_id", "formats", "all_samples_keyword_rule"})]
   videos = [v for v in schema.load_dataset(root) if v.video_id == fixture["video_id"]]
   if len(videos) != 1:
-    return results + [TextResult(f"video_id {fixture['video_id']}", float("nan"),
-                                 f"expected once under {root}, found {len(videos)}", False)]
+    return results + [TextResult.failed(f"video_id {fixture['video_id']}",
+                                        f"expected once under {root}, found {len(videos)}")]
   return results + _format_entries(videos[0], fixture) + _keyword_rule_entries(videos[0], fixture)

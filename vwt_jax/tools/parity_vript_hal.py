@@ -20,7 +20,7 @@ import json
 import os
 
 from vwt_jax.evaluation import vript_hal
-from vwt_jax.tools.parity_common import Result, missing
+from vwt_jax.tools.parity_common import EXACT, Result, compare, load_json, missing_files
 
 CASES = "hal_cases.jsonl"
 AGGREGATE = "hal_aggregate.json"
@@ -42,15 +42,14 @@ PRINTED_KEYS = {"Hallucination F1": "f1", "Hallucination Precision": "precision"
                 "Hallucination Recall": "recall"}
 
 
-def _tol_text(tol: float) -> str:
-  return f"atol={tol:g}"
+def _within(name: str, err: float, tol: float) -> Result:
+  return Result(name, err, f"atol={tol:g}", err <= tol)
 
 
 def _compare_value(name: str, ours: float, ref, tol: float) -> Result:
   if ref is None:
-    return Result(name, float("nan"), "reference is null", False)
-  err = abs(float(ours) - float(ref))
-  return Result(name, err, _tol_text(tol), err <= tol)
+    return Result.failed(name, "reference is null")
+  return _within(name, abs(float(ours) - float(ref)), tol)
 
 
 def _compare_words(name: str, ours: list[str], ref: list[str]) -> Result:
@@ -66,12 +65,11 @@ def _compare_case(prefix: str, ours: vript_hal.HalResult, ref: dict) -> list[Res
   for key, value in ref.items():
     name = f"{prefix}/{key}"
     if key in CASE_INFO:
-      results.append(Result(name, 0.0, "information", True))
+      results.append(Result.declared(name, "information"))
     elif key in WORD_LISTS:
       results.append(_compare_words(name, getattr(ours, key), value))
     elif key in COUNTS:
-      n = len(getattr(ours, COUNTS[key]))
-      results.append(Result(name, float(abs(n - value)), "exact", n == value))
+      results.append(compare(name, len(getattr(ours, COUNTS[key])), value, EXACT))
     elif key in RATIOS:
       if ref.get("error"):
         continue  # the official code raised; checked under `error`
@@ -92,9 +90,9 @@ def _compare_case(prefix: str, ours: vript_hal.HalResult, ref: dict) -> list[Res
         continue
       err = max((abs(ours.pred_word_max_sim[w] - v["max_sim"]) for w, v in value.items()),
                 default=0.0)
-      results.append(Result(name, err, _tol_text(SIM_TOL), err <= SIM_TOL))
+      results.append(_within(name, err, SIM_TOL))
     else:
-      results.append(Result(name, float("nan"), "no comparison known", False))
+      results.append(Result.failed(name, "no comparison known"))
   return results
 
 
@@ -107,25 +105,25 @@ def _compare_aggregates(prefix: str, ref: dict, by_id: dict) -> list[Result]:
     elif variant in (PRINTED, NONFAILING):
       unknown = [i for i in entry.get("case_ids", []) if i not in by_id]
       if unknown or "case_ids" not in entry:
-        results.append(Result(label, float("nan"), f"unknown case ids {unknown}", False))
+        results.append(Result.failed(label, f"unknown case ids {unknown}"))
         continue
       ids = entry["case_ids"]
     else:
-      results.append(Result(label, float("nan"), "no comparison known", False))
+      results.append(Result.failed(label, "no comparison known"))
       continue
     ours = vript_hal.aggregate([by_id[i] for i in ids])
     for key, value in entry.items():
       name = f"{label}/{key}"
       if key == "case_ids":
-        results.append(Result(name, 0.0, "input", True))
+        results.append(Result.declared(name, "input"))
       elif key == "n_cases":
-        results.append(Result(name, float(abs(len(ids) - value)), "exact", len(ids) == value))
+        results.append(compare(name, len(ids), value, EXACT))
       elif variant == PRINTED and key in PRINTED_KEYS:
         results.append(_compare_value(name, ours[PRINTED_KEYS[key]], value, PRINTED_TOL))
       elif variant != PRINTED and key in RATIOS:
         results.append(_compare_value(name, ours[key], value, MEAN_TOL))
       else:
-        results.append(Result(name, float("nan"), "no comparison known", False))
+        results.append(Result.failed(name, "no comparison known"))
   return results
 
 
@@ -142,33 +140,29 @@ def _configs() -> list[str]:
 
 def run_vript_hal(fixture_dir: str) -> list[Result]:
   """One Result per compared field of every case and aggregate (see module docstring)."""
-  cases_path = os.path.join(fixture_dir, CASES)
-  aggregate_path = os.path.join(fixture_dir, AGGREGATE)
-  if not (os.path.isfile(cases_path) and os.path.isfile(aggregate_path)):
-    return missing(f"{fixture_dir}/{{{CASES},{AGGREGATE}}}")
-  with open(cases_path, encoding="utf-8") as f:
+  absent = missing_files(fixture_dir, "", (CASES, AGGREGATE))
+  if absent:
+    return absent
+  with open(os.path.join(fixture_dir, CASES), encoding="utf-8") as f:
     cases = [json.loads(line) for line in f if line.strip()]
-  with open(aggregate_path, encoding="utf-8") as f:
-    aggregates = json.load(f)["aggregate"]
+  aggregates = load_json(fixture_dir, AGGREGATE)["aggregate"]
   results = []
   for case in cases:
     unknown = sorted(set(case) - set(CASE_INPUTS))
     if unknown:
-      results.append(Result(f"hal/{case.get('id')}", float("nan"),
-                            f"no comparison known for {unknown}", False))
+      results.append(Result.failed(f"hal/{case.get('id')}", f"no comparison known for {unknown}"))
   for config in _configs():
     scorer = vript_hal.HalScorer(config)
     ours = scorer.score_many([(c["pred"], c["gt"]) for c in cases])
     by_id = {c["id"]: r for c, r in zip(cases, ours)}
     for case, result in zip(cases, ours):
       if config not in case["official"]:
-        results.append(Result(f"hal/{config}/{case['id']}", float("nan"),
-                              "no official values for this config", False))
+        results.append(Result.failed(f"hal/{config}/{case['id']}",
+                                     "no official values for this config"))
         continue
       results += _compare_case(f"hal/{config}/{case['id']}", result, case["official"][config])
     if config not in aggregates:
-      results.append(Result(f"hal/{config}/aggregate", float("nan"),
-                            f"no {config} entry in {AGGREGATE}", False))
+      results.append(Result.failed(f"hal/{config}/aggregate", f"no {config} entry in {AGGREGATE}"))
       continue
     results += _compare_aggregates(f"hal/{config}", aggregates[config], by_id)
   return results
