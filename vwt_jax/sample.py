@@ -39,7 +39,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
@@ -193,7 +192,7 @@ def sample(gen: generator_lib.Generator, params, cond: np.ndarray, *, emb_mask: 
       mask = None if emb_mask is None else pad(emb_mask[start:start + batch_size])
       codes = gen.sample_codes(params, pad(chunk), jax.random.fold_in(key, i),
                                    emb_mask=mask, **overrides)
-      images = tok.decode(jnp.asarray(codes))
+      images = tok.decode(codes)
       if resize and resize != images.shape[1]:
         images = jax.image.resize(images, (images.shape[0], resize, resize, 3), "bicubic")
       out.append(images_lib.quantize(jax.device_get(images))[:len(chunk)])

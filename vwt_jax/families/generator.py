@@ -11,7 +11,6 @@ from typing import Any
 
 from etils import epath
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -100,12 +99,12 @@ class Generator:
     """
     settings = {**self.config.sampling.to_dict(), **overrides}
     if not self.conditional_on_class:
-      cond = jnp.asarray(cond, jnp.float32)
+      cond = np.asarray(cond, np.float32)
       if emb_mask is None:
         raise ValueError("a t2i generator needs the caption mask (emb_mask)")
-      emb_mask = jax.device_put(jnp.asarray(emb_mask, bool), self.batch_sharding)
+      emb_mask = jax.device_put(np.asarray(emb_mask, bool), self.batch_sharding)
     else:
-      cond = jnp.asarray(cond, jnp.int32)
+      cond = np.asarray(cond, np.int32)
     cond = jax.device_put(cond, self.batch_sharding)
     return np.asarray(jax.device_get(self.family.sample(
         self.model, params, cond, rng, settings, self.mesh, self.rules, emb_mask=emb_mask)))
@@ -122,7 +121,7 @@ class Generator:
     images = []
     for start in range(0, padded, 64 * self.data_parallel):
       chunk = codes[start:start + 64 * self.data_parallel]
-      images.append(np.asarray(jax.device_get(tok.decode(jnp.asarray(chunk)))))
+      images.append(np.asarray(jax.device_get(tok.decode(chunk))))
     images = images_lib.to_uint8(np.concatenate(images)[:len(labels)])
     rows = images.reshape(len(classes), s.per_class, *images.shape[1:])
     return images_lib.image_grid(list(rows))
