@@ -30,8 +30,7 @@ def _cell(value):
 
 def write_rows(path: str, rows: Sequence[dict]) -> None:
   """Per-clip rows as CSV (lists/dicts as JSON); the columns of the first row."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w", newline="", encoding="utf-8") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["id"])
     writer.writeheader()

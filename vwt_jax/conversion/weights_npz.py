@@ -20,11 +20,7 @@ from vwt_jax.core import files
 
 
 def write(params: Mapping[str, Any], path: str) -> str:
-  """Writes `params` (nested or already '/'-flat) to `path` and `path.sha256`.
-
-  Returns:
-    The sha256 hex digest of the written .npz.
-  """
+  """Writes `params` (nested or '/'-flat) to `path` and `path.sha256`; returns the sha256."""
   flat = traverse_util.flatten_dict(nn.meta.unbox(dict(params)), sep="/")
   with files.staged(path) as tmp:
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
@@ -33,10 +29,7 @@ def write(params: Mapping[str, Any], path: str) -> str:
         with archive.open(info, "w") as member:
           np.lib.format.write_array(member, np.ascontiguousarray(flat[key], np.float32),
                                     allow_pickle=False)
-    digest = hashlib.sha256()
     with open(tmp, "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 20), b""):
-        digest.update(chunk)
-  sha = digest.hexdigest()
+      sha = hashlib.file_digest(f, "sha256").hexdigest()
   files.write_text(path + ".sha256", f"{sha}  {os.path.basename(path)}\n")
   return sha

@@ -1,13 +1,10 @@
 """Reading and writing files on local disks and object stores alike.
 
-Paths with a scheme (`gs://bucket/run`, also `s3://`) go through
-`etils.epath`, which uses `tf.io.gfile` when TensorFlow is installed and fsspec
-(gcsfs for `gs://`, the `gcs` extra) otherwise; local paths keep Python's own
-file functions, so local behaviour stays what it was. Queries (`exists`,
-`is_dir`, `iterdir`) are `epath.Path` methods at the call sites; this module
-holds what epath does not give: the same text decoding everywhere, writes
-that appear whole or not at all, local files for libraries that only write
-local paths (ArrayRecord), and a lock that keeps two jobs out of one folder.
+Paths with a scheme (`gs://bucket/run`) go through `etils.epath` (tf.io.gfile
+with TensorFlow, else fsspec); local paths keep Python's own file functions.
+This module holds what epath does not give: the same text decoding everywhere,
+writes that appear whole or not at all, local files for libraries that only
+write local paths (ArrayRecord), and a lock that keeps two jobs out of a folder.
 """
 
 import contextlib
@@ -30,19 +27,16 @@ def is_remote(path) -> bool:
 
 
 def absolute(path) -> str:
-  """`os.path.abspath` for local paths; URLs unchanged (abspath would turn
-  `gs://b/x` into `<cwd>/gs:/b/x`)."""
+  """`os.path.abspath` for local paths; URLs unchanged."""
   path = os.fspath(path)
   return path if is_remote(path) else os.path.abspath(path)
 
 
 def open_text(path) -> IO[str]:
-  """Opens a UTF-8 text file for reading, decoded as `open(path, encoding='utf-8')`
-  decodes (universal newlines included).
+  """Opens a text file for reading as `open(path, encoding='utf-8')` does.
 
-  A remote file is read whole first: the files read this way are annotations
-  and configs, and epath's remote text mode (fsspec) would decode with the
-  locale's encoding.
+  A remote file is read whole first (these are annotations and configs):
+  epath's remote text mode would decode with the locale's encoding.
   """
   if not is_remote(path):
     return open(path, encoding="utf-8")
@@ -61,9 +55,8 @@ def staged(path) -> Iterator[str]:
 
   Locally the file is written next to `path` under a unique name (hosts may
   share the folder) and renamed over it; for a URL it is written to a
-  temporary folder and then uploaded (an object store shows a new object only
-  once its upload completes). Either way no reader ever sees half a file, and
-  a failed block leaves `path` as it was.
+  temporary folder and then uploaded. Either way no reader ever sees half a
+  file, and a failed block leaves `path` as it was.
   """
   path = os.fspath(path)
   name = os.path.basename(path)
@@ -91,8 +84,7 @@ def write_file(path, mode: str = "w") -> Iterator[IO]:
   """
   if mode not in ("w", "wb"):
     raise ValueError(f"mode={mode!r}: expected 'w' or 'wb'")
-  encoding = None if "b" in mode else "utf-8"
-  with staged(path) as tmp, open(tmp, mode, encoding=encoding) as f:
+  with staged(path) as tmp, open(tmp, mode, encoding=None if mode == "wb" else "utf-8") as f:
     yield f
 
 
@@ -103,8 +95,7 @@ def write_text(path, text: str) -> None:
 
 
 def makedirs(path) -> None:
-  """`os.makedirs(path, exist_ok=True)`, also for URLs (where object stores
-  need no folders: epath makes this a no-op or a marker as the store wants)."""
+  """`os.makedirs(path, exist_ok=True)`, also for URLs."""
   epath.Path(path).mkdir(parents=True, exist_ok=True)
 
 
@@ -119,13 +110,11 @@ class LockedError(RuntimeError):
 def lock(path) -> Iterator[None]:
   """Holds an exclusive lock on the file `path` while the block runs.
 
-  The file (created if need be) holds "host pid" of the holder; it is removed
-  on leaving the block, on an exception too. The lock is `fcntl.flock`, which
-  the kernel drops when the holder dies: a leftover file whose lock can be
-  taken belongs to a dead process and is taken over with a logged warning
-  naming it. A URL (`gs://...`) cannot be flock'ed: there the block runs
-  unlocked, with a logged note. (On NFS, Linux emulates flock with NFS
-  byte-range locks.)
+  The file (created if need be) holds "host pid" of the holder and is removed
+  on leaving the block. The lock is `fcntl.flock`, which the kernel drops when
+  the holder dies: a leftover file whose lock can be taken is taken over with
+  a logged warning naming it. A URL cannot be flock'ed: there the block runs
+  unlocked, with a logged note.
 
   Raises:
     LockedError: a live process holds the lock; the message names it.
@@ -149,12 +138,9 @@ def lock(path) -> Iterator[None]:
     # The previous holder may have removed the file between our open and our
     # flock: then the lock is on an orphan inode and another process may lock
     # a new file under the same name, so try again on that one.
-    try:
-      same = os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-      same = False
-    if same:
-      break
+    with contextlib.suppress(FileNotFoundError):
+      if os.stat(path).st_ino == os.fstat(fd).st_ino:
+        break
     os.close(fd)
   try:
     previous = _lock_holder(fd)

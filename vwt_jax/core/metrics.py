@@ -1,12 +1,11 @@
 """Metric writers: JSONL always, TensorBoard events always, clu when TF exists.
 
-clu's `metric_writers` package imports TensorFlow at import time, so it is used
-only when TensorFlow is installed (the `tf` extra); otherwise tensorboardX
-writes the same event files, readable by TensorBoard.
+clu's `metric_writers` imports TensorFlow, so it is used only when TensorFlow is
+installed (the `tf` extra); otherwise tensorboardX writes the same event files.
 
-The workdir may be a URL (`gs://bucket/run`). Object stores cannot append to
-an object, so there each file is kept in memory and uploaded whole whenever
-`flush` finds it changed (TensorFlow's gfile does the same for its GCS files).
+The workdir may be a URL (`gs://bucket/run`). Object stores cannot append, so
+there each file is kept in memory and uploaded whole when `flush` finds it
+changed (as TensorFlow's gfile does for GCS).
 """
 
 import json
@@ -31,9 +30,9 @@ class _RewrittenObject:
   """A growing binary file on an object store, uploaded whole when it changed.
 
   Holds everything written so far (after the object's earlier content when
-  `keep_existing`, so a resumed run appends) and rewrites the object at
-  `flush` only if something was written since the last upload: the training
-  loop flushes after every step, metrics arrive every `log_every` steps.
+  `keep_existing`, so a resumed run appends). `flush` uploads only if
+  something was written since: the loop flushes every step, metrics arrive
+  every `log_every` steps.
   """
 
   def __init__(self, path: str, *, keep_existing: bool):
@@ -51,16 +50,14 @@ class _RewrittenObject:
       self._path.write_bytes(bytes(self._data))
       self._changed = False
 
-  def close(self) -> None:
-    self.flush()
+  close = flush
 
 
 class _RewrittenObjectFactory:
   """tensorboardX's writer factory interface (`open`, `directory_check`).
 
-  Replaces tensorboardX's own gs:// writer, which bypasses epath (it calls
-  google-cloud-storage) and uploads the whole event file at every flush, i.e.
-  after every training step, changed or not.
+  Replaces tensorboardX's own gs:// writer, which bypasses epath and uploads
+  the whole event file at every flush, changed or not.
   """
 
   def open(self, path):
@@ -75,18 +72,15 @@ class JsonlWriter:
 
   def __init__(self, path: str):
     files.makedirs(os.path.dirname(path))
-    if files.is_remote(path):
-      self._file = _RewrittenObject(path, keep_existing=True)
-    else:
-      self._file = open(path, "ab")
+    self._file = (_RewrittenObject(path, keep_existing=True) if files.is_remote(path)
+                  else open(path, "ab"))
 
   def _write(self, record, **kwargs):
     self._file.write((json.dumps(record, **kwargs) + "\n").encode("utf-8"))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    record = {"step": int(step), "time": time.time()}
-    record.update({k: _to_python(v) for k, v in scalars.items()})
-    self._write(record)
+    self._write({"step": int(step), "time": time.time(),
+                 **{k: _to_python(v) for k, v in scalars.items()}})
 
   def write_images(self, step, images):
     del step, images
@@ -123,9 +117,8 @@ class TensorboardXWriter:
   def write_images(self, step, images):
     for key, value in images.items():
       value = np.asarray(value)
-      if value.ndim == 3:
-        value = value[None]
-      self._writer.add_images(key, value, int(step), dataformats="NHWC")
+      self._writer.add_images(key, value[None] if value.ndim == 3 else value, int(step),
+                              dataformats="NHWC")
 
   def write_texts(self, step, texts):
     for key, value in texts.items():
@@ -160,8 +153,7 @@ class LoggingWriter:
   def flush(self):
     pass
 
-  def close(self):
-    pass
+  close = flush
 
 
 class MultiWriter:

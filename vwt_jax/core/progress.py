@@ -7,26 +7,14 @@ from absl import logging
 import jax
 
 # Dense bf16 peak FLOP/s per device, from the vendors' data sheets.
-_PEAK_FLOPS = (
-    ("h200", 989e12),
-    ("h100", 989e12),
-    ("a100", 312e12),
-    ("l4", 121e12),
-    ("v6", 918e12),
-    ("v5p", 459e12),
-    ("v5 lite", 197e12),
-    ("v5e", 197e12),
-    ("v4", 275e12),
-    ("v3", 123e12),
-)
+_PEAK_FLOPS = (("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l4", 121e12),
+               ("v6", 918e12), ("v5p", 459e12), ("v5 lite", 197e12), ("v5e", 197e12),
+               ("v4", 275e12), ("v3", 123e12))
 
 
 def peak_flops_per_device(device=None) -> float | None:
   kind = (device or jax.devices()[0]).device_kind.lower()
-  for name, flops in _PEAK_FLOPS:
-    if name in kind:
-      return flops
-  return None
+  return next((flops for name, flops in _PEAK_FLOPS if name in kind), None)
 
 
 def compiled_flops(compiled) -> float | None:
@@ -43,8 +31,7 @@ def compiled_flops(compiled) -> float | None:
 
 
 def _format_seconds(seconds: float) -> str:
-  seconds = int(seconds)
-  hours, rest = divmod(seconds, 3600)
+  hours, rest = divmod(int(seconds), 3600)
   minutes, secs = divmod(rest, 60)
   return f"{hours:d}:{minutes:02d}:{secs:02d}"
 
@@ -58,9 +45,7 @@ class Progress:
     self.global_batch_size = global_batch_size
     self.flops_per_step = flops_per_step
     self._peak = peak_flops_per_device()
-    self._last_time = time.perf_counter()
-    self._last_step = start_step
-    self._paused = 0.0
+    self._last_time, self._last_step, self._paused = time.perf_counter(), start_step, 0.0
 
   def pause(self, seconds: float):
     """Excludes time spent outside training steps (evals, checkpoints)."""
@@ -74,11 +59,8 @@ class Progress:
     if steps <= 0:
       return {}
     steps_per_sec = steps / elapsed
-    out = {
-        "perf/steps_per_sec": steps_per_sec,
-        "perf/examples_per_sec": steps_per_sec * self.global_batch_size,
-    }
-    eta = (self.total_steps - step) / steps_per_sec
+    out = {"perf/steps_per_sec": steps_per_sec,
+           "perf/examples_per_sec": steps_per_sec * self.global_batch_size}
     mfu = ""
     if self.flops_per_step:
       # The compiled SPMD module is per device, and so is its FLOP count.
@@ -89,7 +71,7 @@ class Progress:
         mfu += f", MFU {100 * out['perf/mfu']:.1f}%"
     logging.info("step %d/%d: %.2f steps/s, %.1f examples/s, ETA %s%s", step,
                  self.total_steps, steps_per_sec, out["perf/examples_per_sec"],
-                 _format_seconds(eta), mfu)
+                 _format_seconds((self.total_steps - step) / steps_per_sec), mfu)
     return out
 
 
@@ -98,12 +80,9 @@ class ProfileWindow:
 
   Call `before_step(step)` before a step is dispatched and `after_step(step,
   outputs)` after it; the trace starts at the first step inside the window
-  (also in a run resumed past `start_step`) and stops once the window's last
-  step has finished on the devices. Used as a context manager, it also stops a
-  trace that is still open when the run ends, is preempted or fails inside
-  the window. `num_steps=0` disables it. The trace is written under
-  `directory` (`plugins/profile/<run>/<host>.xplane.pb`), which TensorBoard's
-  profile plugin reads.
+  (also in a resumed run) and stops once the window's last step has finished
+  on the devices, or on leaving the `with` block. `num_steps=0` disables it.
+  The trace is written under `directory` for TensorBoard's profile plugin.
   """
 
   def __init__(self, directory: str, start_step: int, num_steps: int):

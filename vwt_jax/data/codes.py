@@ -14,13 +14,11 @@ Each record is a fixed little-endian layout (no pickle), sized by the metadata:
   dtype[V, *code_shape]         codes of every augmented view (int16 or int32)
   float16[L, caption_dim]       the caption's real text-encoder tokens
 
-Views are the augmentations LlamaGen extracts (see `VIEW_SETS`): 'center'
-(1), 'flip' (centre crop and its mirror, 2) and 'ten_crop' (10).
+Views are the augmentations LlamaGen extracts (see `VIEW_SETS`).
 `vwt_jax.tools.extract_codes` writes these datasets from a trained tokenizer.
 
-`create_code_dataset` streams one split for generator training with the
-conventions of `pipeline.create_image_dataset` (per-process slices, state
-restoring the exact next batches, corrupt records skipped and counted). Batches:
+`create_code_dataset` streams one split as `pipeline.create_image_dataset`
+does (per-process slices, exact resume, corrupt records counted). Batches:
 
   {'codes': int32 (B, seq_len), 'labels': int32 (B,)}
   + 'caption_emb': float32 (B, caption_length, caption_dim) and
@@ -28,15 +26,8 @@ restoring the exact next batches, corrupt records skipped and counted). Batches:
     left-padded (real tokens at the end, padded embeddings zero), and
   + 'mask': bool (B,) on eval splits (False on padding and corrupt records).
 
-Training picks one view per record, and with `extra_prob` a record of one of
-`extra_dirs` (the same images extracted with another crop range) instead,
-both from `transforms.record_rng(seed, position)`; evaluation reads the
-centre view of `dir`.
-
-The directory may be a URL (`gs://bucket/codes`). ArrayRecord reads such
-shards itself (its reader has a GCS client); its writer only writes local
-files, so a remote shard is written to a temporary file and uploaded when it
-is complete.
+The directory may be a URL (`gs://bucket/codes`); ArrayRecord's writer only
+writes local files, so a remote shard is written locally and uploaded whole.
 """
 
 import bisect
@@ -48,7 +39,6 @@ import os
 import re
 from typing import Any
 
-from absl import logging
 from array_record.python import array_record_module
 from etils import epath
 import grain
@@ -83,10 +73,6 @@ _DIRECTORY_FIELDS = _FORMAT_FIELDS + ('views', 'num_views', 'crop_range', 'image
 
 class CorruptCodeRecordError(ValueError):
   """A record's bytes do not match the layout its metadata describes."""
-
-
-def code_dtype(vocab_size: int) -> str:
-  return 'int16' if vocab_size <= 2**15 else 'int32'
 
 
 def make_views(image: np.ndarray, views: str, image_size: int,
@@ -149,8 +135,7 @@ class CodeMetadata:
   format_version: int = FORMAT_VERSION
 
   def __post_init__(self):
-    # Plain Python ints (numpy ones do not serialise), and derived defaults so
-    # a writer only states what it knows.
+    # Plain Python ints (numpy ones do not serialise), and derived defaults.
     if isinstance(self.code_shape, (list, tuple)):
       object.__setattr__(self, 'code_shape', tuple(
           int(s) if _is_int(s) else s for s in self.code_shape))
@@ -161,7 +146,7 @@ class CodeMetadata:
     if not self.num_views and self.views in VIEW_SETS:
       object.__setattr__(self, 'num_views', VIEW_SETS[self.views][0])
     if not self.dtype and _is_int(self.vocab_size):
-      object.__setattr__(self, 'dtype', code_dtype(self.vocab_size))
+      object.__setattr__(self, 'dtype', 'int16' if self.vocab_size <= 2**15 else 'int32')
     _validate(self)
 
   @property
@@ -261,14 +246,8 @@ def _check_compatible(a: CodeMetadata, b: CodeMetadata, where_a: str, where_b: s
                       fields=_FORMAT_FIELDS):
   for field in fields:
     if getattr(a, field) != getattr(b, field):
-      raise ValueError(
-          f'{where_b} does not match {where_a}: {field} {getattr(b, field)!r} vs '
-          f'{getattr(a, field)!r}')
-
-
-def _write_metadata(path: str, metadata: CodeMetadata) -> None:
-  # Atomic, so a reader never sees half a file.
-  files.write_text(metadata_path(path), metadata.to_json())
+      raise ValueError(f'{where_b} does not match {where_a}: {field} '
+                       f'{getattr(b, field)!r} vs {getattr(a, field)!r}')
 
 
 def encode_record(metadata: CodeMetadata, codes, label: int, index: int,
@@ -307,8 +286,8 @@ def encode_record(metadata: CodeMetadata, codes, label: int, index: int,
 
 
 def decode_record(data: bytes, metadata: CodeMetadata) -> dict[str, Any]:
-  """Record bytes -> {'codes' (V, *code_shape), 'label', 'index', 'caption_emb'
-  (L, caption_dim) float16 if the dataset has captions}.
+  """Record bytes -> {'codes' (V, *code_shape), 'label', 'index'}, plus
+  'caption_emb' (L, caption_dim) float16 if the dataset has captions.
 
   Raises:
     CorruptCodeRecordError: the bytes do not fit the metadata's layout, or a
@@ -367,9 +346,8 @@ class CodeDatasetWriter:
       _check_compatible(existing, metadata, metadata_path(path), f'split {split!r}',
                         _DIRECTORY_FIELDS)
       if split in existing.splits:
-        raise FileExistsError(
-            f'{metadata_path(path)} already has split {split!r}; write to a new '
-            'directory or delete this one')
+        raise FileExistsError(f'{metadata_path(path)} already has split {split!r}; write '
+                              'to a new directory or delete this one')
     self.path = path
     self.metadata = dataclasses.replace(metadata, splits={})
     self.split = split
@@ -408,8 +386,7 @@ class CodeDatasetWriter:
     """
     if self._closed:
       raise ValueError('add() after close()')
-    if index is None:
-      index = self.num_records
+    index = self.num_records if index is None else index
     data = encode_record(self.metadata, codes, int(label), int(index), caption_emb,
                          caption_mask)
     if self._writer is None or self._shards[-1]['num_records'] == self._shard_size:
@@ -442,10 +419,9 @@ class CodeDatasetWriter:
     # Re-read: another writer may have added a split meanwhile.
     splits = read_metadata(self.path).splits if epath.Path(
         metadata_path(self.path)).exists() else {}
-    splits[self.split] = {'num_records': self.num_records, 'shards': self._shards,
-                          **split_info}
+    splits[self.split] = {'num_records': self.num_records, 'shards': self._shards, **split_info}
     self.metadata = dataclasses.replace(self.metadata, splits=splits)
-    _write_metadata(self.path, self.metadata)
+    files.write_text(metadata_path(self.path), self.metadata.to_json())
     return self.metadata
 
 
@@ -460,20 +436,17 @@ class CodeSource:
       raise ValueError(f'{metadata_path(path)} has no split {split!r}; it has '
                        f'{sorted(self.metadata.splits)}')
     shards = self.metadata.splits[split]['shards']
-    shard_files = [os.path.join(path, s['file']) for s in shards]
-    absent = [f for f in shard_files if not epath.Path(f).exists()]
+    self._files = [os.path.join(path, s['file']) for s in shards]
+    absent = [f for f in self._files if not epath.Path(f).exists()]
     if absent:
       raise FileNotFoundError(f'{metadata_path(path)} lists shard files that do not '
                               f'exist: {absent[:5]}')
-    self._files = shard_files
     self._starts = np.cumsum([0] + [s['num_records'] for s in shards]).tolist()
-    self._source = (grain.sources.ArrayRecordDataSource(shard_files) if shard_files
-                    else [])
+    self._source = grain.sources.ArrayRecordDataSource(self._files) if self._files else []
     if len(self._source) != len(self):
-      raise ValueError(
-          f'the shard files of split {split!r} in {path} hold {len(self._source)} '
-          f'records but {metadata_path(path)} lists {len(self)}: the files were '
-          'changed after writing')
+      raise ValueError(f'the shard files of split {split!r} in {path} hold '
+                       f'{len(self._source)} records but {metadata_path(path)} lists '
+                       f'{len(self)}: the files were changed after writing')
 
   def __len__(self) -> int:
     return self._starts[-1]
@@ -499,36 +472,24 @@ def default_codes_data_config() -> ml_collections.ConfigDict:
   return pipeline.add_reader_fields(config)
 
 
-def dataset_metadata(data_config) -> CodeMetadata:
-  """The metadata of `data_config.dir` (vocab size, seq_len, classes, ...)."""
-  if not data_config.dir:
-    raise ValueError('config.data.dir is empty: set it to a code dataset directory')
-  return read_metadata(data_config.dir)
-
-
-class _ReadCodes:
+class _ReadCodes(pipeline.RecordReader):
   """(stream position, record index) -> example, as `pipeline.record_batches` wants."""
+  corrupt_errors = (CorruptCodeRecordError,)
 
   def __init__(self, sources, description, *, extra_prob, train, seed):
+    super().__init__(len(sources[0]), description, train=train)
     self._sources = sources
     self._meta = sources[0].metadata
-    self._description = description
     self._extra_prob = extra_prob
-    self._train = train
     self._seed = seed
 
-  def _padding(self, num_corrupt):
+  def _padding(self):
     example = {'codes': np.zeros(self._meta.seq_len, np.int32), 'labels': np.int32(0)}
     if self._meta.has_captions:
-      length, dim = self._meta.caption_length, self._meta.caption_dim
-      example.update(caption_emb=np.zeros((length, dim), np.float16),
-                     caption_mask=np.zeros(length, np.int32))
-    example.update({'mask': np.False_, pipeline.CORRUPT_KEY: np.int32(num_corrupt)})
+      example.update(_left_pad(np.zeros((0, self._meta.caption_dim)), self._meta.caption_length))
     return example
 
-  def __call__(self, position, record_index):
-    if record_index >= len(self._sources[0]):
-      return self._padding(num_corrupt=0)
+  def _example(self, position, record_index):
     source = self._sources[0]
     if self._train:
       rng = transforms.record_rng(self._seed, position)
@@ -538,29 +499,21 @@ class _ReadCodes:
       record = source[record_index]
     except CorruptCodeRecordError as e:
       file, offset = source.locate(record_index)
-      logging.warning('Corrupt record %d of %s (record %d of %s), %s: %s', record_index,
-                      self._description, offset, file,
-                      'skipped' if self._train else 'masked out', e)
-      return pipeline.CorruptRecord() if self._train else self._padding(num_corrupt=1)
+      raise CorruptCodeRecordError(f'record {offset} of {file}: {e}') from e
     view = (rng.integers(source.metadata.num_views) if self._train
             else self._meta.center_view)
     example = {'codes': record['codes'][view].reshape(-1).astype(np.int32),
                'labels': np.int32(record['label'])}
     if self._meta.has_captions:
       example.update(_left_pad(record['caption_emb'], self._meta.caption_length))
-    if not self._train:
-      example['mask'] = np.True_
-    example[pipeline.CORRUPT_KEY] = np.int32(0)
     return example
 
 
 def _left_pad(caption, length):
   """Real tokens at the end, zeros before them (LlamaGen's T5 convention)."""
   emb = np.zeros((length, caption.shape[1]), np.float16)
-  mask = np.zeros(length, np.int32)
-  if len(caption):
-    emb[-len(caption):] = caption
-    mask[-len(caption):] = 1
+  emb[length - len(caption):] = caption
+  mask = (np.arange(length) >= length - len(caption)).astype(np.int32)
   return {'caption_emb': emb, 'caption_mask': mask}
 
 
@@ -580,19 +533,18 @@ def create_code_dataset(data_config, *, split, global_batch_size, seed, train,
     split: code dataset split, e.g. `data_config.train_split`.
     global_batch_size: batch size summed over processes; must divide evenly.
     seed: shuffle, view and extra-dir seed, in [0, 2**32).
-    train: True: shuffled, one random view per record, repeated forever,
-      corrupt records skipped. False: one pass in record order, the centre
-      view, padded with masked examples to whole batches (unless
-      `eval_drop_remainder`).
-    process_index: this host's index; defaults to `jax.process_index()`.
-    process_count: number of hosts; defaults to `jax.process_count()`.
+    train: True: shuffled, one random view per record (of `dir` or, with
+      `extra_prob`, of one of `extra_dirs`), repeated forever, corrupt records
+      skipped. False: one pass over the centre views, as evaluation in
+      `pipeline.create_image_dataset`.
+    process_index, process_count: as in `pipeline.create_image_dataset`.
 
   Returns:
     A grain IterDataset of the batches described in the module docstring;
-    `iter()` of it is a `pipeline.CountingIterator` (get_state/set_state,
-    stats()).
+    `iter()` of it is a `pipeline.CountingIterator`.
   """
-  dataset_metadata(data_config)  # A clear error for an empty or wrong dir.
+  if not data_config.dir:
+    raise ValueError('config.data.dir is empty: set it to a code dataset directory')
   dirs = [data_config.dir] + (list(data_config.extra_dirs) if train else [])
   sources = [CodeSource(d, split) for d in dirs]
   for extra in sources[1:]:

@@ -7,10 +7,8 @@ because its builder re-encodes a few CMYK/PNG files):
   # ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in DATA_DIR/downloads/manual
   tfds build imagenet2012 --data_dir=DATA_DIR --file_format=array_record
 
-Training then reads it without TensorFlow. Preprocessing is the TiTok recipe
-(`transforms.preprocess_image`): train = resize the shorter side to
-`image_size` (bicubic, antialiased), random crop, random flip; eval = resize +
-center crop.
+Training then reads it without TensorFlow, preprocessed with the TiTok recipe
+(`transforms.preprocess_image`).
 """
 
 import os
@@ -31,26 +29,22 @@ class DatasetNotPreparedError(FileNotFoundError):
 
 
 def data_source(data_dir, split):
-  """Random-access source of {'image': bytes, 'label': int} records.
+  """A tfds ArrayRecord random-access source of {'image': bytes, 'label': int} records.
 
   Args:
     data_dir: tfds data directory holding `imagenet2012/<version>/`; empty or
       None means the tfds default (`$TFDS_DATA_DIR` or ~/tensorflow_datasets).
     split: tfds split, e.g. 'train', 'validation' or 'train[:10000]'.
 
-  Returns:
-    A tfds ArrayRecord data source.
-
   Raises:
     DatasetNotPreparedError: the dataset is not prepared under `data_dir`.
   """
   try:
     # download=False: never start a preparation from a training job.
-    return tfds.data_source(
-        NAME, split=split, data_dir=data_dir or None, download=False,
-        decoders=DECODERS)
-  # tfds reports a missing preparation as NotImplementedError ("random access
-  # ... not supported"), AssertionError or a not-found error.
+    return tfds.data_source(NAME, split=split, data_dir=data_dir or None, download=False,
+                            decoders=DECODERS)
+  # tfds reports a missing preparation as NotImplementedError ("random access not
+  # supported"), AssertionError or a not-found error.
   except (tfds.core.DatasetNotFoundError, FileNotFoundError, AssertionError,
           NotImplementedError) as e:
     where = data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets')

@@ -5,25 +5,20 @@
   {'image': float32 (B_local, S, S, 3) in [-1, 1], 'label': int32 (B_local,)}
 
 plus, on eval splits, 'mask': bool (B_local,) (False on padding and on corrupt
-records). Order and augmentations are functions of `seed` only: records are
-read by a globally shuffled index, every record's crop/flip comes from
-`transforms.record_rng(seed, position)`, and the iterator state
-(`get_state`/`set_state`, or `grain.checkpoint.CheckpointSave/Restore` inside an
-orbax `Composite`) restores the exact next batches.
+records). Order and augmentations depend on `seed` only (every record's
+crop/flip comes from `transforms.record_rng(seed, position)`), and the iterator
+state (`get_state`/`set_state`, or grain's checkpoint handlers) restores the
+exact next batches.
 
-Corrupt images (bytes Pillow cannot decode) are logged with their record index,
-then skipped in training or masked out in evaluation (so every process still
-sees the same number of eval batches). The iterator's `stats()` gives the count
-so far, which is part of the checkpointed state; past
-`data_config.max_corrupt_records` the iterator raises
-`TooManyCorruptRecordsError` naming the source (and the last corrupt files,
-when the reader names them).
+Corrupt images are logged with their record index, then skipped in training or
+masked out in evaluation (so every process sees as many eval batches). The
+count, in `stats()` and the checkpointed state, may not exceed
+`data_config.max_corrupt_records` (else `TooManyCorruptRecordsError`).
 
 `data_config` fields (see `default_data_config`):
   name: 'synthetic_shapes' (prepared under data_dir on first use) or
     'imagenet2012' (prepared by the user, see `imagenet.py`).
-  data_dir: tfds data directory; '' = tfds default ($TFDS_DATA_DIR or
-    ~/tensorflow_datasets).
+  data_dir: tfds data directory; '' = the tfds default.
   image_size: output height and width (resize shorter side + crop).
   train_split, eval_split: tfds split names (slices like 'train[:1%]' work).
   eval_drop_remainder: drop the last partial eval batch instead of padding it.
@@ -31,11 +26,9 @@ when the reader names them).
   num_threads: reader threads per process (grain.ReadOptions.num_threads).
   prefetch: records read ahead per process (ReadOptions.prefetch_buffer_size).
   max_corrupt_records: corrupt records tolerated per host before raising.
-  synthetic.resolution, .num_train, .num_validation, .seed, .class_colours: the
-    synthetic_shapes variant (see `synthetic_shapes.prepare_synthetic_shapes`).
+  synthetic.*: the synthetic_shapes variant (`prepare_synthetic_shapes` arguments).
 With several processes and a shared data_dir, prepare synthetic_shapes once
-beforehand (or give each host its own data_dir): preparation is not guarded
-against concurrent writers.
+beforehand: preparation is not guarded against concurrent writers.
 """
 
 import math
@@ -51,12 +44,10 @@ from vwt_jax.data import imagenet
 from vwt_jax.data import synthetic_shapes
 from vwt_jax.data import transforms
 
-# Per-example count of corrupt records skipped just before it; summed into the
-# iterator's statistics and removed from the batch. Every reader given to
-# `record_batches` sets it on the examples it returns.
+# Per-example count of corrupt records skipped just before it, summed into the
+# iterator's statistics; every reader given to `record_batches` sets it.
 CORRUPT_KEY = 'num_corrupt'
-# Optional per-example str: the names (newline-separated) of those records,
-# for the error message. Only the last few names are kept.
+# Optional per-example str: the names (newline-separated) of those records.
 CORRUPT_NAMES_KEY = 'corrupt_names'
 _NAMED_CORRUPT_RECORDS = 20
 
@@ -66,7 +57,7 @@ class TooManyCorruptRecordsError(RuntimeError):
 
 
 def add_reader_fields(config):
-  """Splits, reader parallelism and the corrupt-record limit every pipeline reads."""
+  """Adds the splits, reader parallelism and corrupt-record limit to `config`."""
   config.train_split = 'train'
   config.eval_split = 'validation'
   config.eval_drop_remainder = False
@@ -84,22 +75,16 @@ def default_data_config():
   config.data_dir = ''
   config.image_size = 64
   add_reader_fields(config)
-  config.synthetic = ml_collections.ConfigDict({
-      'resolution': 64,
-      'num_train': synthetic_shapes.DEFAULT_NUM_TRAIN,
-      'num_validation': synthetic_shapes.DEFAULT_NUM_VALIDATION,
-      'seed': synthetic_shapes.DEFAULT_SEED,
-      'class_colours': False,
-      'upright': False,
-  })
+  config.synthetic = ml_collections.ConfigDict(dict(
+      resolution=64, num_train=synthetic_shapes.DEFAULT_NUM_TRAIN,
+      num_validation=synthetic_shapes.DEFAULT_NUM_VALIDATION,
+      seed=synthetic_shapes.DEFAULT_SEED, class_colours=False, upright=False))
   return config
 
 
 def num_classes(data_config):
-  return {
-      'synthetic_shapes': synthetic_shapes.NUM_CLASSES,
-      imagenet.NAME: imagenet.NUM_CLASSES,
-  }[data_config.name]
+  return {'synthetic_shapes': synthetic_shapes.NUM_CLASSES,
+          imagenet.NAME: imagenet.NUM_CLASSES}[data_config.name]
 
 
 def open_source(data_config, split):
@@ -110,20 +95,17 @@ def open_source(data_config, split):
     builder = synthetic_shapes.prepare_synthetic_shapes(
         data_dir, resolution=synthetic.resolution,
         num_train=synthetic.num_train, num_validation=synthetic.num_validation,
-        seed=synthetic.seed,
         # Configs saved before these options existed lack their fields.
-        class_colours=synthetic.get('class_colours', False),
+        seed=synthetic.seed, class_colours=synthetic.get('class_colours', False),
         upright=synthetic.get('upright', False))
-    source = builder.as_data_source(
-        split=split, decoders={'image': tfds.decode.SkipDecoding()})
+    source = builder.as_data_source(split=split, decoders={'image': tfds.decode.SkipDecoding()})
     where = f'synthetic_shapes/{builder.builder_config.name}'
   elif data_config.name == imagenet.NAME:
     source = imagenet.data_source(data_dir, split)
     where = imagenet.NAME
   else:
-    raise ValueError(
-        f'unknown data_config.name {data_config.name!r}; expected '
-        f"'synthetic_shapes' or {imagenet.NAME!r}")
+    raise ValueError(f'unknown data_config.name {data_config.name!r}; expected '
+                     f"'synthetic_shapes' or {imagenet.NAME!r}")
   return source, f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
 
 
@@ -134,59 +116,60 @@ class CorruptRecord:
     self.name = name  # e.g. its file, listed by TooManyCorruptRecordsError
 
 
-class _ReadRecord:
-  """(position in the stream, record index) -> preprocessed example.
+class RecordReader:
+  """Base of the `read(position, record_index)` functions `record_batches` takes.
 
-  Reading inside the map (rather than `MapDataset.source`) keeps the record
-  index at hand for the corrupt-record log line.
+  Subclasses implement `_example(position, record_index)`, raising one of
+  `corrupt_errors` for a record that fails to decode, and `_padding()`, the
+  fields of a masked example. Reading inside the map (rather than
+  `MapDataset.source`) keeps the record index at hand for the corrupt-record log line.
   """
+  corrupt_errors = (transforms.CorruptRecordError,)
+  # What the warning says happens to a corrupt eval record.
+  eval_corrupt_action = 'masked out'
 
-  def __init__(self, source, description, *, image_size, train, seed):
-    self._source = source
-    self._num_records = len(source)
+  def __init__(self, num_records, description, *, train):
+    self._num_records = num_records
     self._description = description
-    self._image_size = image_size
     self._train = train
-    self._seed = seed
 
-  def _padding(self, num_corrupt):
-    size = self._image_size
-    return {
-        'image': np.zeros((size, size, 3), np.uint8),
-        'label': np.int32(0),
-        'mask': np.False_,
-        CORRUPT_KEY: np.int32(num_corrupt),
-    }
+  def _masked(self, num_corrupt):
+    return {**self._padding(), 'mask': np.False_, CORRUPT_KEY: np.int32(num_corrupt)}
 
   def __call__(self, position, record_index):
     if record_index >= self._num_records:
-      return self._padding(num_corrupt=0)
-    record = self._source[record_index]
-    rng = transforms.record_rng(self._seed, position) if self._train else None
+      return self._masked(0)
     try:
-      image = transforms.preprocess_image(
-          record['image'], image_size=self._image_size, train=self._train,
-          rng=rng)
-    except transforms.CorruptRecordError as e:
-      logging.warning('Corrupt record %d of %s, %s: %s', record_index,
-                      self._description,
-                      'skipped' if self._train else 'masked out', e)
-      if self._train:
-        return CorruptRecord()
-      return self._padding(num_corrupt=1)
-    example = {'image': image, 'label': np.int32(record['label'])}
+      example = self._example(position, record_index)
+    except self.corrupt_errors as e:
+      logging.warning('Corrupt record %d of %s, %s: %s', record_index, self._description,
+                      'skipped' if self._train else self.eval_corrupt_action, e)
+      return CorruptRecord() if self._train else self._masked(1)
     if not self._train:
       example['mask'] = np.True_
     example[CORRUPT_KEY] = np.int32(0)
     return example
 
 
-def _check_corrupt_count(count, limit, description, names=()):
-  if count > limit:
-    listed = f'; the last ones: {", ".join(names)}' if names else ''
-    raise TooManyCorruptRecordsError(
-        f'{count} corrupt records in {description} exceed '
-        f'data_config.max_corrupt_records={limit}{listed}')
+class _ReadRecord(RecordReader):
+  """(position in the stream, record index) -> preprocessed image example."""
+
+  def __init__(self, source, description, *, image_size, train, seed):
+    super().__init__(len(source), description, train=train)
+    self._source = source
+    self._image_size = image_size
+    self._seed = seed
+
+  def _padding(self):
+    size = self._image_size
+    return {'image': np.zeros((size, size, 3), np.uint8), 'label': np.int32(0)}
+
+  def _example(self, position, record_index):
+    record = self._source[record_index]
+    rng = transforms.record_rng(self._seed, position) if self._train else None
+    image = transforms.preprocess_image(
+        record['image'], image_size=self._image_size, train=self._train, rng=rng)
+    return {'image': image, 'label': np.int32(record['label'])}
 
 
 class _CorruptCountingIterator(grain.DatasetIterator):
@@ -202,14 +185,15 @@ class _CorruptCountingIterator(grain.DatasetIterator):
 
   def _count(self, count, names):
     self._num_corrupt += count
-    self._names = (self._names + [n for n in names if n])[
-        -_NAMED_CORRUPT_RECORDS:]
-    _check_corrupt_count(self._num_corrupt, self._limit, self._description,
-                         self._names)
+    self._names = (self._names + [n for n in names if n])[-_NAMED_CORRUPT_RECORDS:]
+    if self._num_corrupt > self._limit:
+      listed = f'; the last ones: {", ".join(self._names)}' if self._names else ''
+      raise TooManyCorruptRecordsError(
+          f'{self._num_corrupt} corrupt records in {self._description} exceed '
+          f'data_config.max_corrupt_records={self._limit}{listed}')
 
   def get_state(self):
-    return {'parent': self._parent.get_state(),
-            self._STATE_KEY: self._num_corrupt,
+    return {'parent': self._parent.get_state(), self._STATE_KEY: self._num_corrupt,
             'corrupt_names': list(self._names)}
 
   def set_state(self, state):
@@ -268,13 +252,6 @@ def batch_to_float(batch):
   return {**batch, 'image': transforms.to_float(batch['image'])}
 
 
-def _eval_length(num_records, chunk, drop_remainder):
-  """Records read by an eval pass: a whole number of global batches."""
-  if drop_remainder:
-    return num_records // chunk * chunk
-  return math.ceil(num_records / chunk) * chunk
-
-
 def create_image_dataset(data_config, *, split, global_batch_size, seed, train,
                          process_index=None, process_count=None):
   """Builds the host-local batch pipeline for one split.
@@ -291,32 +268,29 @@ def create_image_dataset(data_config, *, split, global_batch_size, seed, train,
     process_count: number of hosts; defaults to `jax.process_count()`.
 
   Returns:
-    A grain IterDataset. `iter()` of it is a
-    `CountingIterator` (a grain DatasetIterator with `stats()`).
+    A grain IterDataset; `iter()` of it is a `CountingIterator` (with `stats()`).
   """
   source, description = open_source(data_config, split)
   read = _ReadRecord(source, description, image_size=data_config.image_size,
                      train=train, seed=seed)
   return record_batches(
-      data_config, read, len(source), description=description,
-      finalize=batch_to_float, global_batch_size=global_batch_size, seed=seed,
-      train=train, process_index=process_index, process_count=process_count)
+      data_config, read, len(source), description=description, finalize=batch_to_float,
+      global_batch_size=global_batch_size, seed=seed, train=train,
+      process_index=process_index, process_count=process_count)
 
 
 def record_batches(data_config, read, num_records, *, description, finalize,
-                   global_batch_size, seed, train, process_index=None,
-                   process_count=None):
+                   global_batch_size, seed, train, process_index=None, process_count=None):
   """The record stream, per-process slicing, batching and corrupt counting.
 
   Args:
     data_config: ConfigDict with `num_threads`, `prefetch`, `num_workers`,
       `max_corrupt_records` and `eval_drop_remainder`.
     read: `read(position, record_index)` -> example dict carrying
-      `CORRUPT_KEY` (and optionally `CORRUPT_NAMES_KEY`); in training a
-      `CorruptRecord` (optionally naming the file) for a record that fails to
-      decode, in evaluation a masked padding example for it and for every
-      `record_index >= num_records`. `position` is the global stream position,
-      so per-record randomness from it does not depend on the process count.
+      `CORRUPT_KEY` (and optionally `CORRUPT_NAMES_KEY`), as `RecordReader`
+      does: in training a `CorruptRecord` for a record that fails to decode,
+      in evaluation a masked padding example for it and for every
+      `record_index >= num_records`. `position` is the global stream position.
     num_records: records in the source.
     description: names the source in logs and errors.
     finalize: function applied to every host-local batch.
@@ -326,10 +300,8 @@ def record_batches(data_config, read, num_records, *, description, finalize,
   Returns:
     A grain IterDataset whose iterator is a `CountingIterator`.
   """
-  if process_index is None:
-    process_index = jax.process_index()
-  if process_count is None:
-    process_count = jax.process_count()
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
     raise ValueError(f'global_batch_size={global_batch_size} is not divisible '
                      f'by process_count={process_count}')
@@ -338,19 +310,19 @@ def record_batches(data_config, read, num_records, *, description, finalize,
   if train:
     ds = grain.MapDataset.range(num_records).shuffle(seed=seed).repeat()
   else:
-    ds = grain.MapDataset.range(_eval_length(
-        num_records, global_batch_size, data_config.eval_drop_remainder))
+    # A whole number of global batches.
+    batches = (num_records // global_batch_size if data_config.eval_drop_remainder
+               else math.ceil(num_records / global_batch_size))
+    ds = grain.MapDataset.range(batches * global_batch_size)
   # Mapping before slicing gives `read` the global stream position, so the
   # augmentation of a record does not depend on the process count.
   ds = ds.map_with_index(read)[process_index::process_count]
   ds = ds.to_iter_dataset(grain.ReadOptions(
-      num_threads=data_config.num_threads,
-      prefetch_buffer_size=data_config.prefetch))
+      num_threads=data_config.num_threads, prefetch_buffer_size=data_config.prefetch))
   limit = data_config.max_corrupt_records
   if train:
     ds = _CountingIterDataset(ds, limit, description, _SkipCorruptIterator)
   ds = ds.batch(local_batch_size, drop_remainder=True).map(finalize)
   if data_config.num_workers:
-    ds = ds.mp_prefetch(
-        grain.MultiprocessingOptions(num_workers=data_config.num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_config.num_workers))
   return _CountingIterDataset(ds, limit, description, CountingIterator)

@@ -1,16 +1,14 @@
 """Synthetic Shapes: an embedded, class-conditional image dataset.
 
 Every picture shows one filled shape on a soft two-colour gradient. The label is
-the shape kind (`CLASS_NAMES`, 10 classes, balanced: example `i` has label
-`i % 10`). Colour, size, position and rotation are nuisance variables drawn from
-a generator seeded by `(seed, split, i)` (with `class_colours=True` the colour
-belongs to the class instead, so that a class stays visible through a
-tokenizer too small to render outlines sharply; with `upright=True` every
-shape keeps its canonical orientation, as in the CPU demo, where a class must
-show by its outline alone), so example `i` of a split is the same
-picture on every machine and at every resolution (geometry is in normalised
-coordinates; only the rasterisation changes). Edges are anti-aliased by drawing
-the shape mask at 4x resolution and box-filtering it down.
+the shape kind (`CLASS_NAMES`, balanced: example `i` has label `i % 10`).
+Colour, size, position and rotation are drawn from a generator seeded by
+`(seed, split, i)`, so example `i` of a split is the same picture on every
+machine and at every resolution (geometry is in normalised coordinates).
+`class_colours=True` gives each class its colour, so that a class stays visible
+through a tokenizer too small to render outlines sharply; `upright=True` keeps
+every shape in its canonical orientation (the CPU demo). Edges are
+anti-aliased by drawing the mask at 4x resolution and box-filtering it down.
 
 The data is written by a tfds `GeneratorBasedBuilder` (`synthetic_shapes`) as
 ArrayRecord files holding PNG bytes, so it is read exactly like ImageNet:
@@ -34,18 +32,8 @@ import tensorflow_datasets as tfds
 
 from vwt_jax.core import files
 
-CLASS_NAMES = (
-    'circle',
-    'square',
-    'triangle',
-    'star',
-    'cross',
-    'ring',
-    'heart',
-    'crescent',
-    'half_disc',
-    'arrow',
-)
+CLASS_NAMES = ('circle', 'square', 'triangle', 'star', 'cross', 'ring', 'heart', 'crescent',
+               'half_disc', 'arrow')
 NUM_CLASSES = len(CLASS_NAMES)
 
 DEFAULT_NUM_TRAIN = 10_000
@@ -53,20 +41,11 @@ DEFAULT_NUM_VALIDATION = 1_000
 DEFAULT_SEED = 0
 NAMED_RESOLUTIONS = (32, 64, 128, 256)
 
-# Saturated shape colours; each is jittered a little per example.
-_PALETTE = np.array(
-    [
-        (230, 40, 40),  # red
-        (40, 190, 60),  # green
-        (50, 90, 230),  # blue
-        (240, 220, 40),  # yellow
-        (40, 210, 220),  # cyan
-        (220, 50, 210),  # magenta
-        (245, 140, 30),  # orange
-        (245, 245, 245),  # white
-    ],
-    dtype=np.float32,
-)
+# Saturated shape colours (red, green, blue, yellow, cyan, magenta, orange,
+# white); each is jittered a little per example.
+_PALETTE = np.array([(230, 40, 40), (40, 190, 60), (50, 90, 230), (240, 220, 40),
+                     (40, 210, 220), (220, 50, 210), (245, 140, 30), (245, 245, 245)],
+                    dtype=np.float32)
 # One distinct colour per class for `class_colours=True`: the palette plus two.
 _CLASS_PALETTE = np.concatenate(
     [_PALETTE, np.array([(140, 80, 30), (25, 25, 25)], np.float32)])  # brown, black
@@ -138,10 +117,7 @@ def _background(rng, resolution, shape_luminance):
   """A gradient between two colours that contrast with the shape."""
   # Dark backgrounds behind bright shapes and vice versa keep every class
   # legible at 32px.
-  if shape_luminance > 0.5:
-    lo, hi = 0.05, 0.35
-  else:
-    lo, hi = 0.65, 0.95
+  lo, hi = (0.05, 0.35) if shape_luminance > 0.5 else (0.65, 0.95)
   ends = rng.uniform(lo, hi, size=(2, 1)) * 255
   tints = ends + rng.uniform(-20, 20, size=(2, 3))
   angle = rng.uniform(0, 2 * math.pi)
@@ -185,14 +161,13 @@ def render_example(index, *, seed=DEFAULT_SEED, resolution=64, split='train',
   rng = np.random.default_rng((seed, _SPLIT_STREAMS[split], index))
   # Drawn either way, so that class_colours changes nothing else of the picture.
   colour = _PALETTE[rng.integers(len(_PALETTE))]
-  if class_colours:
-    colour = _CLASS_PALETTE[label]
+  colour = _CLASS_PALETTE[label] if class_colours else colour
   colour = np.clip(colour + rng.uniform(-15, 15, size=3), 0, 255)
   radius = rng.uniform(0.15, 0.35)
   center = rng.uniform(radius, 1 - radius, size=2)
+  # Drawn either way too: the background comes from the same generator.
   angle = rng.uniform(0, 2 * math.pi)
-  if upright:
-    angle = 0.0
+  angle = 0.0 if upright else angle
   background = _background(rng, resolution, _luminance(colour))
   alpha = _shape_mask(CLASS_NAMES[label], center, radius, angle, resolution)
   image = background * (1 - alpha) + colour * alpha
@@ -217,32 +192,21 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   upright: bool = False
 
 
-def make_config(resolution, num_train=DEFAULT_NUM_TRAIN,
-                num_validation=DEFAULT_NUM_VALIDATION, seed=DEFAULT_SEED,
-                class_colours=False, upright=False):
+def make_config(resolution, num_train=DEFAULT_NUM_TRAIN, num_validation=DEFAULT_NUM_VALIDATION,
+                seed=DEFAULT_SEED, class_colours=False, upright=False):
   """The config for these settings; its name encodes any non-default."""
   name = f'res{resolution}'
   if (num_train, num_validation, seed) != (
       DEFAULT_NUM_TRAIN, DEFAULT_NUM_VALIDATION, DEFAULT_SEED):
     name += f'_train{num_train}_val{num_validation}_seed{seed}'
-  if class_colours:
-    name += '_classcolours'
-  if upright:
-    name += '_upright'
+  name += ('_classcolours' if class_colours else '') + ('_upright' if upright else '')
+  description = (f'{resolution}x{resolution} shapes, {num_train} train / {num_validation} '
+                 f'validation examples, seed {seed}'
+                 + (', one colour per class' if class_colours else '')
+                 + (', upright' if upright else '') + '.')
   return SyntheticShapesConfig(
-      name=name,
-      description=(
-          f'{resolution}x{resolution} shapes, {num_train} train / '
-          f'{num_validation} validation examples, seed {seed}'
-          + (', one colour per class' if class_colours else '')
-          + (', upright' if upright else '') + '.'),
-      resolution=resolution,
-      num_train=num_train,
-      num_validation=num_validation,
-      seed=seed,
-      class_colours=class_colours,
-      upright=upright,
-  )
+      name=name, description=description, resolution=resolution, num_train=num_train,
+      num_validation=num_validation, seed=seed, class_colours=class_colours, upright=upright)
 
 
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
@@ -256,24 +220,19 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
     resolution = self.builder_config.resolution
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(
-                shape=(resolution, resolution, 3), encoding_format='png'),
-            'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-        }),
+            'image': tfds.features.Image(shape=(resolution, resolution, 3),
+                                         encoding_format='png'),
+            'label': tfds.features.ClassLabel(names=CLASS_NAMES)}),
         supervised_keys=('image', 'label'),
         # Record i of a split is example i, so indices mean the same thing in
         # the builder, the data source and the tests.
-        disable_shuffling=True,
-    )
+        disable_shuffling=True)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
     config = self.builder_config
-    return {
-        'train': self._generate_examples('train', config.num_train),
-        'validation': self._generate_examples(
-            'validation', config.num_validation),
-    }
+    return {'train': self._generate_examples('train', config.num_train),
+            'validation': self._generate_examples('validation', config.num_validation)}
 
   def _generate_examples(self, split, num_examples):
     config = self.builder_config
@@ -284,20 +243,16 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
       yield index, {'image': encode_png(image), 'label': label}
 
 
-def prepare_synthetic_shapes(data_dir, resolution=64,
-                             num_train=DEFAULT_NUM_TRAIN,
-                             num_validation=DEFAULT_NUM_VALIDATION,
-                             seed=DEFAULT_SEED, class_colours=False, upright=False):
+def prepare_synthetic_shapes(data_dir, resolution=64, num_train=DEFAULT_NUM_TRAIN,
+                             num_validation=DEFAULT_NUM_VALIDATION, seed=DEFAULT_SEED,
+                             class_colours=False, upright=False):
   """Writes the dataset under `data_dir` unless it is already there.
 
   Args:
     data_dir: tfds data directory (None: the tfds default).
     resolution: image height and width.
-    num_train: size of the 'train' split.
-    num_validation: size of the 'validation' split.
-    seed: picture seed (see `render_example`).
-    class_colours: one colour per class (see `render_example`).
-    upright: shapes in their canonical orientation (see `render_example`).
+    num_train, num_validation: sizes of the 'train' and 'validation' splits.
+    seed, class_colours, upright: the pictures (see `render_example`).
 
   Returns:
     The prepared `SyntheticShapes` builder: read it with
@@ -308,11 +263,7 @@ def prepare_synthetic_shapes(data_dir, resolution=64,
   if config.name in SyntheticShapes.builder_configs:
     # tfds refuses a config object that shadows a named one; pass the name.
     config = config.name
-  builder = SyntheticShapes(
-      config=config,
-      data_dir=data_dir,
-      file_format='array_record',
-  )
+  builder = SyntheticShapes(config=config, data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
     if data_dir and files.is_remote(data_dir):
       # tfds writes ArrayRecord shards in place, and ArrayRecord's writer

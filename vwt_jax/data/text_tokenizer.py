@@ -1,23 +1,19 @@
 """Text tokenizers for the captioner: training, loading and special ids.
 
-Everything is a `tokenizers.Tokenizer` (the Rust `tokenizers` library); no
-tokenizer is written by hand here.
+Everything is a `tokenizers.Tokenizer` (the Rust `tokenizers` library).
 
 `train_tokenizer` builds a LLaMA-style SentencePiece-like BPE, not a GPT-2
-byte-level one, because the captioner's decoder is a LLaMA/Vicuna model whose
-released tokenizer has exactly this shape: '▁' marks word starts (Metaspace,
-prefixed to the first word of every encoded string), BPE merges never cross a
-word start, and characters outside the vocabulary fall back to the 256 byte
-tokens '<0x00>'..'<0xFF>' instead of '<unk>'. So a trained tokenizer and a
-converted Vicuna one behave alike in the captioner's code: the question and
-the answer, encoded separately as ST-LLM does, each start with a '▁' word, and
-decoding the answer tokens gives back the answer text.
+byte-level one, because the captioner's decoder is a LLaMA/Vicuna model: '▁'
+marks word starts (prefixed to the first word of every encoded string), merges
+never cross a word start, and unknown characters fall back to the 256 byte
+tokens '<0x00>'..'<0xFF>'. So a trained tokenizer and a converted Vicuna one
+behave alike in the captioner: the question and the answer, encoded
+separately as ST-LLM does, each start with a '▁' word.
 
 `load_tokenizer` reads `tokenizer.json`, or converts a SentencePiece
 `tokenizer.model` (what Vicuna and Vriptor checkpoints ship) without the
-`sentencepiece` package: the model file is a protobuf, parsed with
-transformers' copy of the SentencePiece schema, and transformers'
-`SpmConverter.build_tokenizer_from_spm_proto` turns it into a `Tokenizer`.
+`sentencepiece` package, through transformers' protobuf schema and
+`SpmConverter.build_tokenizer_from_spm_proto`.
 
   tokenizer = text_tokenizer.load_tokenizer('/ckpt/vicuna-7b')
   pad = text_tokenizer.special_id(tokenizer, '<unk>')
@@ -54,19 +50,6 @@ _HOW_TO_CONVERT = (
     'and load that.')
 
 
-def byte_token(value: int) -> str:
-  """The byte-fallback token of one byte, e.g. '<0x0A>' for a newline."""
-  return f'<0x{value:02X}>'
-
-
-def _llama_decoder() -> decoders.Decoder:
-  # '▁' -> ' ', byte tokens -> UTF-8 text, then drop the one space the encoder
-  # put before the first word (Strip runs on the fused text, not per token).
-  return decoders.Sequence([
-      decoders.Replace(WORD_START, ' '), decoders.ByteFallback(), decoders.Fuse(),
-      decoders.Strip(' ', 1, 0)])
-
-
 def _word_start_pre_tokenizer() -> pre_tokenizers.PreTokenizer:
   # split=True keeps merges inside words, as SentencePiece's default
   # split_by_whitespace; encoding is the same as splitting nothing, since no
@@ -79,9 +62,8 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int,
                     path: Optional[str] = None) -> tokenizers.Tokenizer:
   """Trains a LLaMA-style BPE tokenizer (see the module docstring).
 
-  Ids: the special tokens first, in the given order (0 '<unk>', 1 '<s>',
-  2 '</s>', 3 '<pad>' by default), then the 256 byte tokens, then the learned
-  pieces (characters of the texts, then merges in the order learned). The
+  Ids: the special tokens first, in the given order, then the 256 byte tokens,
+  then the learned pieces (characters, then merges in the order learned). The
   same texts always give the same tokenizer.
 
   Args:
@@ -89,9 +71,8 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int,
     vocab_size: the most tokens in the vocabulary, special and byte tokens
       included; fewer when the texts run out of pairs to merge.
     special_tokens: added as special tokens; '<unk>', if among them, is the
-      BPE unknown token (byte fallback leaves it unused for UTF-8 text).
-    path: a directory to save the tokenizer to as `tokenizer.json` (created
-      if needed).
+      BPE unknown token.
+    path: a directory to save the tokenizer to as `tokenizer.json`.
 
   Returns:
     The tokenizer, with no padding, truncation or post-processing: callers
@@ -104,8 +85,7 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int,
   special_tokens = list(special_tokens)
   if len(set(special_tokens)) != len(special_tokens):
     raise ValueError(f'special_tokens {special_tokens} repeats a token')
-  reserved = len(special_tokens) + NUM_BYTE_TOKENS
-  if vocab_size <= reserved:
+  if vocab_size <= len(special_tokens) + NUM_BYTE_TOKENS:
     raise ValueError(f'vocab_size={vocab_size} leaves no room for learned pieces after '
                      f'{len(special_tokens)} special and {NUM_BYTE_TOKENS} byte tokens')
   unk = '<unk>' if '<unk>' in special_tokens else None
@@ -118,15 +98,18 @@ def train_tokenizer(texts: Iterable[str], *, vocab_size: int,
       show_progress=False))
   learned = json.loads(learner.to_str())['model']
   vocab = {token: i for i, token in enumerate(special_tokens)}
-  for value in range(NUM_BYTE_TOKENS):
-    vocab.setdefault(byte_token(value), len(vocab))
-  for token, _ in sorted(learned['vocab'].items(), key=lambda item: item[1]):
+  byte_tokens = [f'<0x{value:02X}>' for value in range(NUM_BYTE_TOKENS)]
+  for token in byte_tokens + sorted(learned['vocab'], key=learned['vocab'].get):
     vocab.setdefault(token, len(vocab))
   merges = [tuple(pair) for pair in learned['merges']]
   tokenizer = tokenizers.Tokenizer(models.BPE(
       vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
   tokenizer.pre_tokenizer = _word_start_pre_tokenizer()
-  tokenizer.decoder = _llama_decoder()
+  # '▁' -> ' ', byte tokens -> UTF-8 text, then drop the one space the encoder
+  # put before the first word (Strip runs on the fused text, not per token).
+  tokenizer.decoder = decoders.Sequence([
+      decoders.Replace(WORD_START, ' '), decoders.ByteFallback(), decoders.Fuse(),
+      decoders.Strip(' ', 1, 0)])
   tokenizer.add_special_tokens(special_tokens)
   if path is not None:
     files.makedirs(path)
@@ -146,31 +129,22 @@ def _read_json(path: str) -> dict:
   return value
 
 
-def _added_tokens(model_dir: str) -> dict[int, str]:
-  """Tokens a HF checkpoint adds to its SentencePiece model, by id.
+def _hf_settings(model_dir: str) -> tuple[dict[int, str], bool]:
+  """(tokens added to the SentencePiece model by id, `legacy`) of a HF checkpoint.
 
-  From `added_tokens.json` ({content: id}, e.g. Vriptor's {'[PAD]': 32000})
-  and the `added_tokens_decoder` of `tokenizer_config.json`.
+  Added tokens come from `added_tokens.json` ({content: id}, e.g. Vriptor's
+  {'[PAD]': 32000}) and the `added_tokens_decoder` of `tokenizer_config.json`;
+  `legacy` is transformers' LlamaTokenizer flag there (True when unset).
   """
   added = {}
   path = os.path.join(model_dir, 'added_tokens.json')
   if epath.Path(path).is_file():
     added.update({int(i): str(token) for token, i in _read_json(path).items()})
   path = os.path.join(model_dir, 'tokenizer_config.json')
-  if epath.Path(path).is_file():
-    for i, token in (_read_json(path).get('added_tokens_decoder') or {}).items():
-      added[int(i)] = str(token['content'] if isinstance(token, dict) else token)
-  return added
-
-
-def _legacy(model_dir: str) -> bool:
-  """transformers' `legacy` flag of LlamaTokenizer (True when unset)."""
-  path = os.path.join(model_dir, 'tokenizer_config.json')
-  if epath.Path(path).is_file():
-    value = _read_json(path).get('legacy')
-    if value is not None:
-      return bool(value)
-  return True
+  config = _read_json(path) if epath.Path(path).is_file() else {}
+  for i, token in (config.get('added_tokens_decoder') or {}).items():
+    added[int(i)] = str(token['content'] if isinstance(token, dict) else token)
+  return added, config.get('legacy') is None or bool(config['legacy'])
 
 
 def convert_sentencepiece(model_file: str, *, added_tokens: Optional[dict[int, str]] = None,
@@ -213,10 +187,8 @@ def convert_sentencepiece(model_file: str, *, added_tokens: Optional[dict[int, s
     raise ValueError(f'{model_file}: {len(proto.pieces)} pieces, model type {model_type}; '
                      f'only BPE ({_MODEL_BPE}) and Unigram ({_MODEL_UNIGRAM}) models with '
                      f'pieces are converted here. {_HOW_TO_CONVERT}')
-  if model_type == _MODEL_BPE:
-    vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
-  else:
-    vocab = [(p.piece, p.score) for p in proto.pieces]
+  vocab = ({p.piece: i for i, p in enumerate(proto.pieces)} if model_type == _MODEL_BPE
+           else [(p.piece, p.score) for p in proto.pieces])
   tokenizer = build(proto, vocab, legacy=legacy)
   tokenizer.add_special_tokens([
       tokenizers.AddedToken(p.piece, normalized=False, special=True)
@@ -240,9 +212,8 @@ def load_tokenizer(path_or_dir: str) -> tokenizers.Tokenizer:
   """Reads a tokenizer: `tokenizer.json`, or a SentencePiece `tokenizer.model`.
 
   A directory (e.g. a HF Vicuna/LLaMA checkpoint) is searched for
-  `tokenizer.json` first, then `tokenizer.model`, which is converted with
-  `convert_sentencepiece` together with the directory's `added_tokens.json`
-  and `tokenizer_config.json` (`added_tokens_decoder`, `legacy`). Padding and
+  `tokenizer.json` first, then `tokenizer.model`, converted with the
+  directory's added tokens and `legacy` flag (`_hf_settings`). Padding and
   truncation stored in tokenizer.json are switched off: the captioner sizes
   its sequences itself.
 
@@ -255,22 +226,19 @@ def load_tokenizer(path_or_dir: str) -> tokenizers.Tokenizer:
     json_file = os.path.join(path_or_dir, TOKENIZER_FILE)
     model_file = os.path.join(path_or_dir, SENTENCEPIECE_FILE)
     if epath.Path(json_file).is_file():
-      path_or_dir = json_file
+      # `from_file` reads local paths only.
+      tokenizer = tokenizers.Tokenizer.from_str(files.read_text(json_file))
     elif epath.Path(model_file).is_file():
-      tokenizer = convert_sentencepiece(model_file, added_tokens=_added_tokens(path_or_dir),
-                                        legacy=_legacy(path_or_dir))
-      tokenizer.no_padding()
-      tokenizer.no_truncation()
-      return tokenizer
+      added, legacy = _hf_settings(path_or_dir)
+      tokenizer = convert_sentencepiece(model_file, added_tokens=added, legacy=legacy)
     else:
       raise FileNotFoundError(f'{path_or_dir} has neither {TOKENIZER_FILE} nor '
                               f'{SENTENCEPIECE_FILE}')
-  if not epath.Path(path_or_dir).is_file():
+  elif not epath.Path(path_or_dir).is_file():
     raise FileNotFoundError(f'tokenizer file {path_or_dir} not found')
-  if path_or_dir.endswith('.model'):
+  elif path_or_dir.endswith('.model'):
     tokenizer = convert_sentencepiece(path_or_dir)
   else:
-    # `from_file` reads local paths only.
     tokenizer = tokenizers.Tokenizer.from_str(files.read_text(path_or_dir))
   tokenizer.no_padding()
   tokenizer.no_truncation()

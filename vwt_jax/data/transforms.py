@@ -24,8 +24,7 @@ def decode_image(data):
       image.load()
       return np.asarray(image.convert('RGB'))
   except Exception as e:  # Pillow raises many types for broken files.
-    raise CorruptRecordError(
-        f'cannot decode image ({type(e).__name__}: {e})') from e
+    raise CorruptRecordError(f'cannot decode image ({type(e).__name__}: {e})') from e
 
 
 def resize_shorter_side(image, size):
@@ -37,15 +36,12 @@ def resize_shorter_side(image, size):
   if new_size == (width, height):
     return image
   # Pillow widens the bicubic kernel when shrinking, i.e. it antialiases.
-  resized = Image.fromarray(image).resize(
-      new_size, Image.Resampling.BICUBIC)
-  return np.asarray(resized)
+  return np.asarray(Image.fromarray(image).resize(new_size, Image.Resampling.BICUBIC))
 
 
 def center_crop(image, size):
   height, width = image.shape[:2]
-  top = (height - size) // 2
-  left = (width - size) // 2
+  top, left = (height - size) // 2, (width - size) // 2
   return image[top:top + size, left:left + size]
 
 
@@ -61,22 +57,19 @@ def center_crop_arr(image, size):
   while min(pil.size) >= 2 * size:
     pil = pil.resize(tuple(x // 2 for x in pil.size), Image.Resampling.BOX)
   scale = size / min(pil.size)
-  pil = pil.resize(tuple(round(x * scale) for x in pil.size),
-                   Image.Resampling.BICUBIC)
+  pil = pil.resize(tuple(round(x * scale) for x in pil.size), Image.Resampling.BICUBIC)
   return center_crop(np.asarray(pil), size)
 
 
 def five_crop(image, size):
-  """torchvision's FiveCrop: (top-left, top-right, bottom-left, bottom-right,
-  center) crops of `size`.
+  """torchvision's FiveCrop: the 4 corner crops of `size` (TL, TR, BL, BR), then the centre.
 
   The center offsets round half to even (torchvision's `center_crop`), unlike
   the floored `center_crop`; they differ when the margin is odd.
   """
   height, width = image.shape[:2]
   if size > min(height, width):
-    raise ValueError(
-        f'crop size {size} exceeds the image size {height}x{width}')
+    raise ValueError(f'crop size {size} exceeds the image size {height}x{width}')
   top, left = round((height - size) / 2), round((width - size) / 2)
   return (image[:size, :size], image[:size, width - size:],
           image[height - size:, :size], image[height - size:, width - size:],
@@ -94,8 +87,7 @@ def ten_crop(image, size):
 
 def random_crop(image, size, rng):
   height, width = image.shape[:2]
-  top = rng.integers(height - size + 1)
-  left = rng.integers(width - size + 1)
+  top, left = rng.integers(height - size + 1), rng.integers(width - size + 1)
   return image[top:top + size, left:left + size]
 
 
@@ -129,9 +121,8 @@ def preprocess_image(data, *, image_size, train, rng=None):
   """
   image = data if isinstance(data, np.ndarray) else decode_image(data)
   image = resize_shorter_side(image, image_size)
-  if not train:
-    return np.ascontiguousarray(center_crop(image, image_size))
-  image = random_flip(random_crop(image, image_size, rng), rng)
+  image = (random_flip(random_crop(image, image_size, rng), rng) if train
+           else center_crop(image, image_size))
   return np.ascontiguousarray(image)
 
 

@@ -1,11 +1,11 @@
 """The ADM evaluator's `.npz` batches: images in `arr_0`, optional statistics.
 
 A sample batch holds `arr_0` uint8 [N, H, W, 3] (and optionally `arr_1`
-labels). A reference batch may also hold `mu`, `sigma` (pool_3) and `mu_s`,
-`sigma_s` (spatial); when `mu` is present the evaluator uses these instead of
-statistics of `arr_0`, for the sample file too, so samples never carry `mu`.
-Images are streamed from the zip member in batches: 50k 256x256 images are
-9.8 GB, and `np.load(mmap_mode=...)` cannot map a member of an `.npz`.
+labels); a reference batch may also hold `mu`, `sigma` (pool_3) and `mu_s`,
+`sigma_s` (spatial), used instead of the statistics of `arr_0` (in a sample
+file too, so samples never carry `mu`). Images are streamed from the zip
+member in batches: 50k 256x256 images are 9.8 GB, and `np.load(mmap_mode=...)`
+cannot map a member of an `.npz`.
 """
 
 import contextlib
@@ -50,20 +50,14 @@ class ImageReader:
     row_bytes = int(np.prod(self.shape[1:]))
     while self._next < self.shape[0]:
       count = min(batch_size, self.shape[0] - self._next)
-      data = self._read_exactly(count * row_bytes)
+      size = count * row_bytes
+      # A zip member's read() returns fewer bytes only at the end of its data.
+      data = self._member.read(size)
+      if len(data) < size:
+        raise ValueError(f"{self.path}: {self.key} ends after {len(data)} of {size} bytes of "
+                         f"image {self._next} (truncated file?)")
       self._next += count
       yield np.frombuffer(data, np.uint8).reshape((count,) + tuple(self.shape[1:]))
-
-  def _read_exactly(self, size: int) -> bytes:
-    chunks, got = [], 0
-    while got < size:
-      chunk = self._member.read(size - got)
-      if not chunk:
-        raise ValueError(f"{self.path}: {self.key} ends after {got} of {size} bytes of "
-                         f"image {self._next} (truncated file?)")
-      chunks.append(chunk)
-      got += len(chunk)
-    return b"".join(chunks)
 
 
 @contextlib.contextmanager
@@ -86,13 +80,12 @@ def open_images(path: str, key: str = IMAGES_KEY) -> Iterator[ImageReader]:
                        f"{key} = uint8 [N, H, W, 3] images")
     with archive.open(member_name, "r") as member:
       version = np.lib.format.read_magic(member)
-      if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
-      elif version == (2, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
-      else:
+      read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                     (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+      if read_header is None:
         raise ValueError(f"{path}: {key} uses .npy format {version}; expected 1.0 or 2.0 "
                          "(as written by np.savez)")
+      shape, fortran_order, dtype = read_header(member)
       where = f"{path}: {key}"
       _check_images(where, shape, dtype)
       if fortran_order:

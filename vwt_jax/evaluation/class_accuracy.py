@@ -2,15 +2,11 @@
 
 The classification accuracy score (CAS, Ravuri and Vinyals, 2019) asks a
 classifier trained on real images for the class of each generated one. Here
-the classifier is a small convolutional network trained from scratch in
-seconds on the real training images of the generator's dataset, so the score
-needs no pretrained weights; its accuracy on real held-out images of the same
-size is the ceiling the samples are read against. Training images are
-flipped and some blurred at random: a tokenizer's reconstructions are softer
-than the real images, and the score should judge their shape, not their
-sharpness. On the embedded synthetic shapes the classes are shapes while
-colour, size and position are random, so a sample scores only when its
-outline is right.
+it is a small network trained from scratch in seconds on the dataset's real
+training images (no pretrained weights); its accuracy on real held-out images
+is the ceiling the samples are read against. Training images are flipped and
+some blurred at random: reconstructions are softer than real images, and the
+score should judge their shape, not their sharpness.
 """
 
 import dataclasses
@@ -75,10 +71,9 @@ def train(images: np.ndarray, labels: np.ndarray, num_classes: int,
           settings: TrainSettings = TrainSettings()):
   """Trains `SmallConvNet` on uint8 NHWC `images`; returns (model, params, losses).
 
-  Batches are drawn with replacement from a seeded generator, flipped left
-  to right at random (every class here is closed under mirroring, and so are
-  ImageNet's) and blurred at random (`TrainSettings`), so the same inputs and
-  settings give the same classifier.
+  Batches are drawn with replacement from a seeded generator (the same inputs
+  give the same classifier), flipped left to right (the classes are closed
+  under mirroring) and blurred at random.
   """
   if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
     raise ValueError(f"images: expected uint8 (N, H, W, 3), got {images.dtype} {images.shape}")

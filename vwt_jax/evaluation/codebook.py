@@ -1,10 +1,9 @@
 """How much of a tokenizer's codebook its codes use.
 
 Usage is the fraction of codebook entries that occur at least once; perplexity
-is exp(entropy) of the code histogram, the number of equally likely codes that
-would give the same entropy (1 for a collapsed codebook, K for uniform use).
-Both are over all code positions of all images evaluated, unlike the per-batch
-values the quantizer reports during training.
+is exp(entropy) of the code histogram (1 for a collapsed codebook, K for
+uniform use). Both are over all code positions of all images evaluated, unlike
+the per-batch values the quantizer reports during training.
 """
 
 import numpy as np

@@ -1,9 +1,9 @@
 """The ADM evaluator (guided-diffusion `evaluations/evaluator.py`) over our Inception.
 
-Inception Score, FID, sFID and improved precision/recall of a sample batch
-against a reference batch, both ADM `.npz` files. Only the network runs
-sharded on the mesh; the statistics and the Frechet step are float64 on the
-host, the precision/recall distance blocks jitted on the default device.
+IS, FID, sFID and improved precision/recall of a sample batch against a
+reference batch (ADM `.npz` files). Only the network runs sharded on the mesh;
+the statistics and the Frechet step are float64 on the host, the
+precision/recall distance blocks jitted on the default device.
 """
 
 import os
@@ -28,7 +28,6 @@ ADM_BATCH_SIZE = 64
 # Metric keys and the labels of the lines ADM prints, in its order.
 _REPORT_LABELS = (("inception_score", "Inception Score"), ("fid", "FID"), ("sfid", "sFID"),
                   ("precision", "Precision"), ("recall", "Recall"))
-METRIC_NAMES = tuple(key for key, _ in _REPORT_LABELS)
 
 ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, dict]]
 
@@ -153,14 +152,13 @@ def _parts(batch: Batch) -> ReferenceBatch:
 def _statistics(batch: ReferenceBatch) -> tuple[Statistics, Statistics]:
   if batch.pool_stats is not None:
     return batch.pool_stats, batch.spatial_stats
-  acts = batch.activations
-  return (FeatureStatistics.from_activations(acts.pool).statistics(),
-          FeatureStatistics.from_activations(acts.spatial).statistics())
+  return tuple(FeatureStatistics.from_activations(a).statistics()
+               for a in (batch.activations.pool, batch.activations.spatial))
 
 
 def compute_metrics(ref: Batch, samples: Batch,
                     estimator: Optional[ManifoldEstimator] = None) -> dict[str, Optional[float]]:
-  """ADM's metrics of `samples` against `ref`: keys `METRIC_NAMES`.
+  """ADM's metrics of `samples` against `ref`, keyed as in `_REPORT_LABELS`.
 
   FID/sFID use stored statistics where a `ReferenceBatch` has them (ADM does
   this for both files); precision/recall always use the pool_3 activations.

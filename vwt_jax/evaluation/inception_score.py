@@ -20,8 +20,7 @@ def _softmax_unbiased(pool: jax.Array, weight: jax.Array) -> jax.Array:
 
 def class_probabilities(pool: np.ndarray, weight: np.ndarray) -> np.ndarray:
   """softmax(pool @ weight) in float32: [N, 2048] x [2048, C] -> [N, C]."""
-  pool = np.asarray(pool, np.float32)
-  weight = np.asarray(weight, np.float32)
+  pool, weight = np.asarray(pool, np.float32), np.asarray(weight, np.float32)
   if pool.ndim != 2 or weight.ndim != 2 or pool.shape[1] != weight.shape[0]:
     raise ValueError(f"class_probabilities: pool {pool.shape} and weight {weight.shape} "
                      "do not multiply as [N, D] x [D, C]")

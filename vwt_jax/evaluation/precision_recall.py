@@ -1,17 +1,15 @@
 """Improved precision/recall (Kynkaanniemi et al. 2019) as the ADM evaluator runs it.
 
 Each set's manifold is the union of balls around its points whose SQUARED
-radius is the distance to the k-th nearest neighbour (k=3, the point itself
-being neighbour 0). Precision is the fraction of samples inside the reference
+radius is the distance to the k-th nearest neighbour (the point itself being
+neighbour 0). Precision is the fraction of samples inside the reference
 manifold, recall the fraction of references inside the sample manifold.
 
 Distances follow ADM's TF `DistanceBlock`: max(|u|^2 - 2 u.v + |v|^2, 0) with
-the inputs and every intermediate rounded to float16; only when a block has a
-non-finite entry is that whole block recomputed in float32 (ADM's `tf.cond`
-runs per block). The float16 rounding is emulated with `reduce_precision` on
-float32 values, so XLA's excess-precision rewrites cannot remove it and an
-overflow becomes inf exactly as in float16. Blocks run jitted on the default
-device (10k x 50k distances in float64 numpy would take minutes).
+every intermediate rounded to float16, and a block with a non-finite entry
+recomputed whole in float32. The rounding is emulated with `reduce_precision`
+on float32 values, so XLA's excess-precision rewrites cannot remove it and an
+overflow becomes inf exactly as in float16.
 """
 
 import collections
@@ -49,9 +47,7 @@ def _distance_block(u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
   return d, fallback
 
 
-@jax.jit
-def _pairwise_distances(u: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
-  return _distance_block(u, v)
+_pairwise_distances = jax.jit(_distance_block)
 
 
 def pairwise_distances(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -154,10 +150,8 @@ class ManifoldEstimator:
 
     With set 1 = reference and set 2 = samples this is (precision, recall).
     """
-    features_1 = np.asarray(features_1, np.float32)
-    features_2 = np.asarray(features_2, np.float32)
-    radii_1 = np.asarray(radii_1, np.float32)
-    radii_2 = np.asarray(radii_2, np.float32)
+    features_1, radii_1, features_2, radii_2 = (
+        np.asarray(a, np.float32) for a in (features_1, radii_1, features_2, radii_2))
     _check_features("evaluate_pr features_1", features_1)
     _check_features("evaluate_pr features_2", features_2)
     rows_size = min(self.row_batch_size, len(features_1))

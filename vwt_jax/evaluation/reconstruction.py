@@ -1,15 +1,12 @@
 """Reconstruction quality of a tokenizer on held-out images.
 
-Per image: PSNR and SSIM on [0, 1], LPIPS when LPIPS weights are given. Over
-the codes: codebook usage and perplexity. Over the set: rFID (+ sFID, IS when
-the Inception weights hold the fc layer, precision/recall) with the ADM
-evaluator, the originals taking the reference role, as LlamaGen computes rFID
-on ImageNet val.
+Per image: PSNR, SSIM and (with weights) LPIPS. Over the codes: codebook
+usage and perplexity. Over the set: the ADM evaluator's metrics with the
+originals as reference, as LlamaGen computes rFID on ImageNet val.
 
-Both image sets are quantised to uint8 with one rule, `images.quantize`,
-which maps the pipeline's floats back to exactly the decoded pixels, so the
-originals the Inception network sees are those pixels; the picture grid uses
-TiTok's truncating `images.to_uint8`.
+Both image sets reach the Inception network through `images.quantize`, which
+maps the pipeline's floats back to exactly the decoded pixels; the picture
+grid uses TiTok's truncating `images.to_uint8`.
 """
 
 import dataclasses
@@ -158,8 +155,7 @@ def inception_metrics(runner, originals: Iterable[np.ndarray],
   ref = runner.activations(originals, total=total, desc="inception: originals")
   rec = runner.activations(reconstructions, total=total, desc="inception: reconstructions")
   metrics = evaluator.compute_metrics(ref, rec)
-  renamed = {"fid": "rfid"}
-  return {renamed.get(k, k): float(v) for k, v in metrics.items() if v is not None}
+  return {("rfid" if k == "fid" else k): float(v) for k, v in metrics.items() if v is not None}
 
 
 def evaluate_reconstruction(reconstruct: ReconstructFn, dataset: Iterable, mesh, *,
@@ -174,8 +170,7 @@ def evaluate_reconstruction(reconstruct: ReconstructFn, dataset: Iterable, mesh,
   """
   networks = networks or Networks()
   stats = ReconstructionStats(codebook_size)
-  originals, recons = [], []
-  grid_originals, grid_recons = [], []
+  originals, recons, grid_originals, grid_recons = [], [], [], []
   seen = 0
   for batch in reconstruction_batches(reconstruct, dataset, mesh, num_images=num_images,
                                       lpips=networks.lpips):

@@ -1,10 +1,9 @@
 """Structural similarity (Wang et al. 2004) of image pairs, in JAX.
 
-The standard settings of the paper and its MATLAB `ssim_index`: an 11x11
-Gaussian window with sigma 1.5, K1 = 0.01, K2 = 0.03, dynamic range L = 1 on
-[0, 1] images, population (not sample) local statistics, and only the 'valid'
-window positions (no padding, so an HxW image yields an (H-10)x(W-10) map). The
-score of a colour image is the mean over the map and the channels.
+The settings of the paper and its MATLAB `ssim_index` (the constants below,
+dynamic range 1 on [0, 1] images): population local statistics and only the
+'valid' window positions, so an HxW image yields an (H-10)x(W-10) map. A
+colour image scores the mean over the map and the channels.
 """
 
 import jax
@@ -26,16 +25,14 @@ def gaussian_window(size: int = WINDOW_SIZE, sigma: float = SIGMA) -> np.ndarray
 
 def _filter_valid(x: jax.Array, window: jax.Array) -> jax.Array:
   """Separable 'valid' filtering of each channel of NHWC `x`."""
-  channels = x.shape[-1]
-  size = window.shape[0]
-  dims = ("NHWC", "HWIO", "NHWC")
-  precision = jax.lax.Precision.HIGHEST
-  rows = jnp.tile(window.reshape(size, 1, 1, 1), (1, 1, 1, channels))
-  cols = jnp.tile(window.reshape(1, size, 1, 1), (1, 1, 1, channels))
-  x = jax.lax.conv_general_dilated(x, rows, (1, 1), "VALID", dimension_numbers=dims,
-                                   feature_group_count=channels, precision=precision)
-  return jax.lax.conv_general_dilated(x, cols, (1, 1), "VALID", dimension_numbers=dims,
-                                      feature_group_count=channels, precision=precision)
+  channels, size = x.shape[-1], window.shape[0]
+  for shape in ((size, 1, 1, 1), (1, size, 1, 1)):
+    kernel = jnp.tile(window.reshape(shape), (1, 1, 1, channels))
+    x = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     feature_group_count=channels,
+                                     precision=jax.lax.Precision.HIGHEST)
+  return x
 
 
 def ssim_map(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -45,15 +42,12 @@ def ssim_map(a: jax.Array, b: jax.Array) -> jax.Array:
   if min(a.shape[1:3]) < WINDOW_SIZE:
     raise ValueError(f"ssim: images of {a.shape[1]}x{a.shape[2]} are smaller than the "
                      f"{WINDOW_SIZE}x{WINDOW_SIZE} window")
-  a = a.astype(jnp.float32)
-  b = b.astype(jnp.float32)
-  window = jnp.asarray(gaussian_window())
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
   # One filtering pass over the five moment images.
-  moments = _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1), window)
+  moments = _filter_valid(jnp.concatenate([a, b, a * a, b * b, a * b], axis=-1),
+                          jnp.asarray(gaussian_window()))
   mu_a, mu_b, aa, bb, ab = jnp.split(moments, 5, axis=-1)
-  var_a = aa - mu_a * mu_a
-  var_b = bb - mu_b * mu_b
-  cov = ab - mu_a * mu_b
+  var_a, var_b, cov = aa - mu_a * mu_a, bb - mu_b * mu_b, ab - mu_a * mu_b
   c1, c2 = K1 ** 2, K2 ** 2
   return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)
           / ((mu_a * mu_a + mu_b * mu_b + c1) * (var_a + var_b + c2)))

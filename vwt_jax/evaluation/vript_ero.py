@@ -73,25 +73,17 @@ def evaluate_file(path: str, *, annotations: Optional[str] = None) -> dict:
      'top3'}] for the counted rows, 'num_unparsed': predictions without three
      letters}.
   """
-  rows = vript_predictions.read_predictions(path)
-  table = None
-  if annotations is not None:
-    table = vript_predictions.read_annotations(annotations, "video_id", ("answer",))
-  scored, skipped = [], 0
-  for row in rows:
-    if row.pred is None:
-      skipped += 1
-      continue
-    source, gt = vript_predictions.ground_truth(row, path, table, annotations)
+  def score_row(row, source, gt):
     letters = _gt_letters(gt if source == "inline" else gt["answer"])
     if len(letters) < ORDER_LENGTH:
       raise ValueError(f"{path}: {row.where}: ground truth {gt!r} should hold 3 scene letters")
     parsed = parse_order(row.pred)
     hits = matching_positions(parsed, letters) or 0
-    scored.append({"id": row.id, "pred": row.pred, "gt": letters[:ORDER_LENGTH],
-                   "parsed": parsed, **{f"top{k}": hits >= k for k in (1, 2, 3)}})
-  if not scored:
-    raise ValueError(f"{path}: no row with a prediction to score")
+    return {"id": row.id, "pred": row.pred, "gt": letters[:ORDER_LENGTH], "parsed": parsed,
+            **{f"top{k}": hits >= k for k in (1, 2, 3)}}
+
+  scored, skipped = vript_predictions.score_rows(path, annotations, "video_id", ("answer",),
+                                                  score_row)
   metrics = score_ero([r["parsed"] for r in scored], [r["gt"] for r in scored])
   metrics["num_skipped"] = skipped
   return {"metrics": metrics, "rows": scored,

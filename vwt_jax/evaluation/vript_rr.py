@@ -55,17 +55,7 @@ def evaluate_file(path: str, *, annotations: Optional[str] = None) -> dict:
      'rows': [{'id', 'pred', 'gt', 'parsed', 'correct'}] for the counted rows,
      'num_unparsed': predictions without '(X)'}.
   """
-  rows = vript_predictions.read_predictions(path)
-  table = None
-  if annotations is not None:
-    table = vript_predictions.read_annotations(
-        annotations, "clip_id", ("multiple_choice", "multiple_choice_answer"))
-  scored, skipped = [], 0
-  for row in rows:
-    if row.pred is None:
-      skipped += 1
-      continue
-    source, gt = vript_predictions.ground_truth(row, path, table, annotations)
+  def score_row(row, source, gt):
     if source == "inline":
       letter = parse_choice(str(gt))
       if letter is None:
@@ -73,10 +63,11 @@ def evaluate_file(path: str, *, annotations: Optional[str] = None) -> dict:
     else:
       letter = answer_letter(gt["multiple_choice"], gt["multiple_choice_answer"])
     parsed = parse_choice(row.pred)
-    scored.append({"id": row.id, "pred": row.pred, "gt": letter, "parsed": parsed,
-                   "correct": parsed == letter})
-  if not scored:
-    raise ValueError(f"{path}: no row with a prediction to score")
+    return {"id": row.id, "pred": row.pred, "gt": letter, "parsed": parsed,
+            "correct": parsed == letter}
+
+  scored, skipped = vript_predictions.score_rows(
+      path, annotations, "clip_id", ("multiple_choice", "multiple_choice_answer"), score_row)
   metrics = score_rr([r["parsed"] for r in scored], [r["gt"] for r in scored])
   metrics["num_skipped"] = skipped
   return {"metrics": metrics, "rows": scored,

@@ -96,6 +96,21 @@ class _Encoder:
       mask[r, :len(row)] = 1
     return tokens, mask
 
+  def token_features(self, apply, ids: Sequence[Sequence[int]], max_length: int,
+                      batch_size: int, mask_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """`apply`'s per-token features of `ids` and their mask (`CaptionFeatureEncoder.encode`),
+    in batches of `batch_size` rows, fewer rows padded up to a power of two."""
+    features = np.zeros((len(ids), max_length, self.dim), np.float32)
+    mask = np.zeros((len(ids), max_length), bool)
+    for start in range(0, len(ids), batch_size):
+      chunk = ids[start:start + batch_size]
+      rows = text_tokenizer.padded_size(len(chunk), 1, batch_size)
+      tokens, valid = self._padded(chunk, rows, max_length, mask_dtype)
+      out = apply(self.params, tokens, valid)
+      features[start:start + len(chunk)] = np.asarray(out)[:len(chunk)]
+      mask[start:start + len(chunk)] = valid[:len(chunk)]
+    return features, mask
+
 
 class SentenceEncoder(_Encoder):
   """A converted sentence-transformers model: tokenizer + jitted `TextEncoder`.
@@ -224,17 +239,8 @@ class T5TextEncoder(_Encoder):
     """
     if isinstance(texts, str):
       raise TypeError("encode expects a sequence of strings, not a single string")
-    ids = self.tokenize(texts, max_length)
-    features = np.zeros((len(ids), max_length, self.dim), np.float32)
-    mask = np.zeros((len(ids), max_length), bool)
-    for start in range(0, len(ids), self.batch_size):
-      chunk = ids[start:start + self.batch_size]
-      rows = text_tokenizer.padded_size(len(chunk), 1, self.batch_size)
-      tokens, valid = self._padded(chunk, rows, max_length, bool)
-      out = self._apply(self.params, tokens, valid)
-      features[start:start + len(chunk)] = np.asarray(out)[:len(chunk)]
-      mask[start:start + len(chunk)] = valid[:len(chunk)]
-    return features, mask
+    return self.token_features(self._apply, self.tokenize(texts, max_length), max_length,
+                                self.batch_size, bool)
 
 
 def load_t5_text_encoder(model_dir: str, *, dtype: Any = jnp.float32,
@@ -283,8 +289,7 @@ class SentenceTokenFeatures:
     self.dim = encoder.dim
     self.max_length = max_length
     self._batch_size = batch_size
-    self._params = encoder.params
-    self._pad_id = encoder.pad_id
+    self._encoder = encoder
     # A private copy truncating at max_length: the (cached, shared) encoder's
     # own tokenizer keeps its max_seq_length.
     self._tokenizer = tokenizers.Tokenizer.from_str(encoder.tokenizer.to_str())
@@ -298,20 +303,8 @@ class SentenceTokenFeatures:
     if isinstance(texts, str):
       raise TypeError("encode expects a sequence of strings, not a single string")
     ids = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
-    features = np.zeros((len(ids), self.max_length, self.dim), np.float32)
-    mask = np.zeros((len(ids), self.max_length), bool)
-    for start in range(0, len(ids), self._batch_size):
-      chunk = ids[start:start + self._batch_size]
-      rows = text_tokenizer.padded_size(len(chunk), 1, self._batch_size)
-      tokens = np.full((rows, self.max_length), self._pad_id, np.int32)
-      valid = np.zeros((rows, self.max_length), bool)
-      for r, row in enumerate(chunk):
-        tokens[r, :len(row)] = row
-        valid[r, :len(row)] = True
-      out = self._apply(self._params, tokens, valid.astype(np.int32))
-      features[start:start + len(chunk)] = np.asarray(out)[:len(chunk)]
-      mask[start:start + len(chunk)] = valid[:len(chunk)]
-    return features, mask
+    return self._encoder.token_features(
+        self._apply, ids, self.max_length, self._batch_size, np.int32)
 
 
 class T5Features:

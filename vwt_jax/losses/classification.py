@@ -10,13 +10,11 @@ def proxy_code_cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array
   The stage-1 TiTok loss: proxy-code logits vs MaskGIT-VQGAN code ids, averaged
   over batch and positions (torch `CrossEntropyLoss` with mean reduction).
   """
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  picked = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)
-  return -jnp.mean(picked)
+  return jnp.mean(_token_nll(logits, targets))
 
 
 def _token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  """Per-position -log softmax(logits)[target], float32 (B, L)."""
+  """Per-position -log softmax(logits)[target], float32 (...)."""
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -29,11 +27,10 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array,
   (B,) weight (LlamaGen t2i), Σ(CE·valid) / max(Σvalid, 1) where both sums run
   over every position, so invalid samples contribute nothing.
   """
-  ce = _token_nll(logits, targets)
   if valid is None:
-    return jnp.mean(ce)
-  weights = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None], ce.shape)
-  return jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+    return jnp.mean(_token_nll(logits, targets))
+  weights = jnp.broadcast_to(jnp.asarray(valid, jnp.float32)[:, None], targets.shape)
+  return masked_token_cross_entropy(logits, targets, weights)
 
 
 def masked_token_cross_entropy(logits: jax.Array, targets: jax.Array, mask: jax.Array,

@@ -25,16 +25,11 @@ _WEIGHT_EPS = 1e-8
 
 def mask_tokens(rng: jax.Array, tokens: jax.Array,
                 mask_token_id: int) -> tuple[jax.Array, jax.Array]:
-  """Masks a random arccos-scheduled subset of each sequence.
+  """Masks a random arccos-scheduled subset of each sequence of `tokens` (B, L).
 
-  Args:
-    rng: PRNG key.
-    tokens: (B, L) int token ids.
-    mask_token_id: id written at masked positions (the codebook size).
-
-  Returns:
-    (masked_tokens (B, L) int32, mask (B, L) bool). Row b has exactly
-    `max(1, round(L * clip(arccos(t_b) / (pi/2), 1e-6, 1)))` masked positions.
+  Returns (masked_tokens (B, L) int32, holding `mask_token_id` (the codebook
+  size) at the masked positions, mask (B, L) bool). Row b has exactly
+  `max(1, round(L * clip(arccos(t_b) / (pi/2), 1e-6, 1)))` masked positions.
   """
   batch, length = tokens.shape
   t_rng, perm_rng = jax.random.split(rng)

@@ -47,9 +47,8 @@ class ConvNeXtPerceptualLoss:
     return logits.astype(jnp.float32)
 
   def __call__(self, images: jax.Array, reconstructions: jax.Array) -> jax.Array:
-    # One forward pass for both images reads the weights once; interleaving the
-    # pairs (rather than concatenating) keeps each device's rows local under
-    # batch sharding.
+    # One pass for both images reads the weights once; interleaving the pairs
+    # (not concatenating) keeps each device's rows local under batch sharding.
     pairs = jnp.stack([images, reconstructions], axis=1)
     logits = self.logits(pairs.reshape((-1,) + images.shape[1:]))
     logits = logits.reshape(images.shape[0], 2, -1)
@@ -70,25 +69,7 @@ class LPIPSPerceptualLoss:
 PerceptualLoss = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _build_convnext_s(weights_path: str, dtype: Any,
-                      convnext_config: ConvNeXtConfig) -> ConvNeXtPerceptualLoss:
-  return ConvNeXtPerceptualLoss(params=load_convnext(weights_path, convnext_config),
-                                model=ConvNeXt(convnext_config, dtype=dtype))
-
-
-def _build_lpips(weights_path: str, dtype: Any,
-                 convnext_config: ConvNeXtConfig) -> LPIPSPerceptualLoss:
-  del convnext_config  # Only 'convnext_s' has an architecture option.
-  # The reference perceptual loss of the VQGAN is LPIPS on VGG16.
-  return LPIPSPerceptualLoss(params=load_lpips(weights_path, "vgg"),
-                             model=LPIPS("vgg", dtype=dtype))
-
-
-# TA-TiTok's "lpips-convnext_s-a-b" mix is not ported.
-_BUILDERS = {
-    "convnext_s": _build_convnext_s,
-    "lpips": _build_lpips,
-}
+# The implemented kinds and their weights; TA-TiTok's "lpips-convnext_s-a-b" mix is not ported.
 _WEIGHTS_HINT = {
     "convnext_s": "torchvision's ConvNeXt_Small IMAGENET1K_V1 state dict "
                   "(convnext_small-0c510722.pth; read by vwt_jax.conversion.convnext)",
@@ -104,7 +85,7 @@ def make_perceptual_loss(kind: str, weights_path: Optional[str], *, dtype: Any =
   """Builds the perceptual loss `fn(images, reconstructions) -> scalar`, or None.
 
   Args:
-    kind: perceptual network; one of `_BUILDERS` ('convnext_s', 'lpips').
+    kind: perceptual network: 'convnext_s' or 'lpips' (LPIPS-VGG).
     weights_path: checkpoint of that network; None or '' turns the term off.
     dtype: compute dtype of the network (the reference runs it in float32).
     convnext_config: architecture the 'convnext_s' weights must match.
@@ -115,12 +96,17 @@ def make_perceptual_loss(kind: str, weights_path: Optional[str], *, dtype: Any =
   Raises:
     ValueError: for an unknown `kind`.
   """
-  if kind not in _BUILDERS:
+  if kind not in _WEIGHTS_HINT:
     raise ValueError(
-        f"perceptual loss kind {kind!r} is not implemented; available: {sorted(_BUILDERS)}")
+        f"perceptual loss kind {kind!r} is not implemented; available: {sorted(_WEIGHTS_HINT)}")
   if not weights_path:
     logging.warning(
         "perceptual loss OFF: no weights for kind %r; set config.losses.perceptual_weights "
         "to %s.", kind, _WEIGHTS_HINT[kind])
     return None
-  return _BUILDERS[kind](weights_path, dtype, convnext_config)
+  if kind == "convnext_s":
+    return ConvNeXtPerceptualLoss(params=load_convnext(weights_path, convnext_config),
+                                  model=ConvNeXt(convnext_config, dtype=dtype))
+  # The reference perceptual loss of the VQGAN is LPIPS on VGG16.
+  return LPIPSPerceptualLoss(params=load_lpips(weights_path, "vgg"),
+                             model=LPIPS("vgg", dtype=dtype))

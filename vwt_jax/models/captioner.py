@@ -2,29 +2,16 @@
 
 Vriptor (the Vript paper's captioner) is ST-LLM: EVA ViT-g, an InstructBLIP
 Q-Former and Vicuna-7B. Here the three parts are this library's own, each
-loadable from Hugging Face-format weights:
-
-* `vision`: `clip_vision.CLIPVisionTower` run on every frame; its
-  `feature_layer` hidden state (the penultimate one by default), without the
-  CLS token when `drop_cls`, as LLaVA-style captioners read it.
-* `projector`: `projector.Projector`; 'resampler' (learned queries that
-  cross-attend to each frame, the Q-Former's role; Q = num_queries tokens per
-  frame) or 'linear' / 'mlp' (one token per vision token).
-* `lm`: `llama_lm.LlamaLM`, whose blocks are the LlamaGen GPT's
-  (`models/llama.py`).
-
-The parameter tree is {'vision': ..., 'projector': ..., 'lm': ...}, so
-`conversion.hf_clip.load_hf_clip_vision` and `conversion.hf_llama.load_hf_llama`
-outputs drop in (`families.captioner.load_pretrained`).
+loadable from Hugging Face-format weights: `vision`, a
+`clip_vision.CLIPVisionTower` run on every frame; `projector`, a
+`projector.Projector` ('resampler' takes the Q-Former's role); `lm`, a
+`llama_lm.LlamaLM`. The parameter tree is {'vision', 'projector', 'lm'}, so
+the `conversion.hf_clip` and `conversion.hf_llama` outputs drop in.
 
 Sequences come from `data/vript/captioner_text.encode_batch`: token ids with
-a run of `num_visual_tokens` slots marked in `visual`; `embed_inputs` puts the
-frames' T * Q visual tokens into those slots, in order, and the token
-embeddings everywhere else. Generation runs `embed_inputs` on the prompt, then
-`prefill` and `decode` (the LM's KV-cache path).
-
-  model = Captioner(config)
-  logits, _ = model.apply({'params': params}, frames, ids, visual)
+`num_visual_tokens` slots marked in `visual`; `embed_inputs` puts the frames'
+T * Q visual tokens into those slots, in order. Generation runs
+`embed_inputs` on the prompt, then `prefill` and `decode`.
 """
 
 import dataclasses
@@ -36,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vwt_jax.models import llama
-from vwt_jax.models import llama_lm
+from vwt_jax.models import layers, llama, llama_lm
 from vwt_jax.models import projector as projector_lib
 from vwt_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionTower
 from vwt_jax.models.llama_lm import LlamaLMConfig
@@ -94,10 +80,6 @@ class CaptionerConfig:
                        f"divide the vision width {self.vision.hidden_size}")
 
   @property
-  def frame_table_size(self) -> int:
-    return self.max_frames or self.num_frames
-
-  @property
   def vision_tokens(self) -> int:
     """Features per frame the tower hands to the projector (N)."""
     return self.vision.num_patches + (0 if self.drop_cls else 1)
@@ -123,14 +105,9 @@ class CaptionerConfig:
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "CaptionerConfig":
     def typed(sub_cls, sub):
-      sub = dict(sub)
-      for k in _DTYPE_FIELDS:
-        sub[k] = jnp.dtype(sub[k])
-      return sub_cls(**sub)
-    values = dict(values)
-    values["vision"] = typed(CLIPVisionConfig, values["vision"])
-    values["lm"] = typed(LlamaLMConfig, values["lm"])
-    return cls(**values)
+      return sub_cls(**{**sub, **{k: jnp.dtype(sub[k]) for k in _DTYPE_FIELDS}})
+    return cls(**{**values, "vision": typed(CLIPVisionConfig, values["vision"]),
+                  "lm": typed(LlamaLMConfig, values["lm"])})
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -141,13 +118,11 @@ class CaptionerConfig:
 
 
 def check_visual_slots(visual: Any, num_tokens: int) -> None:
-  """Raises ValueError naming the rows of `visual` (B, S) without exactly
-  `num_tokens` True slots; does nothing for traced values.
+  """Raises ValueError naming the rows of `visual` (B, S) without `num_tokens` True slots.
 
-  Under `jit` the slot counts are data, unknown while tracing, so only the
-  static shapes can be checked there; `captioner_text.encode_batch` lays out
-  exactly `num_visual_tokens` slots per row (padding rows included), and the
-  trainer checks every host batch with this function before it is sent.
+  Traced values pass: under jit the counts are data. `captioner_text.encode_batch`
+  lays out exactly `num_visual_tokens` slots per row, and the trainer checks
+  every host batch with this function.
   """
   if isinstance(visual, jax.core.Tracer):
     return
@@ -169,7 +144,7 @@ class Captioner(nn.Module):
     self.projector = projector_lib.Projector(
         kind=cfg.projector, out_dim=cfg.lm.dim, num_queries=cfg.num_queries,
         num_layers=cfg.projector_layers, num_heads=cfg.projector_heads,
-        max_frames=cfg.frame_table_size, temporal_embedding=cfg.temporal_embedding,
+        max_frames=cfg.max_frames or cfg.num_frames, temporal_embedding=cfg.temporal_embedding,
         dtype=cfg.lm.dtype, param_dtype=cfg.lm.param_dtype)
     self.lm = llama_lm.LlamaLM(cfg.lm)
 
@@ -189,12 +164,10 @@ class Captioner(nn.Module):
   def embed_inputs(self, frames: jax.Array, ids: jax.Array, visual: jax.Array) -> jax.Array:
     """Token embeddings (B, S, lm.dim) with the visual slots holding the visual tokens.
 
-    The k-th True slot of `visual` (B, S) in a row gets that row's k-th visual
-    token, so the slots need not be contiguous, but each row must have exactly
-    T * Q of them. Statically (also under jit) the shapes are checked; the
-    per-row count is checked when `visual` is concrete (see
-    `check_visual_slots` for why not under jit). A row with the wrong count
-    would silently get repeated (too many slots) or missing (too few) tokens.
+    The k-th True slot of a row of `visual` (B, S) gets the row's k-th visual
+    token. Each row needs exactly T * Q slots (checked when `visual` is
+    concrete, see `check_visual_slots`), else it silently gets repeated or
+    missing tokens.
     """
     if frames.ndim != 5:
       raise ValueError(f"frames {frames.shape}: expected (B, T, H, W, C)")
@@ -228,10 +201,8 @@ class Captioner(nn.Module):
       train: attention dropout of the LM (rng 'dropout').
     """
     embeds = self.embed_inputs(frames, ids, visual)
-    mask = None
-    if attention is not None:
-      seq = ids.shape[1]
-      mask = llama.attention_mask(attention, jnp.arange(seq), seq)
+    seq = ids.shape[1]
+    mask = None if attention is None else llama.attention_mask(attention, jnp.arange(seq), seq)
     return self.lm(inputs_embeds=embeds, attn_mask=mask, train=train)
 
   def prefill(self, inputs_embeds: jax.Array, cache: Any, *,
@@ -268,8 +239,7 @@ def init_inputs(config: CaptionerConfig, batch: int = 1,
 
 def abstract_params(config: CaptionerConfig) -> Any:
   """The boxed (logically partitioned) parameter tree, by shape only."""
-  args = init_inputs(config)
-  return jax.eval_shape(lambda: Captioner(config).init(jax.random.key(0), *args))["params"]
+  return layers.abstract_params(Captioner(config), *init_inputs(config))
 
 
 def count_params(config: CaptionerConfig) -> dict[str, int]:

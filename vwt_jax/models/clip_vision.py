@@ -1,29 +1,18 @@
 """The CLIP ViT vision tower, computed as transformers' `CLIPVisionModel`.
 
-images (N, H, W, C), already normalised with the CLIP mean/std ->
-* patch embedding: a stride-p conv without bias (raster order of the patches),
-* [class embedding; patches] + learned position embeddings (1 + P, D),
-* `pre_layrnorm` (CLIP's spelling of the parameter name is kept),
-* pre-LN encoder layers: x + attn(LN1(x)); x + fc2(act(fc1(LN2(x)))), with
-  q/k/v/out projections that all carry a bias and the usual head_dim**-0.5
-  scale; the activation is `hidden_act` (quick_gelu for OpenAI CLIP),
-* `post_layernorm` on the CLS token of the last layer only (the pooled output).
+CLIP-normalised images (N, H, W, C) go through a stride-p patch conv without
+bias, [class embedding; patches] + learned positions, `pre_layrnorm` (CLIP's
+spelling is kept), pre-LN encoder layers (biased q/k/v/out projections,
+activation `hidden_act`: quick_gelu for OpenAI CLIP) and `post_layernorm` on
+the last layer's CLS token (the pooled output). As transformers with
+`output_hidden_states=True`, the tower returns every hidden state; LLaVA-style
+captioners read the penultimate one without the CLS token, and under jit XLA
+drops what the features do not use.
 
-The tower returns the hidden states of every layer, as transformers does with
-`output_hidden_states=True`: index 0 is the embedding output after
-`pre_layrnorm`, index i the output of layer i. LLaVA-style captioners read
-`hidden_states[-2]` (the penultimate layer) and drop the CLS token; both are
-options of `CLIPVisionTower`. Inside a jitted function that uses only the
-features, XLA drops the rest (the last layer and the pooled output for a
-penultimate-layer tap).
-
-Logical axes: the patch conv kernel is (p, p, C, D) with names
-(None, None, None, 'embed'). It stays a conv (not a dense over flattened
-patches) so that the torch (D, C, p, p) weight maps with the shared
-`torch_state.conv`; its output axis is the residual width and therefore named
-'embed' like every other residual-width axis of the tower ('conv_out' would
-shard it over a different mesh axis than the embeddings it is added to); the
-RGB input axis is too small to shard.
+The patch kernel (p, p, C, D) stays a conv so the torch weight maps with
+`torch_state.conv`. Its output axis is named 'embed' like every residual-width
+axis of the tower ('conv_out' would shard it unlike the embeddings it is added
+to); the RGB input axis is too small to shard.
 """
 
 import dataclasses
@@ -77,18 +66,14 @@ class CLIPVisionConfig:
   @classmethod
   def from_variant(cls, name: str, **overrides) -> "CLIPVisionConfig":
     """A named tower: 'ViT-L/14', 'ViT-L/14@336px' (LLaVA-1.5's) or 'tiny' (tests)."""
-    if name not in VARIANTS:
-      raise ValueError(f"unknown CLIP vision variant {name!r}; known: {sorted(VARIANTS)}")
-    return dataclasses.replace(VARIANTS[name], **overrides)
+    return dataclasses.replace(layers.variant(VARIANTS, name, "CLIP vision"), **overrides)
 
   @classmethod
   def from_hf_config(cls, config: Mapping[str, Any], source: str = "config.json",
                      **overrides) -> "CLIPVisionConfig":
     """Reads a transformers `CLIPVisionConfig` dict, or a `CLIPConfig` dict's vision part.
 
-    Fields absent from the dict take transformers' defaults, as
-    `CLIPVisionConfig.from_pretrained` does. `overrides` set other fields
-    (dtype, param_dtype).
+    Absent fields take transformers' defaults; `overrides` set others (dtype, ...).
     """
     if config.get("model_type") == "clip" or "vision_config" in config:
       # Some CLIPConfig files (transformers 4.2x) also hold `vision_config_dict`;
@@ -106,9 +91,6 @@ class CLIPVisionConfig:
                        "supported (only 0.0, as in every released CLIP)")
     for key in ("image_size", "patch_size"):
       fields[key] = _square(fields[key], key, source)
-    if fields["hidden_act"] not in layers.HF_ACTIVATIONS:
-      raise ValueError(f"{source}: hidden_act={fields['hidden_act']!r} is not supported; "
-                       f"expected one of {sorted(layers.HF_ACTIVATIONS)}")
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "num_channels"):
       fields[key] = int(fields[key])
@@ -180,9 +162,8 @@ class CLIPVisionTower(nn.Module):
     batch, width = images.shape[0], cfg.hidden_size
 
     p = cfg.patch_size
-    x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", use_bias=False,
-                kernel_init=layers.weight_init((None, None, None, "embed")),
-                name="patch_embedding", **kw)(images.astype(cfg.dtype))
+    x = layers.conv(width, p, (None, None, None, "embed"), strides=(p, p), padding="VALID",
+                    use_bias=False, name="patch_embedding", **kw)(images.astype(cfg.dtype))
     x = x.reshape(batch, cfg.num_patches, width)  # row-major, as torch's flatten(2)
     scale = width ** -0.5
     cls_emb = self.param("class_embedding", layers.scaled_normal_init(scale, ("embed",)),
@@ -210,4 +191,4 @@ def abstract_params(config: CLIPVisionConfig) -> Any:
   """The boxed parameter tree of a tower of `config`, by shape only."""
   images = jax.ShapeDtypeStruct((1, config.image_size, config.image_size, config.num_channels),
                                 jnp.float32)
-  return jax.eval_shape(CLIPVisionTower(config).init, jax.random.PRNGKey(0), images)["params"]
+  return layers.abstract_params(CLIPVisionTower(config), images)

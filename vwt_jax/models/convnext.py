@@ -6,13 +6,13 @@ Parameter names are the targets of `vwt_jax.conversion.convnext`.
 """
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vwt_jax.models.layers import dense, layer_norm, weight_init, zeros_init
+from vwt_jax.models.layers import conv, dense, layer_norm
 
 Dtype = Any
 
@@ -30,13 +30,6 @@ class ConvNeXtConfig:
 CONVNEXT_SMALL = ConvNeXtConfig()
 
 
-def _conv(features: int, kernel: int, names: Sequence[Optional[str]], *, dtype: Dtype,
-          param_dtype: Dtype, name: str, **kwargs) -> nn.Conv:
-  return nn.Conv(
-      features, (kernel, kernel), dtype=dtype, param_dtype=param_dtype, name=name,
-      kernel_init=weight_init(names), bias_init=zeros_init(names[-1:]), **kwargs)
-
-
 class ConvNeXtBlock(nn.Module):
   """torchvision `CNBlock`: dwconv7 -> LN -> Linear 4x -> GELU -> Linear -> scale."""
   layer_scale_init: float
@@ -49,8 +42,8 @@ class ConvNeXtBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     dim = x.shape[-1]
     # The depthwise kernel's input axis has size 1, so it cannot carry 'conv_in'.
-    h = _conv(dim, 7, (None, None, None, "conv_out"), padding=3, feature_group_count=dim,
-              name="dwconv", **kw)(x)
+    h = conv(dim, 7, (None, None, None, "conv_out"), padding=3, feature_group_count=dim,
+             name="dwconv", **kw)(x)
     h = layer_norm(epsilon=self.norm_epsilon, name="norm", **kw)(h)
     h = dense(4 * dim, ("embed", "mlp"), name="fc1", **kw)(h)
     h = jax.nn.gelu(h, approximate=False)  # torch nn.GELU is the exact (erf) form.
@@ -77,14 +70,14 @@ class ConvNeXt(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     ln = lambda name: layer_norm(epsilon=cfg.norm_epsilon, name=name, **kw)
     # RGB input channels never divide a mesh axis, so that kernel axis stays unsharded.
-    h = _conv(cfg.dims[0], 4, (None, None, None, "conv_out"), strides=4, padding="VALID",
-              name="stem_conv", **kw)(images.astype(self.dtype))
+    h = conv(cfg.dims[0], 4, (None, None, None, "conv_out"), strides=4, padding="VALID",
+             name="stem_conv", **kw)(images.astype(self.dtype))
     h = ln("stem_norm")(h)
     for stage, (depth, dim) in enumerate(zip(cfg.depths, cfg.dims)):
       if stage > 0:
         h = ln(f"down_{stage}_norm")(h)
-        h = _conv(dim, 2, (None, None, "conv_in", "conv_out"), strides=2, padding="VALID",
-                  name=f"down_{stage}_conv", **kw)(h)
+        h = conv(dim, 2, (None, None, "conv_in", "conv_out"), strides=2, padding="VALID",
+                 name=f"down_{stage}_conv", **kw)(h)
       for i in range(depth):
         h = ConvNeXtBlock(cfg.layer_scale_init, cfg.norm_epsilon, name=f"stage_{stage}_block_{i}",
                           **kw)(h)

@@ -1,11 +1,10 @@
 """Patch discriminators: TiTok's MaskGIT-style one and LlamaGen's PatchGAN.
 
-`NLayerDiscriminator` (TiTok / MaskGIT):
-
-Conv5x5 stem, then per stage Conv3x3 -> BlurPool(stride 2) -> GroupNorm ->
-LeakyReLU, an adaptive max pool to a fixed grid (so the logit map has the same
-size for any input resolution), and a 1x1 + 5x5 conv head to one logit per cell.
-All convolutions use TF-"SAME" padding like the reference's `Conv2dSame`.
+`NLayerDiscriminator` (TiTok / MaskGIT): a Conv5x5 stem, then per stage
+Conv3x3 -> BlurPool(stride 2) -> GroupNorm -> LeakyReLU, an adaptive max pool
+to a fixed grid (so the logit map has the same size for any input
+resolution), and a 1x1 + 5x5 conv head to one logit per cell. All
+convolutions use TF-"SAME" padding like the reference's `Conv2dSame`.
 """
 
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vwt_jax.models.layers import weight_init, zeros_init
+from vwt_jax.models.maskgit_vqgan import group_norm
 
 Dtype = Any
 CONV_AXES = (None, None, "conv_in", "conv_out")
@@ -128,20 +128,14 @@ class NLayerDiscriminator(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     act = lambda h: nn.leaky_relu(h, self.negative_slope)
     widths = [self.hidden_channels * m for m in self.channel_mults]
-    in_channels = images.shape[-1]
     # RGB input channels never divide a mesh axis, so that kernel axis stays unsharded.
-    h = _conv(widths[0], 5, in_channels, axes=(None, None, None, "conv_out"), name="conv_in",
-              **kw)(images.astype(self.dtype))
-    h = act(h)
+    h = act(_conv(widths[0], 5, images.shape[-1], axes=(None, None, None, "conv_out"),
+                  name="conv_in", **kw)(images.astype(self.dtype)))
     for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
       h = _conv(w_out, 3, w_in, name=f"stage_{i}_conv", **kw)(h)
       h = blur_pool(h, self.blur_taps)
-      h = nn.GroupNorm(
-          num_groups=self.norm_groups, epsilon=self.norm_epsilon, **kw,
-          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-          bias_init=zeros_init(("norm",)),
-          name=f"stage_{i}_norm")(h)
-      h = act(h)
+      h = act(group_norm(num_groups=self.norm_groups, epsilon=self.norm_epsilon,
+                         name=f"stage_{i}_norm", **kw)(h))
     h = adaptive_max_pool2d(h, (self.pool_size, self.pool_size))
     h = act(_conv(widths[-1], 1, widths[-1], name="head_conv", **kw)(h))
     # A single output channel cannot be sharded either.
@@ -194,10 +188,8 @@ class PatchGANDiscriminator(nn.Module):
                   key, shape, dtype), ("norm",)),
           bias_init=zeros_init(("norm",)), name=name, **kw)
 
-    in_channels = images.shape[-1]
-    h = conv(self.ndf, 2, in_channels, "conv_in", use_bias=True,
-             axes=(None, None, None, "conv_out"))(images.astype(self.dtype))
-    h = act(h)
+    h = act(conv(self.ndf, 2, images.shape[-1], "conv_in", use_bias=True,
+                 axes=(None, None, None, "conv_out"))(images.astype(self.dtype)))
     width = self.ndf
     for i in range(1, self.n_layers + 1):
       out = self.ndf * min(2 ** i, 8)

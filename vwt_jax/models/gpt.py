@@ -76,15 +76,14 @@ class GPTConfig:
   def __post_init__(self):
     if self.model_type not in ("c2i", "t2i"):
       raise ValueError(f"GPTConfig.model_type={self.model_type!r}: expected 'c2i' or 't2i'")
-    if self.dim % self.n_head:
-      raise ValueError(f"GPTConfig: dim={self.dim} not divisible by n_head={self.n_head}")
+    layers.check_sizes(self, "dim", "n_head")
     if self.head_dim % (4 if self.rope_2d else 2):
       raise ValueError(f"GPTConfig: head_dim={self.head_dim} must be a multiple of "
                        f"{4 if self.rope_2d else 2} for {'2-D' if self.rope_2d else '1-D'} RoPE")
     if self.n_head % (self.n_kv_head or self.n_head):
       raise ValueError(f"GPTConfig: n_head={self.n_head} not a multiple of "
                        f"n_kv_head={self.n_kv_head}")
-    if self.rope_2d and int(round(np.sqrt(self.block_size))) ** 2 != self.block_size:
+    if self.rope_2d and self.grid_size ** 2 != self.block_size:
       raise ValueError(f"GPTConfig: block_size={self.block_size} is not a square grid; "
                        "use rope_2d=False for 1-D token sequences")
     if self.model_type == "c2i" and self.cls_token_num != 1:
@@ -107,13 +106,9 @@ class GPTConfig:
   @property
   def stack(self) -> llama.StackConfig:
     """The transformer trunk (shared with `llama_lm.LlamaLM`)."""
-    return llama.StackConfig(
-        n_layer=self.n_layer, n_head=self.n_head, head_dim=self.head_dim,
-        ffn_hidden=self.ffn_hidden_dim, n_kv_head=self.n_kv_head, norm_eps=self.norm_eps,
-        attn_dropout=self.attn_dropout_p, resid_dropout=self.resid_dropout_p,
-        ffn_dropout=self.ffn_dropout_p, drop_path_rate=self.drop_path_rate,
-        scan_layers=self.scan_layers, remat=self.remat, attention=self.attention,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    return llama.StackConfig.of(
+        self, ffn_hidden=self.ffn_hidden_dim, attn_dropout=self.attn_dropout_p,
+        resid_dropout=self.resid_dropout_p, ffn_dropout=self.ffn_dropout_p)
 
   @property
   def grid_size(self) -> int:
@@ -126,26 +121,20 @@ class GPTConfig:
 
   @classmethod
   def from_official(cls, model_args: Mapping[str, Any], **overrides) -> "GPTConfig":
-    """From the reference `ModelArgs` fields (e.g. a fixture's `model_args`).
-
-    Fields the port does not use (`initializer_range`, `max_batch_size`,
-    `max_seq_len`) are ignored; unknown names raise.
-    """
+    """From the reference `ModelArgs` fields; the unused `initializer_range`,
+    `max_batch_size` and `max_seq_len` are ignored, unknown names raise."""
     unused = {"initializer_range", "max_batch_size", "max_seq_len"}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(model_args) - names - unused
     if unknown:
       raise ValueError(f"GPTConfig.from_official: unknown ModelArgs field(s) {sorted(unknown)}")
     kwargs = {k: v for k, v in model_args.items() if k in names}
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    return cls(**{**kwargs, **overrides})
 
   @classmethod
   def from_variant(cls, name: str, **overrides) -> "GPTConfig":
     """'B', 'L', 'XL', 'XXL', '3B', 'XXXL', '1B' or '7B' (the official GPT-* sizes)."""
-    if name not in GPT_VARIANTS:
-      raise ValueError(f"unknown GPT variant {name!r}; expected one of {sorted(GPT_VARIANTS)}")
-    n_layer, n_head, dim = GPT_VARIANTS[name]
+    n_layer, n_head, dim = layers.variant(GPT_VARIANTS, name, "GPT")
     return cls(**dict(dict(n_layer=n_layer, n_head=n_head, dim=dim), **overrides))
 
 
@@ -175,11 +164,10 @@ def rope_table_1d(length: int, head_dim: int, prefix_len: int,
 
 def rope_table(config: GPTConfig) -> np.ndarray:
   """The model's table: rows 0..T-1 for the prefix, then one row per image token."""
+  args = (config.head_dim, config.cls_token_num, config.rope_base)
   if config.rope_2d:
-    return rope_table_2d(config.grid_size, config.head_dim, config.cls_token_num,
-                         config.rope_base)
-  return rope_table_1d(config.block_size, config.head_dim, config.cls_token_num,
-                       config.rope_base)
+    return rope_table_2d(config.grid_size, *args)
+  return rope_table_1d(config.block_size, *args)
 
 
 def t2i_attention_mask(emb_mask: jax.Array, seq_len: int) -> jax.Array:
@@ -263,10 +251,7 @@ class GPT(nn.Module):
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     self.tok_embeddings = nn.Embed(cfg.vocab_size, cfg.dim, embedding_init=layers.weight_init(
         ("vocab", "embed")), **kw)
-    if cfg.model_type == "c2i":
-      self.cls_embedding = LabelEmbedder(cfg)
-    else:
-      self.cls_embedding = CaptionEmbedder(cfg)
+    self.cls_embedding = (LabelEmbedder if cfg.model_type == "c2i" else CaptionEmbedder)(cfg)
     self.layers = llama.build_layers(cfg.stack)
     self.norm = llama.RMSNorm(cfg.norm_eps, **kw)
     self.output = layers.dense(cfg.vocab_size, ("embed", "vocab"), use_bias=False, **kw)
@@ -276,10 +261,6 @@ class GPT(nn.Module):
                       force_drop: Optional[jax.Array] = None) -> jax.Array:
     """Labels (B,) or captions (B,T,caption_dim) -> prefix embeddings (B,T,dim)."""
     return self.cls_embedding(cond, train=train, force_drop=force_drop)
-
-  def _trunk(self, h, rope, mask, cache, cache_index, train):
-    return llama.run_layers(self.config.stack, self.layers, h, rope, mask, cache, cache_index,
-                            train)
 
   def _head(self, h):
     return self.output(self.norm(h)).astype(jnp.float32)
@@ -311,7 +292,7 @@ class GPT(nn.Module):
       raise ValueError(f"sequence of {seq} positions exceeds cls_token_num + block_size = "
                        f"{cfg.cls_token_num + cfg.block_size}")
     rope = jnp.asarray(rope_table(cfg)[:seq])
-    out, _ = self._trunk(h, rope, attn_mask, None, None, train)
+    out, _ = llama.run_layers(cfg.stack, self.layers, h, rope, attn_mask, None, None, train)
     return self._head(out), {"h_embed": h}
 
   def prefill(self, cond: jax.Array, cache: Any, *, emb_mask: Optional[jax.Array] = None,
@@ -323,11 +304,7 @@ class GPT(nn.Module):
     """
     cfg = self.config
     h = self.embed_condition(cond, force_drop=force_drop)
-    t = h.shape[1]
-    positions = jnp.arange(t)
-    mask = llama.attention_mask(emb_mask, positions, llama.cache_length(cache))
-    rope = jnp.asarray(rope_table(cfg)[:t])
-    h, cache = self._trunk(h, rope, mask, cache, 0, False)
+    h, cache = llama.run_cached(cfg.stack, self.layers, h, rope_table(cfg), emb_mask, cache)
     return self._head(h[:, -1]), cache
 
   def decode(self, token: jax.Array, position: Any, cache: Any, *,
@@ -338,10 +315,8 @@ class GPT(nn.Module):
     """
     cfg = self.config
     h = self.tok_embeddings(token.astype(jnp.int32))[:, None]
-    pos = jnp.asarray(position, jnp.int32)
-    mask = llama.attention_mask(emb_mask, pos[None], llama.cache_length(cache))
-    rope = jax.lax.dynamic_slice_in_dim(jnp.asarray(rope_table(cfg)), pos, 1)
-    h, cache = self._trunk(h, rope, mask, cache, pos, False)
+    h, cache = llama.run_cached(cfg.stack, self.layers, h, rope_table(cfg), emb_mask, cache,
+                                position)
     return self._head(h[:, 0]), cache
 
 
@@ -362,16 +337,12 @@ def dummy_condition(config: GPTConfig, batch: int = 1) -> jax.Array:
 
 def abstract_params(config: GPTConfig) -> Any:
   """Boxed (logically partitioned) abstract params via `jax.eval_shape`."""
-  model = GPT(config)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), dummy_condition(config),
-                                           jnp.zeros((1, 1), jnp.int32)))["params"]
+  return layers.abstract_params(GPT(config), dummy_condition(config),
+                                jnp.zeros((1, 1), jnp.int32))
 
 
 def count_params(config: GPTConfig, include_frozen: bool = False) -> int:
   flat = jax.tree_util.tree_leaves_with_path(nn.meta.unbox(abstract_params(config)))
-  total = 0
-  for path, leaf in flat:
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
-    if include_frozen or name != "cls_embedding/uncond_embedding":
-      total += int(np.prod(leaf.shape))
-  return total
+  frozen = ("cls_embedding", "uncond_embedding")
+  return sum(int(np.prod(leaf.shape)) for path, leaf in flat
+             if include_frozen or tuple(k.key for k in path) != frozen)

@@ -51,16 +51,9 @@ def _source_indices(in_size: int, out_size: int):
 def tf1_resize_bilinear(images: jax.Array, height: int, width: int) -> jax.Array:
   """TF1 `ResizeBilinear(align_corners=False, half_pixel_centers=False)` of NHWC images.
 
-  No antialiasing. Computed in float32 with TF's interpolation order
-  (horizontal lerps of the two source rows, then the vertical lerp).
-
-  Args:
-    images: [N, H, W, C] array of any real dtype.
-    height: output height.
-    width: output width.
-
-  Returns:
-    [N, height, width, C] float32.
+  [N, H, W, C] of any real dtype -> [N, height, width, C] float32, without
+  antialiasing, in TF's interpolation order (horizontal lerps of the two
+  source rows, then the vertical lerp).
   """
   x = jnp.asarray(images).astype(jnp.float32)
   y_lo, y_hi, y_frac = _source_indices(x.shape[1], height)
@@ -75,11 +68,6 @@ def tf1_resize_bilinear(images: jax.Array, height: int, width: int) -> jax.Array
   top = horizontal(jnp.take(x, y_lo, axis=1))
   bottom = horizontal(jnp.take(x, y_hi, axis=1))
   return top + (bottom - top) * jnp.asarray(y_frac)[:, None, None]
-
-
-def _layer_name(index: int) -> str:
-  """TF's scope naming: `conv`, `conv_1`, `conv_2`, ..."""
-  return "conv" if index == 0 else f"conv_{index}"
 
 
 class BatchNorm(nn.Module):
@@ -124,14 +112,21 @@ class ConvBN(nn.Module):
 
 
 class Tower(nn.Module):
-  """A name scope of consecutive ConvBN layers `conv`, `conv_1`, ..."""
+  """A name scope of consecutive ConvBN layers `conv`, `conv_1`, ...
+
+  With `split_features` (the Mixed_7b/7c towers) they end in the `mixed` split.
+  """
   specs: Sequence[ConvSpec]
   precision: Precision = jax.lax.Precision.HIGHEST
+  split_features: Optional[int] = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, (features, kernel, stride, padding) in enumerate(self.specs):
-      x = ConvBN(features, kernel, stride, padding, self.precision, name=_layer_name(i))(x)
+      x = ConvBN(features, kernel, stride, padding, self.precision,
+                 name=f"conv_{i}" if i else "conv")(x)
+    if self.split_features:
+      x = SplitConvs(self.split_features, self.precision, name="mixed")(x)
     return x
 
 
@@ -145,19 +140,6 @@ class SplitConvs(nn.Module):
     a = ConvBN(self.features, (1, 3), precision=self.precision, name="conv")(x)
     b = ConvBN(self.features, (3, 1), precision=self.precision, name="conv_1")(x)
     return jnp.concatenate([a, b], axis=-1)
-
-
-class SplitTower(nn.Module):
-  """A Mixed_7b/7c tower: ConvBN layers `conv`, ... then the `mixed` split."""
-  specs: Sequence[ConvSpec]
-  split_features: int
-  precision: Precision = jax.lax.Precision.HIGHEST
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    for i, (features, kernel, stride, padding) in enumerate(self.specs):
-      x = ConvBN(features, kernel, stride, padding, self.precision, name=_layer_name(i))(x)
-    return SplitConvs(self.split_features, self.precision, name="mixed")(x)
 
 
 class PoolTower(nn.Module):
@@ -261,9 +243,8 @@ class InceptionE(nn.Module):
     p = self.precision
     return jnp.concatenate([
         ConvBN(320, (1, 1), precision=p, name="conv")(x),
-        SplitTower([(384, (1, 1), 1, "SAME")], 384, p, name="tower")(x),
-        SplitTower([(448, (1, 1), 1, "SAME"), (384, (3, 3), 1, "SAME")], 384, p,
-                   name="tower_1")(x),
+        Tower([(384, (1, 1), 1, "SAME")], p, 384, name="tower")(x),
+        Tower([(448, (1, 1), 1, "SAME"), (384, (3, 3), 1, "SAME")], p, 384, name="tower_1")(x),
         PoolTower(192, self.max_pool, p, name="tower_2")(x),
     ], axis=-1)
 
@@ -307,12 +288,10 @@ class InceptionV3(nn.Module):
     for i, pool_features in enumerate((32, 64, 64)):
       x = InceptionA(pool_features, p, name="mixed" if i == 0 else f"mixed_{i}")(x)
     x = InceptionB(p, name="mixed_3")(x)
-    branches_1x1 = []
     for i, channels in enumerate((128, 160, 160, 192)):
       x, branch_1x1 = InceptionC(channels, p, name=f"mixed_{4 + i}")(x)
-      branches_1x1.append(branch_1x1)
-    # Mixed_6d is the graph's `mixed_6`.
-    spatial = branches_1x1[2][..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
+      if i == 2:  # Mixed_6d, the graph's `mixed_6`.
+        spatial = branch_1x1[..., :SPATIAL_CHANNELS].reshape(x.shape[0], -1)
     x = InceptionD(p, name="mixed_8")(x)
     x = InceptionE(False, p, name="mixed_9")(x)
     x = InceptionE(True, p, name="mixed_10")(x)

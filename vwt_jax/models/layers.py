@@ -5,7 +5,7 @@ rules in `vwt_jax.core.sharding` decide its placement.
 """
 
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -36,6 +36,20 @@ def check_sizes(config: Any, width: str, heads: str, activation: Optional[str] =
   if activation and getattr(config, activation) not in HF_ACTIVATIONS:
     raise ValueError(f"{owner}.{activation}={getattr(config, activation)!r}: expected one of "
                      f"{sorted(HF_ACTIVATIONS)}")
+
+
+def variant(table: Mapping[str, Any], name: str, what: str) -> Any:
+  """`table[name]`, else a ValueError listing the known `what` variants."""
+  if name not in table:
+    raise ValueError(f"unknown {what} variant {name!r}; expected one of {sorted(table)}")
+  return table[name]
+
+
+def require_fields(config: Mapping[str, Any], names: Sequence[str], source: str) -> None:
+  """Raises ValueError naming the `names` that `config` (read from `source`) lacks."""
+  absent = [k for k in names if k not in config]
+  if absent:
+    raise ValueError(f"{source}: missing fields {absent}")
 
 
 # torch's trunc_normal_(std=0.02) truncates at +-2 *absolute*, i.e. ~100 std,
@@ -92,6 +106,13 @@ def dense(features, names: Axes, *, dtype: Dtype, param_dtype: Dtype,
   return nn.Dense(
       features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
       kernel_init=weight_init(names), bias_init=zeros_init(names[-1:]), name=name)
+
+
+def conv(features: int, kernel: int, names: Axes, *, dtype: Dtype, param_dtype: Dtype,
+         **kwargs) -> nn.Conv:
+  """A square nn.Conv with logical names `names` = (h, w, in_axis, out_axis)."""
+  return nn.Conv(features, (kernel, kernel), dtype=dtype, param_dtype=param_dtype,
+                 kernel_init=weight_init(names), bias_init=zeros_init(names[-1:]), **kwargs)
 
 
 def layer_norm(*, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-5,
@@ -228,8 +249,12 @@ class ResidualAttentionBlock(nn.Module):
     return constrain_activations(x + Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(h))
 
 
+def abstract_params(module: nn.Module, *args: Any) -> Any:
+  """The boxed parameter tree of `module.init(key, *args)`, by shape only."""
+  return jax.eval_shape(module.init, jax.random.key(0), *args)["params"]
+
+
 def abstract_text_encoder_params(module: nn.Module, length: int = 8) -> Any:
   """The boxed parameter tree of `module`(input_ids, attention_mask), by shape only."""
-  ids = jnp.zeros((1, length), jnp.int32)
-  return jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), ids, jnp.ones_like(ids)))[
-      "params"]
+  ids = jax.ShapeDtypeStruct((1, length), jnp.int32)
+  return abstract_params(module, ids, ids)

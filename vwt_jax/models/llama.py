@@ -2,33 +2,28 @@
 
 Shared by the LlamaGen GPT (`models/gpt.py`) and the captioner's language model
 (`models/llama_lm.py`): both describe their trunk as a `StackConfig`, build it
-with `build_layers` in `setup` and run it with `run_layers`, so there is one
-copy of the transformer code.
+with `build_layers` and run it with `run_layers` / `run_cached`.
 
 Parameter layouts (chosen so tensor parallelism needs no resharding):
 * `attention/wqkv/kernel` is (embed, n_kv_head, q_per_kv + 2, head_dim) with
-  logical axes ('embed', 'heads', None, 'kv'). Slot [:, j, :g] holds the q
-  heads j*g .. j*g+g-1 that share kv head j, slot [:, j, g] holds k head j and
-  [:, j, g+1] v head j. Splitting the 'heads' axis over 'tensor' therefore gives
-  every shard matching q/k/v heads, which a flat (embed, (H+2K)*hd) kernel
-  split column-wise would not. For plain MHA (g=1) this is (embed, H, 3, hd).
-  The official fused (rows [q | k | v], head-major) weight maps onto it with a
-  reshape (see `conversion/llamagen.py`).
+  logical axes ('embed', 'heads', None, 'kv'): slot [:, j, :g] holds the q
+  heads j*g .. j*g+g-1 that share kv head j, [:, j, g] k head j and
+  [:, j, g+1] v head j, so splitting 'heads' over 'tensor' gives every shard
+  matching q/k/v heads (a flat (embed, (H+2K)*hd) kernel would not); plain
+  MHA (g=1) gives (embed, H, 3, hd). The official fused [q | k | v] weight
+  maps onto it with a reshape (`conversion/llamagen.py`).
 * `attention/wo/kernel` is (heads, head_dim, embed).
-* The KV cache holds n_kv_head heads, (B, S_max, n_kv_head, head_dim): the
-  grouped einsum lets each kv head serve its group of query heads in place,
-  which gives the results of LlamaGen's repeat-interleave of the kv heads
-  with a cache n_head / n_kv_head times smaller.
+* The KV cache holds n_kv_head heads (B, S_max, n_kv_head, head_dim); the
+  grouped einsum lets each serve its group of query heads in place, which
+  matches LlamaGen's repeat-interleave with a cache n_head / n_kv_head smaller.
 
 Attention implementations (`StackConfig.attention`), all over the same
 parameters: 'xla' writes out the einsum and the float32 softmax (the default;
-reference parity, attention dropout); 'cudnn' calls
-`jax.nn.dot_product_attention(implementation='cudnn')`, cuDNN's fused flash
-attention on NVIDIA GPUs (bfloat16/float16), which never materialises the
-S x S scores and skips the masked half of a causal product; 'dot_product' is
-that call on JAX's own XLA implementation, so the path 'cudnn' takes runs, and
-is tested, anywhere. The fused kinds apply to teacher-forced passes (training,
-evaluation losses); KV-cache prefill and decoding keep the einsum.
+reference parity, attention dropout); 'cudnn' is cuDNN's fused flash attention
+via `jax.nn.dot_product_attention` (bfloat16/float16, NVIDIA GPUs); 'dot_product'
+is that call on JAX's XLA implementation, so the 'cudnn' path runs and is
+tested anywhere. The fused kinds apply to teacher-forced passes; KV-cache
+prefill and decoding keep the einsum.
 """
 
 import dataclasses
@@ -147,14 +142,7 @@ def fused_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: Optional[jax
 
 class Attention(nn.Module):
   """Causal/masked self-attention with a fused q|k|v projection, GQA and a KV cache."""
-  n_head: int
-  head_dim: int
-  n_kv_head: Optional[int] = None
-  attn_dropout: float = 0.0
-  resid_dropout: float = 0.0
-  attention: str = "xla"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+  stack: "StackConfig"
 
   @nn.compact
   def __call__(self, x: jax.Array, rope: jax.Array, mask: Optional[jax.Array] = None,
@@ -166,16 +154,17 @@ class Attention(nn.Module):
     queries attend over the whole cache; `mask` (B,S,S_max) must then hide the
     unwritten slots. Returns (y, updated cache or None).
     """
-    n_kv = self.n_kv_head or self.n_head
-    if self.n_head % n_kv:
-      raise ValueError(f"n_head={self.n_head} is not a multiple of n_kv_head={n_kv}")
-    group = self.n_head // n_kv
+    s = self.stack
+    n_kv, head_dim = s.kv_heads, s.head_dim
+    if s.n_head % n_kv:
+      raise ValueError(f"n_head={s.n_head} is not a multiple of n_kv_head={n_kv}")
+    group = s.n_head // n_kv
     batch, seq = x.shape[:2]
     qkv = nn.DenseGeneral(
-        (n_kv, group + 2, self.head_dim), axis=-1, use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype,
+        (n_kv, group + 2, head_dim), axis=-1, use_bias=False, dtype=s.dtype,
+        param_dtype=s.param_dtype,
         kernel_init=layers.weight_init(("embed", "heads", None, "kv")), name="wqkv")(x)
-    q = qkv[:, :, :, :group].reshape(batch, seq, self.n_head, self.head_dim)
+    q = qkv[:, :, :, :group].reshape(batch, seq, s.n_head, head_dim)
     k, v = qkv[:, :, :, group], qkv[:, :, :, group + 1]
     q, k = apply_rope(q, rope), apply_rope(k, rope)
 
@@ -183,25 +172,22 @@ class Attention(nn.Module):
       start = (0, cache_index, 0, 0)
       cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
                "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
-      k, v = cache["k"].astype(self.dtype), cache["v"].astype(self.dtype)
+      k, v = cache["k"].astype(s.dtype), cache["v"].astype(s.dtype)
 
-    if self.attention in FUSED_ATTENTION and cache is None:
-      y = fused_attention(q, k, v, mask, FUSED_ATTENTION[self.attention])
+    if s.attention in FUSED_ATTENTION and cache is None:
+      y = fused_attention(q, k, v, mask, FUSED_ATTENTION[s.attention])
     else:
-      q = q.reshape(batch, seq, n_kv, group, self.head_dim)
+      q = q.reshape(batch, seq, n_kv, group, head_dim)
       scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
-      scores = scores * (1.0 / np.sqrt(self.head_dim))
+      scores = scores * (1.0 / np.sqrt(head_dim))
       allowed = _broadcast_mask(mask, seq, k.shape[1])
       scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)
-      probs = nn.Dropout(self.attn_dropout)(probs, deterministic=not train).astype(self.dtype)
-      y = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(batch, seq, self.n_head,
-                                                              self.head_dim)
-    y = nn.DenseGeneral(
-        x.shape[-1], axis=(-2, -1), use_bias=False, dtype=self.dtype,
-        param_dtype=self.param_dtype,
-        kernel_init=layers.weight_init(("heads", "kv", "embed")), name="wo")(y)
-    return nn.Dropout(self.resid_dropout)(y, deterministic=not train), cache
+      probs = nn.Dropout(s.attn_dropout)(probs, deterministic=not train).astype(s.dtype)
+      y = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(batch, seq, s.n_head, head_dim)
+    y = layers.attention_out(x.shape[-1], dtype=s.dtype, param_dtype=s.param_dtype,
+                             use_bias=False, name="wo")(y)
+    return nn.Dropout(s.resid_dropout)(y, deterministic=not train), cache
 
 
 def drop_path(module: nn.Module, x: jax.Array, rate: Any, train: bool) -> jax.Array:
@@ -215,42 +201,24 @@ def drop_path(module: nn.Module, x: jax.Array, rate: Any, train: bool) -> jax.Ar
 
 class Block(nn.Module):
   """Pre-norm LLaMA block: h + DropPath(Attn(norm(h))); h + DropPath(FFN(norm(h)))."""
-  n_head: int
-  head_dim: int
-  ffn_hidden: int
-  n_kv_head: Optional[int] = None
-  norm_eps: float = 1e-5
-  attn_dropout: float = 0.0
-  resid_dropout: float = 0.0
-  ffn_dropout: float = 0.0
-  use_drop_path: bool = False
-  attention: str = "xla"
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
+  stack: "StackConfig"
 
   @nn.compact
   def __call__(self, x: jax.Array, rope: jax.Array, mask: Optional[jax.Array],
                cache: Optional[KVCache], cache_index: Any, drop_rate: Any,
                train: bool) -> tuple[jax.Array, Optional[KVCache]]:
     """Positional signature so `nn.scan` / `nn.remat` can wrap it (train is static)."""
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    h = RMSNorm(self.norm_eps, name="attention_norm", **kw)(x)
-    h, cache = Attention(self.n_head, self.head_dim, self.n_kv_head, self.attn_dropout,
-                         self.resid_dropout, self.attention, name="attention", **kw)(
-                             h, rope, mask, cache, cache_index, train=train)
-    use_dp = self.use_drop_path and train
+    s = self.stack
+    kw = dict(dtype=s.dtype, param_dtype=s.param_dtype)
+    h = RMSNorm(s.norm_eps, name="attention_norm", **kw)(x)
+    h, cache = Attention(s, name="attention")(h, rope, mask, cache, cache_index, train=train)
+    use_dp = s.drop_path_rate > 0 and train
     x = x + (drop_path(self, h, drop_rate, train) if use_dp else h)
-    h = RMSNorm(self.norm_eps, name="ffn_norm", **kw)(x)
-    h = FeedForward(self.ffn_hidden, self.ffn_dropout, name="feed_forward", **kw)(h, train=train)
+    h = RMSNorm(s.norm_eps, name="ffn_norm", **kw)(x)
+    h = FeedForward(s.ffn_hidden, s.ffn_dropout, name="feed_forward", **kw)(h, train=train)
     x = layers.constrain_activations(x + (drop_path(self, h, drop_rate, train) if use_dp else h))
     self.sow("intermediates", "out", x)
     return x, cache
-
-
-def init_kv_cache(batch: int, max_len: int, n_kv_head: int, head_dim: int,
-                  dtype: Dtype) -> KVCache:
-  shape = (batch, max_len, n_kv_head, head_dim)
-  return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,6 +261,13 @@ class StackConfig:
   def kv_heads(self) -> int:
     return self.n_kv_head or self.n_head
 
+  @classmethod
+  def of(cls, config: Any, **fields) -> "StackConfig":
+    """The stack of a model config: its fields named as ours, then `fields`."""
+    own = {f.name: getattr(config, f.name) for f in dataclasses.fields(cls)
+           if hasattr(config, f.name)}
+    return cls(**{**own, **fields})
+
 
 Layers = Union[nn.Module, list]
 
@@ -304,12 +279,6 @@ def build_layers(stack: StackConfig) -> Layers:
   `layers` (every parameter with a leading layer axis), the names the
   converters and checkpoints use.
   """
-  block_kw = dict(
-      n_head=stack.n_head, head_dim=stack.head_dim, ffn_hidden=stack.ffn_hidden,
-      n_kv_head=stack.n_kv_head, norm_eps=stack.norm_eps, attn_dropout=stack.attn_dropout,
-      resid_dropout=stack.resid_dropout, ffn_dropout=stack.ffn_dropout,
-      use_drop_path=stack.drop_path_rate > 0, attention=stack.attention, dtype=stack.dtype,
-      param_dtype=stack.param_dtype)
   block = Block
   if stack.remat:
     # Argument 7 (counting self) is the static `train` flag.
@@ -319,8 +288,8 @@ def build_layers(stack: StackConfig) -> Layers:
         block, variable_axes={"params": 0, "intermediates": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast, 0, nn.broadcast, 0, nn.broadcast),
-        length=stack.n_layer, metadata_params={nn.PARTITION_NAME: None})(**block_kw)
-  return [block(**block_kw) for _ in range(stack.n_layer)]
+        length=stack.n_layer, metadata_params={nn.PARTITION_NAME: None})(stack)
+  return [block(stack) for _ in range(stack.n_layer)]
 
 
 def run_layers(stack: StackConfig, layers: Layers, h: jax.Array, rope: jax.Array,
@@ -348,7 +317,8 @@ def init_stack_cache(stack: StackConfig, batch: int, max_len: int, dtype: Dtype)
   A tuple over layers, or (with `scan_layers`) one dict stacked on a leading
   layer axis.
   """
-  one = init_kv_cache(batch, max_len, stack.kv_heads, stack.head_dim, dtype)
+  shape = (batch, max_len, stack.kv_heads, stack.head_dim)
+  one = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
   if stack.scan_layers:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (stack.n_layer,) + x.shape), one)
   return tuple(one for _ in range(stack.n_layer))
@@ -357,6 +327,20 @@ def init_stack_cache(stack: StackConfig, batch: int, max_len: int, dtype: Dtype)
 def cache_length(cache: Any) -> int:
   """The number of positions a KV cache holds (its S_max)."""
   return jax.tree.leaves(cache)[0].shape[-3]
+
+
+def run_cached(stack: StackConfig, layers: Layers, h: jax.Array, rope_table: np.ndarray,
+               prefix_mask: Optional[jax.Array], cache: Any,
+               position: Any = 0) -> tuple[jax.Array, Any]:
+  """`run_layers` on h (B,S,D) at positions position..position+S-1 through `cache`.
+
+  `position` may be traced; `rope_table` holds a row per position and
+  `prefix_mask` is as in `attention_mask`. Returns (h, updated cache).
+  """
+  pos = jnp.asarray(position, jnp.int32)
+  mask = attention_mask(prefix_mask, pos + jnp.arange(h.shape[1]), cache_length(cache))
+  rope = jax.lax.dynamic_slice_in_dim(jnp.asarray(rope_table), pos, h.shape[1])
+  return run_layers(stack, layers, h, rope, mask, cache, pos, False)
 
 
 def attention_mask(prefix_mask: Optional[jax.Array], q_pos: jax.Array,

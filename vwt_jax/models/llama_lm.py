@@ -1,15 +1,14 @@
 """A LLaMA-family causal language model (LLaMA, Vicuna) on the shared LLaMA blocks.
 
-The decoder of the video captioner: token embedding `embed_tokens`, the block
-stack of `models/llama.py` (the LlamaGen GPT's, built by `llama.build_layers`)
-under `layers_{i}` (or stacked under `layers` with `scan_layers`), the final
-RMSNorm `norm` and `lm_head` (absent with `tie_embeddings`). RoPE is 1-D over
-positions 0..S-1 in the interleaved-pair layout of `llama.apply_rope`;
-`conversion/hf_llama.py` permutes Hugging Face's q/k projections to match.
+The captioner's decoder: `embed_tokens`, the block stack of `models/llama.py`
+(`layers_{i}`, or `layers` with `scan_layers`), the final RMSNorm `norm` and
+`lm_head` (absent with `tie_embeddings`). RoPE is 1-D in the interleaved-pair
+layout of `llama.apply_rope`; `conversion/hf_llama.py` permutes Hugging
+Face's q/k projections to match.
 
-Padding: batched prompts are left-padded and their pad slots hidden by a key
-mask. Absolute positions then start later for shorter prompts, which changes
-nothing: RoPE attention scores depend only on the distance between positions.
+Batched prompts are left-padded, their pad slots hidden by a key mask; that
+shorter prompts start at later positions changes nothing, as RoPE attention
+scores depend only on the distance between positions.
 """
 
 import dataclasses
@@ -91,18 +90,12 @@ class LlamaLMConfig:
   @property
   def stack(self) -> llama.StackConfig:
     """The transformer trunk (shared with the LlamaGen `gpt.GPT`)."""
-    return llama.StackConfig(
-        n_layer=self.n_layer, n_head=self.n_head, head_dim=self.attention_head_dim,
-        ffn_hidden=self.ffn_hidden, n_kv_head=self.n_kv_head, norm_eps=self.norm_eps,
-        attn_dropout=self.attn_dropout, scan_layers=self.scan_layers, remat=self.remat,
-        dtype=self.dtype, param_dtype=self.param_dtype)
+    return llama.StackConfig.of(self, head_dim=self.attention_head_dim)
 
   @classmethod
   def from_variant(cls, name: str, **overrides) -> "LlamaLMConfig":
     """One of `LLAMA_VARIANTS` ('7B', '13B', 'llama2-7B', 'tiny')."""
-    if name not in LLAMA_VARIANTS:
-      raise ValueError(f"unknown LLaMA variant {name!r}; expected one of {sorted(LLAMA_VARIANTS)}")
-    return cls(**dict(LLAMA_VARIANTS[name], **overrides))
+    return cls(**dict(layers.variant(LLAMA_VARIANTS, name, "LLaMA"), **overrides))
 
   @classmethod
   def from_hf_config(cls, config: Mapping[str, Any], source: str = "config.json",
@@ -116,11 +109,8 @@ class LlamaLMConfig:
     model_type = config.get("model_type", "llama")
     if model_type != "llama":
       raise ValueError(f"{source}: model_type={model_type!r}; only 'llama' is supported")
-    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size")
-    absent = [k for k in required if k not in config]
-    if absent:
-      raise ValueError(f"{source}: missing fields {absent}")
+    layers.require_fields(config, ("vocab_size", "hidden_size", "num_hidden_layers",
+                                   "num_attention_heads", "intermediate_size"), source)
     if config.get("hidden_act", "silu") != "silu":
       raise ValueError(f"{source}: hidden_act={config['hidden_act']!r}; only 'silu' (SwiGLU) "
                        "is supported")
@@ -143,8 +133,7 @@ class LlamaLMConfig:
         max_positions=int(config.get("max_position_embeddings", 2048)),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         attn_dropout=float(config.get("attention_dropout", 0.0)))
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    return cls(**{**kwargs, **overrides})
 
 
 def _rope_settings(config: Mapping[str, Any], source: str) -> tuple[float, float]:
@@ -198,10 +187,7 @@ class LlamaLM(nn.Module):
 
   def _head(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
     h = self.norm(h)
-    if self.config.tie_embeddings:
-      logits = self.embed_tokens.attend(h)
-    else:
-      logits = self.lm_head(h)
+    logits = self.embed_tokens.attend(h) if self.config.tie_embeddings else self.lm_head(h)
     return logits.astype(jnp.float32), h
 
   def __call__(self, input_ids: Optional[jax.Array] = None, *,
@@ -245,10 +231,8 @@ class LlamaLM(nn.Module):
     t = inputs_embeds.shape[1]
     if t > cfg.max_positions:
       raise ValueError(f"prompt of {t} positions exceeds max_positions={cfg.max_positions}")
-    attn = llama.attention_mask(mask, jnp.arange(t), llama.cache_length(cache))
-    rope = jnp.asarray(rope_table(cfg)[:t])
-    h, cache = llama.run_layers(cfg.stack, self.layers, inputs_embeds.astype(cfg.dtype), rope,
-                                attn, cache, 0, False)
+    h, cache = llama.run_cached(cfg.stack, self.layers, inputs_embeds.astype(cfg.dtype),
+                                rope_table(cfg), mask, cache)
     logits, _ = self._head(h[:, -1])
     return logits, cache
 
@@ -260,11 +244,8 @@ class LlamaLM(nn.Module):
     Returns the next-token logits (B, vocab) float32 and the updated cache.
     """
     cfg = self.config
-    h = self.embed(token)[:, None]
-    pos = jnp.asarray(position, jnp.int32)
-    attn = llama.attention_mask(mask, pos[None], llama.cache_length(cache))
-    rope = jax.lax.dynamic_slice_in_dim(jnp.asarray(rope_table(cfg)), pos, 1)
-    h, cache = llama.run_layers(cfg.stack, self.layers, h, rope, attn, cache, pos, False)
+    h, cache = llama.run_cached(cfg.stack, self.layers, self.embed(token)[:, None],
+                                rope_table(cfg), mask, cache, position)
     logits, _ = self._head(h[:, 0])
     return logits, cache
 
@@ -281,9 +262,7 @@ def init_cache(config: LlamaLMConfig, batch: int, max_len: int, dtype: Optional[
 
 def abstract_params(config: LlamaLMConfig) -> Any:
   """Boxed (logically partitioned) abstract params via `jax.eval_shape`."""
-  model = LlamaLM(config)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-                        )["params"]
+  return layers.abstract_params(LlamaLM(config), jnp.zeros((1, 1), jnp.int32))
 
 
 def count_params(config: LlamaLMConfig) -> int:

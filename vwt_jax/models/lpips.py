@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vwt_jax.models.layers import weight_init, zeros_init
+from vwt_jax.models.layers import conv
 
 Dtype = Any
 
@@ -102,23 +102,17 @@ BACKBONES = {"vgg": _vgg16(), "alex": _alexnet(), "squeeze": _squeezenet1_1()}
 
 def _conv(features: int, kernel: int, in_axis, *, stride: int = 1, padding: int = 0,
           dtype: Dtype, param_dtype: Dtype, name: str) -> nn.Conv:
-  return nn.Conv(features, (kernel, kernel), strides=stride,
-                 padding=((padding, padding), (padding, padding)), dtype=dtype,
-                 param_dtype=param_dtype,
-                 kernel_init=weight_init((None, None, in_axis, "conv_out")),
-                 bias_init=zeros_init(("conv_out",)), name=name)
+  return conv(features, kernel, (None, None, in_axis, "conv_out"), strides=stride,
+              padding=((padding, padding),) * 2, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def _max_pool(x: jax.Array, spec: PoolSpec) -> jax.Array:
-  window, strides = (spec.window, spec.window), (spec.stride, spec.stride)
-  if not spec.ceil_mode:
-    return nn.max_pool(x, window, strides=strides, padding="VALID")
-  pads = []
-  for size in x.shape[1:3]:
-    steps = -(-(size - spec.window) // spec.stride)
-    # -inf padding (flax's max-pool init value) never wins the max.
-    pads.append((0, steps * spec.stride + spec.window - size))
-  return nn.max_pool(x, window, strides=strides, padding=pads)
+  padding = "VALID"
+  if spec.ceil_mode:
+    # Room for a last partial window; -inf padding (flax's max-pool init) never wins the max.
+    padding = [(0, -(-(size - spec.window) // spec.stride) * spec.stride + spec.window - size)
+               for size in x.shape[1:3]]
+  return nn.max_pool(x, (spec.window,) * 2, strides=(spec.stride,) * 2, padding=padding)
 
 
 class Fire(nn.Module):
@@ -214,10 +208,8 @@ class LPIPS(nn.Module):
                          f"(tap {k} has an empty {tap.shape[1]}x{tap.shape[2]} map)")
       tap = unit_normalize(tap.astype(jnp.float32)).reshape((batch, 2) + tap.shape[1:])
       diff = jnp.square(tap[:, 0] - tap[:, 1])
-      weighted = nn.Conv(1, (1, 1), use_bias=False, dtype=jnp.float32,
-                         param_dtype=self.param_dtype,
-                         kernel_init=weight_init((None, None, "conv_in", None)),
-                         name=f"lin{k}")(diff)[..., 0]
+      weighted = conv(1, 1, (None, None, "conv_in", None), use_bias=False, dtype=jnp.float32,
+                      param_dtype=self.param_dtype, name=f"lin{k}")(diff)[..., 0]
       per_layer.append(jnp.mean(weighted, axis=(1, 2)))
       # Every tap is at most the input size, so this is an upsample: without
       # antialiasing it is torch's bilinear with align_corners=False.

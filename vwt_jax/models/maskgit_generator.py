@@ -83,27 +83,18 @@ class MaskGitGeneratorConfig:
     except KeyError as e:
       raise ValueError(f"official generator config lacks {e}; expected "
                        "model.generator.* and model.vq_model.codebook_size") from e
-    fields = dict(
-        model_type=model_type,
-        hidden_size=int(gen["hidden_size"]),
-        num_hidden_layers=int(gen["num_hidden_layers"]),
-        num_attention_heads=int(gen["num_attention_heads"]),
-        intermediate_size=int(gen["intermediate_size"]),
-        dropout=float(gen.get("dropout", 0.1)),
-        attn_drop=float(gen.get("attn_drop", 0.1)),
-        image_seq_len=int(gen["image_seq_len"]),
-        condition_num_classes=int(gen["condition_num_classes"]),
-        codebook_size=int(codebook_size),
-    )
-    fields.update(overrides)
-    return cls(**fields)
+    sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "image_seq_len", "condition_num_classes")
+    fields = dict({k: int(gen[k]) for k in sizes}, model_type=model_type,
+                  dropout=float(gen.get("dropout", 0.1)),
+                  attn_drop=float(gen.get("attn_drop", 0.1)), codebook_size=int(codebook_size))
+    return cls(**{**fields, **overrides})
 
   @classmethod
   def from_variant(cls, name: str, **overrides) -> "MaskGitGeneratorConfig":
     """One of `GENERATOR_VARIANTS` ('titok_l32', 'titok_b64', 'titok_s128')."""
-    if name not in GENERATOR_VARIANTS:
-      raise ValueError(f"unknown generator variant {name!r}; known: {sorted(GENERATOR_VARIANTS)}")
-    return dataclasses.replace(GENERATOR_VARIANTS[name], **overrides)
+    return dataclasses.replace(layers.variant(GENERATOR_VARIANTS, name, "generator"),
+                               **overrides)
 
 
 # Released generators (`configs/infer/TiTok/*.yaml`); 177.2 M / 177.2 M / 295.0 M params.
@@ -126,31 +117,23 @@ def arccos_mask_ratio(t):
   return xp.arccos(t) / (math.pi * 0.5)
 
 
-def condition_tokens(labels: jax.Array, config: MaskGitGeneratorConfig,
-                     drop_labels: Optional[jax.Array] = None) -> jax.Array:
-  """Class labels (B,) -> class-token ids; dropped labels become the null class."""
-  ids = labels.astype(jnp.int32) + config.codebook_size + 1
-  if drop_labels is None:
-    return ids
-  return jnp.where(drop_labels, config.null_class_id, ids)
-
-
 def _input_ids(tokens, labels, drop_labels, config: MaskGitGeneratorConfig) -> jax.Array:
+  """[class token ; tokens]; dropped labels become the null class."""
   if tokens.ndim != 2 or labels.shape != tokens.shape[:1]:
     raise ValueError(f"expected tokens (B, L) and labels (B,), got {tokens.shape} and "
                      f"{labels.shape}")
   if tokens.shape[1] > config.image_seq_len:
     raise ValueError(f"{tokens.shape[1]} tokens exceed image_seq_len={config.image_seq_len}")
-  cond = condition_tokens(labels, config, drop_labels)
+  cond = labels.astype(jnp.int32) + config.codebook_size + 1
+  if drop_labels is not None:
+    cond = jnp.where(drop_labels, config.null_class_id, cond)
   return jnp.concatenate([cond[:, None], tokens.astype(jnp.int32)], axis=1)
 
 
 class SelfAttention(nn.Module):
-  """Bidirectional multi-head attention with dropout on the probabilities.
+  """Bidirectional multi-head attention with dropout on the probabilities (BERT's).
 
-  Unlike `layers.MultiHeadAttention`, the q/k/v bias is optional independently
-  of the output bias (UViT has none on qkv) and attention dropout is supported
-  (BERT uses it in training).
+  Unlike `layers.MultiHeadAttention`, the q/k/v bias is optional (UViT has none).
   """
   num_heads: int
   qkv_bias: bool = True

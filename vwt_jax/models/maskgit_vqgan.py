@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vwt_jax.models.layers import weight_init, zeros_init
+from vwt_jax.models import layers
 from vwt_jax.models.quantizers import VectorQuantizer
 
 Dtype = Any
@@ -50,18 +50,17 @@ def conv(features: int, kernel: int, in_channels: int, *, use_bias: bool, dtype:
   # RGB axes (3) never divide a mesh axis, so they stay unsharded.
   in_name = None if in_channels == RGB_CHANNELS else "conv_in"
   out_name = None if features == RGB_CHANNELS else "conv_out"
-  return nn.Conv(
-      features, (kernel, kernel), strides=(strides, strides), padding=padding,
-      use_bias=use_bias, dtype=dtype,
-      param_dtype=param_dtype, kernel_init=weight_init((None, None, in_name, out_name)),
-      bias_init=zeros_init((out_name,)), name=name)
+  return layers.conv(features, kernel, (None, None, in_name, out_name),
+                     strides=(strides, strides), padding=padding, use_bias=use_bias, dtype=dtype,
+                     param_dtype=param_dtype, name=name)
 
 
-def group_norm(*, dtype: Dtype, param_dtype: Dtype, name: str) -> nn.GroupNorm:
+def group_norm(*, dtype: Dtype, param_dtype: Dtype, name: str, num_groups: int = 32,
+               epsilon: float = 1e-6) -> nn.GroupNorm:
   return nn.GroupNorm(
-      num_groups=32, epsilon=1e-6, dtype=dtype, param_dtype=param_dtype,
+      num_groups=num_groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=zeros_init(("norm",)), name=name)
+      bias_init=layers.zeros_init(("norm",)), name=name)
 
 
 class ResnetBlock(nn.Module):

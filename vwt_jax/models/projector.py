@@ -6,18 +6,14 @@ features (B, T, N, Dv) (T frames of N vision tokens each) -> tokens
 * 'mlp': dense -> exact GELU -> dense (Q = N), LLaVA-1.5's `mlp2x_gelu`.
 * 'resampler': a Q-Former-like query resampler (Q = num_queries): learned
   queries (Q, Dv) cross-attend to each frame's N tokens through `num_layers`
-  pre-LN blocks (q + attn(LN(q), LN(frame)); q + MLP(LN(q))), then a final
-  LayerNorm and a dense to out_dim. With `temporal_embedding` a learned
-  per-frame vector (up to `max_frames`) is added to the queries, so the
-  resampled tokens of a frame know its index; without it every frame is
-  resampled identically whatever its position.
+  pre-LN blocks, then a final LayerNorm and a dense to out_dim. With
+  `temporal_embedding` a learned per-frame vector (up to `max_frames`) is
+  added to the queries, so a frame's tokens know its index.
 
-Logical axes: 'embed' names the vision width Dv, as in the tower the features
-come from; the LLM width out_dim is the output axis of the first dense and is
-named 'mlp' there (as a column-parallel layer); the square second dense of
-'mlp' is (out_dim 'mlp', out_dim None), since one name cannot shard two axes of
-a kernel. Inside the resampler the attention and MLP use the tower's
-conventions ('embed', 'heads', 'kv', 'mlp').
+Logical axes: 'embed' is the vision width Dv, as in the tower; the LLM width
+out_dim is named 'mlp' as the output of the first dense (column-parallel),
+and the square second dense of 'mlp' is ('mlp', None): one name cannot shard
+two axes of a kernel.
 """
 
 from typing import Any

@@ -49,14 +49,14 @@ class VectorQuantizer(nn.Module):
         "embedding", _codebook_init(self.codebook_size, self.normalize_init),
         (self.codebook_size, self.token_size), self.param_dtype)
 
-  def codebook(self) -> jax.Array:
-    """The (K, C) codebook used for lookups (l2-normalised if configured)."""
-    e = self.embedding.astype(jnp.float32)
-    return l2_normalize(e) if self.use_l2_norm else e
-
   def normalize(self, z: jax.Array) -> jax.Array:
+    """`z` in float32, l2-normalised if configured."""
     z = z.astype(jnp.float32)
     return l2_normalize(z) if self.use_l2_norm else z
+
+  def codebook(self) -> jax.Array:
+    """The (K, C) codebook used for lookups."""
+    return self.normalize(self.embedding)
 
   def distances(self, z: jax.Array) -> jax.Array:
     """Squared distances (..., K) of already-normalised `z` to every code."""
@@ -109,16 +109,8 @@ class DiagonalGaussian:
     mean, logvar = jnp.split(moments.astype(jnp.float32), 2, axis=-1)
     return cls(mean=mean, logvar=jnp.clip(logvar, *LOGVAR_RANGE))
 
-  @property
-  def std(self) -> jax.Array:
-    return jnp.exp(0.5 * self.logvar)
-
-  @property
-  def var(self) -> jax.Array:
-    return jnp.exp(self.logvar)
-
   def reparameterize(self, eps: jax.Array) -> jax.Array:
-    return self.mean + self.std * eps
+    return self.mean + jnp.exp(0.5 * self.logvar) * eps
 
   def sample(self, rng: jax.Array) -> jax.Array:
     return self.reparameterize(jax.random.normal(rng, self.mean.shape, self.mean.dtype))
@@ -136,13 +128,11 @@ def restart_dead_codes(codebook: jax.Array, usage: jax.Array, latents: jax.Array
   """Replaces codes nobody uses by latents of the current batch.
 
   `usage` is an EMA of the fraction of tokens assigned to each code
-  (`code_counts` is the quantizer's per-code count for this batch). A code
-  whose usage falls below `threshold / K` is reset to a randomly chosen
-  latent (already normalised when the quantizer l2-normalises) and gets a
-  fresh usage of 1/K. This is the codebook-expiration trick of SoundStream /
-  Jukebox, a simpler relative of the official repo's optional CVQ-VAE
-  `clustering_vq`; it keeps a small codebook from collapsing when training
-  from scratch.
+  (`code_counts`: the quantizer's per-code count for this batch). A code whose
+  usage falls below `threshold / K` is reset to a random latent (normalised
+  if the quantizer l2-normalises) with a fresh usage of 1/K: SoundStream's
+  codebook expiration, which keeps a small codebook from collapsing when
+  training from scratch.
 
   Returns:
     (codebook, usage, number of codes restarted).

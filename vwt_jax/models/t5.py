@@ -1,7 +1,6 @@
 """The T5 / mT5 text encoder (the encoder stack of transformers' `T5EncoderModel`).
 
-LlamaGen's text-to-image GPT conditions on the last hidden states of the
-FLAN-T5-XL encoder; this module computes them from token ids.
+LlamaGen's text-to-image GPT conditions on FLAN-T5-XL's last hidden states.
 
 Per layer (pre-norm, no biases anywhere):
   x = x + o(attention(T5LayerNorm(x)))          # bidirectional self-attention
@@ -14,8 +13,7 @@ learned relative-position bias [heads, L, L], bucketed from key - query
 offsets, is computed once (transformers keeps its table in layer 0) and added
 in every layer, next to the padding mask.
 
-Inference only: the encoder is a frozen feature extractor here, so the
-reference's dropout layers (identities in eval mode) are left out.
+Inference only (a frozen feature extractor): the reference's dropout is left out.
 """
 
 import dataclasses
@@ -109,9 +107,7 @@ class T5EncoderConfig:
   @classmethod
   def named(cls, name: str, **overrides) -> "T5EncoderConfig":
     """One of `VARIANTS` ('flan-t5-xl', 'tiny')."""
-    if name not in VARIANTS:
-      raise ValueError(f"unknown T5 encoder variant {name!r}; expected one of {sorted(VARIANTS)}")
-    return cls(**{**VARIANTS[name], **overrides})
+    return cls(**{**layers.variant(VARIANTS, name, "T5 encoder"), **overrides})
 
   @classmethod
   def from_hf_config(cls, config: Mapping[str, Any], source: str = "config.json"
@@ -126,28 +122,19 @@ class T5EncoderConfig:
     if config.get("is_decoder"):
       raise ValueError(f"{source}: is_decoder=true; only the bidirectional encoder is supported")
     required = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
-    absent = [k for k in required if k not in config]
-    if absent:
-      raise ValueError(f"{source}: missing fields {absent}")
+    layers.require_fields(config, required, source)
     fields = {**_HF_SHARED_DEFAULTS, **_HF_DEFAULTS[model_type],
               **{k: config[k] for k in (*_HF_SHARED_DEFAULTS, "feed_forward_proj")
                  if k in config}}
     try:
-      parse_feed_forward_proj(fields["feed_forward_proj"])
+      return cls(
+          **{k: int(config[k]) for k in required},
+          relative_attention_num_buckets=int(fields["relative_attention_num_buckets"]),
+          relative_attention_max_distance=int(fields["relative_attention_max_distance"]),
+          layer_norm_epsilon=float(fields["layer_norm_epsilon"]),
+          feed_forward_proj=str(fields["feed_forward_proj"]))
     except ValueError as e:
       raise ValueError(f"{source}: {e}") from None
-    return cls(
-        vocab_size=int(config["vocab_size"]),
-        d_model=int(config["d_model"]),
-        d_kv=int(config["d_kv"]),
-        d_ff=int(config["d_ff"]),
-        num_layers=int(config["num_layers"]),
-        num_heads=int(config["num_heads"]),
-        relative_attention_num_buckets=int(fields["relative_attention_num_buckets"]),
-        relative_attention_max_distance=int(fields["relative_attention_max_distance"]),
-        layer_norm_epsilon=float(fields["layer_norm_epsilon"]),
-        feed_forward_proj=str(fields["feed_forward_proj"]),
-    )
 
 
 class SelfAttention(nn.Module):
@@ -175,11 +162,9 @@ class FeedForward(nn.Module):
     cfg = self.config
     kw = dict(param_dtype=jnp.float32, use_bias=False)
     act = layers.HF_ACTIVATIONS[cfg.activation]
-    if cfg.is_gated:
-      h = (act(layers.dense(cfg.d_ff, ("embed", "mlp"), name="wi_0", dtype=self.dtype, **kw)(x))
-           * layers.dense(cfg.d_ff, ("embed", "mlp"), name="wi_1", dtype=self.dtype, **kw)(x))
-    else:
-      h = act(layers.dense(cfg.d_ff, ("embed", "mlp"), name="wi", dtype=self.dtype, **kw)(x))
+    wi = lambda name: layers.dense(cfg.d_ff, ("embed", "mlp"), name=name, dtype=self.dtype,
+                                   **kw)(x)
+    h = act(wi("wi_0")) * wi("wi_1") if cfg.is_gated else act(wi("wi"))
     # transformers keeps `wo` in float32 under half precision (`_keep_in_fp32_modules`,
     # its inputs overflow float16), so the bfloat16 reference runs this matmul in float32.
     return layers.dense(cfg.d_model, ("mlp", "embed"), name="wo", dtype=jnp.float32, **kw)(h)

@@ -10,9 +10,7 @@ positions enter:
   is shared by all layers.
 The token states are pooled (attention-mask weighted mean, mean / sqrt(count),
 first token or max, as the `Pooling` module of sentence-transformers) and
-L2-normalised (its `Normalize`).
-Everything is computed in float32; the sizes come from the model's config.json
-through `TextEncoderConfig.from_hf_config`.
+L2-normalised (its `Normalize`). Everything is computed in float32.
 """
 
 import dataclasses
@@ -71,10 +69,9 @@ class TextEncoderConfig:
 
   @property
   def max_length(self) -> int:
-    """Longest token sequence the position table can number."""
-    if self.family == "mpnet":
-      return self.max_position_embeddings - MPNET_POSITION_PADDING_IDX - 1
-    return self.max_position_embeddings
+    """Longest token sequence the position table can number (MPNet's starts at 2)."""
+    offset = MPNET_POSITION_PADDING_IDX + 1 if self.family == "mpnet" else 0
+    return self.max_position_embeddings - offset
 
   @classmethod
   def from_hf_config(cls, config: Mapping[str, Any], source: str = "config.json"
@@ -86,11 +83,9 @@ class TextEncoderConfig:
     if family == "bert" and config.get("position_embedding_type", "absolute") != "absolute":
       raise ValueError(f"{source}: position_embedding_type="
                        f"{config['position_embedding_type']!r}; only 'absolute' is supported")
-    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "max_position_embeddings")
-    absent = [k for k in required if k not in config]
-    if absent:
-      raise ValueError(f"{source}: missing fields {absent}")
+    layers.require_fields(config, ("vocab_size", "hidden_size", "num_hidden_layers",
+                                   "num_attention_heads", "intermediate_size",
+                                   "max_position_embeddings"), source)
     act = config.get("hidden_act", "gelu")
     if not isinstance(act, str):
       raise ValueError(f"{source}: hidden_act={act!r} must be an activation name")
@@ -105,8 +100,7 @@ class TextEncoderConfig:
         layer_norm_eps=float(config.get("layer_norm_eps", 1e-12)),
         max_position_embeddings=int(config["max_position_embeddings"]),
         type_vocab_size=int(config.get("type_vocab_size", 2)),
-        relative_attention_num_buckets=int(config.get("relative_attention_num_buckets", 32)),
-    )
+        relative_attention_num_buckets=int(config.get("relative_attention_num_buckets", 32)))
 
 
 def _embed(num: int, dim: int, names, name: str) -> nn.Embed:

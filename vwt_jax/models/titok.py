@@ -70,11 +70,11 @@ class TiTokConfig:
   def __post_init__(self):
     if self.quantize_mode not in ("vq", "vae"):
       raise ValueError(f"quantize_mode must be 'vq' or 'vae', got {self.quantize_mode!r}")
-    if self.finetune_decoder and not (self.quantize_mode == "vq" and self.is_legacy):
-      raise ValueError("finetune_decoder (pixel decoder) needs quantize_mode='vq' and is_legacy")
-    if self.finetune_decoder and self.pixel_decoder is None:
-      raise ValueError("finetune_decoder=True needs a pixel_decoder config")
     if self.finetune_decoder:
+      if not (self.quantize_mode == "vq" and self.is_legacy):
+        raise ValueError("finetune_decoder (pixel decoder) needs quantize_mode='vq' and is_legacy")
+      if self.pixel_decoder is None:
+        raise ValueError("finetune_decoder=True needs a pixel_decoder config")
       grid = self.image_size // self.dec_patch_size
       rendered = grid * 2 ** (self.pixel_decoder.num_resolutions - 1)
       if rendered != self.image_size:
@@ -113,9 +113,8 @@ class TiTokConfig:
       **overrides: any other field (e.g. dtype).
     """
     vq = official_config["model"]["vq_model"]
-    table = dict(VIT_SIZES)
-    table.update({k: ViTSize(int(v["width"]), int(v["num_layers"]), int(v["num_heads"]))
-                  for k, v in (sizes or {}).items()})
+    table = {**VIT_SIZES, **{k: ViTSize(int(v["width"]), int(v["num_layers"]), int(v["num_heads"]))
+                             for k, v in (sizes or {}).items()}}
     enc, dec = table[vq["vit_enc_model_size"]], table[vq["vit_dec_model_size"]]
     preprocessing = official_config.get("dataset", {}).get("preprocessing", {})
     if isinstance(pixel_decoder, Mapping):
@@ -140,12 +139,13 @@ class TiTokConfig:
         finetune_decoder=finetune,
         pixel_decoder=pixel_decoder,
     )
-    fields.update(overrides)
-    return cls(**fields)
+    return cls(**{**fields, **overrides})
 
 
-def _embedding(module: nn.Module, name: str, shape, names, width: int, param_dtype):
-  return module.param(name, layers.scaled_normal_init(width ** -0.5, names), shape, param_dtype)
+def _embedding(module: nn.Module, name: str, shape, names):
+  """A `module` parameter drawn as width**-0.5 * randn, width = shape[-1]."""
+  return module.param(name, layers.scaled_normal_init(shape[-1] ** -0.5, names), shape,
+                      module.config.param_dtype)
 
 
 def _transformer(x: jax.Array, depth: int, heads: int, cfg: TiTokConfig,
@@ -171,20 +171,17 @@ class TiTokEncoder(nn.Module):
     grid = cfg.image_size // cfg.enc_patch_size
     batch = images.shape[0]
 
-    x = nn.Conv(width, (cfg.enc_patch_size,) * 2, strides=(cfg.enc_patch_size,) * 2,
-                padding="VALID", kernel_init=layers.weight_init((None, None, None, "embed")),
-                bias_init=layers.zeros_init(("embed",)), name="patch_embed", **kw)(
-                    images.astype(cfg.dtype))
+    p = cfg.enc_patch_size
+    x = layers.conv(width, p, (None, None, None, "embed"), strides=(p, p), padding="VALID",
+                    name="patch_embed", **kw)(images.astype(cfg.dtype))
     self.sow("intermediates", "enc_patch_embed", x)
     x = x.reshape(batch, grid * grid, width)  # row-major raster order
 
-    cls_emb = _embedding(self, "class_embedding", (1, width), (None, "embed"), width,
-                         cfg.param_dtype)
+    cls_emb = _embedding(self, "class_embedding", (1, width), (None, "embed"))
     pos_emb = _embedding(self, "positional_embedding", (grid * grid + 1, width),
-                         ("length", "embed"), width, cfg.param_dtype)
+                         ("length", "embed"))
     latent_pos = _embedding(self, "latent_token_positional_embedding",
-                            (cfg.num_latent_tokens, width), ("length", "embed"), width,
-                            cfg.param_dtype)
+                            (cfg.num_latent_tokens, width), ("length", "embed"))
     cls_tok = jnp.broadcast_to(cls_emb.astype(x.dtype)[None], (batch, 1, width))
     x = jnp.concatenate([cls_tok, x], axis=1) + pos_emb.astype(x.dtype)
     n = latent_tokens.shape[0]
@@ -217,15 +214,12 @@ class TiTokDecoder(nn.Module):
 
     x = layers.dense(width, ("token", "embed"), name="decoder_embed", **kw)(z.astype(cfg.dtype))
     self.sow("intermediates", "dec_embed_out", x)
-    cls_emb = _embedding(self, "class_embedding", (1, width), (None, "embed"), width,
-                         cfg.param_dtype)
+    cls_emb = _embedding(self, "class_embedding", (1, width), (None, "embed"))
     pos_emb = _embedding(self, "positional_embedding", (grid * grid + 1, width),
-                         ("length", "embed"), width, cfg.param_dtype)
-    mask_token = _embedding(self, "mask_token", (1, 1, width), (None, None, "embed"), width,
-                            cfg.param_dtype)
+                         ("length", "embed"))
+    mask_token = _embedding(self, "mask_token", (1, 1, width), (None, None, "embed"))
     latent_pos = _embedding(self, "latent_token_positional_embedding",
-                            (cfg.num_latent_tokens, width), ("length", "embed"), width,
-                            cfg.param_dtype)
+                            (cfg.num_latent_tokens, width), ("length", "embed"))
     image_part = jnp.concatenate([
         jnp.broadcast_to(cls_emb.astype(x.dtype)[None], (batch, 1, width)),
         jnp.broadcast_to(mask_token.astype(x.dtype), (batch, grid * grid, width)),
@@ -258,9 +252,8 @@ class TiTok(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.latent_tokens = _embedding(
-        self, "latent_tokens", (cfg.num_latent_tokens, cfg.enc_width), ("length", "embed"),
-        cfg.enc_width, cfg.param_dtype)
+    self.latent_tokens = _embedding(self, "latent_tokens", (cfg.num_latent_tokens, cfg.enc_width),
+                                    ("length", "embed"))
     self.encoder = TiTokEncoder(cfg)
     self.decoder = TiTokDecoder(cfg)
     if cfg.quantize_mode == "vq":

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vwt_jax.models import layers
 from vwt_jax.models.maskgit_vqgan import RGB_CHANNELS, conv, group_norm, upsample_nearest_2x
 from vwt_jax.models.quantizers import VectorQuantizer
 
@@ -56,9 +57,7 @@ class VQGANConfig:
   @classmethod
   def named(cls, name: str, **overrides) -> "VQGANConfig":
     """'VQ-16' or 'VQ-8', with any field overridden."""
-    if name not in VARIANTS:
-      raise ValueError(f"unknown VQGAN variant {name!r}; expected one of {sorted(VARIANTS)}")
-    return cls(**{"ch_mult": VARIANTS[name], **overrides})
+    return cls(**{"ch_mult": layers.variant(VARIANTS, name, "VQGAN"), **overrides})
 
   @classmethod
   def from_official(cls, model_args: Mapping[str, Any], **overrides) -> "VQGANConfig":
@@ -80,8 +79,7 @@ class VQGANConfig:
         commit_loss_beta=float(model_args["commit_loss_beta"]),
         entropy_loss_ratio=float(model_args["entropy_loss_ratio"]),
         dropout_p=float(model_args["dropout_p"]))
-    fields.update(overrides)
-    return cls(**fields)
+    return cls(**{**fields, **overrides})
 
 
 class ResnetBlock(nn.Module):
@@ -217,8 +215,7 @@ class VQModel(nn.Module):
     """
     h = self.quant_conv(self.encoder(images, train)).astype(jnp.float32)
     z_q, aux = self.quantize(h)
-    aux = dict(aux, h_prequant=h,
-               indices=aux["indices"].reshape(h.shape[0], -1))
+    aux = dict(aux, h_prequant=h, indices=aux["indices"].reshape(h.shape[0], -1))
     return z_q, aux
 
   def decode(self, z_q: jax.Array, train: bool = False) -> jax.Array:

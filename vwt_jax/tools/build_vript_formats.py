@@ -25,11 +25,8 @@ from vwt_jax.data.vript import formats
 
 def official_records(samples: Sequence[formats.Sample]) -> list[dict]:
   """`Sample`s as the official builders' JSON entries."""
-  records = []
-  for s in samples:
-    video = s.video[0] if s.format.startswith("single") else list(s.video)
-    records.append({"video": video, "QA": [{"i": s.prompt, "q": "", "a": s.target}]})
-  return records
+  return [{"video": s.video[0] if s.format.startswith("single") else list(s.video),
+           "QA": [{"i": s.prompt, "q": "", "a": s.target}]} for s in samples]
 
 
 def write(root: str, stage: str, output_dir: str, *, seed: int = 0,

@@ -84,8 +84,7 @@ def score(samples: str, data_config: ml_collections.ConfigDict, *, train_images:
 def report(result: dict, class_names: Sequence[str] | None = None) -> str:
   """The result as a small table (percentages), one row per class."""
   names = class_names or [str(c) for c in range(result["num_classes"])]
-  real = result["real_validation"]
-  sampled = result["samples_accuracy"]
+  real, sampled = result["real_validation"], result["samples_accuracy"]
   pct = lambda x: "   -" if x is None else f"{100 * x:5.1f}"  # noqa: E731
   lines = [
       f"Classification accuracy ({result['dataset']}, {result['image_size']} px; classifier "
@@ -115,11 +114,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   parser.add_argument("--batch_size", type=int, default=class_accuracy.TrainSettings.batch_size)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args(argv)
-  if args.train_images < 0:
-    parser.error(f"--train_images must be >= 0, got {args.train_images}")
-  for name in ("steps", "batch_size"):
-    if getattr(args, name) < 1:
-      parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+  for name, least in (("train_images", 0), ("steps", 1), ("batch_size", 1)):
+    if getattr(args, name) < least:
+      parser.error(f"--{name} must be >= {least}, got {getattr(args, name)}")
   try:
     config = common.run_config(args.data_from)
   except FileNotFoundError as e:
@@ -137,8 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
   if args.output:
     files.write_text(args.output, json.dumps(result, indent=2) + "\n")
   if args.summary:
-    summary = epath.Path(args.summary)
-    before = files.read_text(args.summary) if summary.exists() else ""
+    before = files.read_text(args.summary) if epath.Path(args.summary).exists() else ""
     files.write_text(args.summary, before + "\n" + table + "\n")
 
 

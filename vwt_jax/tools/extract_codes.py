@@ -1,43 +1,30 @@
 r"""Encodes an image dataset with a trained tokenizer into a code dataset.
 
-  # LlamaGen's c2i recipe: ten crops at two crop ranges (20 augmentations)
+  # LlamaGen's c2i recipe: ten crops at crop ranges 1.1 and 1.05 (two dirs)
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
       --output_dir /tmp/codes --views ten_crop --crop_range 1.1
-  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
-      --output_dir /tmp/codes_105 --views ten_crop --crop_range 1.05
-  # a held-out split next to the training codes (same views: one directory
-  # has one metadata; evaluation reads the centre view)
+  # a held-out split next to them (one directory has one metadata, so the same
+  # views; evaluation reads the centre view)
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny \
       --output_dir /tmp/codes --split validation
-  # explicit config, e.g. to read the images from elsewhere
-  python -m vwt_jax.tools.extract_codes --config configs/titok.py:tiny \
-      --config.data.data_dir /data/tfds --checkpoint /tmp/titok_tiny --output_dir /tmp/codes
-  # text-to-image: Vript keyframes (middle frame of every captioned clip) and
-  # the per-token features of their captions (Vript has no splits: a held-out
-  # split comes from another root, e.g. another synthetic seed)
+  # text-to-image: Vript keyframes and their caption features (Vript has no
+  # splits: a held-out split comes from another root, with --output_split)
   python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny --views flip \
       --vript_root /data/vript --caption_encoder minilm --output_dir /tmp/vript_codes
-  python -m vwt_jax.tools.extract_codes --checkpoint /tmp/titok_tiny --views flip \
-      --vript_root /data/vript_heldout --caption_encoder minilm \
-      --output_dir /tmp/vript_codes --output_split validation
 
 Without --config, the config.json of the --checkpoint run is used. Images are
 the raw records of `config.data` (`pipeline.open_source`), cropped into the
 views of `codes.make_views`; corrupt images are skipped, logged and counted
-(at most `config.data.max_corrupt_records`). The output is read by
-`codes.create_code_dataset`. The tokenizer is whatever
-`families.tokenizer.load_tokenizer` builds for `config.family`, run in float32 at
+(at most `config.data.max_corrupt_records`). The tokenizer runs in float32 at
 full matmul precision (nearest-code lookups flip on bf16/TF32 rounding).
 
 With --vript_root the images are the middle keyframes of the captioned clips
-(`clip_source.KeyframeSource`, read at the tokenizer's size, or
-image_size * crop_range for ten_crop; corrupt clips are skipped and counted
-like corrupt images), there are no class labels, and every record also holds
-the real tokens of its caption's features from
-`text_encoders.load_caption_encoder` (the code reader left-pads them). The
-encoder is recorded as `source['caption_encoder']` in the metadata (kind,
-model_dir, max_length, dim); every split of one directory must use the same,
-and `vwt_jax.sample --captions` encodes prompts with it.
+(read at the tokenizer's size, or image_size * crop_range for ten_crop;
+corrupt clips are skipped and counted), there are no class labels, and every
+record also holds the real tokens of its caption's features. The encoder is
+recorded as `source['caption_encoder']` in the metadata; every split of one
+directory must use the same, and `vwt_jax.sample --captions` encodes prompts
+with it.
 """
 
 import json
@@ -67,56 +54,39 @@ from vwt_jax.families import tokenizer as tokenizer_lib
 FLAGS = flags.FLAGS
 
 
-def _float32(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config` computing in float32, whatever the training compute dtype."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  config.compute_dtype = "float32"
-  return config
-
-
-class _ReadViews:
-  """(position, record index) -> every view of one image, for `record_batches`.
-
-  With `captions`, examples also carry the record's 'caption' text.
-  """
+class _ReadViews(pipeline.RecordReader):
+  """(position, record index) -> every view of one image (with `captions`, its caption)."""
+  corrupt_errors = (transforms.CorruptRecordError, frames.CorruptClipError)
+  eval_corrupt_action = "skipped"
 
   def __init__(self, source, description, *, views, image_size, crop_range, captions=False):
+    super().__init__(len(source), description, train=False)
     self._source = source
-    self._description = description
     self._views = views
     self._image_size = image_size
     self._crop_range = crop_range
     self._num_views = codes_lib.VIEW_SETS[views][0]
     self._captions = captions
 
-  def _padding(self, num_corrupt):
+  def _padding(self):
     size = self._image_size
     example = {"image": np.zeros((self._num_views, size, size, 3), np.uint8),
-               "label": np.int32(0), "index": np.int32(-1), "mask": np.False_,
-               pipeline.CORRUPT_KEY: np.int32(num_corrupt)}
+               "label": np.int32(0), "index": np.int32(-1)}
     if self._captions:
       example["caption"] = ""
     return example
 
-  def __call__(self, position, record_index):
+  def _example(self, position, record_index):
     del position  # Extraction is deterministic.
-    if record_index >= len(self._source):
-      return self._padding(num_corrupt=0)
-    try:
-      # A Vript clip is decoded here; an image dataset's bytes just below.
-      record = self._source[record_index]
-      data = record["image"]
-      image = data if isinstance(data, np.ndarray) else transforms.decode_image(data)
-    except (transforms.CorruptRecordError, frames.CorruptClipError) as e:
-      logging.warning("Corrupt record %d of %s, skipped: %s", record_index,
-                      self._description, e)
-      return self._padding(num_corrupt=1)
+    # A Vript clip is decoded here; an image dataset's bytes just below.
+    record = self._source[record_index]
+    data = record["image"]
+    image = data if isinstance(data, np.ndarray) else transforms.decode_image(data)
     example = {"image": codes_lib.make_views(image, self._views, self._image_size,
                                              self._crop_range),
                # Captioned (Vript) records have no class label.
                "label": np.int32(0 if self._captions else record["label"]),
-               "index": np.int32(record_index),
-               "mask": np.True_, pipeline.CORRUPT_KEY: np.int32(0)}
+               "index": np.int32(record_index)}
     if self._captions:
       example["caption"] = record["caption"]
     return example
@@ -134,14 +104,6 @@ def _write(writer: codes_lib.CodeDatasetWriter, codes: jax.Array, batch,
   for i in np.flatnonzero(batch["mask"]):
     writer.add(codes[i], int(batch["label"][i]), index=int(batch["index"][i]),
                caption_emb=features[i], caption_mask=masks[i])
-
-
-def _open_vript(root: str, image_size: int):
-  """(keyframe source, description) of a Vript root, frames at `image_size`."""
-  data_config = vript_pipeline.default_vript_data_config()
-  data_config.update(dict(root=root, view="keyframes", keyframe="middle",
-                          image_size=image_size))
-  return vript_pipeline.open_vript_source(data_config, train=False)
 
 
 def _check_caption_encoder(output: str, described: dict) -> None:
@@ -166,9 +128,7 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   """Writes the codes of every image of `split` to the code dataset `output`.
 
   Args:
-    config: the tokenizer's training config (`config.family` picks the
-      tokenizer family, `config.data` the images and reader settings,
-      `config.mesh_shape` the mesh).
+    config: the tokenizer's training config (family, data, mesh_shape).
     checkpoint: a run dir / step dir of ours, or an official state dict.
     output: code dataset directory (other splits may already be there).
     split: tfds split of `config.data` (slices allowed); default its train_split.
@@ -181,8 +141,7 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
     shard_size: records per ArrayRecord file.
     precision: matmul precision of the encoder.
     vript_root: instead of `config.data`, the keyframes of the captioned
-      clips of this Vript root (see the module docstring); needs
-      `caption_encoder`.
+      clips of this Vript root; needs `caption_encoder`.
     caption_encoder: encodes the Vript captions (`text_encoders`).
 
   Returns:
@@ -190,9 +149,8 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   """
   start = time.time()
   if jax.process_count() > 1:
-    raise NotImplementedError(
-        "extract_codes writes one dataset from one process: run it on a single host "
-        "(it uses all of that host's devices)")
+    raise NotImplementedError("extract_codes writes one dataset from one process: run it on "
+                              "a single host (it uses all of that host's devices)")
   if views not in codes_lib.VIEW_SETS:
     raise ValueError(f"views={views!r}: expected one of {sorted(codes_lib.VIEW_SETS)}")
   if vript_root and (split or caption_encoder is None):
@@ -214,7 +172,10 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   num_views = codes_lib.VIEW_SETS[views][0]
 
   mesh = sharding_lib.create_mesh(config.mesh_shape)
-  tokenizer = tokenizer_lib.load_tokenizer(checkpoint, _float32(config), mesh)
+  # Float32 whatever the training compute dtype.
+  float32_config = ml_collections.ConfigDict(config.to_dict())
+  float32_config.compute_dtype = "float32"
+  tokenizer = tokenizer_lib.load_tokenizer(checkpoint, float32_config, mesh)
   dp = sharding_lib.data_parallel_size(mesh)
   multiple = dp // math.gcd(dp, num_views)
   rounded = -(-batch_size // multiple) * multiple
@@ -227,7 +188,10 @@ def extract_codes(config: ml_collections.ConfigDict, checkpoint: str, output: st
   data_config.eval_drop_remainder = False
   source_info = {**tokenizer_lib.describe(tokenizer, checkpoint), "config": config.to_dict()}
   if vript_root:
-    source, description = _open_vript(vript_root, int(tokenizer.image_size * crop_range))
+    vript_config = vript_pipeline.default_vript_data_config()
+    vript_config.update(dict(root=vript_root, view="keyframes", keyframe="middle",
+                             image_size=int(tokenizer.image_size * crop_range)))
+    source, description = vript_pipeline.open_vript_source(vript_config, train=False)
     source_info["caption_encoder"] = described
     labels = dict(num_classes=0, caption_dim=caption_encoder.dim,
                   caption_length=caption_encoder.max_length)

@@ -26,11 +26,6 @@ KINDS: dict[str, str] = {
 }
 
 
-def run(kind: str, fixture_dir: str):
-  module, fn = KINDS[kind].split(":")
-  return getattr(importlib.import_module(module), fn)(fixture_dir)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m vwt_jax.tools.parity", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +33,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for kind in KINDS:
     sub.add_parser(kind, help=f"compare {kind} fixtures").add_argument("fixture_dir")
   args = parser.parse_args(argv)
-  results = run(args.kind, args.fixture_dir)
+  module, fn = KINDS[args.kind].split(":")
+  results = getattr(importlib.import_module(module), fn)(args.fixture_dir)
   for r in results:
     print(r.line())
   failed = [r for r in results if not r.ok]

@@ -46,12 +46,10 @@ def compare(name: str, ours, ref, tol: dict) -> Result:
   ours, ref = np.asarray(ours), np.asarray(ref)
   if ours.shape != ref.shape:
     return Result(name, float("inf"), f"shape {ours.shape} vs {ref.shape}", False)
-  if tol is EXACT:
-    mismatches = int(np.sum(ours != ref))
-    err = float(np.max(np.abs(ours.astype(np.float64) - ref))) if ours.size else 0.0
-    return Result(name, err, "exact", mismatches == 0)
   diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
   err = float(np.max(diff)) if diff.size else 0.0
+  if tol is EXACT:
+    return Result(name, err, "exact", bool(np.all(ours == ref)))
   ok = bool(np.all(diff <= tol["atol"] + tol["rtol"] * np.abs(ref))) and np.isfinite(err)
   return Result(name, err, f"atol={tol['atol']:g},rtol={tol['rtol']:g}", ok)
 

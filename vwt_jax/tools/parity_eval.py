@@ -72,10 +72,7 @@ def _split_cases(arrays: dict) -> tuple[dict[str, dict], dict]:
 
 
 def _meta_case(meta: dict, group: str, case: str) -> Optional[dict]:
-  for entry in meta.get(group, []):
-    if f"c{entry['case']}" == case:
-      return entry
-  return None
+  return next((e for e in meta.get(group, []) if f"c{e['case']}" == case), None)
 
 
 def _no_meta(label: str, group: str) -> list[Result]:
@@ -260,8 +257,7 @@ def _lpips_tolerance(name: str, ref: np.ndarray) -> dict:
 
 def run_lpips(fixture_dir: str) -> list[Result]:
   """Every net of lpips_meta.json: dist, dist_normalize01, per_layer and spatial maps."""
-  absent = missing_files(fixture_dir, "lpips_", ("meta.json", "cases.npz"))
-  if absent:
+  if absent := missing_files(fixture_dir, "lpips_", ("meta.json", "cases.npz")):
     return absent
   meta, io = load_json(fixture_dir, "lpips_meta.json"), load_arrays(fixture_dir, "lpips_cases.npz")
   x0, x1 = (jnp.asarray(io[k].transpose(0, 2, 3, 1)) for k in ("in0", "in1"))
@@ -271,9 +267,9 @@ def run_lpips(fixture_dir: str) -> list[Result]:
     heads = {k[len(net) + 1:]: v for k, v in io.items() if k.startswith(f"{net}/")}
     inputs.update(f"{net}/{k}" for k in heads)
     backbone, mismatched = lpips_backbone(spec["backbone"], spec["backbone_seed"])
-    results.append(Result(f"lpips/{net}/backbone_recipe", 0.0 if not mismatched else float("nan"),
-                          f"sha256 prefixes; mismatched: {mismatched}" if mismatched
-                          else "sha256 prefixes", not mismatched))
+    label = f"lpips/{net}/backbone_recipe"
+    results.append(Result.failed(label, f"sha256 prefixes; mismatched: {mismatched}")
+                   if mismatched else Result.declared(label, "sha256 prefixes"))
     try:
       params = lpips_conversion.convert_torch({**backbone, **heads}, net)
     except torch_state.ConversionError as e:

@@ -1,10 +1,9 @@
 """`parity llamagen-gpt` / `llamagen-t2i`: the LlamaGen GPT against the official code.
 
 Generations and per-step raw logits come from our jitted KV-cache sampler
-(`sampling.autoregressive.generate(..., greedy=True, return_logits=True)`, i.e.
-the model's `prefill`/`decode`). Sizes are read from `{stem}_config.json`; generation runs
-are discovered from the io array names (`gen_greedy_{nocfg|cfgS[_intervalK]}`,
-S with 'p' for the decimal point).
+(`autoregressive.generate(..., greedy=True, return_logits=True)`). Sizes are
+read from `{stem}_config.json`; generation runs from the io array names
+(`gen_greedy_{nocfg|cfgS[_intervalK]}`, S with 'p' for the decimal point).
 """
 
 import functools
@@ -64,17 +63,15 @@ def _top2_gap(logits: np.ndarray) -> np.ndarray:
 def _gpt_outputs(model, params, io, cond, emb_mask, attn_mask) -> dict:
   """Everything shared by c2i and t2i: teacher forcing, RoPE, generations."""
   config = model.config
-  prefix = config.cls_token_num
   idx, targets = jnp.asarray(io["idx"]), jnp.asarray(io["targets"])
-  ours = {}
   forward = jax.jit(functools.partial(model.apply, mutable=["intermediates"]))
   (logits, aux), state = forward({"params": params}, cond, idx, attn_mask=attn_mask)
-  ours["logits"], ours["h_embed"] = logits, aux["h_embed"]
-  ours["h_layer0"] = state["intermediates"]["layers_0"]["out"][0]
-  ours["input_pos"] = np.arange(logits.shape[1])
   valid = jnp.ones((targets.shape[0],)) if config.model_type == "t2i" else None
-  ours["loss"] = token_cross_entropy(logits[:, prefix - 1:], targets, valid)
-  ours["freqs_cis"] = gpt_lib.rope_table(config)
+  ours = {"logits": logits, "h_embed": aux["h_embed"],
+          "h_layer0": state["intermediates"]["layers_0"]["out"][0],
+          "input_pos": np.arange(logits.shape[1]),
+          "loss": token_cross_entropy(logits[:, config.cls_token_num - 1:], targets, valid),
+          "freqs_cis": gpt_lib.rope_table(config)}
 
   for tag, (scale, interval) in _runs(io).items():
     tokens, raw = autoregressive.generate(
@@ -132,8 +129,7 @@ def _load(fixture_dir: str, stem: str):
 
 def _run(fixture_dir: str, stem: str, inputs: tuple[str, ...], outputs) -> list[Result]:
   """`{stem}_{config.json,state_dict.npz,io.npz}`, with `outputs(fixture_dir, io)` ours."""
-  absent = missing_files(fixture_dir, f"{stem}_", ("config.json", "state_dict.npz", "io.npz"))
-  if absent:
+  if absent := missing_files(fixture_dir, f"{stem}_", ("config.json", "state_dict.npz", "io.npz")):
     return absent
   io, ours = _memoized(fixture_dir, stem, inputs, functools.partial(outputs, fixture_dir))
   return compare_io(stem, io, ours, inputs, _tolerance)
@@ -156,13 +152,10 @@ def run_t2i(fixture_dir: str) -> list[Result]:
 
 def _t2i_outputs(fixture_dir: str, io) -> dict:
   model, params = _load(fixture_dir, "t2i")
-  config = model.config
-  ours = {}
   caption, emb_mask = gpt_lib.left_pad_captions(io["caption_raw"], io["emb_mask_raw"])
-  ours["caption_emb"], ours["emb_mask"] = caption, emb_mask
-  seq = config.cls_token_num + io["idx"].shape[1]
+  seq = model.config.cls_token_num + io["idx"].shape[1]
   attn_mask = gpt_lib.t2i_attention_mask(emb_mask, seq)
-  ours["attn_mask"] = attn_mask
+  ours = {"caption_emb": caption, "emb_mask": emb_mask, "attn_mask": attn_mask}
   embed = jax.jit(lambda p, c, d: model.apply({"params": p}, c, force_drop=d,
                                               method=gpt_lib.GPT.embed_condition))
   batch = caption.shape[0]

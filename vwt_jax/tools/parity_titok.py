@@ -14,13 +14,10 @@ from vwt_jax.models.titok import TiTok, TiTokConfig
 from vwt_jax.tools.parity_common import (ACTIVATION_TOL, LOSS_TOL, PIXEL_TOL, Result, compare_io,
                                          load_arrays, load_json, nchw, run_stems, tolerance_table)
 
+
 def _latent_to_torch(x):
   """Our (B,N,C) latent -> the official (B,C,1,N)."""
   return np.asarray(x).transpose(0, 2, 1)[:, :, None, :]
-
-
-def _latent_from_torch(x):
-  return np.asarray(x)[:, :, 0, :].transpose(0, 2, 1)
 
 
 _TITOK_INPUTS = ("images", "sample_eps", "stage1_ce_targets")
@@ -55,9 +52,8 @@ def _titok_stem(fixture_dir: str, stem: str) -> list[Result]:
       ours["z_quantized"] = _latent_to_torch(z_q)
       ours["indices"] = np.asarray(aux["indices"])[:, None, :]
       losses = vq_losses(aux["z"], aux["z_q_raw"], config.commitment_cost)
-      ours["quantizer_loss"] = losses["quantizer_loss"]
-      ours["commitment_loss"] = losses["commitment"]
-      ours["codebook_loss"] = losses["codebook"]
+      ours.update(quantizer_loss=losses["quantizer_loss"], commitment_loss=losses["commitment"],
+                  codebook_loss=losses["codebook"])
       dist = np.sort(np.asarray(model.apply(
           variables, aux["z"], method=lambda m, z: m.quantize.distances(z))), axis=-1)
       ours["codebook_margin_min"] = np.min(dist[..., 1] - dist[..., 0])
@@ -67,10 +63,10 @@ def _titok_stem(fixture_dir: str, stem: str) -> list[Result]:
       posterior = DiagonalGaussian(aux["posterior_mean"], aux["posterior_logvar"])
       ours["posterior_mean"] = _latent_to_torch(posterior.mean)
       ours["posterior_logvar"] = _latent_to_torch(posterior.logvar)
-      ours["posterior_std"] = _latent_to_torch(posterior.std)
+      ours["posterior_std"] = _latent_to_torch(jnp.exp(0.5 * posterior.logvar))
       ours["kl"] = kl_divergence(posterior.mean, posterior.logvar)
-      ours["posterior_sample"] = _latent_to_torch(
-          posterior.reparameterize(jnp.asarray(_latent_from_torch(io["sample_eps"]))))
+      eps = jnp.asarray(io["sample_eps"][:, :, 0, :].transpose(0, 2, 1))
+      ours["posterior_sample"] = _latent_to_torch(posterior.reparameterize(eps))
       ours["z_quantized"] = _latent_to_torch(posterior.mode())
 
     if config.is_legacy:

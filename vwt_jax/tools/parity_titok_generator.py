@@ -1,9 +1,8 @@
 """`parity titok-generator`: TiTok's MaskGIT generators (ImageBert, UViTBert).
 
-Per `generator_*` stem: conditional / unconditional logits, the per-step
-sampling schedules (`schedule_<decay>`) and the deterministic (temperature 0)
-generations (`generate_T0_<decay>`), all sizes and settings read from the
-stem's config json.
+Per `generator_*` stem: conditional / unconditional logits, the sampling
+schedules (`schedule_<decay>`) and the temperature-0 generations
+(`generate_T0_<decay>`), with the settings of the stem's config json.
 """
 
 import os
@@ -18,16 +17,7 @@ from vwt_jax.sampling import maskgit
 from vwt_jax.tools.parity_common import (ACTIVATION_TOL, EXACT, LOSS_TOL, Result, compare_io,
                                          load_arrays, load_json, run_stems)
 
-_INPUTS = ("input_ids", "condition")
 _GENERATE_PREFIX, _SCHEDULE_PREFIX = "generate_T0_", "schedule_"
-
-
-def _generate_kwargs(official: dict) -> dict:
-  """Official `generate(...)` keyword names -> ours."""
-  kwargs = dict(official)
-  if "num_sample_steps" in kwargs:
-    kwargs["num_steps"] = kwargs.pop("num_sample_steps")
-  return kwargs
 
 
 def _decay(name: str, prefix: str) -> str:
@@ -41,7 +31,9 @@ def _generator_stem(fixture_dir: str, stem: str) -> list[Result]:
                                                 dtype=jnp.float32, param_dtype=jnp.float32)
   model, params = load_generator(os.path.join(fixture_dir, f"{stem}_state_dict.npz"), config)
   io = load_arrays(fixture_dir, f"{stem}_io.npz")
-  kwargs = _generate_kwargs(meta["generate_kwargs"])
+  kwargs = dict(meta["generate_kwargs"])
+  if "num_sample_steps" in kwargs:  # the official keyword
+    kwargs["num_steps"] = kwargs.pop("num_sample_steps")
   tokens, labels = jnp.asarray(io["input_ids"]), jnp.asarray(io["condition"])
 
   ours = {}
@@ -63,7 +55,7 @@ def _generator_stem(fixture_dir: str, stem: str) -> list[Result]:
               kwargs["num_steps"], config.image_seq_len, guidance_scale=kwargs["guidance_scale"],
               guidance_decay=decay, guidance_scale_pow=kwargs["guidance_scale_pow"],
               randomize_temperature=meta["schedule_randomize_temperature"]))
-  return compare_io(stem, io, ours, _INPUTS, _tolerance)
+  return compare_io(stem, io, ours, ("input_ids", "condition"), _tolerance)
 
 
 def _tolerance(name: str, ref: np.ndarray) -> dict:

@@ -17,7 +17,6 @@ LATENT_TOL = dict(atol=1e-5, rtol=0.0)
 QUANT_TOL = dict(atol=1e-6, rtol=0.0)
 # Softmax at temperature 0.01 scales distance rounding by 100.
 ENTROPY_TOL = dict(atol=1e-4, rtol=1e-4)
-_INPUTS = ("x",)
 # LATENT_TOL: enc_out, h_prequant(_l2) and code_margin (a difference of O(1) distances).
 _tolerance = tolerance_table(LATENT_TOL, LOSS_TOL, quant=QUANT_TOL, dec=PIXEL_TOL,
                              entropy_loss_unweighted=ENTROPY_TOL)
@@ -45,8 +44,7 @@ def _forward(config: VQGANConfig):
 
 def run_vq(fixture_dir: str) -> list[Result]:
   """`vq_{config.json,state_dict.npz,io.npz}`: encoder, quantizer, decoder and losses."""
-  absent = missing_files(fixture_dir, "vq_", ("config.json", "state_dict.npz", "io.npz"))
-  if absent:
+  if absent := missing_files(fixture_dir, "vq_", ("config.json", "state_dict.npz", "io.npz")):
     return absent
   config = config_from_fixture(load_json(fixture_dir, "vq_config.json"))
   params = convert_vqgan(load_arrays(fixture_dir, "vq_state_dict.npz"), config)
@@ -69,4 +67,4 @@ def run_vq(fixture_dir: str) -> list[Result]:
         "commit_loss": losses["commitment"],
         "entropy_loss_unweighted": entropy_loss(aux["distances"], config.entropy_temperature),
     }
-  return compare_io("vq", io, ours, _INPUTS, _tolerance)
+  return compare_io("vq", io, ours, ("x",), _tolerance)

@@ -15,29 +15,23 @@ is tokenized on its own (its first word gets the '▁' prefix) and only its
 tokens carry loss (ST-LLM sets every other label to -100).
 
 Differences from ST-LLM:
-- Fixed length: every example is padded (or its answer truncated) to
-  `max_length`, so batches have one static shape; ST-LLM pads to the longest
-  in the batch and never bounds the whole sequence.
-- Truncation: ST-LLM truncates the answer alone to `max_txt_len` tokens
-  (1024 at stage 1, 4096 at stage 2), keeping its beginning and dropping the
-  rest, end symbol included. Here the answer keeps its beginning too, cut to
-  `max_answer_length` (ST-LLM's max_txt_len, optional) and to whatever
-  `max_length` leaves after the input; an input that leaves no room raises
-  (ST-LLM would run the over-long sequence).
-- End symbol: the Vriptor configs set `end_sym: '###'`, but with
-  `qformer_text_input: True` ST-LLM appends the tokenizer's eos '</s>' to the
-  answer instead (and remaps '<s>' to '</s>', adding '[PAD]'). The pipeline's
-  `model_target` ends with '###', which is what inference stops on
-  (ST-LLM's `Chat` stopping criterion), so that is what is trained here; the
-  bos token is an argument.
+- Fixed length: every example is padded to `max_length` (one static batch
+  shape); ST-LLM pads to the longest in the batch.
+- Truncation: as ST-LLM's `max_txt_len` (1024 at stage 1, 4096 at stage 2),
+  the answer keeps its beginning, cut to `max_answer_length` and to whatever
+  `max_length` leaves after the input; an input that leaves no room raises.
+- End symbol: with `qformer_text_input: True` ST-LLM appends eos '</s>' to the
+  answer instead of the configs' `end_sym: '###'` (and remaps '<s>' to
+  '</s>'). Inference stops on '###' (ST-LLM's `Chat`), so the pipeline's
+  `model_target`, ending in '###', is what is trained here; the bos token is
+  an argument.
 
 Inference: `caption_prompt` builds a format's prompt exactly as `formats`
-does for training, to be wrapped by `formats.model_input` (the official demo
-prints durations with other rounding, says 'Sample Rate' and puts one space,
-not two, before '###Assistant: '); `encode_example(model_input, '', ...)`
-lays out the prompt alone. `parse_scene_captions` and `to_caption_schema`
-turn a generated multi-scene answer back into Vript's `_caption.json`
-structure.
+does for training (the official demo rounds otherwise, says 'Sample Rate' and
+puts one space before '###Assistant: ');
+`encode_example(model_input, '', ...)` lays out the prompt alone.
+`parse_scene_captions` and `to_caption_schema` turn a generated multi-scene
+answer back into Vript's `_caption.json` structure.
 """
 
 import re
@@ -52,8 +46,6 @@ from vwt_jax.data.vript import schema
 
 IMAGE_PLACEHOLDER = '<ImageHere>'
 END_SYMBOL = '###'
-# What each format asks for, between 'describe the video' and the timing, as
-# in formats.py's single and concat samples.
 _NUMBER = r'(\d+(?:\.\d+)?)'
 # '[Scene i: title](Duration: [a, b])' or, at stage 2,
 # '[Scene i/L: title](Duration: [a, b]/Ts)'.

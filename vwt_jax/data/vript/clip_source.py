@@ -1,20 +1,16 @@
 """The cached Vript index and grain random-access sources over it.
 
 `load_videos(root)` parses the release once with `schema.load_dataset` and
-keeps the result as JSON in `{root}/.vwt_cache/` (or in a given `cache_dir`
-when the root is read-only). The cache file is named after the root path and
-groups, and holds a fingerprint of the tree: every folder and file name, plus
-size and mtime of the `.json`/`.jsonl` annotation files. Any change (a new or
-removed clip, an edited caption or ASR file) rebuilds it.
-
-A root on an object store (`gs://bucket/vript`) is not fingerprinted: walking
-every folder of the release would cost thousands of requests at every start,
-and a bucket's dataset is written once. Its cached index is used until the
-cache file is deleted.
+keeps the result as JSON in `{root}/.vwt_cache/` (or `cache_dir` when the
+root is read-only), with a `fingerprint` of the tree: any change (a new or
+removed clip, an edited caption or ASR file) rebuilds it. A root on an object
+store (`gs://bucket/vript`) is not fingerprinted (walking the release would
+cost thousands of requests at every start, and a bucket's dataset is written
+once): its index is used until the cache file is deleted.
 
 Two sources read records by index (`__getitem__`, with a per-index Generator),
-or with a caller's Generator (`read`, which the pipeline uses so that
-augmentations depend on the stream position):
+or with a caller's Generator (`read`, so that the pipeline's augmentations
+depend on the stream position):
 
 - `SampleSource`: Vriptor training samples (`formats.Sample`), their frames
   sampled over the window's clips as ST-LLM does (`frames.read_window`).
@@ -49,7 +45,7 @@ def fingerprint(root, exclude=()):
   of its annotation files (`.json`, `.jsonl`).
 
   Clip files count by name only: their presence decides `Clip.path`, and
-  statting every mp4 of the release would cost more than it could catch.
+  statting every mp4 would cost more than it could catch.
 
   Args:
     root: extracted Vript root.
@@ -61,9 +57,8 @@ def fingerprint(root, exclude=()):
   # Symlinked folders are followed, as `schema.load_dataset` reads through
   # them.
   for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-    dirnames[:] = sorted(
-        d for d in dirnames if d != CACHE_DIRNAME
-        and os.path.join(dirpath, d) not in exclude)
+    dirnames[:] = sorted(d for d in dirnames
+                         if d != CACHE_DIRNAME and os.path.join(dirpath, d) not in exclude)
     rel = os.path.relpath(dirpath, root)
     digest.update(f'd {rel}\n'.encode())
     for name in sorted(filenames):
@@ -80,11 +75,9 @@ def _video_from_json(record):
   for c in record['clips']:
     asr = c['asr']
     if asr is not None:
-      asr = schema.AsrRecord(**{
-          **asr,
-          'segments': tuple(schema.AsrSegment(**s) for s in asr['segments'])})
-    clips.append(schema.Clip(**{
-        **c, 'caption': schema.Caption(**c['caption']), 'asr': asr}))
+      asr = schema.AsrRecord(
+          **{**asr, 'segments': tuple(schema.AsrSegment(**s) for s in asr['segments'])})
+    clips.append(schema.Clip(**{**c, 'caption': schema.Caption(**c['caption']), 'asr': asr}))
   return schema.Video(**{**record, 'clips': tuple(clips)})
 
 
@@ -103,9 +96,8 @@ def _read_cache(path, root, groups, fprint):
   except (OSError, ValueError) as e:
     logging.warning('Ignoring unreadable Vript index cache %s: %s', path, e)
     return None
-  if (cached.get('version') != INDEX_VERSION or cached.get('root') != root
-      or cached.get('groups') != groups
-      or cached.get('fingerprint') != fprint):
+  expected = {'version': INDEX_VERSION, 'root': root, 'groups': groups, 'fingerprint': fprint}
+  if any(cached.get(k) != v for k, v in expected.items()):
     return None
   videos = [_video_from_json(v) for v in cached['videos']]
   return videos, [tuple(p) for p in cached['problems']]
@@ -119,8 +111,7 @@ def _write_cache(directory, name, payload):
     with files.write_file(os.path.join(directory, name)) as f:
       json.dump(payload, f)
   except OSError as e:
-    logging.warning('Cannot write the Vript index cache in %s: %s',
-                    directory, e)
+    logging.warning('Cannot write the Vript index cache in %s: %s', directory, e)
     return False
   return True
 
@@ -128,10 +119,9 @@ def _write_cache(directory, name, payload):
 def _log_problems(problems, root, how):
   if not problems:
     return
-  logging.warning('Vript index of %s (%s): %d inputs skipped or incomplete, '
-                  'e.g.:\n%s', root, how, len(problems), '\n'.join(
-                      f'  {path}: {reason}'
-                      for path, reason in problems[:_LOGGED_PROBLEMS]))
+  examples = '\n'.join(f'  {path}: {reason}' for path, reason in problems[:_LOGGED_PROBLEMS])
+  logging.warning('Vript index of %s (%s): %d inputs skipped or incomplete, e.g.:\n%s', root,
+                  how, len(problems), examples)
 
 
 def load_videos(root, *, cache_dir='', groups=None):
@@ -157,8 +147,7 @@ def load_videos(root, *, cache_dir='', groups=None):
     cached = _read_cache(os.path.join(directory, name), root, groups, fprint)
     if cached is not None:
       videos, problems = cached
-      logging.info('Vript index of %s read from %s (%d videos)', root,
-                   directory, len(videos))
+      logging.info('Vript index of %s read from %s (%d videos)', root, directory, len(videos))
       _log_problems(problems, root, 'cached')
       return videos
   problems = schema.Problems()
@@ -169,12 +158,11 @@ def load_videos(root, *, cache_dir='', groups=None):
              'videos': [dataclasses.asdict(v) for v in videos]}
   for directory in candidates:
     if _write_cache(directory, name, payload):
-      logging.info('Vript index of %s (%d videos) cached in %s', root,
-                   len(videos), directory)
+      logging.info('Vript index of %s (%d videos) cached in %s', root, len(videos), directory)
       break
   else:
-    logging.warning('Vript index of %s not cached: %s not writable; set '
-                    'cache_dir', root, ' nor '.join(candidates))
+    logging.warning('Vript index of %s not cached: %s not writable; set cache_dir', root,
+                    ' nor '.join(candidates))
   return videos
 
 
@@ -210,8 +198,7 @@ class SampleSource:
       normalize: CLIP-normalised float32 frames, or uint8.
     """
     if sample not in frames.SAMPLE_RULES:
-      raise ValueError(f'sample={sample!r} is not one of '
-                       f'{frames.SAMPLE_RULES}')
+      raise ValueError(f'sample={sample!r} is not one of {frames.SAMPLE_RULES}')
     self._samples = list(samples)
     self._num_frames = num_frames
     self._image_size = image_size
@@ -238,22 +225,13 @@ class SampleSource:
     """
     s = self._samples[index]
     paths = [_require_path(p, r) for p, r in zip(s.paths, s.video)]
-    clips, indices = frames.read_window(paths, self._num_frames, self._sample,
-                                        rng)
-    video = frames.transform_clips(clips, image_size=self._image_size,
-                                   train=self._train, rng=rng)
+    clips, indices = frames.read_window(paths, self._num_frames, self._sample, rng)
+    video = frames.transform_clips(clips, image_size=self._image_size, train=self._train, rng=rng)
     if self._normalize:
       video = frames.normalize(video)
-    return {
-        'frames': video,
-        'num_frames': np.int32(sum(len(set(i)) for i in indices)),
-        'prompt': s.prompt,
-        'target': s.target,
-        'model_input': s.model_input,
-        'model_target': s.model_target,
-        'clip_ids': ','.join(s.clip_ids),
-        'format': s.format,
-    }
+    return {'frames': video, 'num_frames': np.int32(sum(len(set(i)) for i in indices)),
+            'prompt': s.prompt, 'target': s.target, 'model_input': s.model_input,
+            'model_target': s.model_target, 'clip_ids': ','.join(s.clip_ids), 'format': s.format}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,8 +262,7 @@ class KeyframeSource:
       seed: seeds the per-index Generator of `__getitem__`.
     """
     if keyframe not in frames.SAMPLE_RULES:
-      raise ValueError(f'keyframe={keyframe!r} is not one of '
-                       f'{frames.SAMPLE_RULES}')
+      raise ValueError(f'keyframe={keyframe!r} is not one of {frames.SAMPLE_RULES}')
     self._clips = [
         _Keyframe(c.path, c.clip_id, c.caption.content, c.caption.scene_title)
         for v in videos for c in v.clips
@@ -312,7 +289,6 @@ class KeyframeSource:
     """
     clip = self._clips[index]
     image, _ = frames.read_clip(clip.path, 1, self._keyframe, rng)
-    image = frames.transform_clips([image], image_size=self._image_size,
-                                   train=False)[0]
-    return {'image': image, 'caption': clip.caption,
-            'scene_title': clip.scene_title, 'clip_id': clip.clip_id}
+    image = frames.transform_clips([image], image_size=self._image_size, train=False)[0]
+    return {'image': image, 'caption': clip.caption, 'scene_title': clip.scene_title,
+            'clip_id': clip.clip_id}

@@ -10,24 +10,19 @@ prompt wrapping of ST-LLM's `ITImgTrainDataset.process_qa(simple=True)`:
                           headers + contents joined by blank lines
   multi_scene_voiceover   the same with the window's ASR lines in the prompt
 
-The 'single' builder emits single_scene or single_scene_voiceover per clip and
-the 'concat' builder multi_scene or multi_scene_voiceover per window, chosen by
-the official keyword rule (`wants_voiceover`). Official details kept on purpose:
+The 'single' builder emits one of the first two per clip and the 'concat'
+builder one of the last two per window, by the official keyword rule
+(`wants_voiceover`). Official details kept on purpose:
 
-- Numbers are printed as `str(round(x, 1))` (Python's half-to-even rounding of
-  the binary value: 3.625 -> 3.6, 6.25 -> 6.2) and the sampling rate as
-  `str(round(duration / 64, 2))`.
-- Single: duration = max(ASR duration, end of every ASR span), since spans may
-  end after the clip. Concat: scene ranges are cumulative ASR durations and
-  spans past a clip's end do not extend them.
+- Numbers print as `str(round(x, 1))` (half-to-even on the binary value:
+  3.625 -> 3.6) and the sampling rate as `str(round(duration / 64, 2))`.
+- Single: duration = max(ASR duration, end of every ASR span). Concat: scene
+  ranges are cumulative ASR durations; spans past a clip's end do not count.
 - Concat voice-over offsets: scene k's spans are shifted by the (already
-  shifted) end of the last span of the closest earlier scene with ASR text, not
-  by the scene's start time. A scene without ASR text keeps the offset.
-  Official quirk not reproduced: when a window's first scenes have no ASR text,
-  the official code shifts the next scene by a stale span left over from the
-  previous window (or video), and for the very first window of a run it raises
-  UnboundLocalError, which its bare `except` turns into a dropped window. Here
-  the offset stays 0 until a scene with ASR text is seen.
+  shifted) end of the last span of the closest earlier scene with ASR text,
+  not by the scene's start time. Not reproduced: when a window's first scenes
+  have no ASR text, the official code uses a stale span of the previous window
+  (or raises UnboundLocalError, a dropped window); here the offset stays 0.
 - Stage 2 uses units 's' instead of 'second' and merges concat ASR segments
   (`merge_voiceovers`); stage-2 single does not merge (commented out upstream).
 - Stage-2 filters (single: duration < 9 skipped, 90 % of clips with sampling
@@ -36,10 +31,9 @@ the official keyword rule (`wants_voiceover`). Official details kept on purpose:
   format only with probability 0.3) run when `official_filters=True`, drawn
   from `random.Random(seed)` in the official order of draws.
 
-Differences from the official scripts: no final shuffle of the sample list
-(the training pipeline shuffles), videos are processed in `load_dataset` order
-instead of `os.listdir` order, and ASR durations are read as floats (an integer
-duration in a single-clip prompt prints '4.0' here, '4' upstream).
+Other differences: no final shuffle (the training pipeline shuffles), videos
+in `load_dataset` order instead of `os.listdir` order, and ASR durations read
+as floats (an integer duration prints '4.0' here, '4' upstream).
 """
 
 import dataclasses
@@ -118,20 +112,14 @@ def merge_voiceovers(segments: Sequence[schema.AsrSegment]) -> list[schema.AsrSe
   Each merged segment spans the first start to the last end; texts are joined
   with ' ' and keep their leading spaces, so merged text has double spaces.
   """
-  merged, pending = [], []
-
-  def flush():
-    merged.append(schema.AsrSegment(pending[0].start, pending[-1].end,
-                                    ' '.join(s.text for s in pending)))
-
+  groups, pending = [], []
   for seg in segments:
     pending.append(seg)
     if len(' '.join(s.text for s in pending).split()) > MERGE_MIN_WORDS:
-      flush()
+      groups.append(pending)
       pending = []
-  if pending:
-    flush()
-  return merged
+  return [schema.AsrSegment(g[0].start, g[-1].end, ' '.join(s.text for s in g))
+          for g in groups + [pending] if g]
 
 
 def voiceover_line(start: float, end: float, text: str) -> str:
@@ -174,13 +162,21 @@ def request_prompt(fmt: str, stage: str, duration: float, voiceover: Optional[st
           f'describe the video {what} {timing}')
 
 
-def _sample(fmt: str, stage: str, clips: Sequence[schema.Clip], prompt: str,
-            target: str) -> Sample:
+def _use_voiceover(text: 'SingleText | WindowText', force_voiceover: Optional[bool]) -> bool:
+  if force_voiceover is None:
+    return wants_voiceover(text.voiceover, text.target)
+  return force_voiceover and bool(text.voiceover)
+
+
+def _sample(fmt: str, stage: str, clips: Sequence[schema.Clip], duration: float,
+            text: 'SingleText | WindowText', use_voiceover: bool) -> Sample:
+  """The sample of `fmt` ('single_scene' or 'multi_scene') or of its voice-over variant."""
+  prompt = request_prompt(fmt, stage, duration, text.voiceover if use_voiceover else None)
   return Sample(
-      format=fmt, stage=stage, video_id=clips[0].video_id,
-      clip_ids=tuple(c.clip_id for c in clips), video=tuple(c.relpath for c in clips),
-      paths=tuple(c.path for c in clips), prompt=prompt, target=target,
-      model_input=model_input(prompt), model_target=model_target(target))
+      format=fmt + '_voiceover' if use_voiceover else fmt, stage=stage,
+      video_id=clips[0].video_id, clip_ids=tuple(c.clip_id for c in clips),
+      video=tuple(c.relpath for c in clips), paths=tuple(c.path for c in clips), prompt=prompt,
+      target=text.target, model_input=model_input(prompt), model_target=model_target(text.target))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,18 +213,8 @@ def build_single(clip: schema.Clip, *, stage: str,
   text = single_text(clip)
   if text is None:
     return None
-  return _single_sample(clip, stage, text, force_voiceover)
-
-
-def _single_sample(clip, stage, text, force_voiceover):
-  if force_voiceover is None:
-    use = wants_voiceover(text.voiceover, text.target)
-  else:
-    use = force_voiceover and bool(text.voiceover)
-  prompt = request_prompt('single_scene', stage, text.duration,
-                          text.voiceover if use else None)
-  return _sample('single_scene_voiceover' if use else 'single_scene', stage, [clip],
-                 prompt, text.target)
+  return _sample('single_scene', stage, [clip], text.duration, text,
+                 _use_voiceover(text, force_voiceover))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,18 +279,8 @@ def build_window(clips: Sequence[schema.Clip], *, stage: str,
   text = window_text(clips, stage=stage)
   if text is None:
     return None
-  if force_voiceover is None:
-    use = wants_voiceover(text.voiceover, text.target)
-  else:
-    use = force_voiceover and bool(text.voiceover)
-  return _window_sample(clips, stage, text, use)
-
-
-def _window_sample(clips, stage, text, use_voiceover):
-  prompt = request_prompt('multi_scene', stage, text.total,
-                          text.voiceover if use_voiceover else None)
-  return _sample('multi_scene_voiceover' if use_voiceover else 'multi_scene', stage, clips,
-                 prompt, text.target)
+  return _sample('multi_scene', stage, clips, text.total, text,
+                 _use_voiceover(text, force_voiceover))
 
 
 def sample_windows(clips: Sequence[schema.Clip], *, stage: str,
@@ -366,7 +342,8 @@ def _single_samples(videos, stage, rng, official_filters, force_voiceover):
         if (sample_rate(text.duration) < _STAGE2_LOW_RATE
             and rng.random() < _STAGE2_DROP_PROB):
           continue
-      samples.append(_single_sample(clip, stage, text, force_voiceover))
+      samples.append(_sample('single_scene', stage, [clip], text.duration, text,
+                             _use_voiceover(text, force_voiceover)))
   return samples
 
 
@@ -394,13 +371,10 @@ def _concat_samples(videos, stage, rng, official_filters, force_voiceover, fixed
              or text.total < _STAGE2_MIN_WINDOW_SECONDS)
             and rng.random() < _STAGE2_DROP_PROB):
           continue
-      if force_voiceover is not None:
-        use = force_voiceover and bool(text.voiceover)
-      else:
-        use = wants_voiceover(text.voiceover, text.target)
-        if use and filters:
-          use = rng.random() < _STAGE2_VOICEOVER_PROB
-      samples.append(_window_sample(clips, stage, text, use))
+      use = _use_voiceover(text, force_voiceover)
+      if use and filters and force_voiceover is None:
+        use = rng.random() < _STAGE2_VOICEOVER_PROB
+      samples.append(_sample('multi_scene', stage, clips, text.total, text, use))
   return samples
 
 

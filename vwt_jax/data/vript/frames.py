@@ -8,15 +8,13 @@ range. The official code draws with Python's `random` and `np.random`; here
 every draw comes from an explicit `np.random.Generator`, in this order: the
 frame indices of each clip (clip by clip), then the crop box.
 
-Decoding uses PyAV instead of decord (same FFmpeg decoder; the YUV -> RGB
-conversion is FFmpeg's swscale in both). Transforms are the official
-`train_transform` (`RandomResizedCrop(224, scale=(0.5, 1.0), bicubic)`, one crop
-box for all frames of a sample, since torchvision crops the stacked (T, C, H, W)
-tensor at once), then /255 and the CLIP mean/std. Resizing uses Pillow's
-bicubic filter: torchvision's antialiased bicubic resize was written to match
-it (same a=-0.5 kernel, widened when shrinking), and it rounds back to uint8 as
-torchvision does for uint8 tensors. Pillow also keeps the per-record work in
-numpy, so grain worker processes never need JAX.
+Decoding uses PyAV instead of decord (same FFmpeg decoder and swscale YUV ->
+RGB). Transforms are the official `train_transform` (`RandomResizedCrop(224,
+scale=(0.5, 1.0), bicubic)`, one crop box for all frames of a sample, as
+torchvision crops the stacked tensor at once), then /255 and the CLIP
+mean/std. Resizing uses Pillow's bicubic filter, which torchvision's
+antialiased bicubic resize of uint8 tensors matches; it also keeps grain
+workers in numpy, without JAX.
 
 Clip paths may be URLs (`gs://...`): such a clip is read whole into memory
 once per `read_clip` and decoded from there.
@@ -58,10 +56,7 @@ def split_frames(num_frames, num_clips):
   the first clips (a clip may get 0 when num_frames < num_clips)."""
   if num_clips < 1:
     raise ValueError(f'a window needs at least one clip, got {num_clips}')
-  counts = [num_frames // num_clips] * num_clips
-  for i in range(num_frames % num_clips):
-    counts[i] += 1
-  return counts
+  return [num_frames // num_clips + (i < num_frames % num_clips) for i in range(num_clips)]
 
 
 def sample_frame_indices(num_frames, vlen, sample, rng=None):
@@ -72,13 +67,11 @@ def sample_frame_indices(num_frames, vlen, sample, rng=None):
   last index up to `num_frames`.
 
   'middle': (a_i + a_{i+1} - 1) // 2 per range.
-  'rand': the official `random.choice(range(a_i, a_{i+1} - 1))`, i.e. uniform
-    over the range minus its last frame (an off-by-one kept here: the last
-    frame of a range is never drawn). A one-frame range is then empty; the
-    official catches that error and instead draws k distinct frames of the
-    whole clip (`np.random.permutation(vlen)[:k]`, sorted), for every range,
-    which this also does. With vlen <= num_frames every range has one frame,
-    so that path gives all frames 0..vlen-1 in order.
+  'rand': the official `random.choice(range(a_i, a_{i+1} - 1))`: uniform over
+    the range minus its last frame (an off-by-one kept here). If a range has
+    one frame (always when vlen <= num_frames), that fails and, as the
+    official, k distinct frames of the whole clip are drawn instead
+    (`np.random.permutation(vlen)[:k]`, sorted).
 
   Args:
     num_frames: frames wanted from this clip (may be 0).
@@ -90,8 +83,7 @@ def sample_frame_indices(num_frames, vlen, sample, rng=None):
     list of `num_frames` int frame indices.
   """
   if sample not in SAMPLE_RULES:
-    raise ValueError(f'frame sample rule {sample!r} is not one of '
-                     f'{SAMPLE_RULES}')
+    raise ValueError(f'frame sample rule {sample!r} is not one of {SAMPLE_RULES}')
   if vlen < 1:
     raise ValueError(f'cannot sample frames from a clip of {vlen} frames')
   if sample == 'rand' and rng is None:
@@ -117,14 +109,10 @@ def read_media(path):
   Raises:
     CorruptClipError: there is no such file.
   """
-  if not files.is_remote(path):
-    if not os.path.isfile(path):
-      raise CorruptClipError(path, 'file not found')
-    return path
-  remote = epath.Path(path)
-  if not remote.is_file():
+  remote = files.is_remote(path)
+  if not (epath.Path(path).is_file() if remote else os.path.isfile(path)):
     raise CorruptClipError(path, 'file not found')
-  return remote.read_bytes()
+  return epath.Path(path).read_bytes() if remote else path
 
 
 def open_clip(path, media=None):
@@ -142,8 +130,7 @@ def open_clip(path, media=None):
   try:
     container = av.open(io.BytesIO(media) if isinstance(media, bytes) else media)
   except (av.FFmpegError, OSError) as e:
-    raise CorruptClipError(
-        path, f'cannot open ({type(e).__name__}: {e})') from e
+    raise CorruptClipError(path, f'cannot open ({type(e).__name__}: {e})') from e
   if not container.streams.video:
     container.close()
     raise CorruptClipError(path, 'no video stream')
@@ -160,11 +147,9 @@ def count_frames(path, media=None):
   with open_clip(path, media) as container:
     try:
       # The demuxer ends with an empty flush packet.
-      vlen = sum(packet.size > 0
-                 for packet in container.demux(container.streams.video[0]))
+      vlen = sum(packet.size > 0 for packet in container.demux(container.streams.video[0]))
     except av.FFmpegError as e:
-      raise CorruptClipError(
-          path, f'cannot read packets ({type(e).__name__}: {e})') from e
+      raise CorruptClipError(path, f'cannot read packets ({type(e).__name__}: {e})') from e
   if not vlen:
     raise CorruptClipError(path, 'the video stream has no frames')
   return vlen
@@ -190,20 +175,16 @@ def decode_frames(path, indices, media=None):
   decoded = 0
   with open_clip(path, media) as container:
     try:
-      for decoded, frame in enumerate(
-          container.decode(container.streams.video[0]), start=1):
+      for decoded, frame in enumerate(container.decode(container.streams.video[0]), start=1):
         if decoded - 1 in wanted:
           kept[decoded - 1] = frame.to_ndarray(format='rgb24')
           if len(kept) == len(wanted):
             break
     except av.FFmpegError as e:
       raise CorruptClipError(
-          path, f'decoding failed after {decoded} frames '
-          f'({type(e).__name__}: {e})') from e
+          path, f'decoding failed after {decoded} frames ({type(e).__name__}: {e})') from e
   if len(kept) < len(wanted):
-    raise CorruptClipError(
-        path, f'decoded {decoded} frames but frame {max(wanted)} was '
-        'requested')
+    raise CorruptClipError(path, f'decoded {decoded} frames but frame {max(wanted)} was requested')
   return np.stack([kept[i] for i in indices])
 
 
@@ -238,8 +219,7 @@ def read_window(paths, num_frames, sample, rng=None):
   return clips, indices
 
 
-def random_resized_crop_box(height, width, rng, scale=CROP_SCALE,
-                            ratio=CROP_RATIO):
+def random_resized_crop_box(height, width, rng, scale=CROP_SCALE, ratio=CROP_RATIO):
   """torchvision's `RandomResizedCrop.get_params` with a numpy Generator.
 
   Ten tries at an area fraction in `scale` and a log-uniform aspect ratio in
@@ -256,9 +236,7 @@ def random_resized_crop_box(height, width, rng, scale=CROP_SCALE,
     w = int(round(np.sqrt(target_area * aspect)))
     h = int(round(np.sqrt(target_area / aspect)))
     if 0 < w <= width and 0 < h <= height:
-      top = int(rng.integers(0, height - h + 1))
-      left = int(rng.integers(0, width - w + 1))
-      return top, left, h, w
+      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
   in_ratio = width / height
   if in_ratio < min(ratio):
     w, h = width, int(round(width / min(ratio)))
@@ -270,9 +248,8 @@ def random_resized_crop_box(height, width, rng, scale=CROP_SCALE,
 
 
 def _resize(image, size):
-  resized = Image.fromarray(np.ascontiguousarray(image)).resize(
-      (size, size), Image.Resampling.BICUBIC)
-  return np.asarray(resized)
+  image = Image.fromarray(np.ascontiguousarray(image))
+  return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC))
 
 
 def _scale_box(box, from_hw, to_hw):
@@ -308,12 +285,10 @@ def transform_clips(clips, *, image_size, train, rng=None):
     box = random_resized_crop_box(*first_hw, rng)
     for frames in clips:
       top, left, h, w = _scale_box(box, first_hw, frames.shape[1:3])
-      out.extend(_resize(f[top:top + h, left:left + w], image_size)
-                 for f in frames)
+      out.extend(_resize(f[top:top + h, left:left + w], image_size) for f in frames)
   else:
     for frames in clips:
-      out.extend(transforms.center_crop(
-          transforms.resize_shorter_side(f, image_size), image_size)
+      out.extend(transforms.center_crop(transforms.resize_shorter_side(f, image_size), image_size)
                  for f in frames)
   return np.stack(out)
 

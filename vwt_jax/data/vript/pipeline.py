@@ -1,31 +1,18 @@
 """Host-local grain pipelines over Vript.
 
 `create_vript_dataset` returns a grain `IterDataset` of host-local batches in
-one of two views (`data_config.view`):
-
-  'formats' (Vriptor training, `clip_source.SampleSource`):
-    {'frames': float32 (B, num_frames, S, S, 3), CLIP-normalised,
-     'num_frames': int32 (B,), distinct frames decoded per sample,
-     'prompt', 'target', 'model_input', 'model_target', 'clip_ids',
-     'format': numpy str arrays (B,)}
-  'keyframes' (text-conditional image generation, `clip_source.KeyframeSource`):
-    {'image': uint8 (B, S, S, 3), 'caption', 'scene_title', 'clip_id': numpy
-     str arrays (B,)}
-
-plus, when not training, 'mask': bool (B,). The stream is the image
-pipeline's (`vwt_jax.data.pipeline.record_batches`): a global shuffled index
-from `seed`, every process taking its slice, per-record randomness (frame
-indices, crop box, 'rand' keyframe) from `transforms.record_rng(seed,
-position)`, and a checkpointable iterator (`get_state`/`set_state`) that
-restores the exact next batches. Frames cross worker processes as uint8 and
-are normalised once batched.
+one of two views (`data_config.view`; batch keys in docs/vript.md):
+'formats' (Vriptor training, `clip_source.SampleSource`, frames normalised
+once batched) and 'keyframes' (text-conditional image generation,
+`clip_source.KeyframeSource`), plus, when not training, 'mask': bool (B,).
+The stream is the image pipeline's (`vwt_jax.data.pipeline.record_batches`):
+seeded global shuffle, a slice per process, per-record randomness from
+`transforms.record_rng(seed, position)` and a checkpointable iterator.
 
 Vript has no held-out split: evaluation is one pass over the same samples in
 record order, with center crops and `eval_sample` frame indices, padded with
-masked examples to whole batches.
-
-Missing or undecodable clips are logged with their path, skipped in training
-(masked out in evaluation) and counted in the iterator's state; past
+masked examples to whole batches. Missing or undecodable clips are logged,
+skipped in training (masked out in evaluation) and counted; past
 `data_config.max_corrupt_records` the iterator raises
 `pipeline.TooManyCorruptRecordsError` listing the last files.
 
@@ -37,16 +24,14 @@ Missing or undecodable clips are logged with their path, skipped in training
   view: 'formats' or 'keyframes'.
   formats: the Vriptor formats kept (subset of `formats.FORMATS`).
   stage: 'stage1' or 'stage2'.
-  seed: seeds `formats.build_samples` (window sampling, stage-2 filters), so
-    the sample list is fixed for a run whatever the pipeline seed.
+  seed: seeds `formats.build_samples`, so the sample list is fixed for a run
+    whatever the pipeline seed.
   official_filters: the stage-2 drops of the official builders.
   num_frames: frames per sample, split over the clips of a window.
   image_size: output height and width.
-  sample: training frame index rule, 'rand' or 'middle'.
-  eval_sample: evaluation frame index rule.
+  sample / eval_sample: training / evaluation frame index rule.
   keyframe: 'middle' or 'rand' (keyframes view).
-  plus the reader fields of `pipeline.add_reader_fields` (the split names
-  there are unused).
+  plus the reader fields of `pipeline.add_reader_fields`.
 """
 
 from absl import logging
@@ -63,8 +48,7 @@ from vwt_jax.data.vript import frames
 VIEWS = ('formats', 'keyframes')
 _SINGLE_FORMATS = ('single_scene', 'single_scene_voiceover')
 _TEXT_KEYS = {
-    'formats': ('prompt', 'target', 'model_input', 'model_target', 'clip_ids',
-                'format'),
+    'formats': ('prompt', 'target', 'model_input', 'model_target', 'clip_ids', 'format'),
     'keyframes': ('caption', 'scene_title', 'clip_id'),
 }
 
@@ -98,40 +82,32 @@ def build_samples(data_config, videos):
   if unknown or not data_config.formats:
     raise ValueError(f'data_config.formats={tuple(data_config.formats)} should '
                      f'be a non-empty subset of {formats.FORMATS}')
-  kinds = [kind for kind, names in (
-      ('single', _SINGLE_FORMATS),
-      ('concat', tuple(f for f in formats.FORMATS if f not in _SINGLE_FORMATS)))
-           if set(names) & set(data_config.formats)]
-  samples = formats.build_samples(
-      videos, stage=data_config.stage, seed=data_config.seed, kinds=kinds,
-      official_filters=data_config.official_filters)
+  kinds = sorted({'single' if f in _SINGLE_FORMATS else 'concat' for f in data_config.formats},
+                 key=formats.KINDS.index)
+  samples = formats.build_samples(videos, stage=data_config.stage, seed=data_config.seed,
+                                  kinds=kinds, official_filters=data_config.official_filters)
   return [s for s in samples if s.format in data_config.formats]
 
 
 def open_vript_source(data_config, *, train):
   """Returns (random-access source of the configured view, description)."""
   if not data_config.root:
-    raise ValueError('data_config.root is empty; set it to the extracted '
-                     'Vript root')
-  videos = clip_source.load_videos(
-      data_config.root, cache_dir=data_config.cache_dir,
-      groups=tuple(data_config.groups) or None)
+    raise ValueError('data_config.root is empty; set it to the extracted Vript root')
+  videos = clip_source.load_videos(data_config.root, cache_dir=data_config.cache_dir,
+                                   groups=tuple(data_config.groups) or None)
   if data_config.view == 'formats':
     source = clip_source.SampleSource(
         build_samples(data_config, videos), num_frames=data_config.num_frames,
         image_size=data_config.image_size,
-        sample=data_config.sample if train else data_config.eval_sample,
-        train=train, normalize=False)
-    what = (f'{data_config.stage} samples of '
-            f'{",".join(data_config.formats)}')
+        sample=data_config.sample if train else data_config.eval_sample, train=train,
+        normalize=False)
+    what = f'{data_config.stage} samples of {",".join(data_config.formats)}'
   elif data_config.view == 'keyframes':
-    source = clip_source.KeyframeSource(
-        videos, image_size=data_config.image_size,
-        keyframe=data_config.keyframe)
+    source = clip_source.KeyframeSource(videos, image_size=data_config.image_size,
+                                        keyframe=data_config.keyframe)
     what = 'keyframes'
   else:
-    raise ValueError(f'data_config.view={data_config.view!r} is not one of '
-                     f'{VIEWS}')
+    raise ValueError(f'data_config.view={data_config.view!r} is not one of {VIEWS}')
   if not len(source):
     raise ValueError(f'no {what} under {data_config.root!r}')
   return source, f'Vript {what} under {data_config.root!r}'
@@ -142,8 +118,7 @@ class _ReadVript:
   pipeline's `_ReadRecord`: corrupt clips become `CorruptRecord`s (train) or
   masked padding (eval)."""
 
-  def __init__(self, source, description, *, view, num_frames, image_size,
-               train, seed):
+  def __init__(self, source, description, *, view, num_frames, image_size, train, seed):
     self._source = source
     self._num_records = len(source)
     self._description = description
@@ -156,9 +131,8 @@ class _ReadVript:
   def _padding(self, corrupt_name):
     size = self._image_size
     if self._view == 'formats':
-      example = {
-          'frames': np.zeros((self._num_frames, size, size, 3), np.uint8),
-          'num_frames': np.int32(0)}
+      example = {'frames': np.zeros((self._num_frames, size, size, 3), np.uint8),
+                 'num_frames': np.int32(0)}
     else:
       example = {'image': np.zeros((size, size, 3), np.uint8)}
     example.update(dict.fromkeys(_TEXT_KEYS[self._view], ''))
@@ -174,8 +148,7 @@ class _ReadVript:
     try:
       example = self._source.read(record_index, rng)
     except frames.CorruptClipError as e:
-      logging.warning('Corrupt clip in record %d of %s, %s: %s', record_index,
-                      self._description,
+      logging.warning('Corrupt clip in record %d of %s, %s: %s', record_index, self._description,
                       'skipped' if self._train else 'masked out', e)
       if self._train:
         return pipeline.CorruptRecord(e.path)
@@ -218,12 +191,10 @@ def create_vript_dataset(data_config, *, train, seed, batch_size_per_host,
     process_count = jax.process_count()
   source, description = open_vript_source(data_config, train=train)
   read = _ReadVript(source, description, view=data_config.view,
-                    num_frames=data_config.num_frames,
-                    image_size=data_config.image_size, train=train, seed=seed)
-  finalize = (_normalize_frames if data_config.view == 'formats'
-              else _unchanged)
+                    num_frames=data_config.num_frames, image_size=data_config.image_size,
+                    train=train, seed=seed)
+  finalize = _normalize_frames if data_config.view == 'formats' else _unchanged
   return pipeline.record_batches(
-      data_config, read, len(source), description=description,
-      finalize=finalize, global_batch_size=batch_size_per_host * process_count,
-      seed=seed, train=train, process_index=process_index,
-      process_count=process_count)
+      data_config, read, len(source), description=description, finalize=finalize,
+      global_batch_size=batch_size_per_host * process_count, seed=seed, train=train,
+      process_index=process_index, process_count=process_count)

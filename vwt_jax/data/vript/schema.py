@@ -281,10 +281,8 @@ def discover_groups(root: str) -> list[str]:
   """
   if not epath.Path(root).is_dir():
     raise FileNotFoundError(f'Vript root {root!r} is not a directory')
-  groups = set()
-  for entry in epath.Path(root).iterdir():
-    if entry.name.endswith(_CLIPS_SUFFIX) and entry.is_dir():
-      groups.add(entry.name[:-len(_CLIPS_SUFFIX)])
+  groups = {entry.name[:-len(_CLIPS_SUFFIX)] for entry in epath.Path(root).iterdir()
+            if entry.name.endswith(_CLIPS_SUFFIX) and entry.is_dir()}
   captions_dir = epath.Path(root, CAPTIONS_DIR)
   has_captions = captions_dir.is_dir()
   if has_captions:

@@ -15,52 +15,40 @@ fixture layout in `tests/fixtures/vript/annotations/`):
                              re-renders any clip from it)
   .complete                 (not in Vript: settings + summary; see below)
 
-Every video has a theme (two background colours, a texture in world
-coordinates, setting nouns). Every scene (clip) shows 1-3 shapes (`SHAPES`,
-colour from `COLOURS`, size small/medium/large), each doing one `ACTIONS`
-action, filmed by one `CAMERAS` camera move with a shot type (`SHOT_TYPES`, set
-by how large the shapes are). Frames are evaluated analytically: each output
-pixel is mapped through the camera (pan/tilt move the view window over the
-world, zoom changes its width) to world coordinates where the texture and the
-shapes' signed distances are evaluated, so edges are anti-aliased at every zoom
-and the camera motion shows on the background. Clips are H.264 (libx264,
-yuv420p, one encoder thread) mp4 files written with PyAV.
+Every video has a theme (background colours, texture, setting nouns); every
+scene (clip) shows 1-3 shapes (`SHAPES`, `COLOURS`, `SIZES`), each doing one
+`ACTIONS` action, filmed by one `CAMERAS` move with a `SHOT_TYPES` shot type.
+Frames are evaluated analytically: each pixel is mapped through the camera to
+world coordinates where the texture and the shapes' signed distances are
+evaluated, so edges are anti-aliased at every zoom and camera motion shows on
+the background. Clips are H.264 (libx264, yuv420p) mp4 files written with PyAV.
 
-The captions (Vript schema: content, shot_type, camera_movement, scene_title)
-are written from the scene description, so they are truthful. Their wording is
-drawn from large synonym pools (shape nouns, verbs per action, setting nouns per
-theme, camera phrasings) so that captions of unrelated scenes share few
-nouns/verbs, which keeps the Vript-HAL score of one scene's caption against
-another's low while a caption against itself scores 100. About 40 % of the
-scenes have a voice-over: 1-3 Whisper-like ASR segments (clip-relative spans,
-leading-space texts; some spans end after the clip). Most of those captions
-quote the narrator (so the official keyword rule picks the voice-over training
-formats); the others ('unmentioned') do not, as happens in the real data. Every
-video has an `_asr.jsonl` (official builders skip videos without one).
+Captions (Vript schema) are written from the scene description, so they are
+truthful, with wording drawn from large synonym pools so that captions of
+unrelated scenes share few nouns/verbs (low Vript-HAL against each other, 100
+against themselves). About 40 % of the scenes have a voice-over: 1-3
+Whisper-like ASR segments (some spans end after the clip); most of those
+captions quote the narrator (so the official keyword rule picks the voice-over
+formats), the others ('unmentioned') do not. Every video has an `_asr.jsonl`.
 
-Determinism: everything is a function of the settings (`seed` included). The
-annotation files are byte-identical across runs; the mp4 files too with the
-same PyAV/FFmpeg/x264 build (x264 runs single-threaded for that). Videos are
-numbered long first, then short; video k (id, theme, scenes, captions) does
-not depend on how many videos come after it, except that the voice-over kinds
-of a dataset are adjusted so that each kind occurs at least once (see
-`_ensure_voiceover_kinds`).
+Determinism: everything is a function of the settings (`seed` included); the
+mp4 bytes also need the same PyAV/FFmpeg/x264 build (x264 runs on one
+thread). Videos are numbered long first, then short; video k does not depend
+on how many videos follow it, except that `_ensure_voiceover_kinds` makes each
+voice-over kind occur at least once.
 
-`generate` is idempotent: a finished dataset holds a `.complete` marker with its
-settings; calling again with the same settings returns the recorded summary
-without touching the files, other settings replace the dataset, and a non-empty
-folder without the marker is refused. A dataset is built in a temporary
-sibling folder and renamed into place, so `root` never holds a half-written
-dataset. The defaults (10 videos, about 40 clips and 1000 frames at 64 px)
-take about 2 s on one CPU core.
+`generate` is idempotent: a finished dataset holds a `.complete` marker with
+its settings; the same settings return the recorded summary untouched, other
+settings replace the dataset, and a non-empty folder without the marker is
+refused. The dataset is built in a temporary sibling folder and renamed into
+place, so `root` never holds a half-written one.
 
-CLI: python -m vwt_jax.data.vript.synthetic --root DIR [--num_long_videos N]
-  [--num_short_videos N] [--scenes_per_video MIN MAX]
-  [--frames_per_scene MIN MAX] [--resolution PX] [--fps FPS] [--seed S]
-  [--crf CRF]
+CLI: python -m vwt_jax.data.vript.synthetic --root DIR, plus `generate`'s
+settings as flags (`--scenes_per_video MIN MAX`, ...).
 """
 
 import argparse
+import bisect
 import json
 import math
 import os
@@ -80,12 +68,10 @@ GROUPS = (LONG_GROUP, SHORT_GROUP)
 SCENES_FILE = 'synthetic_scenes.json'
 COMPLETE_FILE = '.complete'
 
-SHAPES = ('disc', 'square', 'triangle', 'star', 'ring', 'diamond', 'cross',
-          'bar')
-ACTIONS = ('move_left', 'move_right', 'move_up', 'move_down', 'bounce', 'grow',
-           'shrink', 'appear', 'vanish', 'spin')
-CAMERAS = ('static', 'pan_left', 'pan_right', 'tilt_up', 'tilt_down',
-           'zoom_in', 'zoom_out')
+SHAPES = ('disc', 'square', 'triangle', 'star', 'ring', 'diamond', 'cross', 'bar')
+ACTIONS = ('move_left', 'move_right', 'move_up', 'move_down', 'bounce', 'grow', 'shrink',
+           'appear', 'vanish', 'spin')
+CAMERAS = ('static', 'pan_left', 'pan_right', 'tilt_up', 'tilt_down', 'zoom_in', 'zoom_out')
 SHOT_TYPES = ('close_up', 'medium', 'wide')
 SIZES = ('small', 'medium', 'large')
 VOICEOVER_KINDS = ('none', 'mentioned', 'unmentioned')
@@ -123,31 +109,24 @@ SHAPE_WORDS = {
 # Verbs (third person) per action, and for moves the direction phrases; every
 # direction phrase holds its direction word (`left`, `right`, `up`/`upward`,
 # `down`/`downward`).
+_SIDEWAYS_VERBS = ('glides', 'slides', 'drifts', 'travels', 'sweeps', 'scoots', 'cruises', 'coasts')
 ACTION_VERBS = {
-    'move_left': ('glides', 'slides', 'drifts', 'travels', 'sweeps', 'scoots',
-                  'cruises', 'coasts'),
-    'move_right': ('glides', 'slides', 'drifts', 'travels', 'sweeps',
-                   'scoots', 'cruises', 'coasts'),
+    'move_left': _SIDEWAYS_VERBS,
+    'move_right': _SIDEWAYS_VERBS,
     'move_up': ('rises', 'climbs', 'ascends', 'floats', 'lifts'),
     'move_down': ('sinks', 'descends', 'drops', 'falls', 'slips'),
     'bounce': ('bounces', 'hops', 'bounds', 'jumps', 'leaps'),
-    'grow': ('grows', 'swells', 'expands', 'enlarges', 'balloons',
-             'inflates'),
-    'shrink': ('shrinks', 'contracts', 'dwindles', 'diminishes', 'deflates',
-               'shrivels'),
+    'grow': ('grows', 'swells', 'expands', 'enlarges', 'balloons', 'inflates'),
+    'shrink': ('shrinks', 'contracts', 'dwindles', 'diminishes', 'deflates', 'shrivels'),
     'appear': ('appears', 'emerges', 'materializes', 'fades in', 'surfaces'),
-    'vanish': ('vanishes', 'fades away', 'disappears', 'dissolves',
-               'evaporates'),
+    'vanish': ('vanishes', 'fades away', 'disappears', 'dissolves', 'evaporates'),
     'spin': ('spins', 'rotates', 'twirls', 'whirls', 'pivots', 'revolves'),
 }
 _DIRECTION_PHRASES = {
-    'move_left': ('to the left', 'leftward', 'toward the left edge',
-                  'over to the left'),
-    'move_right': ('to the right', 'rightward', 'toward the right edge',
-                   'over to the right'),
+    'move_left': ('to the left', 'leftward', 'toward the left edge', 'over to the left'),
+    'move_right': ('to the right', 'rightward', 'toward the right edge', 'over to the right'),
     'move_up': ('upward', 'up toward the top', 'straight up', 'up and away'),
-    'move_down': ('downward', 'down toward the bottom', 'straight down',
-                  'down and away'),
+    'move_down': ('downward', 'down toward the bottom', 'straight down', 'down and away'),
 }
 DIRECTION_WORDS = {
     'move_left': ('left', 'leftward'),
@@ -159,8 +138,7 @@ DIRECTION_WORDS = {
 # The move action a camera motion would cancel on screen.
 _CAMERA_FOLLOWS = {'pan_left': 'move_left', 'pan_right': 'move_right',
                    'tilt_up': 'move_up', 'tilt_down': 'move_down'}
-_SIZE_RADIUS = {'small': (0.065, 0.085), 'medium': (0.12, 0.145),
-                'large': (0.2, 0.235)}
+_SIZE_RADIUS = {'small': (0.065, 0.085), 'medium': (0.12, 0.145), 'large': (0.2, 0.235)}
 _SIZE_WORDS = {
     'small': ('small', 'tiny', 'little', 'petite', 'compact'),
     'medium': ('medium-sized', 'mid-sized', 'modest', 'moderate'),
@@ -168,8 +146,7 @@ _SIZE_WORDS = {
 }
 _NUMBER_WORDS = ('zero', 'one', 'two', 'three', 'four', 'five')
 
-_TEXTURES = ('gradient', 'stripes', 'waves', 'dots', 'checker', 'grid',
-             'speckle', 'bricks')
+_TEXTURES = ('gradient', 'stripes', 'waves', 'dots', 'checker', 'grid', 'speckle', 'bricks')
 
 
 def _theme(name, texture, colours, places, title):
@@ -180,92 +157,57 @@ def _theme(name, texture, colours, places, title):
 # Each theme: background texture, two named background colours, setting nouns
 # (none of them a shape word) and a title noun.
 _THEMES = (
-    _theme('lagoon', 'waves',
-           (('teal', (30, 130, 140)), ('navy', (20, 40, 95))),
+    _theme('lagoon', 'waves', (('teal', (30, 130, 140)), ('navy', (20, 40, 95))),
            ('lagoon', 'reef', 'tide pool', 'shoreline', 'seabed'), 'Lagoon'),
-    _theme('desert', 'gradient',
-           (('sandy', (215, 180, 120)), ('ochre', (190, 120, 50))),
+    _theme('desert', 'gradient', (('sandy', (215, 180, 120)), ('ochre', (190, 120, 50))),
            ('desert', 'dune', 'mirage', 'canyon', 'oasis'), 'Desert'),
-    _theme('forest', 'dots',
-           (('olive', (85, 110, 45)), ('moss', (45, 80, 40))),
+    _theme('forest', 'dots', (('olive', (85, 110, 45)), ('moss', (45, 80, 40))),
            ('forest', 'thicket', 'canopy', 'fern grove', 'woodland'), 'Forest'),
-    _theme('midnight', 'speckle',
-           (('indigo', (30, 25, 80)), ('charcoal', (45, 45, 55))),
-           ('night sky', 'galaxy', 'nebula', 'constellation', 'observatory'),
-           'Midnight'),
-    _theme('candy', 'stripes',
-           (('peach', (250, 200, 170)), ('lavender', (200, 170, 235))),
-           ('candy shop', 'lollipop', 'gumball machine', 'confectionery',
-            'sweetshop'),
-           'Candy'),
-    _theme('chalkboard', 'grid',
-           (('slate', (55, 75, 65)), ('ash', (95, 110, 100))),
-           ('chalkboard', 'classroom', 'lesson', 'school', 'lecture hall'),
-           'Classroom'),
-    _theme('blueprint', 'grid',
-           (('azure', (40, 90, 160)), ('steel', (80, 130, 190))),
-           ('blueprint', 'schematic', 'drafting table', 'architecture studio',
-            'workshop'),
+    _theme('midnight', 'speckle', (('indigo', (30, 25, 80)), ('charcoal', (45, 45, 55))),
+           ('night sky', 'galaxy', 'nebula', 'constellation', 'observatory'), 'Midnight'),
+    _theme('candy', 'stripes', (('peach', (250, 200, 170)), ('lavender', (200, 170, 235))),
+           ('candy shop', 'lollipop', 'gumball machine', 'confectionery', 'sweetshop'), 'Candy'),
+    _theme('chalkboard', 'grid', (('slate', (55, 75, 65)), ('ash', (95, 110, 100))),
+           ('chalkboard', 'classroom', 'lesson', 'school', 'lecture hall'), 'Classroom'),
+    _theme('blueprint', 'grid', (('azure', (40, 90, 160)), ('steel', (80, 130, 190))),
+           ('blueprint', 'schematic', 'drafting table', 'architecture studio', 'workshop'),
            'Blueprint'),
-    _theme('sunset', 'gradient',
-           (('coral', (240, 130, 90)), ('plum', (110, 50, 100))),
-           ('sunset', 'horizon', 'twilight sky', 'beach at dusk',
-            'summer evening'), 'Sunset'),
-    _theme('snowfield', 'dots',
-           (('ivory', (235, 240, 245)), ('frost', (190, 215, 235))),
-           ('snowfield', 'blizzard', 'winter morning', 'glacier', 'ski slope'),
-           'Snowfall'),
-    _theme('volcano', 'speckle',
-           (('maroon', (110, 25, 20)), ('soot', (40, 30, 30))),
-           ('volcano', 'lava flow', 'magma chamber', 'crater', 'fire pit'),
-           'Volcano'),
-    _theme('meadow', 'waves',
-           (('lime', (170, 210, 110)), ('mint', (140, 200, 160))),
-           ('meadow', 'pasture', 'clover patch', 'daisy field', 'prairie'),
-           'Meadow'),
-    _theme('kitchen', 'checker',
-           (('cream', (240, 230, 205)), ('sage', (150, 170, 140))),
-           ('kitchen', 'countertop', 'bakery', 'pantry', 'cookbook'),
-           'Kitchen'),
-    _theme('notebook', 'stripes',
-           (('beige', (235, 225, 200)), ('khaki', (195, 185, 150))),
-           ('notebook', 'ledger', 'journal', 'diary', 'sketchbook'),
-           'Notebook'),
-    _theme('arcade', 'checker',
-           (('magenta', (120, 20, 100)), ('jet', (15, 15, 30))),
-           ('arcade', 'jukebox', 'nightclub', 'dance floor',
-            'pinball machine'), 'Arcade'),
-    _theme('abyss', 'gradient',
-           (('cobalt', (20, 50, 120)), ('inky', (10, 15, 40))),
-           ('abyss', 'ocean floor', 'trench', 'submarine', 'shipwreck'),
-           'Deep Sea'),
-    _theme('garden', 'bricks',
-           (('terracotta', (180, 90, 60)), ('clay', (210, 150, 110))),
-           ('garden', 'courtyard', 'patio', 'terrace', 'greenhouse'),
-           'Garden'),
-    _theme('denim', 'stripes',
-           (('denim', (60, 90, 140)), ('cornflower', (100, 140, 200))),
-           ('tailor shop', 'sewing room', 'quilt', 'textile mill', 'wardrobe'),
-           'Fabric'),
-    _theme('harbor', 'bricks',
-           (('stone', (150, 150, 140)), ('mortar', (200, 200, 190))),
+    _theme('sunset', 'gradient', (('coral', (240, 130, 90)), ('plum', (110, 50, 100))),
+           ('sunset', 'horizon', 'twilight sky', 'beach at dusk', 'summer evening'), 'Sunset'),
+    _theme('snowfield', 'dots', (('ivory', (235, 240, 245)), ('frost', (190, 215, 235))),
+           ('snowfield', 'blizzard', 'winter morning', 'glacier', 'ski slope'), 'Snowfall'),
+    _theme('volcano', 'speckle', (('maroon', (110, 25, 20)), ('soot', (40, 30, 30))),
+           ('volcano', 'lava flow', 'magma chamber', 'crater', 'fire pit'), 'Volcano'),
+    _theme('meadow', 'waves', (('lime', (170, 210, 110)), ('mint', (140, 200, 160))),
+           ('meadow', 'pasture', 'clover patch', 'daisy field', 'prairie'), 'Meadow'),
+    _theme('kitchen', 'checker', (('cream', (240, 230, 205)), ('sage', (150, 170, 140))),
+           ('kitchen', 'countertop', 'bakery', 'pantry', 'cookbook'), 'Kitchen'),
+    _theme('notebook', 'stripes', (('beige', (235, 225, 200)), ('khaki', (195, 185, 150))),
+           ('notebook', 'ledger', 'journal', 'diary', 'sketchbook'), 'Notebook'),
+    _theme('arcade', 'checker', (('magenta', (120, 20, 100)), ('jet', (15, 15, 30))),
+           ('arcade', 'jukebox', 'nightclub', 'dance floor', 'pinball machine'), 'Arcade'),
+    _theme('abyss', 'gradient', (('cobalt', (20, 50, 120)), ('inky', (10, 15, 40))),
+           ('abyss', 'ocean floor', 'trench', 'submarine', 'shipwreck'), 'Deep Sea'),
+    _theme('garden', 'bricks', (('terracotta', (180, 90, 60)), ('clay', (210, 150, 110))),
+           ('garden', 'courtyard', 'patio', 'terrace', 'greenhouse'), 'Garden'),
+    _theme('denim', 'stripes', (('denim', (60, 90, 140)), ('cornflower', (100, 140, 200))),
+           ('tailor shop', 'sewing room', 'quilt', 'textile mill', 'wardrobe'), 'Fabric'),
+    _theme('harbor', 'bricks', (('stone', (150, 150, 140)), ('mortar', (200, 200, 190))),
            ('harbor', 'quay', 'lighthouse', 'pier', 'wharf'), 'Harbor'),
 )
 
-_BACKDROP_NOUNS = ('backdrop', 'background', 'canvas', 'wallpaper', 'surface',
-                   'scenery', 'panel', 'expanse')
+_BACKDROP_NOUNS = ('backdrop', 'background', 'canvas', 'wallpaper', 'surface', 'scenery', 'panel',
+                   'expanse')
 _TEXTURE_PHRASES = {
-    'gradient': ('fading smoothly between its two tones',
-                 'washed in a soft gradient',
+    'gradient': ('fading smoothly between its two tones', 'washed in a soft gradient',
                  'blending gently from hue to hue'),
     'stripes': ('with bold slanted stripes', 'streaked by parallel bands',
                 'lined with diagonal stripes'),
-    'waves': ('rippling with wavy bands', 'with undulating ripples',
-              'patterned by gentle swells'),
+    'waves': ('rippling with wavy bands', 'with undulating ripples', 'patterned by gentle swells'),
     'dots': ('sprinkled with polka dots', 'spotted with round specks',
              'peppered with evenly spaced spots'),
-    'checker': ('laid out in a checkered pattern',
-                'arranged like a chessboard', 'with alternating checks'),
+    'checker': ('laid out in a checkered pattern', 'arranged like a chessboard',
+                'with alternating checks'),
     'grid': ('ruled by thin grid lines', 'overlaid with a fine lattice',
              'mapped with a graph-paper mesh'),
     'speckle': ('flecked with grainy noise', 'mottled with tiny flecks',
@@ -292,58 +234,47 @@ _MANNERS = ('at a steady pace', 'without hurry', 'in one smooth motion',
 _REGION_PHRASES = {
     'center': ('In the middle', 'Right at the center', 'Near the midpoint'),
     'left': ('On the left', 'Near the left side', 'Toward the left margin'),
-    'right': ('On the right', 'Near the right side',
-              'Toward the right margin'),
+    'right': ('On the right', 'Near the right side', 'Toward the right margin'),
     'upper': ('Up high', 'Near the top', 'In the upper part'),
     'lower': ('Down low', 'Near the bottom', 'In the lower part'),
 }
 _ACTION_COMPLEMENTS = {
-    'bounce': ('up and down {n} times', '{n} times in a row',
-               'repeatedly, {n} hops in all', 'like a rubber ball, {n} times'),
+    'bounce': ('up and down {n} times', '{n} times in a row', 'repeatedly, {n} hops in all',
+               'like a rubber ball, {n} times'),
     'grow': ('to almost twice its size', 'until it has nearly doubled',
              'steadily, ending almost twice as big'),
     'shrink': ('to about half its original scale', 'until it is half as big',
                'steadily, ending half as big'),
     'appear': ('out of nowhere', 'from thin air', 'gradually, from nothing'),
-    'vanish': ('completely by the end', 'bit by bit until gone',
-               'into thin air'),
+    'vanish': ('completely by the end', 'bit by bit until gone', 'into thin air'),
     'spin': ('{dir}, {turns}', '{turns}, turning {dir}', '{dir} {turns}'),
 }
 _TURN_WORDS = {1: ('once', 'one full turn', 'a single revolution'),
                2: ('twice', 'two full turns', 'two revolutions')}
 _CAMERA_SENTENCES = {
-    'static': ('The viewpoint stays fixed the whole time.',
-               'Nothing about the framing changes.',
-               'The lens holds perfectly still.',
-               'The shot remains locked off.',
+    'static': ('The viewpoint stays fixed the whole time.', 'Nothing about the framing changes.',
+               'The lens holds perfectly still.', 'The shot remains locked off.',
                'The perspective never wavers.'),
     'pan_left': ('The view pans to the left, so the {bg} scrolls past.',
-                 'Slowly the camera swings left.',
-                 'The framing travels leftward over the {bg}.',
+                 'Slowly the camera swings left.', 'The framing travels leftward over the {bg}.',
                  'A gentle pan carries the view to the left.'),
     'pan_right': ('The view pans to the right, so the {bg} scrolls past.',
-                  'Slowly the camera swings right.',
-                  'The framing travels rightward over the {bg}.',
+                  'Slowly the camera swings right.', 'The framing travels rightward over the {bg}.',
                   'A gentle pan carries the view to the right.'),
-    'tilt_up': ('The shot tilts upward.',
-                'The viewpoint gradually lifts toward the top.',
+    'tilt_up': ('The shot tilts upward.', 'The viewpoint gradually lifts toward the top.',
                 'A slow upward tilt reframes the picture.'),
-    'tilt_down': ('The shot tilts downward.',
-                  'The viewpoint gradually lowers toward the bottom.',
+    'tilt_down': ('The shot tilts downward.', 'The viewpoint gradually lowers toward the bottom.',
                   'A slow downward tilt reframes the picture.'),
     'zoom_in': ('The lens pushes in, enlarging everything in view.',
-                'A steady zoom brings the action closer.',
-                'The camera zooms in gradually.',
+                'A steady zoom brings the action closer.', 'The camera zooms in gradually.',
                 'Magnification increases as the optics push forward.'),
     'zoom_out': ('The lens pulls back to take in more of the surroundings.',
-                 'A steady zoom reveals a wider area.',
-                 'The camera zooms out gradually.',
+                 'A steady zoom reveals a wider area.', 'The camera zooms out gradually.',
                  'Magnification decreases as the optics retreat.'),
 }
 _CLOSING_SENTENCES = (
     'The atmosphere is calm and playful.',
-    'Flat colors and crisp edges give it the look of a motion-graphics '
-    'exercise.',
+    'Flat colors and crisp edges give it the look of a motion-graphics exercise.',
     'It resembles an illustration from a picture book.',
     'No people, text or logos are visible.',
     'The animation feels minimalist and tidy.',
@@ -369,29 +300,22 @@ _SPEECH_OPENERS = (
     ' And now, a {colour} {shape}.',
 )
 _SPEECH_ACTIONS = {
-    'move_left': (' It is heading over to the left.',
-                  ' There it goes, off to the left.'),
-    'move_right': (' It is heading over to the right.',
-                   ' There it goes, off to the right.'),
+    'move_left': (' It is heading over to the left.', ' There it goes, off to the left.'),
+    'move_right': (' It is heading over to the right.', ' There it goes, off to the right.'),
     'move_up': (' Up, up, up it goes.', ' Now it is floating upward.'),
     'move_down': (' And down it goes.', ' It keeps sinking lower.'),
     'bounce': (' Boing, boing, there it goes.', ' Look at it bounce.'),
     'grow': (' Watch it get bigger and bigger.', ' It keeps growing.'),
     'shrink': (' Now it is getting smaller.', ' It keeps shrinking.'),
-    'appear': (' Oh, where did that pop out from?',
-               ' And suddenly, there it is.'),
-    'vanish': (' And just like that, it is gone.',
-               ' Now you see it, now you do not.'),
+    'appear': (' Oh, where did that pop out from?', ' And suddenly, there it is.'),
+    'vanish': (' And just like that, it is gone.', ' Now you see it, now you do not.'),
     'spin': (' Round and round it goes.', ' Look at it spin.'),
 }
-_SPEECH_EXTRAS = (
-    ' Pretty relaxing, right?', ' Let us keep watching.',
-    ' This part is my favorite.', ' Simple, but I love it.',
-    ' Stay with me for the next one.',
-)
+_SPEECH_EXTRAS = (' Pretty relaxing, right?', ' Let us keep watching.',
+                  ' This part is my favorite.', ' Simple, but I love it.',
+                  ' Stay with me for the next one.')
 _SHOT_PHRASES = {
-    'close_up': 'Close-up of a {size} {colour} {shape} filling much of the '
-                'frame, {c0} background.',
+    'close_up': 'Close-up of a {size} {colour} {shape} filling much of the frame, {c0} background.',
     'medium': 'Medium shot of {count} on a {c0} background.',
     'wide': 'Wide shot showing {count} spread across a {c0} background.',
 }
@@ -405,22 +329,14 @@ _CAMERA_PHRASES = {
     'zoom_out': 'Slow zoom out from the center of the frame.',
 }
 _TITLE_VERBS = {
-    'move_left': 'Drifts Left', 'move_right': 'Drifts Right',
-    'move_up': 'Rises', 'move_down': 'Sinks', 'bounce': 'Bounces',
-    'grow': 'Grows', 'shrink': 'Shrinks', 'appear': 'Appears',
-    'vanish': 'Vanishes', 'spin': 'Spins',
+    'move_left': 'Drifts Left', 'move_right': 'Drifts Right', 'move_up': 'Rises',
+    'move_down': 'Sinks', 'bounce': 'Bounces', 'grow': 'Grows', 'shrink': 'Shrinks',
+    'appear': 'Appears', 'vanish': 'Vanishes', 'spin': 'Spins',
 }
-_LONG_TITLES = (
-    '{Theme} Shapes - Relaxing Geometric Animation',
-    'Floating Shapes: {Theme} Edition',
-    'Calm Geometry over the {Theme}',
-    'Shapes in Motion | {Theme} Ambience',
-)
-_SHORT_TITLES = (
-    'wait for the {shape} #shapes #satisfying',
-    '{theme} shapes #animation #fyp',
-    'so satisfying {theme} edition #shorts',
-)
+_LONG_TITLES = ('{Theme} Shapes - Relaxing Geometric Animation', 'Floating Shapes: {Theme} Edition',
+                'Calm Geometry over the {Theme}', 'Shapes in Motion | {Theme} Ambience')
+_SHORT_TITLES = ('wait for the {shape} #shapes #satisfying', '{theme} shapes #animation #fyp',
+                 'so satisfying {theme} edition #shorts')
 
 # YouTube ids: 11 characters of the URL-safe base64 alphabet; the last one
 # carries only 4 of its 6 bits, so it is one of 16 characters.
@@ -471,13 +387,9 @@ def _theme_order(seed, count):
 
 def _plan_theme(index, rng):
   theme = _THEMES[index]
-  return {
-      'name': theme['name'],
-      'texture': theme['texture'],
-      'colours': [[name, list(rgb)] for name, rgb in theme['colours']],
-      'period': _r(rng.uniform(0.12, 0.22)),
-      'angle': _r(rng.uniform(0, math.pi)),
-  }
+  return {'name': theme['name'], 'texture': theme['texture'],
+          'colours': [[name, list(rgb)] for name, rgb in theme['colours']],
+          'period': _r(rng.uniform(0.12, 0.22)), 'angle': _r(rng.uniform(0, math.pi))}
 
 
 def _object_colours(theme):
@@ -533,47 +445,35 @@ def _plan_object(rng, shape, colour, size, action, centre):
     sign = 1 if clockwise else -1
     end['angle'] = start['angle'] + sign * 2 * math.pi * turns
     extra = {'turns': turns, 'clockwise': clockwise}
-  return {
-      'shape': shape,
-      'colour': colour,
-      'rgb': list(COLOURS[colour]),
-      'size': size,
-      'radius': _r(radius),
-      'action': action,
-      'start': {k: _r(v) for k, v in start.items()},
-      'end': {k: _r(v) for k, v in end.items()},
-      'ramp': ramp,
-      **extra,
-  }
+  return {'shape': shape, 'colour': colour, 'rgb': list(COLOURS[colour]), 'size': size,
+          'radius': _r(radius), 'action': action, 'start': {k: _r(v) for k, v in start.items()},
+          'end': {k: _r(v) for k, v in end.items()}, 'ramp': ramp, **extra}
+
+
+# Pan/tilt: the view-centre coordinate that moves, and +1 if it decreases.
+_CAMERA_MOVES = {'pan_left': ('x', 1), 'pan_right': ('x', -1),
+                 'tilt_up': ('y', 1), 'tilt_down': ('y', -1)}
 
 
 def _plan_camera(rng, kind):
   centre = {'x': 0.5, 'y': 0.5, 'width': 1.0}
   start, end = dict(centre), dict(centre)
   shift = _r(rng.uniform(0.12, 0.18))
-  if kind == 'pan_left':
-    start['x'], end['x'] = 0.5 + shift, 0.5 - shift
-  elif kind == 'pan_right':
-    start['x'], end['x'] = 0.5 - shift, 0.5 + shift
-  elif kind == 'tilt_up':
-    start['y'], end['y'] = 0.5 + shift, 0.5 - shift
-  elif kind == 'tilt_down':
-    start['y'], end['y'] = 0.5 - shift, 0.5 + shift
-  elif kind == 'zoom_in':
-    start['width'], end['width'] = 1.2, 0.8
-  elif kind == 'zoom_out':
-    start['width'], end['width'] = 0.8, 1.2
+  if kind in _CAMERA_MOVES:
+    key, sign = _CAMERA_MOVES[kind]
+    start[key], end[key] = 0.5 + sign * shift, 0.5 - sign * shift
+  elif kind in ('zoom_in', 'zoom_out'):
+    start['width'], end['width'] = (1.2, 0.8) if kind == 'zoom_in' else (0.8, 1.2)
   return {'kind': kind, 'start': {k: _r(v) for k, v in start.items()},
           'end': {k: _r(v) for k, v in end.items()}}
 
 
 def _plan_scene(rng, theme):
-  shot = SHOT_TYPES[int(rng.integers(len(SHOT_TYPES)))]
+  shot = _pick(rng, SHOT_TYPES)
   if shot == 'close_up':
     sizes = ['large']
   elif shot == 'medium':
-    sizes = ['medium'] + [_pick(rng, ('small', 'medium'))
-                          for _ in range(int(rng.integers(2)))]
+    sizes = ['medium'] + [_pick(rng, ('small', 'medium')) for _ in range(int(rng.integers(2)))]
   else:
     sizes = ['small'] * int(rng.integers(2, 4))
   shapes = rng.choice(len(SHAPES), size=len(sizes), replace=False)
@@ -585,28 +485,20 @@ def _plan_scene(rng, theme):
     cells = rng.choice(9, size=len(sizes), replace=False)
     centres = [np.array([0.28 + 0.22 * (c % 3), 0.28 + 0.22 * (c // 3)])
                + rng.uniform(-0.03, 0.03, size=2) for c in cells]
-  camera = _plan_camera(rng, CAMERAS[int(rng.integers(len(CAMERAS)))])
+  camera = _plan_camera(rng, _pick(rng, CAMERAS))
   objects = []
-  for size, shape_id, colour_id, centre in zip(sizes, shapes, colour_ids,
-                                               centres):
+  for size, shape_id, colour_id, centre in zip(sizes, shapes, colour_ids, centres):
     shape = SHAPES[int(shape_id)]
     # A spinning disc or ring looks still, and a shape moving with a pan or
     # tilt stays put on screen, so neither would match its caption.
     actions = [a for a in ACTIONS
                if not (a == 'spin' and shape in ('disc', 'ring'))
                and a != _CAMERA_FOLLOWS.get(camera['kind'])]
-    action = _pick(rng, actions)
-    objects.append(_plan_object(rng, shape, colours[int(colour_id)], size,
-                                action, centre))
-  draw = rng.uniform()
-  if draw < 0.6:
-    voiceover = 'none'
-  elif draw < 0.9:
-    voiceover = 'mentioned'
-  else:
-    voiceover = 'unmentioned'
-  return {'shot_type': shot, 'camera': camera, 'objects': objects,
-          'voiceover': voiceover}
+    objects.append(_plan_object(rng, shape, colours[int(colour_id)], size, _pick(rng, actions),
+                                centre))
+  # 60 % none, 30 % mentioned, 10 % unmentioned.
+  voiceover = VOICEOVER_KINDS[bisect.bisect((0.6, 0.9), rng.uniform())]
+  return {'shot_type': shot, 'camera': camera, 'objects': objects, 'voiceover': voiceover}
 
 
 def _ensure_voiceover_kinds(videos):
@@ -615,22 +507,18 @@ def _ensure_voiceover_kinds(videos):
   if len(scenes) < len(VOICEOVER_KINDS):
     return
   for kind in VOICEOVER_KINDS:
-    counts = {k: sum(s['voiceover'] == k for s in scenes)
-              for k in VOICEOVER_KINDS}
+    counts = {k: sum(s['voiceover'] == k for s in scenes) for k in VOICEOVER_KINDS}
     if counts[kind]:
       continue
     donor = max(VOICEOVER_KINDS, key=lambda k: counts[k])
-    next(s for s in reversed(scenes) if s['voiceover'] == donor)[
-        'voiceover'] = kind
+    next(s for s in reversed(scenes) if s['voiceover'] == donor)['voiceover'] = kind
 
 
 def _count_phrase(objects):
-  shapes = [o['shape'] for o in objects]
-  if len(shapes) == 1:
-    return f'a single {objects[0]["colour"]} {shapes[0]}'
   names = [f'{o["colour"]} {o["shape"]}' for o in objects]
-  return (f'{_NUMBER_WORDS[len(objects)]} shapes (' + ', '.join(names[:-1])
-          + f' and {names[-1]})')
+  if len(names) == 1:
+    return f'a single {names[0]}'
+  return f'{_NUMBER_WORDS[len(names)]} shapes (' + ', '.join(names[:-1]) + f' and {names[-1]})'
 
 
 def _screen_region(obj, camera):
@@ -648,8 +536,7 @@ def _capitalise(text):
 
 
 def _title_case(text):
-  return ' '.join(w if w in ('at', 'of') else _capitalise(w)
-                  for w in text.split())
+  return ' '.join(w if w in ('at', 'of') else _capitalise(w) for w in text.split())
 
 
 def _fix_articles(text):
@@ -667,8 +554,7 @@ def _object_sentence(rng, obj, camera, first):
   if action in _DIRECTION_PHRASES:
     comp = _pick(rng, _DIRECTION_PHRASES[action])
   elif action == 'bounce':
-    comp = _pick(rng, _ACTION_COMPLEMENTS['bounce']).format(
-        n=_NUMBER_WORDS[obj['bounces']])
+    comp = _pick(rng, _ACTION_COMPLEMENTS['bounce']).format(n=_NUMBER_WORDS[obj['bounces']])
   elif action == 'spin':
     comp = _pick(rng, _ACTION_COMPLEMENTS['spin']).format(
         dir='clockwise' if obj['clockwise'] else 'counterclockwise',
@@ -679,9 +565,8 @@ def _object_sentence(rng, obj, camera, first):
   template = _pick(rng, [t for t in _OBJECT_TEMPLATES
                          if not (first and t.startswith('Meanwhile'))])
   region = _pick(rng, _REGION_PHRASES[_screen_region(obj, camera)])
-  return template.format(Obj=_capitalise(noun), obj=noun, verb=verb,
-                         comp=comp, manner=_pick(rng, _MANNERS),
-                         Region=region), shape_word
+  return template.format(Obj=_capitalise(noun), obj=noun, verb=verb, comp=comp,
+                         manner=_pick(rng, _MANNERS), Region=region), shape_word
 
 
 def _plan_speech(rng, scene):
@@ -701,8 +586,7 @@ def _plan_speech(rng, scene):
   stop = duration + (rng.uniform(0.1, 0.6) if rng.uniform() < 0.25
                      else -rng.uniform(0.0, min(0.3, 0.1 * duration)))
   weights = np.array([len(t.split()) for t in texts], np.float64)
-  bounds = start + (stop - start) * np.concatenate(
-      [[0.0], np.cumsum(weights) / weights.sum()])
+  bounds = start + (stop - start) * np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])
   return [{'span': [round(float(a), 2), round(float(b), 2)], 'text': t}
           for a, b, t in zip(bounds[:-1], bounds[1:], texts)]
 
@@ -710,26 +594,21 @@ def _plan_speech(rng, scene):
 def _caption(rng, video, scene):
   """Vript caption dict (content, shot_type, camera_movement, scene_title)."""
   theme = video['theme']
-  theme_def = _THEMES[[t['name'] for t in _THEMES].index(theme['name'])]
+  theme_def = _THEMES[video['theme_index']]
   c0, c1 = theme['colours'][0][0], theme['colours'][1][0]
   bg = _pick(rng, _BACKDROP_NOUNS)
-  p0, p1 = (str(p) for p in rng.choice(theme_def['places'], size=2,
-                                        replace=False))
-  sentences = [_pick(rng, _SETTING_TEMPLATES).format(
-      c0=c0, c1=c1, bg=bg, texture=_pick(rng, _TEXTURE_PHRASES[
-          theme['texture']]), p0=p0, p1=p1)]
-  sentences[0] = _capitalise(sentences[0])
+  p0, p1 = (str(p) for p in rng.choice(theme_def['places'], size=2, replace=False))
+  sentences = [_capitalise(_pick(rng, _SETTING_TEMPLATES).format(
+      c0=c0, c1=c1, bg=bg, texture=_pick(rng, _TEXTURE_PHRASES[theme['texture']]), p0=p0,
+      p1=p1))]
   title_shape = None
   for obj in scene['objects']:
-    sentence, shape_word = _object_sentence(rng, obj, scene['camera'],
-                                            title_shape is None)
+    sentence, shape_word = _object_sentence(rng, obj, scene['camera'], title_shape is None)
     title_shape = title_shape or shape_word
     sentences.append(sentence)
-  sentences.append(_pick(rng, _CAMERA_SENTENCES[scene['camera']['kind']])
-                   .format(bg=bg))
+  sentences.append(_pick(rng, _CAMERA_SENTENCES[scene['camera']['kind']]).format(bg=bg))
   if scene['voiceover'] == 'mentioned':
-    sentences.append(_pick(rng, _MENTION_TEMPLATES).format(
-        text=scene['asr'][0]['text'].strip()))
+    sentences.append(_pick(rng, _MENTION_TEMPLATES).format(text=scene['asr'][0]['text'].strip()))
   closings = list(rng.permutation(len(_CLOSING_SENTENCES)))
   while len(' '.join(sentences).split()) < 40:
     sentences.append(_CLOSING_SENTENCES[int(closings.pop())])
@@ -743,8 +622,7 @@ def _caption(rng, video, scene):
            f'{_TITLE_VERBS[first["action"]]} '
            f'{_pick(rng, ("in", "over", "by", "near"))} the '
            f'{_title_case(_pick(rng, theme_def["places"]))}')
-  return {'shot_type': shot,
-          'camera_movement': _CAMERA_PHRASES[scene['camera']['kind']],
+  return {'shot_type': shot, 'camera_movement': _CAMERA_PHRASES[scene['camera']['kind']],
           'content': content, 'scene_title': title}
 
 
@@ -752,12 +630,11 @@ def _video_title(rng, group, theme_index, first_shape):
   theme = _THEMES[theme_index]
   if group == LONG_GROUP:
     return _pick(rng, _LONG_TITLES).format(Theme=theme['title'])
-  return _pick(rng, _SHORT_TITLES).format(theme=theme['title'].lower(),
-                                          shape=first_shape)
+  return _pick(rng, _SHORT_TITLES).format(theme=theme['title'].lower(), shape=first_shape)
 
 
-def plan_dataset(*, num_long_videos, num_short_videos, scenes_per_video,
-                 frames_per_scene, fps, seed):
+def plan_dataset(*, num_long_videos, num_short_videos, scenes_per_video, frames_per_scene, fps,
+                 seed):
   """Describes every video and scene, captions included (renders nothing).
 
   Returns:
@@ -782,50 +659,38 @@ def plan_dataset(*, num_long_videos, num_short_videos, scenes_per_video,
   ids = _video_ids(seed, total)
   themes = _theme_order(seed, total)
   videos = []
-  index = 0
   for group_index, group in enumerate(GROUPS):
     for video_index in range(counts[group]):
-      rng = np.random.default_rng((seed, _STREAM_PLAN, group_index,
-                                   video_index))
+      index = len(videos)
+      rng = np.random.default_rng((seed, _STREAM_PLAN, group_index, video_index))
       video_id = ids[index] + ('_0' if group == SHORT_GROUP else '')
       theme = _plan_theme(themes[index], rng)
-      num_scenes = int(rng.integers(scenes_per_video[0],
-                                    scenes_per_video[1] + 1))
       scenes = []
       start_frame = 0
-      for n in range(1, num_scenes + 1):
-        frames = int(rng.integers(frames_per_scene[0],
-                                  frames_per_scene[1] + 1))
-        scene = {'clip_id': f'{video_id}-Scene-{n:03d}', 'scene': n,
-                 'num_frames': frames, 'start_frame': start_frame,
-                 'fps': fps, 'duration': frames / fps}
-        scene.update(_plan_scene(rng, theme))
-        scenes.append(scene)
+      for n in range(1, int(rng.integers(scenes_per_video[0], scenes_per_video[1] + 1)) + 1):
+        frames = int(rng.integers(frames_per_scene[0], frames_per_scene[1] + 1))
+        scenes.append({'clip_id': f'{video_id}-Scene-{n:03d}', 'scene': n, 'num_frames': frames,
+                       'start_frame': start_frame, 'fps': fps, 'duration': frames / fps,
+                       **_plan_scene(rng, theme)})
         start_frame += frames
-      videos.append({'video_id': video_id, 'group': group,
-                     'theme_index': themes[index], 'theme': theme,
-                     'scenes': scenes})
-      index += 1
+      videos.append({'video_id': video_id, 'group': group, 'theme_index': themes[index],
+                     'theme': theme, 'scenes': scenes})
   _ensure_voiceover_kinds(videos)
   for video_number, video in enumerate(videos):
     for scene in video['scenes']:
-      rng = np.random.default_rng((seed, _STREAM_TEXT, video_number,
-                                   scene['scene']))
-      scene['asr'] = (_plan_speech(rng, scene)
-                      if scene['voiceover'] != 'none' else [])
+      rng = np.random.default_rng((seed, _STREAM_TEXT, video_number, scene['scene']))
+      scene['asr'] = _plan_speech(rng, scene) if scene['voiceover'] != 'none' else []
       scene['caption'] = _caption(rng, video, scene)
     rng = np.random.default_rng((seed, _STREAM_TEXT, video_number, 0))
-    video['video_title'] = _video_title(
-        rng, video['group'], video.pop('theme_index'),
-        video['scenes'][0]['objects'][0]['shape'])
+    video['video_title'] = _video_title(rng, video['group'], video.pop('theme_index'),
+                                        video['scenes'][0]['objects'][0]['shape'])
   return videos
 
 
 def _check_range(name, value, minimum):
   low, high = value
   if not minimum <= low <= high:
-    raise ValueError(f'{name} must be (min, max) with {minimum} <= min <= '
-                     f'max, got {tuple(value)}')
+    raise ValueError(f'{name} must be (min, max) with {minimum} <= min <= max, got {tuple(value)}')
 
 
 # ---------------------------------------------------------------- rendering
@@ -867,9 +732,7 @@ def _polygon_sdf(qx, qy, vertices):
     dist = (wx - ex * t) ** 2 + (wy - ey * t) ** 2
     nearest = dist if nearest is None else np.minimum(nearest, dist)
     if ey != 0:
-      crosses = ((a[1] > qy) != (b[1] > qy)) & (
-          qx < a[0] + ex * (qy - a[1]) / ey)
-      inside ^= crosses
+      inside ^= ((a[1] > qy) != (b[1] > qy)) & (qx < a[0] + ex * (qy - a[1]) / ey)
   return np.where(inside, -1.0, 1.0) * np.sqrt(nearest)
 
 
@@ -914,14 +777,12 @@ def _texture(theme, x, y, pixel):
   if kind == 'waves':
     return _smooth_band(v + 0.3 * np.sin(2 * math.pi * u / 2), sharp)
   if kind == 'checker':
-    return np.abs(_smooth_band(u / 2, 2 * sharp)
-                  - _smooth_band(v / 2, 2 * sharp))
+    return np.abs(_smooth_band(u / 2, 2 * sharp) - _smooth_band(v / 2, 2 * sharp))
   if kind == 'dots':
     fu, fv = u - np.floor(u) - 0.5, v - np.floor(v) - 0.5
     return np.clip(0.5 + (0.22 - np.hypot(fu, fv)) * sharp, 0, 1)
   if kind == 'grid':
-    fu = np.abs(u - np.round(u))
-    fv = np.abs(v - np.round(v))
+    fu, fv = np.abs(u - np.round(u)), np.abs(v - np.round(v))
     return np.clip(0.5 + (0.05 - np.minimum(fu, fv)) * sharp, 0, 1)
   if kind == 'speckle':
     return 0.35 + 0.65 * _hash01(np.floor(u * 3), np.floor(v * 3))
@@ -929,8 +790,7 @@ def _texture(theme, x, y, pixel):
     row = np.floor(v * 2)
     bu = u + 0.5 * (row % 2)
     # Distances to the nearest joint, in periods (a brick is 1 x 0.5).
-    mortar = np.minimum(np.abs(bu - np.round(bu)),
-                        np.abs(v * 2 - np.round(v * 2)) / 2)
+    mortar = np.minimum(np.abs(bu - np.round(bu)), np.abs(v * 2 - np.round(v * 2)) / 2)
     return np.clip(0.5 + (0.04 - mortar) * sharp, 0, 1)
   raise ValueError(f'theme texture {kind!r} is not one of {_TEXTURES}')
 
@@ -945,13 +805,10 @@ def _object_alpha_and_pose(obj, t, qx, qy, pixel):
   s = np.clip((t - a) / max(b - a, 1e-6), 0, 1)
   pose = {k: _lerp(obj['start'][k], obj['end'][k], s) for k in obj['start']}
   if obj['action'] == 'bounce':
-    pose['y'] = pose['y'] - obj['bounce_height'] * np.abs(
-        np.sin(math.pi * obj['bounces'] * t))
-  radius = obj['radius'] * pose['scale']
-  cos, sin = np.cos(pose['angle']), np.sin(pose['angle'])
-  cx, cy = (pose['x'][:, None, None], pose['y'][:, None, None])
-  cos, sin, radius = (cos[:, None, None], sin[:, None, None],
-                      radius[:, None, None])
+    pose['y'] = pose['y'] - obj['bounce_height'] * np.abs(np.sin(math.pi * obj['bounces'] * t))
+  cx, cy, cos, sin, radius = (v[:, None, None] for v in (
+      pose['x'], pose['y'], np.cos(pose['angle']), np.sin(pose['angle']),
+      obj['radius'] * pose['scale']))
   # Object frame: undo the rotation, then scale to unit radius.
   lx = ((qx - cx) * cos + (qy - cy) * sin) / radius
   ly = (-(qx - cx) * sin + (qy - cy) * cos) / radius
@@ -980,8 +837,7 @@ def render_scene(video, scene, resolution):
     t = times[first:first + chunk]
     cam_x = _lerp(camera['start']['x'], camera['end']['x'], t)
     cam_y = _lerp(camera['start']['y'], camera['end']['y'], t)
-    width = camera['start']['width'] * (
-        camera['end']['width'] / camera['start']['width']) ** t
+    width = camera['start']['width'] * (camera['end']['width'] / camera['start']['width']) ** t
     x = cam_x[:, None, None] + grid[None, None, :] * width[:, None, None]
     y = cam_y[:, None, None] + grid[None, :, None] * width[:, None, None]
     x, y = np.broadcast_arrays(x, y)
@@ -997,24 +853,18 @@ def render_scene(video, scene, resolution):
 
 def _write_mp4(path, clips, fps, crf):
   with av.open(path, 'w', format='mp4') as container:
-    stream = container.add_stream(
-        'libx264', rate=fps, options={'crf': str(crf), 'preset': 'medium'})
-    stream.width = clips[0].shape[2]
-    stream.height = clips[0].shape[1]
+    stream = container.add_stream('libx264', rate=fps,
+                                  options={'crf': str(crf), 'preset': 'medium'})
+    stream.height, stream.width = clips[0].shape[1:3]
     stream.pix_fmt = 'yuv420p'
     # Multi-threaded x264 output depends on thread timing; one thread keeps
     # the bytes reproducible.
     stream.codec_context.thread_count = 1
-    index = 0
-    for frames in clips:
-      for frame in frames:
-        video_frame = av.VideoFrame.from_ndarray(frame, format='rgb24')
-        video_frame.pts = index
-        index += 1
-        for packet in stream.encode(video_frame):
-          container.mux(packet)
-    for packet in stream.encode():
-      container.mux(packet)
+    for index, frame in enumerate(frame for frames in clips for frame in frames):
+      video_frame = av.VideoFrame.from_ndarray(frame, format='rgb24')
+      video_frame.pts = index
+      container.mux(stream.encode(video_frame))
+    container.mux(stream.encode())
 
 
 # ------------------------------------------------------------------ writing
@@ -1042,46 +892,36 @@ def _full_text(segments):
 
 
 def _write_video(root, video, resolution, crf):
-  group = video['group']
-  video_id = video['video_id']
+  group, video_id, scenes = video['group'], video['video_id'], video['scenes']
   clip_dir = os.path.join(root, f'{group}_clips', video_id)
   os.makedirs(clip_dir)
   clips = []
-  for scene in video['scenes']:
-    frames = render_scene(video, scene, resolution)
-    _write_mp4(os.path.join(clip_dir, scene['clip_id'] + '.mp4'), [frames],
-               scene['fps'], crf)
-    clips.append(frames)
-  _write_mp4(os.path.join(root, group, video_id + '.mp4'), clips,
-             video['scenes'][0]['fps'], crf)
+  for scene in scenes:
+    clips.append(render_scene(video, scene, resolution))
+    _write_mp4(os.path.join(clip_dir, scene['clip_id'] + '.mp4'), clips[-1:], scene['fps'], crf)
+  _write_mp4(os.path.join(root, group, video_id + '.mp4'), clips, scenes[0]['fps'], crf)
   _write_jsonl(os.path.join(clip_dir, f'{video_id}_asr.jsonl'), [
-      {'clip_id': s['clip_id'], 'duration': s['duration'], 'lang': 'en',
-       'scene_text': s['asr'], 'full_text': _full_text(s['asr'])}
-      for s in reversed(video['scenes'])])
+      {'clip_id': s['clip_id'], 'duration': s['duration'], 'lang': 'en', 'scene_text': s['asr'],
+       'full_text': _full_text(s['asr'])} for s in reversed(scenes)])
   _write_json(os.path.join(clip_dir, f'{video_id}_cut_meta.json'), {
       'video_id': video_id,
-      'clips': [{'clip_id': s['clip_id'] + '.mp4',
-                 'start': s['start_frame'] / s['fps'],
+      'clips': [{'clip_id': s['clip_id'] + '.mp4', 'start': s['start_frame'] / s['fps'],
                  'end': (s['start_frame'] + s['num_frames']) / s['fps'],
-                 'duration': s['duration']} for s in video['scenes']]})
+                 'duration': s['duration']} for s in scenes]})
   _write_json(
-      os.path.join(root, 'vript_captions', f'{group}_captions',
-                   f'{video_id}_caption.json'),
+      os.path.join(root, 'vript_captions', f'{group}_captions', f'{video_id}_caption.json'),
       {'meta': {'video_id': video_id, 'video_title': video['video_title'],
-                'num_clips': len(video['scenes']), 'integrity': True},
-       'data': {s['clip_id']: _clip_record(video, s)
-                for s in video['scenes']}})
+                'num_clips': len(scenes), 'integrity': True},
+       'data': {s['clip_id']: _clip_record(video, s) for s in scenes}})
 
 
-def _settings(num_long_videos, num_short_videos, scenes_per_video,
-              frames_per_scene, resolution, fps, seed, crf):
-  return {'format_version': FORMAT_VERSION,
-          'num_long_videos': int(num_long_videos),
+def _settings(num_long_videos, num_short_videos, scenes_per_video, frames_per_scene, resolution,
+              fps, seed, crf):
+  return {'format_version': FORMAT_VERSION, 'num_long_videos': int(num_long_videos),
           'num_short_videos': int(num_short_videos),
           'scenes_per_video': [int(v) for v in scenes_per_video],
           'frames_per_scene': [int(v) for v in frames_per_scene],
-          'resolution': int(resolution), 'fps': fps, 'seed': int(seed),
-          'crf': int(crf)}
+          'resolution': int(resolution), 'fps': fps, 'seed': int(seed), 'crf': int(crf)}
 
 
 def _read_marker(root):
@@ -1118,8 +958,7 @@ def generate(root, *, num_long_videos=8, num_short_videos=2,
   """
   # yuv420p halves the chroma planes, so libx264 needs even sizes.
   if resolution < 16 or resolution % 2:
-    raise ValueError(f'resolution must be an even number >= 16, got '
-                     f'{resolution}')
+    raise ValueError(f'resolution must be an even number >= 16, got {resolution}')
   if not 0 <= crf <= 51:
     raise ValueError(f'crf must be in [0, 51] (x264), got {crf}')
   if files.is_remote(root):
@@ -1138,10 +977,9 @@ def generate(root, *, num_long_videos=8, num_short_videos=2,
     raise ValueError(f'{root} exists, is not empty and holds no '
                      f'{COMPLETE_FILE} marker of a synthetic Vript dataset; '
                      'refusing to replace it')
-  videos = plan_dataset(
-      num_long_videos=num_long_videos, num_short_videos=num_short_videos,
-      scenes_per_video=scenes_per_video, frames_per_scene=frames_per_scene,
-      fps=fps, seed=seed)
+  videos = plan_dataset(num_long_videos=num_long_videos, num_short_videos=num_short_videos,
+                        scenes_per_video=scenes_per_video, frames_per_scene=frames_per_scene,
+                        fps=fps, seed=seed)
   parent = os.path.dirname(root)
   os.makedirs(parent, exist_ok=True)
   # The dataset folder is made inside a private scratch folder (mkdtemp's own
@@ -1164,8 +1002,7 @@ def _with_paths(summary, root):
   for group in GROUPS:
     paths[group] = os.path.join(root, group)
     paths[f'{group}_clips'] = os.path.join(root, f'{group}_clips')
-  return {'root': root, **summary,
-          'scenes_path': os.path.join(root, SCENES_FILE), 'paths': paths}
+  return {'root': root, **summary, 'scenes_path': os.path.join(root, SCENES_FILE), 'paths': paths}
 
 
 def _write_dataset(work, videos, settings):
@@ -1177,52 +1014,34 @@ def _write_dataset(work, videos, settings):
   for video in videos:
     _write_video(work, video, settings['resolution'], settings['crf'])
   for group in GROUPS:
-    _write_jsonl(
-        os.path.join(work, 'vript_captions', f'{group}_captions.jsonl'),
-        [_clip_record(v, s) for v in videos if v['group'] == group
-         for s in v['scenes']])
-  _write_json(os.path.join(work, SCENES_FILE),
-              {'settings': settings, 'videos': videos})
+    _write_jsonl(os.path.join(work, 'vript_captions', f'{group}_captions.jsonl'),
+                 [_clip_record(v, s) for v in videos if v['group'] == group for s in v['scenes']])
+  _write_json(os.path.join(work, SCENES_FILE), {'settings': settings, 'videos': videos})
   scenes = [s for v in videos for s in v['scenes']]
   num_frames = sum(s['num_frames'] for s in scenes)
-  summary = {
-      'settings': settings,
-      'num_videos': len(videos),
-      'num_clips': len(scenes),
-      'num_frames': num_frames,
-      'seconds': num_frames / settings['fps'],
-      'video_ids': {g: [v['video_id'] for v in videos if v['group'] == g]
-                    for g in GROUPS},
-  }
+  summary = {'settings': settings, 'num_videos': len(videos), 'num_clips': len(scenes),
+             'num_frames': num_frames, 'seconds': num_frames / settings['fps'],
+             'video_ids': {g: [v['video_id'] for v in videos if v['group'] == g] for g in GROUPS}}
   # Written last: its presence means the dataset is complete. It holds no
   # absolute path, so a moved dataset is still recognised.
-  _write_json(os.path.join(work, COMPLETE_FILE),
-              {'settings': settings, 'summary': summary})
+  _write_json(os.path.join(work, COMPLETE_FILE), {'settings': settings, 'summary': summary})
   return summary
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(
-      prog='python -m vwt_jax.data.vript.synthetic',
-      description='Write a synthetic dataset in the Vript layout.')
+  parser = argparse.ArgumentParser(prog='python -m vwt_jax.data.vript.synthetic',
+                                   description='Write a synthetic dataset in the Vript layout.')
   parser.add_argument('--root', required=True, help='output folder')
   parser.add_argument('--num_long_videos', type=int, default=8)
   parser.add_argument('--num_short_videos', type=int, default=2)
-  parser.add_argument('--scenes_per_video', type=int, nargs=2, default=(3, 5),
-                      metavar=('MIN', 'MAX'))
-  parser.add_argument('--frames_per_scene', type=int, nargs=2,
-                      default=(16, 32), metavar=('MIN', 'MAX'))
+  for name, default in (('scenes_per_video', (3, 5)), ('frames_per_scene', (16, 32))):
+    parser.add_argument(f'--{name}', type=int, nargs=2, default=default, metavar=('MIN', 'MAX'))
   parser.add_argument('--resolution', type=int, default=64)
   parser.add_argument('--fps', type=int, default=8)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--crf', type=int, default=23)
-  args = parser.parse_args(argv)
-  summary = generate(
-      args.root, num_long_videos=args.num_long_videos,
-      num_short_videos=args.num_short_videos,
-      scenes_per_video=tuple(args.scenes_per_video),
-      frames_per_scene=tuple(args.frames_per_scene),
-      resolution=args.resolution, fps=args.fps, seed=args.seed, crf=args.crf)
+  args = vars(parser.parse_args(argv))
+  summary = generate(args.pop('root'), **args)
   print(json.dumps(summary, indent=2))
   return 0
 
