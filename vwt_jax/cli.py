@@ -4,8 +4,13 @@
   or a run folder or its `config.json` (the run's saved config), and then
   `--config.x=y` overrides either way. Commands that read a run
   (`--checkpoint RUN`) use its saved config when `--config` is not given.
-* `--checkpoint` names weights: one of our run (or step) folders, or an
-  official checkpoint file with a `--config` that describes it.
+* `--checkpoint` names weights: one of our run (or step) folders, or
+  released weights (a file, a Hugging Face model folder, or either as
+  `hf://ORG/REPO[/FILE][@REV]`) with a `--config` that describes them.
+  `--pretrained NAME` names released weights by their registry name
+  (`families.pretrained`, docs/pretrained.md): their checkpoint and config
+  (and a generator's tokenizer) at once; `--config NAME` takes that config
+  with overrides.
 * `--output` is always a file, `--output_dir` always a folder.
 * The sampling knobs are defined here once (`define_sampling_flags`), and a
   value a model cannot use is a `SettingsError`, reported as a usage error
@@ -19,6 +24,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from vwt_jax.families import common
+from vwt_jax.families import pretrained
 
 FLAGS = flags.FLAGS
 
@@ -41,6 +47,10 @@ class _ConfigParser(flags.ArgumentParser):
     self._files = files
 
   def parse(self, argument):
+    if isinstance(argument, str) and argument in pretrained.RELEASES:
+      config = pretrained.config(argument)
+      config.lock()
+      return config
     if isinstance(argument, str) and (common.is_run(argument) or argument.endswith(".json")):
       config = (common.run_config(argument) if common.is_run(argument)
                 else common.load_config(argument))
@@ -58,9 +68,27 @@ def define_config_flag(help_string: str) -> None:
   FLAGS["config"].parser = _ConfigParser(FLAGS["config"].parser)
 
 
-def config_or_run(checkpoint: str) -> ml_collections.ConfigDict:
-  """`--config` when given, else the saved config of the `checkpoint` run."""
-  return FLAGS.config or common.run_config(checkpoint)
+def define_checkpoint_flags(what: str) -> None:
+  """`--checkpoint` (`what` it takes) and `--pretrained`; one of them is required."""
+  flags.DEFINE_string("checkpoint", None, what)
+  flags.DEFINE_enum("pretrained", None, sorted(pretrained.RELEASES),
+                    "Released weights by name (docs/pretrained.md): their checkpoint and "
+                    "config; --checkpoint and --config override either.")
+  flags.register_multi_flags_validator(
+      ["checkpoint", "pretrained"], lambda f: bool(f["checkpoint"] or f["pretrained"]),
+      "give --checkpoint or --pretrained")
+
+
+def config_and_checkpoint() -> tuple[ml_collections.ConfigDict, str]:
+  """(config, checkpoint) of `define_checkpoint_flags`: --config when given,
+  else the --pretrained release's, else the saved config of the --checkpoint run."""
+  release = pretrained.get(FLAGS.pretrained) if FLAGS.pretrained else None
+  checkpoint = FLAGS.checkpoint or release.checkpoint
+  if FLAGS.config is not None:
+    return FLAGS.config, checkpoint
+  if release is not None:
+    return pretrained.config(release.name), checkpoint
+  return common.run_config(checkpoint), checkpoint
 
 
 def define_sampling_flags(batch_size: int) -> None:

@@ -52,7 +52,7 @@ QUANTIZATION = "round half up: clip(127.5 x + 128, 0, 255) -> uint8 (LlamaGen)"
 def define_flags():
   cli.define_config_flag("Tokenizer config (a config file or a run folder); default: "
                          "the --checkpoint run's.")
-  flags.DEFINE_string("checkpoint", None, "A tokenizer run folder or an official state dict.")
+  cli.define_checkpoint_flags("A tokenizer run folder or released weights (a file or hf://).")
   flags.DEFINE_string("split", "validation", "Dataset split (tfds name; slices work).")
   flags.DEFINE_integer("num_images", 50_000, "Images to reconstruct (at most the split).")
   flags.DEFINE_string("output_dir", None, "originals.npz, reconstructions.npz, metrics.json.")
@@ -63,7 +63,7 @@ def define_flags():
                       "FID Inception .npz; defaults to config.eval.inception_weights.")
   flags.DEFINE_string("lpips_weights", "", "LPIPS .npz; defaults to config.eval.lpips_weights.")
   flags.DEFINE_string("lpips_net", "", "LPIPS backbone; defaults to config.eval.lpips_net.")
-  flags.mark_flags_as_required(["checkpoint", "output_dir"])
+  flags.mark_flags_as_required(["output_dir"])
 
 
 def _tokenizer_reconstruct(tok: tokenizer_lib.Tokenizer):
@@ -148,11 +148,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  config = cli.config_or_run(FLAGS.checkpoint)
+  config, checkpoint = cli.config_and_checkpoint()
   if FLAGS.data_dir:
     config.data.data_dir = FLAGS.data_dir
   ev = config.get("eval", {})
-  run(config, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
+  run(config, checkpoint, FLAGS.output_dir, split=FLAGS.split,
       num_images=FLAGS.num_images, batch_size=FLAGS.batch_size,
       inception_weights=FLAGS.inception_weights or ev.get("inception_weights", ""),
       lpips_weights=FLAGS.lpips_weights or ev.get("lpips_weights", ""),

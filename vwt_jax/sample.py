@@ -26,8 +26,10 @@ r"""Sampling from a generator: class rows or captioned images, and an ADM-style 
 
 The npz holds `arr_0` (uint8 NHWC) and `arr_1` (labels), the layout OpenAI's
 ADM evaluator reads; caption samples hold `arr_0` and `captions` instead.
-Pixels are quantised as the official sampler does: clip(127.5 x + 128, 0, 255)
-truncated to uint8 (`core.images.quantize`).
+Pixels are made as the tokenizer's official sampler makes them: --resize is
+`F.interpolate(mode="bicubic")` on the decoder's unclamped output, then uint8
+by LlamaGen's clip(127.5 x + 128, 0, 255) or TiTok's clamp(0, 1) x 255, both
+truncated (`core.images`).
 For FID runs (50 per class, resumable, scored) see `vwt_jax.sample_eval`.
 """
 
@@ -68,7 +70,8 @@ def define_sampling_flags():
   cli.define_sampling_flags(batch_size=64)
   flags.DEFINE_float("cfg", None, "Classifier-free guidance scale (1 = off).")
   flags.DEFINE_integer("cfg_interval", None, "Guide only the first cfg_interval+2 tokens.")
-  flags.DEFINE_integer("resize", 0, "Bicubic-resize the images to this size (0 = keep).")
+  flags.DEFINE_integer("resize", 0, "Resize the images to this size as torch's bicubic "
+                       "interpolate (0 = keep).")
 
 
 def sampling_overrides() -> dict:
@@ -126,7 +129,7 @@ def class_ids(gen: generator_lib.Generator, values, name: str) -> list[int]:
 def define_flags():
   cli.define_config_flag("Generator config (a config file or a run folder); default: "
                          "the --checkpoint run's.")
-  flags.DEFINE_string("checkpoint", None, "A generator run folder or an official state dict.")
+  cli.define_checkpoint_flags("A generator run folder or released weights (a file or hf://).")
   flags.DEFINE_list("classes", None, "Class labels; one grid row per class.")
   flags.DEFINE_integer("per_class", 4, "Samples per class in --classes.")
   flags.DEFINE_integer("num_samples", 0, "Instead of --classes: this many random labels.")
@@ -147,7 +150,6 @@ def define_flags():
   flags.DEFINE_integer("grid_max", 64, "At most this many images in the grid.")
   flags.DEFINE_string("npz", "", "Also write all samples to this .npz (arr_0 and arr_1 "
                       "labels, or captions).")
-  flags.mark_flags_as_required(["checkpoint"])
 
 
 def load(config, checkpoint: str, mesh=None,
@@ -192,10 +194,7 @@ def sample(gen: generator_lib.Generator, params, cond: np.ndarray, *, emb_mask: 
       mask = None if emb_mask is None else pad(emb_mask[start:start + batch_size])
       codes = gen.sample_codes(params, pad(chunk), jax.random.fold_in(key, i),
                                    emb_mask=mask, **overrides)
-      images = tok.decode(codes)
-      if resize and resize != images.shape[1]:
-        images = jax.image.resize(images, (images.shape[0], resize, resize, 3), "bicubic")
-      out.append(images_lib.quantize(jax.device_get(images))[:len(chunk)])
+      out.append(tok.pictures(codes, resize)[:len(chunk)])
       (bar or own).update(len(chunk))
   return np.concatenate(out)
 
@@ -307,8 +306,8 @@ def main(argv):
   try:
     _check_counts()
     distributed.initialize()
-    config = cli.config_or_run(FLAGS.checkpoint)
-    gen, params = load(config, FLAGS.checkpoint, check=_check_with_model)
+    config, checkpoint = cli.config_and_checkpoint()
+    gen, params = load(config, checkpoint, check=_check_with_model)
   except SettingsError as e:
     raise app.UsageError(str(e)) from e
   overrides = sampling_overrides()

@@ -61,7 +61,7 @@ METRICS = "metrics.json"
 def define_flags():
   cli.define_config_flag("Generator config (a config file or a run folder); default: "
                          "the --checkpoint run's.")
-  flags.DEFINE_string("checkpoint", None, "A generator run folder or an official state dict.")
+  cli.define_checkpoint_flags("A generator run folder or released weights (a file or hf://).")
   flags.DEFINE_integer("per_class", 50, "Samples of each class (50 -> 50k for ImageNet).")
   flags.DEFINE_string("output_dir", None, "Shards, samples.npz and metrics.json go here.")
   flags.DEFINE_string("reference", "", "ADM reference batch .npz to score against.")
@@ -74,7 +74,7 @@ def define_flags():
   flags.DEFINE_integer("max_shards", 0,
                        "Stop after generating this many new shards (0 = all); for tests "
                        "and time-limited jobs, rerun to continue.")
-  flags.mark_flags_as_required(["checkpoint", "output_dir"])
+  flags.mark_flags_as_required(["output_dir"])
 
 
 def class_labels(num_classes: int, per_class: int) -> np.ndarray:
@@ -275,10 +275,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   distributed.initialize()
-  config = cli.config_or_run(FLAGS.checkpoint)
+  config, checkpoint = cli.config_and_checkpoint()
   overrides = sample_lib.sampling_overrides()
   try:
-    run(config, FLAGS.checkpoint, FLAGS.output_dir, per_class=FLAGS.per_class,
+    run(config, checkpoint, FLAGS.output_dir, per_class=FLAGS.per_class,
         reference=FLAGS.reference, inception_weights=FLAGS.inception_weights,
         seed=FLAGS.seed, batch_size=FLAGS.batch_size, resize=FLAGS.resize,
         shard_size=FLAGS.shard_size, max_shards=FLAGS.max_shards, **overrides)

@@ -6,11 +6,14 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+import torch
 
 from helpers import load_config, save_random_generator_run, save_random_titok_run
 from helpers import tiny_titok_config
+from vwt_jax import families
 from vwt_jax import sample as sample_lib
 from vwt_jax import sample_eval
 from vwt_jax.data import codes
@@ -229,3 +232,33 @@ def test_sample_eval_checks_its_settings_before_reading_weights(generator_run, t
     with pytest.raises(sample_lib.SettingsError, match="^" + re.escape(message)):
       sample_eval.run(config, run, out, **kwargs)
   assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("resize", [0, 24])
+def test_titok_samples_are_pixels_as_the_official_samplers_make_them(loaded, resize):
+  gen, params = loaded
+  labels = np.arange(8, dtype=np.int32) % NUM_CLASSES
+  ours = sample_lib.sample(gen, params, labels, seed=5, batch_size=8, resize=resize)
+  # The same codes through the official steps: TiTok's decoder output y in
+  # [0, 1] (ours returns 2y - 1), LlamaGen's F.interpolate for --resize, then
+  # TiTok's clamp(0, 1) * 255 truncated to uint8.
+  codes = gen.sample_codes(params, labels, jax.random.fold_in(jax.random.key(5), 0))
+  tok = gen.tokenizer()
+  tok_params, _, decode, _, _ = families.get("titok").tokenizer_fns(
+      tok.config, gen.metadata.source["checkpoint"])
+  y = (np.asarray(jax.jit(decode)(tok_params, codes)) + 1) / 2
+  y = torch.from_numpy(y).permute(0, 3, 1, 2)
+  if resize:
+    y = torch.nn.functional.interpolate(y, size=(resize, resize), mode="bicubic",
+                                        align_corners=False)
+  official = (torch.clamp(y, 0, 1) * 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+  assert ours.shape == official.shape == (8, resize or 16, resize or 16, 3)
+  if not resize:
+    # The same float32 steps in the same order (rounding LlamaGen's way would
+    # move about half of the unsaturated pixels).
+    np.testing.assert_array_equal(ours, official)
+  else:
+    # The resize's float32 sums run in another order: a pixel within about
+    # 1e-5 of a level boundary may land one level off.
+    levels = np.abs(ours.astype(int) - official.astype(int))
+    assert levels.max() <= 1 and np.mean(levels) < 1e-3

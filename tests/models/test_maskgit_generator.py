@@ -86,6 +86,17 @@ def test_released_sizes(variant, millions):
   assert round(count / 1e6, 1) == millions
 
 
+def test_uvit_mlp_width_follows_the_official_float_ratio():
+  # UViTBert hands its blocks mlp_ratio = intermediate / hidden and they build
+  # int(hidden * ratio) features: 56 * (61 / 56) is 60.99..., so the official
+  # MLP is 60 wide (torch.nn.Linear(56, 60)); ImageBert uses intermediate_size.
+  sizes = dict(TINY, hidden_size=56, intermediate_size=61)
+  uvit = _abstract(build_generator(MaskGitGeneratorConfig(model_type="UViT", **sizes)))
+  assert nn.unbox(uvit)["in_blocks_0"]["mlp"]["c_fc"]["kernel"].shape == (56, 60)
+  vit = MaskGitGeneratorConfig(model_type="ViT", **sizes)
+  assert vit.mlp_width == 61
+
+
 def test_from_official_reads_fixture_layout():
   official = {"model": {"vq_model": {"codebook_size": 128}, "generator": {
       "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,

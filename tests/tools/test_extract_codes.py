@@ -80,7 +80,8 @@ def _top_left_pixels(checkpoint, config, mesh):
   batch = sharding.batch_sharding(mesh)
   return tokenizer_lib.Tokenizer(
       kind="vqgan", config=config, code_shape=(4, 4), vocab_size=64, image_size=16,
-      encode=jax.jit(encode, in_shardings=batch, out_shardings=batch), decode=None)
+      encode=jax.jit(encode, in_shardings=batch, out_shardings=batch), decode=None,
+      pictures=None)
 
 
 class _CorruptEveryFifth:

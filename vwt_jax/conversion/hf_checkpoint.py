@@ -4,6 +4,8 @@ Weights are one `model.safetensors`, shards listed in
 `model.safetensors.index.json`, or the older `pytorch_model.bin` (+
 `.index.json`), all read without pickle (`torch.load(weights_only=True)`).
 Half-precision floats come back as float32 so that converters see one dtype.
+A directory may also be a repository on the Hub, `hf://ORG/REPO[@REVISION]`
+(`core.hub`).
 """
 
 import json
@@ -15,6 +17,7 @@ import ml_dtypes
 import numpy as np
 
 from vwt_jax.conversion import torch_state
+from vwt_jax.core import hub
 
 StateDict = dict[str, np.ndarray]
 
@@ -38,7 +41,7 @@ def read_json(path: str, kind: str = "Hugging Face") -> Any:
 
 
 def _check_dir(model_dir: str) -> str:
-  model_dir = os.fspath(model_dir)
+  model_dir = hub.resolve(os.fspath(model_dir))
   if not os.path.isdir(model_dir):
     raise FileNotFoundError(f"model directory {model_dir} does not exist")
   return model_dir

@@ -1,16 +1,21 @@
-"""Images as uint8 pixels, and the picture grids the commands and trainers write.
+"""Images as uint8 pixels, the papers' resize, and the picture grids commands write.
 
-Two rules turn [-1, 1] floats into uint8. `quantize` (LlamaGen's round-half-up
-`clip(127.5 x + 128, 0, 255)`) maps the data pipeline's `u / 127.5 - 1` back
-to exactly `u`: samples and the images rFID compares use it. `to_uint8`
-truncates `(x + 1) / 2 * 255` as TiTok's evaluation does, which turns some
-pixels into `u - 1`; it is kept for the picture grids.
+Two rules turn [-1, 1] floats into uint8, each the official rule of one
+paper's sampler. `quantize` (LlamaGen's round-half-up `clip(127.5 x + 128, 0,
+255)`) maps the data pipeline's `u / 127.5 - 1` back to exactly `u`: LlamaGen
+samples and the images rFID compares use it. `to_uint8` clamps to [0, 1],
+scales by 255 and truncates, as TiTok's sampler does; it also draws the
+picture grids. `resize_bicubic` is LlamaGen's 384 -> 256 px resize
+(`torch.nn.functional.interpolate(mode="bicubic")`).
 """
 
+import functools
 import os
 import textwrap
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
@@ -31,9 +36,44 @@ def quantize(images: np.ndarray) -> np.ndarray:
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-  """[-1, 1] floats -> uint8, truncating like TiTok's evaluation (picture grids)."""
+  """[-1, 1] floats -> uint8 as TiTok's sampler: clamp to [0, 1], times 255, truncated."""
   x = (np.clip(np.asarray(images, np.float32), -1.0, 1.0) + 1.0) / 2.0
   return (x * 255.0).astype(np.uint8)
+
+
+# Keys' cubic convolution parameter of torch's bicubic (PIL and jax.image use -0.5).
+_TORCH_CUBIC_A = -0.75
+
+
+@functools.lru_cache(maxsize=16)
+def _bicubic_matrix(in_size: int, out_size: int) -> np.ndarray:
+  """(out, in) float32 weights of torch's bicubic along one axis, align_corners=False.
+
+  Output pixel i samples the input at (i + 0.5) * in / out - 0.5 with the four
+  cubic taps around it; taps past an edge read the edge pixel, and nothing
+  widens the kernel when shrinking (no antialiasing), as in torch.
+  """
+  a = _TORCH_CUBIC_A
+  near = lambda d: ((a + 2) * d - (a + 3)) * d * d + 1  # |d| <= 1
+  far = lambda d: ((a * d - 5 * a) * d + 8 * a) * d - 4 * a  # 1 < |d| < 2
+  weights = np.zeros((out_size, in_size), np.float64)
+  for i in range(out_size):
+    x = (i + 0.5) * in_size / out_size - 0.5
+    left = np.floor(x)
+    t = x - left
+    for k, w in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
+      weights[i, int(np.clip(left - 1 + k, 0, in_size - 1))] += w
+  return weights.astype(np.float32)
+
+
+def resize_bicubic(images: jax.Array, size: int) -> jax.Array:
+  """NHWC float images resized to size x size as `torch.nn.functional.interpolate(
+  mode="bicubic", align_corners=False)` resizes NCHW ones (no clamping; float32
+  rounding apart, the same numbers)."""
+  rows = jnp.asarray(_bicubic_matrix(images.shape[1], size))
+  cols = jnp.asarray(_bicubic_matrix(images.shape[2], size))
+  return jnp.einsum("oh,bhwc,pw->bopc", rows, images.astype(jnp.float32), cols,
+                    precision=jax.lax.Precision.HIGHEST)
 
 
 def upscale(images: np.ndarray, min_size: int = MIN_CELL_SIZE) -> np.ndarray:

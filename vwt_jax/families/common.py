@@ -12,8 +12,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vwt_jax.conversion import hf_checkpoint
+from vwt_jax.conversion import torch_state
 from vwt_jax.core import checkpoint as checkpoint_lib
 from vwt_jax.core import files
+from vwt_jax.core import hub
 from vwt_jax.core import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"
@@ -88,8 +91,21 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict:
 
 
 def is_run(path: str) -> bool:
-  """True for one of our run (or checkpoint) folders, False for a weights file."""
-  return epath.Path(path).is_dir()
+  """True for one of our run (or checkpoint) folders; False for a weights file,
+  a Hugging Face model folder or an `hf://` reference."""
+  if hub.is_hub(path) or not epath.Path(path).is_dir():
+    return False
+  return not any(epath.Path(path, name).exists() for name in hf_checkpoint.WEIGHT_FILES)
+
+
+def official_state_dict(path: str) -> Mapping[str, Any]:
+  """The state dict of released weights: a file (`.pt`, `.bin`, `.safetensors`,
+  `.npz`), a Hugging Face model folder (`config.json` and its weights, as
+  `PyTorchModelHubMixin` saves them), or either on the Hub (`hf://`)."""
+  local = hub.resolve(path)
+  if os.path.isdir(local):
+    return hf_checkpoint.read_state_dict(local)
+  return torch_state.load_state_dict(local)
 
 
 def run_params(path: str, config: ml_collections.ConfigDict) -> Any:

@@ -7,7 +7,6 @@ import ml_collections
 import numpy as np
 
 from vwt_jax.conversion import llamagen as llamagen_conversion
-from vwt_jax.conversion import torch_state
 from vwt_jax.families import common
 from vwt_jax.models import gpt as gpt_lib
 from vwt_jax.sampling import autoregressive
@@ -60,7 +59,7 @@ def load_params(path: str, config: ml_collections.ConfigDict, cfg: gpt_lib.GPTCo
   """Parameters from our run or an official `c2i_*.pt` / `t2i_*.pt` file."""
   if common.is_run(path):
     return common.run_params(path, config)
-  return llamagen_conversion.convert_gpt(torch_state.load_state_dict(path), cfg)
+  return llamagen_conversion.convert_gpt(common.official_state_dict(path), cfg)
 
 
 def sizes(cfg: gpt_lib.GPTConfig) -> tuple[int, int, int, bool]:

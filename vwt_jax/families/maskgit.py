@@ -7,7 +7,6 @@ import ml_collections
 import numpy as np
 
 from vwt_jax.conversion import maskgit_generator as maskgit_conversion
-from vwt_jax.conversion import torch_state
 from vwt_jax.families import common
 from vwt_jax.models import maskgit_generator
 from vwt_jax.sampling import maskgit as maskgit_sampling
@@ -45,7 +44,7 @@ def load_params(path: str, config: ml_collections.ConfigDict,
   """Parameters from our run or an official generator state dict."""
   if common.is_run(path):
     return common.run_params(path, config)
-  return maskgit_conversion.convert_generator(torch_state.load_state_dict(path), cfg)
+  return maskgit_conversion.convert_generator(common.official_state_dict(path), cfg)
 
 
 def sizes(cfg) -> tuple[int, int, int, bool]:

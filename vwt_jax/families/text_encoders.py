@@ -42,6 +42,7 @@ from tokenizers import normalizers
 from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import hf_t5
 from vwt_jax.conversion import sentence_transformers as stc
+from vwt_jax.core import hub
 from vwt_jax.data import text_tokenizer
 from vwt_jax.models.t5 import T5Encoder
 from vwt_jax.models.text_encoders import TextEncoder
@@ -170,7 +171,7 @@ class SentenceEncoder(_Encoder):
 def load_sentence_encoder(model_dir: str) -> SentenceEncoder:
   """A `SentenceEncoder` of a sentence-transformers directory (see
   `conversion.sentence_transformers`) and its tokenizer."""
-  model_dir = os.fspath(model_dir)
+  model_dir = hub.resolve(os.fspath(model_dir))
   checkpoint = stc.load_sentence_transformer(model_dir)
   tokenizer = _load_sentence_tokenizer(checkpoint.transformer_dir, checkpoint.do_lower_case,
                                        checkpoint.max_seq_length)
@@ -250,8 +251,8 @@ def load_t5_text_encoder(model_dir: str, *, dtype: Any = jnp.float32,
   `dtype` is the compute dtype (LlamaGen extracts FLAN-T5-XL features in
   bfloat16); parameters stay float32.
   """
+  model_dir = hub.resolve(os.fspath(model_dir))
   config, params = hf_t5.load_hf_t5_encoder(model_dir)
-  model_dir = os.fspath(model_dir)
   tokenizer = text_tokenizer.load_tokenizer(model_dir)
   pad_id = text_tokenizer.pad_id(model_dir, tokenizer, hf_checkpoint.read_config(model_dir))
   return T5TextEncoder(T5Encoder(config, dtype=dtype), params, tokenizer, pad_id=pad_id,
@@ -337,7 +338,9 @@ def load_caption_encoder(kind: str, model_dir: Optional[str] = None, *,
   """
   if kind not in KINDS:
     raise ValueError(f"caption encoder {kind!r}: expected one of {KINDS}")
-  model_dir = os.path.abspath(model_dir) if model_dir else ""
+  if model_dir and not hub.is_hub(model_dir):
+    model_dir = os.path.abspath(model_dir)
+  model_dir = model_dir or ""
   if kind == "minilm":
     encoder = load_sentence_encoder_cached(model_dir or default_encoder_dir())
     return SentenceTokenFeatures(encoder, max_length=max_length, model_dir=model_dir)

@@ -6,12 +6,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from vwt_jax.conversion import titok as titok_conversion
-from vwt_jax.conversion import torch_state
+from vwt_jax.core import images as images_lib
 from vwt_jax.families import common
 from vwt_jax.models import maskgit_vqgan
 from vwt_jax.models import titok as titok_lib
 
 TRAINER = "vwt_jax.training.titok"
+# Samples become pixels as in TiTok's sampler: clamp to [0, 1], times 255, truncated.
+PICTURE_PIXELS = images_lib.to_uint8
 
 
 def model_config(config: ml_collections.ConfigDict) -> titok_lib.TiTokConfig:
@@ -27,7 +29,7 @@ def load_params(path: str, config: ml_collections.ConfigDict) -> Any:
   """Parameters from our run (a run or step folder) or an official state dict file."""
   if common.is_run(path):
     return common.run_params(path, config)
-  return titok_conversion.convert_titok(torch_state.load_state_dict(path), model_config(config))
+  return titok_conversion.convert_titok(common.official_state_dict(path), model_config(config))
 
 
 def load_vqgan(section: ml_collections.ConfigDict, image_size: int
@@ -36,7 +38,7 @@ def load_vqgan(section: ml_collections.ConfigDict, image_size: int
   stage 1's proxy-code teacher and stage 2's initial pixel decoder."""
   fields = {k: v for k, v in section.items() if k != "checkpoint"}
   cfg = common.from_fields(maskgit_vqgan.MaskGitVQGANConfig, fields, "config.teacher")
-  state_dict = torch_state.load_state_dict(section.checkpoint)
+  state_dict = common.official_state_dict(section.checkpoint)
   return cfg, titok_conversion.convert_maskgit_vqgan(state_dict, cfg, image_size)
 
 

@@ -12,9 +12,11 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from vwt_jax import families
 from vwt_jax.core import files
+from vwt_jax.core import images as images_lib
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.families import common
 
@@ -31,6 +33,9 @@ class Tokenizer:
   image_size: int
   encode: Callable[[jax.Array], jax.Array]  # images (B,H,W,3) in [-1,1] -> int32 (B, L)
   decode: Callable[[jax.Array], jax.Array]  # int32 (B, L) -> images in [-1,1], clipped
+  # (codes, size=0) -> uint8 NHWC as the family's official sampler makes pictures: the
+  # unclamped decoder output, resized as torch's bicubic interpolate, the family's uint8 rule.
+  pictures: Callable[..., np.ndarray]
 
 
 def load_tokenizer(checkpoint: str, config: ml_collections.ConfigDict | str | None = None,
@@ -52,12 +57,24 @@ def load_tokenizer(checkpoint: str, config: ml_collections.ConfigDict | str | No
   encode_fn = jax.jit(encode, in_shardings=(repl, batch), out_shardings=batch)
   decode_fn = jax.jit(lambda p, c: jnp.clip(decode(p, c), -1.0, 1.0),
                       in_shardings=(repl, batch), out_shardings=batch)
+  raw_fn = jax.jit(decode, in_shardings=(repl, batch), out_shardings=batch)
+  resize_fn = jax.jit(images_lib.resize_bicubic, static_argnums=1)
+  to_uint8 = families.get(kind).PICTURE_PIXELS
+  image_size = int(config.data.image_size)
+
+  def pictures(codes, size: int = 0) -> np.ndarray:
+    images = raw_fn(params, jax.device_put(codes, batch))
+    if size and size != image_size:
+      images = resize_fn(images, size)
+    return to_uint8(jax.device_get(images))
+
   # Inputs committed to another layout (e.g. under a program's mesh) are moved,
   # not refused.
   return Tokenizer(kind=kind, config=config, code_shape=tuple(code_shape), vocab_size=int(vocab),
-                   image_size=int(config.data.image_size),
+                   image_size=image_size,
                    encode=lambda images: encode_fn(params, jax.device_put(images, batch)),
-                   decode=lambda codes: decode_fn(params, jax.device_put(codes, batch)))
+                   decode=lambda codes: decode_fn(params, jax.device_put(codes, batch)),
+                   pictures=pictures)
 
 
 def describe(tokenizer: Tokenizer, checkpoint: str) -> dict[str, Any]:

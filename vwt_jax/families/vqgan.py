@@ -5,12 +5,14 @@ from typing import Any
 import jax.numpy as jnp
 import ml_collections
 
-from vwt_jax.conversion import torch_state
 from vwt_jax.conversion import vqgan as vqgan_conversion
+from vwt_jax.core import images as images_lib
 from vwt_jax.families import common
 from vwt_jax.models import vqgan as vqgan_lib
 
 TRAINER = "vwt_jax.training.vqgan"
+# Samples become pixels as in LlamaGen's samplers: clip(127.5 x + 128, 0, 255), truncated.
+PICTURE_PIXELS = images_lib.quantize
 
 
 def model_config(config: ml_collections.ConfigDict) -> vqgan_lib.VQGANConfig:
@@ -26,7 +28,7 @@ def load_params(path: str, config: ml_collections.ConfigDict) -> Any:
   (`vq_ds16_c2i.pt`: {'model': sd, ...}, or any raw state dict file)."""
   if common.is_run(path):
     return common.run_params(path, config)
-  return vqgan_conversion.convert_vqgan(torch_state.load_state_dict(path), model_config(config))
+  return vqgan_conversion.convert_vqgan(common.official_state_dict(path), model_config(config))
 
 
 def reconstruct(model: vqgan_lib.VQModel, params: Any, images):

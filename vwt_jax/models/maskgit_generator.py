@@ -52,9 +52,14 @@ class MaskGitGeneratorConfig:
     if self.model_type not in MODEL_TYPES:
       raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
     layers.check_sizes(self, "hidden_size", "num_attention_heads")
-    if self.model_type == "UViT" and self.intermediate_size % self.hidden_size:
-      raise ValueError(f"UViT needs intermediate_size ({self.intermediate_size}) to be a "
-                       f"multiple of hidden_size ({self.hidden_size}) (it uses mlp_ratio)")
+
+  @property
+  def mlp_width(self) -> int:
+    """MLP width: UViTBert's blocks take the float ratio intermediate/hidden and build
+    int(hidden * ratio), which float rounding can make one less than intermediate_size."""
+    if self.model_type == "UViT":
+      return int(self.hidden_size * (self.intermediate_size / self.hidden_size))
+    return self.intermediate_size
 
   @property
   def mask_token_id(self) -> int:
@@ -178,7 +183,7 @@ class BertLayer(nn.Module):
                       **kw)(x, deterministic=not train)
     h = nn.Dropout(cfg.dropout)(h, deterministic=not train)
     x = layers.layer_norm(epsilon=BERT_LN_EPSILON, name="attention_ln", **kw)(x + h)
-    h = layers.Mlp(cfg.intermediate_size, name="mlp", **kw)(x)
+    h = layers.Mlp(cfg.mlp_width, name="mlp", **kw)(x)
     h = nn.Dropout(cfg.dropout)(h, deterministic=not train)
     return layers.constrain_activations(
         layers.layer_norm(epsilon=BERT_LN_EPSILON, name="output_ln", **kw)(x + h))
@@ -230,7 +235,7 @@ class UViTBlock(nn.Module):
     x = x + SelfAttention(cfg.num_attention_heads, qkv_bias=False, name="attn", **kw)(h)
     h = layers.layer_norm(epsilon=UVIT_LN_EPSILON, name="norm2", **kw)(x)
     return layers.constrain_activations(
-        x + layers.Mlp(cfg.intermediate_size, name="mlp", **kw)(h))
+        x + layers.Mlp(cfg.mlp_width, name="mlp", **kw)(h))
 
 
 class UViTBert(nn.Module):

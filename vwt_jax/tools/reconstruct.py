@@ -38,12 +38,11 @@ def define_flags():
   # collide with the trainer's --config flag.
   cli.define_config_flag("Tokenizer config (a config file or a run folder); default: "
                          "the --checkpoint run's.")
-  flags.DEFINE_string(
-      "checkpoint", None, "A run folder, a step folder, or an official state dict file.")
+  cli.define_checkpoint_flags("A run folder, a step folder, or released weights (a file or "
+                              "hf://).")
   flags.DEFINE_string("output", "reconstructions.png", "Grid PNG to write.")
   flags.DEFINE_integer("num_images", 8, "Images in the grid / PSNR average.")
   flags.DEFINE_string("images", None, "Glob of image files to reconstruct.")
-  flags.mark_flags_as_required(["checkpoint"])
 
 
 def image_batches(pattern: str, image_size: int, batch_size: int):
@@ -95,8 +94,8 @@ def reconstruct(config, checkpoint: str, output: str, num_images: int,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  config = cli.config_or_run(FLAGS.checkpoint)
-  reconstruct(config, FLAGS.checkpoint, FLAGS.output, FLAGS.num_images, FLAGS.images)
+  config, checkpoint = cli.config_and_checkpoint()
+  reconstruct(config, checkpoint, FLAGS.output, FLAGS.num_images, FLAGS.images)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,115 @@
+"""The registry of released weights: the configs it implies and what the docs say of it."""
+
+import os
+import re
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vwt_jax import families
+from vwt_jax.core import hub
+from vwt_jax.families import common
+from vwt_jax.families import pretrained
+from vwt_jax.models import layers
+from vwt_jax.models.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig
+from vwt_jax.models.t5 import T5Encoder, T5EncoderConfig
+from vwt_jax.models.text_encoders import TextEncoder, TextEncoderConfig
+
+DOCS = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "pretrained.md")
+# The sentence encoders of Vript-HAL, as their config.json files describe them.
+SENTENCE_ENCODERS = {
+    "all-minilm-l6-v2": TextEncoderConfig(),
+    "all-mpnet-base-v2": TextEncoderConfig(
+        family="mpnet", vocab_size=30527, hidden_size=768, num_layers=12, num_heads=12,
+        intermediate_size=3072, layer_norm_eps=1e-5, max_position_embeddings=514,
+        type_vocab_size=1),
+}
+
+
+def _count(tree) -> int:
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(tree)))
+
+
+def _abstract_params(release: pretrained.Release):
+  """The parameter shapes of the model the release's config builds (no weights read)."""
+  ids = jax.ShapeDtypeStruct((1, 8), jnp.int32)
+  if release.kind == "text encoder":
+    return layers.abstract_params(T5Encoder(T5EncoderConfig.named(release.name)), ids, ids)
+  if release.kind == "sentence encoder":
+    return layers.abstract_params(TextEncoder(SENTENCE_ENCODERS[release.name]), ids, ids)
+  if release.kind == "teacher":
+    teacher = common.load_config(os.path.join(pretrained.configs_dir(), "titok.py:L-32")).teacher
+    cfg = common.from_fields(MaskGitVQGANConfig,
+                             {k: v for k, v in teacher.items() if k != "checkpoint"})
+    return layers.abstract_params(MaskGitVQGAN(cfg), jnp.zeros((1, 256, 256, 3)))
+  config = pretrained.config(release.name)
+  family = families.get(config.family)
+  cfg = family.model_config(config)
+  model = family.build(cfg)
+  if release.kind == "generator":
+    args, kwargs = family.init_args(cfg, 1)
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))["params"]
+  size = config.data.image_size
+  return layers.abstract_params(model, jnp.zeros((1, size, size, 3)))
+
+
+@pytest.mark.parametrize("name", sorted(pretrained.RELEASES))
+def test_each_release_builds_with_its_parameter_count(name):
+  release = pretrained.get(name)
+  assert round(_count(_abstract_params(release)) / 1e6, 1) == release.params_m
+  assert hub.parse(release.checkpoint).repo_id
+
+
+def test_a_generator_names_its_tokenizer_at_its_image_size():
+  config = pretrained.config("llamagen-c2i-xl-384")
+  assert config.family == "gpt"
+  assert (config.model.block_size, config.model.vocab_size) == (24 * 24, 16384)
+  assert config.tokenizer.checkpoint == "hf://FoundationVision/LlamaGen/vq_ds16_c2i.pt"
+  tokenizer = common.load_config(config.tokenizer.config)
+  assert (tokenizer.family, tokenizer.data.image_size) == ("vqgan", 384)
+  t2i = pretrained.config("llamagen-t2i-xl-512")
+  assert common.load_config(t2i.tokenizer.config).data.image_size == 512
+  assert t2i.model.block_size == 32 * 32
+  titok = pretrained.config("titok-generator-s128")
+  assert (titok.family, titok.tokenizer.checkpoint) == (
+      "maskgit", "hf://yucornetto/tokenizer_titok_s128_imagenet")
+
+
+def test_unknown_names_and_configless_releases_are_explained():
+  with pytest.raises(KeyError, match="did you mean llamagen-c2i-xl-384"):
+    pretrained.get("llamagen-c2i-xl-348")
+  with pytest.raises(ValueError, match="flan-t5-xl is a text encoder"):
+    pretrained.config("flan-t5-xl")
+
+
+def test_the_docs_table_lists_every_release_as_the_registry_does():
+  with open(DOCS, encoding="utf-8") as f:
+    rows = [line for line in f if line.startswith("| `")]
+  table = {}
+  for row in rows:
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    table[cells[0].strip("`")] = cells
+  assert set(table) == set(pretrained.RELEASES)
+  for name, release in pretrained.RELEASES.items():
+    cells = table[name]
+    assert f"`{release.checkpoint}`" in cells, cells
+    assert re.sub(r"[^0-9.]", "", cells[-2]) == f"{release.params_m:.1f}", cells
+    assert cells[-1] == release.licence, cells
+
+
+def test_a_command_offline_without_the_weights_says_what_to_fetch(tmp_path):
+  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "hub"),
+             JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+      [sys.executable, "-m", "vwt_jax.sample", "--pretrained", "llamagen-c2i-xl-384",
+       "--classes", "1,2", "--output", str(tmp_path / "samples.png")],
+      env=env, capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+  assert result.returncode != 0
+  # The tokenizer the registry pairs with the generator is read first.
+  assert "`hf download FoundationVision/LlamaGen vq_ds16_c2i.pt`" in result.stderr
+  assert not (tmp_path / "samples.png").exists()
