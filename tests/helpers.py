@@ -486,3 +486,21 @@ def upload_tree(local_dir, url):
       path = os.path.join(folder, name)
       with open(path, "rb") as f:
         epath.Path(url, os.path.relpath(path, local_dir)).write_bytes(f.read())
+
+
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def hub_cache(root, repo_id: str, files: dict[str, str], revision: str = "main") -> str:
+  """Copies `files` ({name in the repo: local file}) into a Hub cache under
+  `root` as huggingface_hub stores a download: models--ORG--REPO/snapshots/
+  COMMIT/NAME, with refs/REVISION naming the commit."""
+  repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
+  for name, source in files.items():
+    target = os.path.join(repo, "snapshots", HUB_COMMIT, name)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copy(source, target)
+  os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+  with open(os.path.join(repo, "refs", revision), "w") as f:
+    f.write(HUB_COMMIT)
+  return os.path.join(repo, "snapshots", HUB_COMMIT)

@@ -3,7 +3,10 @@ r"""Sampling from a generator: class rows or captioned images, and an ADM-style 
   # one of our runs (config.json and the tokenizer come from the run)
   python -m vwt_jax.sample --checkpoint demo_workdir/generator --classes 0,1,2 \
       --per_class 8 --cfg 2.0 --output samples.png
-  # official LlamaGen weights (converted on load) with the official VQ-16
+  # released weights by name (docs/pretrained.md): the Hub, the config, the tokenizer
+  python -m vwt_jax.sample --pretrained llamagen-c2i-xl-384 --classes 207,360,387,974 \
+      --cfg 4.0 --top_k 2000 --output samples.png
+  # the same from local files, converted on load
   python -m vwt_jax.sample --config configs/llamagen.py:XL --checkpoint c2i_XL_384.pt \
       --config.tokenizer.checkpoint vq_ds16_c2i.pt \
       --config.tokenizer.config configs/llamagen_vq.py:vq16,image_size=384 \
@@ -25,7 +28,8 @@ r"""Sampling from a generator: class rows or captioned images, and an ADM-style 
       --caption_encoder_dir flan-t5-xl --captions prompts.txt --cfg 7.5 --top_k 1000
 
 The npz holds `arr_0` (uint8 NHWC) and `arr_1` (labels), the layout OpenAI's
-ADM evaluator reads; caption samples hold `arr_0` and `captions` instead.
+ADM evaluator reads, and `codes` (the tokens decoded); caption samples hold
+`captions` instead of `arr_1`.
 Pixels are made as the tokenizer's official sampler makes them: --resize is
 `F.interpolate(mode="bicubic")` on the decoder's unclamped output, then uint8
 by LlamaGen's clip(127.5 x + 128, 0, 255) or TiTok's clamp(0, 1) x 255, both
@@ -148,8 +152,8 @@ def define_flags():
   flags.DEFINE_string("output", None, "Grid PNG to write ('' = none); default samples.png, "
                       "captions_to_images.png for captions.")
   flags.DEFINE_integer("grid_max", 64, "At most this many images in the grid.")
-  flags.DEFINE_string("npz", "", "Also write all samples to this .npz (arr_0 and arr_1 "
-                      "labels, or captions).")
+  flags.DEFINE_string("npz", "", "Also write all samples to this .npz (arr_0, arr_1 labels "
+                      "or captions, and the codes they were decoded from).")
 
 
 def load(config, checkpoint: str, mesh=None,
@@ -172,13 +176,14 @@ def global_batch_size(gen: generator_lib.Generator, batch_size: int) -> int:
 
 def sample(gen: generator_lib.Generator, params, cond: np.ndarray, *, emb_mask: np.ndarray | None = None,
            seed: int = 0, key=None, batch_size: int = 64, resize: int = 0, bar=None,
-           **overrides) -> np.ndarray:
+           return_codes: bool = False, **overrides):
   """uint8 NHWC samples for `cond`, in order; defaults from `config.sampling`.
 
   `cond` holds class labels (N,), or for a t2i generator left-padded caption
   features (N, T, D) with their mask `emb_mask` (N, T) (`caption_conditions`).
   Batch i draws from `fold_in(key, i)`, `key` defaulting to `key(seed)`. A
-  given tqdm `bar` is advanced instead of showing a new one.
+  given tqdm `bar` is advanced instead of showing a new one. With
+  `return_codes`, (images, int32 codes (N, L) they were decoded from).
   """
   tok = gen.tokenizer()
   batch_size = global_batch_size(gen, batch_size)
@@ -187,7 +192,7 @@ def sample(gen: generator_lib.Generator, params, cond: np.ndarray, *, emb_mask: 
   def pad(rows):
     return np.concatenate([rows, np.repeat(rows[-1:], batch_size - len(rows), axis=0)])
 
-  out = []
+  out, all_codes = [], []
   with tqdm(total=len(cond), desc="sample", unit="img", disable=bar is not None) as own:
     for i, start in enumerate(range(0, len(cond), batch_size)):
       chunk = cond[start:start + batch_size]
@@ -195,7 +200,10 @@ def sample(gen: generator_lib.Generator, params, cond: np.ndarray, *, emb_mask: 
       codes = gen.sample_codes(params, pad(chunk), jax.random.fold_in(key, i),
                                    emb_mask=mask, **overrides)
       out.append(tok.pictures(codes, resize)[:len(chunk)])
+      all_codes.append(codes[:len(chunk)])
       (bar or own).update(len(chunk))
+  if return_codes:
+    return np.concatenate(out), np.concatenate(all_codes)
   return np.concatenate(out)
 
 
@@ -322,7 +330,7 @@ def main(argv):
     encoder = caption_encoder(gen, FLAGS.caption_encoder, FLAGS.caption_encoder_dir,
                               FLAGS.caption_length)
     cond, emb_mask = caption_conditions(encoder, captions)
-    images = sample(gen, params, cond, emb_mask=emb_mask, **kwargs)
+    images, codes = sample(gen, params, cond, emb_mask=emb_mask, return_codes=True, **kwargs)
   else:
     if FLAGS.num_samples:
       rng = np.random.default_rng(FLAGS.seed)
@@ -331,7 +339,7 @@ def main(argv):
       classes = class_ids(gen, *_grid_classes(config))
       labels = np.repeat(np.asarray(classes), FLAGS.per_class)
       rows = len(classes)
-    images = sample(gen, params, labels.astype(np.int32), **kwargs)
+    images, codes = sample(gen, params, labels.astype(np.int32), return_codes=True, **kwargs)
   if jax.process_index() != 0:
     return
   written = {}
@@ -351,11 +359,11 @@ def main(argv):
   if FLAGS.npz:
     files.makedirs(os.path.dirname(files.absolute(FLAGS.npz)))
     if captions is None:
-      adm_npz.write_samples(FLAGS.npz, images, labels.astype(np.int64))
+      adm_npz.write_samples(FLAGS.npz, images, labels.astype(np.int64), codes=codes)
     else:
       # A file object keeps np.savez from appending ".npz" to the given name.
       with files.write_file(FLAGS.npz, "wb") as f:
-        np.savez(f, arr_0=images, captions=np.asarray(captions))
+        np.savez(f, arr_0=images, captions=np.asarray(captions), codes=codes)
     written["npz"] = FLAGS.npz
   logging.info("wrote %s", written)
   print(json.dumps({"num_samples": int(len(images)), "shape": list(images.shape[1:]),

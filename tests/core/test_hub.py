@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 
 import chex
 from huggingface_hub import constants
@@ -11,29 +10,13 @@ import pytest
 import safetensors.numpy
 import torch
 
+from helpers import HUB_COMMIT as COMMIT
+from helpers import hub_cache
 from vwt_jax.conversion import torch_state
 from vwt_jax.conversion.vqgan import convert_vqgan
 from vwt_jax.core import hub
 from vwt_jax.families import common
 from vwt_jax.tools.parity_vqgan import config_from_fixture
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def hub_cache(root, repo_id: str, files: dict[str, str], revision: str = "main") -> str:
-  """Copies `files` ({name in the repo: local file}) into a Hub cache under
-  `root` as huggingface_hub stores a download: models--ORG--REPO/snapshots/
-  COMMIT/NAME, with refs/REVISION naming the commit."""
-  repo = os.path.join(root, "models--" + repo_id.replace("/", "--"))
-  for name, source in files.items():
-    target = os.path.join(repo, "snapshots", COMMIT, name)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.copy(source, target)
-  os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
-  with open(os.path.join(repo, "refs", revision), "w") as f:
-    f.write(COMMIT)
-  return os.path.join(repo, "snapshots", COMMIT)
-
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):

@@ -117,10 +117,13 @@ def _save(path: str, arrays: dict) -> None:
     np.savez(f, **arrays)
 
 
-def write_samples(path: str, images: np.ndarray, labels: Optional[np.ndarray] = None) -> None:
+def write_samples(path: str, images: np.ndarray, labels: Optional[np.ndarray] = None,
+                  **extra: np.ndarray) -> None:
   """Writes a sample batch: `arr_0` uint8 [N, H, W, 3] and optional `arr_1` labels [N].
 
-  The file appears whole or not at all (`files.write_file`), as for `write_reference`.
+  `extra` arrays (e.g. the codes) are stored under their names; the ADM
+  evaluator reads `arr_0` only. The file appears whole or not at all
+  (`files.write_file`), as for `write_reference`.
   """
   images = np.asarray(images)
   _check_images(f"write_samples({path}) images", images.shape, images.dtype)
@@ -131,7 +134,7 @@ def write_samples(path: str, images: np.ndarray, labels: Optional[np.ndarray] = 
       raise ValueError(f"write_samples({path}): labels shape {labels.shape}, expected "
                        f"({len(images)},)")
     arrays[LABELS_KEY] = labels
-  _save(path, arrays)
+  _save(path, {**arrays, **extra})
 
 
 def read_samples(path: str) -> tuple[np.ndarray, np.ndarray]:
