@@ -1,10 +1,11 @@
-"""`vwt_jax.sample` on LlamaGen's released containers, read offline from a Hub cache.
+"""`vwt_jax.sample` on the papers' released formats, read offline from a Hub cache.
 
-The fixture GPT and VQGAN (made with the official code) are saved as the
-official `.pt` checkpoints are ({"model": state_dict, "args": Namespace}),
-placed in a Hugging Face cache as huggingface_hub lays out a download, and
-sampled by the command line with the network off. Greedy decoding (top-k 1)
-must give the official generations token for token.
+The fixture models (made with the official code) are saved as the releases
+are: LlamaGen's `.pt` checkpoints ({"model": state_dict, "args": Namespace})
+and TiTok's model folders (config.json + model.safetensors). They are placed
+in a Hugging Face cache as huggingface_hub lays out a download and sampled by
+the command line with the network off; deterministic decoding must give the
+official generations token for token.
 """
 
 import argparse
@@ -15,6 +16,7 @@ import sys
 
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 
 from helpers import hub_cache
@@ -23,6 +25,8 @@ from vwt_jax.conversion import torch_state
 from vwt_jax.families import common
 from vwt_jax.families import pretrained
 from vwt_jax.models.gpt import GPTConfig
+from vwt_jax.models.maskgit_generator import MaskGitGeneratorConfig
+from vwt_jax.models.titok import TiTokConfig
 from vwt_jax.tools.parity_vqgan import config_from_fixture
 
 REPO = "FoundationVision/LlamaGen"
@@ -96,3 +100,78 @@ def test_greedy_samples_from_the_hub_are_the_official_generations(released, tmp_
     np.testing.assert_array_equal(out["arr_1"], official["cond_idx"])
     assert out["arr_0"].shape == (2, 256, 256, 3) and out["arr_0"].dtype == np.uint8
   assert os.path.getsize(tmp_path / "samples.png") > 0
+
+
+@pytest.fixture(scope="module")
+def released_titok(fixtures_dir, tmp_path_factory):
+  """TiTok's releases are model folders (config.json + model.safetensors, as
+  PyTorchModelHubMixin saves them): the fixture ImageBert and the two-stage
+  TiTok it generates codes for, in a Hub cache."""
+  root = tmp_path_factory.mktemp("released_titok")
+  titok = os.path.join(fixtures_dir, "titok")
+  cache = str(root / "hub")
+  for repo, stem in (("yucornetto/generator_fixture", "generator_imagebert"),
+                     ("yucornetto/tokenizer_fixture", "titok_legacy_vq")):
+    with open(os.path.join(titok, f"{stem}_config.json")) as f:
+      meta = json.load(f)
+    folder = root / stem
+    folder.mkdir()
+    state_dict = torch_state.load_state_dict(os.path.join(titok, f"{stem}_state_dict.npz"))
+    safetensors.numpy.save_file(dict(state_dict), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps(meta["official_config"]))
+    hub_cache(cache, repo, {name: str(folder / name)
+                            for name in ("model.safetensors", "config.json")})
+    if stem == "titok_legacy_vq":
+      tokenizer_meta = meta
+    else:
+      generator_meta = meta
+
+  configs = pretrained.configs_dir()
+  tokenizer = common.load_config(os.path.join(configs, "titok.py:L-32,recipe=stage2"))
+  tokenizer.model = model_section(TiTokConfig.from_official(
+      tokenizer_meta["official_config"], tokenizer_meta["sizes"],
+      tokenizer_meta["pixel_decoder"]))
+  tokenizer.data.image_size = tokenizer.model.image_size
+  tokenizer.compute_dtype = "float32"
+  with open(root / "tokenizer.json", "w") as f:
+    f.write(tokenizer.to_json())
+  generator = common.load_config(os.path.join(configs, "maskgit.py:titok_l32"))
+  generator.model = model_section(MaskGitGeneratorConfig.from_official(
+      generator_meta["official_config"], generator_meta["model_type"]))
+  generator.compute_dtype = "float32"
+  settings = generator_meta["generate_kwargs"]
+  generator.sampling.update(dict(
+      num_steps=settings["num_sample_steps"], cfg_scale=settings["guidance_scale"],
+      guidance_scale_pow=settings["guidance_scale_pow"],
+      randomize_temperature=settings["randomize_temperature"],
+      softmax_temperature_annealing=settings["softmax_temperature_annealing"]))
+  generator.tokenizer.checkpoint = "hf://yucornetto/tokenizer_fixture"
+  generator.tokenizer.config = str(root / "tokenizer.json")
+  with open(root / "generator.json", "w") as f:
+    f.write(generator.to_json())
+  with np.load(os.path.join(titok, "generator_imagebert_io.npz")) as io:
+    official = {k: io[k] for k in io.files if k == "condition" or k.startswith("generate_")}
+  return cache, str(root / "generator.json"), official
+
+
+@pytest.mark.parametrize("decay", ["constant", "linear", "power-cosine"])
+def test_titok_generator_from_the_hub_gives_the_official_generations(released_titok, tmp_path,
+                                                                     decay):
+  # Without the randomised temperature the official MaskGIT sampler is
+  # deterministic: the same codes for every guidance schedule.
+  cache, config, official = released_titok
+  classes = ",".join(str(int(c)) for c in official["condition"])
+  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, JAX_PLATFORMS="cpu")
+  npz = str(tmp_path / "samples.npz")
+  result = subprocess.run(
+      [sys.executable, "-m", "vwt_jax.sample", "--config", config,
+       f"--config.sampling.guidance_decay={decay}", "--checkpoint",
+       "hf://yucornetto/generator_fixture", "--classes", classes, "--per_class", "1",
+       "--batch_size", "3", "--npz", npz, "--output", ""],
+      env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with np.load(npz) as out:
+    np.testing.assert_array_equal(out["codes"],
+                                  official["generate_T0_" + decay.replace("-", "_")])
+    # TiTok's pixel rule on the 32-px decoder output.
+    assert out["arr_0"].shape == (3, 32, 32, 3) and out["arr_0"].dtype == np.uint8

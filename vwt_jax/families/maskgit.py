@@ -17,12 +17,15 @@ DATASET_FIELDS = ("image_seq_len", "codebook_size", "condition_num_classes")
 
 def model_config(config: ml_collections.ConfigDict,
                  metadata=None) -> maskgit_generator.MaskGitGeneratorConfig:
-  """`MaskGitGeneratorConfig(**config.model)`, unset sizes from the code dataset."""
+  """`MaskGitGeneratorConfig(**config.model)`, unset sizes from the code dataset
+  (or from the tokenizer alone, which knows no class count)."""
   fields = dict(config.model)
   if metadata is not None:
-    common.fill_from_dataset(fields, dict(
-        image_seq_len=int(np.prod(metadata.code_shape)), codebook_size=int(metadata.vocab_size),
-        condition_num_classes=int(metadata.num_classes)), config.data.dir)
+    given = dict(image_seq_len=int(np.prod(metadata.code_shape)),
+                 codebook_size=int(metadata.vocab_size))
+    if metadata.num_classes:
+      given["condition_num_classes"] = int(metadata.num_classes)
+    common.fill_from_dataset(fields, given, config.data.dir)
   missing = [k for k in DATASET_FIELDS if not fields[k]]
   if missing:
     raise ValueError(f"config.model: {missing} unknown; set them or config.data.dir")
