@@ -153,8 +153,8 @@ def save_random_titok_run(config, workdir):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from vwt_jax import main as main_lib
   from vwt_jax.core import checkpoint as checkpoint_lib
+  from vwt_jax.families import common
   from vwt_jax.families import titok as titok_family
   # pylint: enable=g-import-not-at-top
   model = titok_family.build(titok_family.model_config(config))
@@ -163,7 +163,7 @@ def save_random_titok_run(config, workdir):
                                           jnp.zeros((1, size, size, 3)))["params"])
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: rng.normal(size=a.shape).astype(a.dtype), abstract)
-  main_lib.save_config(config, workdir)
+  common.save_config(config, workdir)
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), save_interval_steps=1, max_to_keep=1,
       async_save=False)
@@ -178,12 +178,12 @@ def _save_random_run(config, workdir, abstract):
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  from vwt_jax import main as main_lib
   from vwt_jax.core import checkpoint as checkpoint_lib
+  from vwt_jax.families import common
   # pylint: enable=g-import-not-at-top
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda a: (0.02 * rng.normal(size=a.shape)).astype(a.dtype), abstract)
-  main_lib.save_config(config, workdir)
+  common.save_config(config, workdir)
   checkpointer = checkpoint_lib.Checkpointer(
       os.path.join(workdir, "checkpoints"), save_interval_steps=1, max_to_keep=1,
       async_save=False)

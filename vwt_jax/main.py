@@ -49,16 +49,6 @@ class ConfigChangedError(ValueError):
   """A restart of a run folder with a config of another model."""
 
 
-def _config_json(config) -> str:
-  return json.dumps(config.to_dict(), indent=2, default=list)
-
-
-def save_config(config, workdir: str) -> None:
-  """Writes `workdir/config.json` whole or not at all."""
-  files.makedirs(workdir)
-  files.write_text(os.path.join(workdir, common.CONFIG_FILE), _config_json(config))
-
-
 def _is_structural(key: str, old: Any, new: Any) -> bool:
   if key in ON_OFF_KEYS:
     return bool(old) != bool(new)
@@ -81,7 +71,7 @@ def check_restart(config, workdir: str) -> None:
     return
   old = traverse_util.flatten_dict(json.loads(files.read_text(path)), sep=".")
   # Through JSON, as saved: tuples become lists.
-  new = traverse_util.flatten_dict(json.loads(_config_json(config)), sep=".")
+  new = traverse_util.flatten_dict(json.loads(common.config_json(config)), sep=".")
   changed = {k: (old[k], new[k]) for k in sorted(old.keys() & new.keys()) if old[k] != new[k]}
   structural = {k: v for k, v in changed.items() if _is_structural(k, *v)}
   listed = lambda keys: "\n".join(f"  {k}: {changed[k][0]!r} -> {changed[k][1]!r}" for k in keys)
@@ -109,7 +99,7 @@ def run(config, workdir: str):
   locked = (files.lock(os.path.join(workdir, LOCK_FILE)) if jax.process_index() == 0
             else contextlib.nullcontext())
   with locked:
-    save_config(config, workdir)
+    common.save_config(config, workdir)
     return module.train(config, workdir)
 
 

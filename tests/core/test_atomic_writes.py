@@ -9,9 +9,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vwt_jax import main
 from vwt_jax.conversion import weights_npz
 from vwt_jax.evaluation import adm_npz
+from vwt_jax.families import common
 
 
 def _read(path):
@@ -60,10 +60,10 @@ def test_a_failed_conversion_leaves_the_previous_weights_and_hash(tmp_path, monk
 def test_config_json_is_replaced_whole(tmp_path):
   workdir = str(tmp_path)
   config = ml_collections.ConfigDict({"family": "titok", "total_steps": 1})
-  main.save_config(config, workdir)
+  common.save_config(config, workdir)
   with open(tmp_path / "config.json", encoding="utf-8") as reader:
     config.total_steps = 2
-    main.save_config(config, workdir)
+    common.save_config(config, workdir)
     # A file rewritten in place would show the reader the new text (or half of it).
     assert json.load(reader)["total_steps"] == 1
   assert json.loads(_read(tmp_path / "config.json"))["total_steps"] == 2

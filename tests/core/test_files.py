@@ -15,7 +15,6 @@ import pytest
 from tensorboardX.proto import event_pb2
 
 import helpers
-from vwt_jax import main
 from vwt_jax.conversion import torch_state
 from vwt_jax.core import checkpoint
 from vwt_jax.core import files
@@ -143,7 +142,7 @@ def test_checkpoint_folders_on_a_bucket_resolve_as_local_ones(tmp_path, bucket, 
 
 def test_run_config_and_pictures_on_a_bucket(bucket):
   config = ml_collections.ConfigDict({"family": "titok", "data": {"image_size": 8}})
-  main.save_config(config, "gs://b/run")
+  common.save_config(config, "gs://b/run")
   assert json.loads(bucket["b/run/config.json"]) == config.to_dict()
   assert common.run_config("gs://b/run/checkpoints/10").to_dict() == config.to_dict()
   grid = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)

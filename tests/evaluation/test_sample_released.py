@@ -13,13 +13,17 @@ import json
 import os
 import subprocess
 import sys
+from unittest import mock
 
+import chex
+import jax
 import numpy as np
 import pytest
 import safetensors.numpy
 import torch
 
 from helpers import hub_cache
+from vwt_jax import families
 from vwt_jax.config_common import model_section
 from vwt_jax.conversion import torch_state
 from vwt_jax.families import common
@@ -175,3 +179,47 @@ def test_titok_generator_from_the_hub_gives_the_official_generations(released_ti
                                   official["generate_T0_" + decay.replace("-", "_")])
     # TiTok's pixel rule on the 32-px decoder output.
     assert out["arr_0"].shape == (3, 32, 32, 3) and out["arr_0"].dtype == np.uint8
+
+
+def test_converted_folders_load_bit_identical_and_sample_without_the_hub(released, tmp_path):
+  cache, config_path, official = released
+  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, JAX_PLATFORMS="cpu")
+  generator_config = common.load_config(config_path)
+  runs = {"gpt": (f"hf://{REPO}/c2i_fixture.pt", config_path, str(tmp_path / "gpt")),
+          "vq": (f"hf://{REPO}/vq_fixture.pt", generator_config.tokenizer.config,
+                 str(tmp_path / "vq"))}
+  for source, config, output_dir in runs.values():
+    command = [sys.executable, "-m", "vwt_jax.convert", "--config", config, "--checkpoint",
+               source, "--output_dir", output_dir]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.splitlines()[-1])["output_dir"] == output_dir
+    # A second conversion into the same folder is refused, naming the flag.
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "pass --overwrite" in again.stderr
+
+  # The folder's parameters are what converting on load gives, bit for bit.
+  with mock.patch.dict(os.environ, {"HF_HUB_CACHE": cache}):
+    from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
+    with mock.patch.object(constants, "HF_HUB_CACHE", cache), \
+         mock.patch.object(constants, "HF_HUB_OFFLINE", True):
+      gpt = families.get("gpt")
+      cfg = gpt.model_config(generator_config)
+      on_load = gpt.load_params(runs["gpt"][0], generator_config, cfg)
+  converted = gpt.load_params(runs["gpt"][2], common.run_config(runs["gpt"][2]), cfg)
+  chex.assert_trees_all_equal(converted, jax.device_get(on_load))
+
+  # Sampling from the two folders needs neither the Hub nor the config file.
+  empty = dict(env, HF_HUB_CACHE=str(tmp_path / "empty"))
+  npz = str(tmp_path / "samples.npz")
+  classes = ",".join(str(int(c)) for c in official["cond_idx"])
+  result = subprocess.run(
+      [sys.executable, "-m", "vwt_jax.sample", "--checkpoint", runs["gpt"][2],
+       f"--config={runs['gpt'][2]}", f"--config.tokenizer.checkpoint={runs['vq'][2]}",
+       f"--config.tokenizer.config={os.path.join(runs['vq'][2], 'config.json')}",
+       "--classes", classes, "--per_class", "1", "--cfg", "4", "--top_k", "1",
+       "--batch_size", "2", "--npz", npz, "--output", ""],
+      env=empty, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with np.load(npz) as out:
+    np.testing.assert_array_equal(out["codes"], official["gen_greedy_cfg4"])

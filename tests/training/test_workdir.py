@@ -15,6 +15,7 @@ import pytest
 from helpers import load_config
 from vwt_jax import main
 from vwt_jax.core import files
+from vwt_jax.families import common
 from vwt_jax.families import gpt as gpt_family
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -110,7 +111,7 @@ def test_a_restart_with_other_loop_settings_resumes_and_saves_them(tmp_path, tra
 
 def test_the_command_line_refuses_another_model_with_one_message(tmp_path):
   workdir = tmp_path / "run"
-  main.save_config(_tiny(), str(workdir))
+  common.save_config(_tiny(), str(workdir))
   saved = (workdir / "config.json").read_bytes()
   result = subprocess.run(
       [sys.executable, "-m", "vwt_jax.main", "--config", "configs/llamagen.py:tiny",

@@ -8,9 +8,12 @@ import typing
 from typing import Any, Mapping
 
 from etils import epath
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import safetensors.numpy
 
 from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import torch_state
@@ -20,6 +23,8 @@ from vwt_jax.core import hub
 from vwt_jax.core import sharding as sharding_lib
 
 CONFIG_FILE = "config.json"
+# Parameters converted once from released weights (`vwt_jax.convert`).
+CONVERTED_FILE = "params.safetensors"
 
 
 def dtypes(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -77,6 +82,16 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
+def config_json(config: ml_collections.ConfigDict) -> str:
+  return json.dumps(config.to_dict(), indent=2, default=list)
+
+
+def save_config(config: ml_collections.ConfigDict, folder: str) -> None:
+  """Writes `folder/config.json` whole or not at all (what `run_config` reads)."""
+  files.makedirs(folder)
+  files.write_text(os.path.join(folder, CONFIG_FILE), config_json(config))
+
+
 def run_config(checkpoint: str) -> ml_collections.ConfigDict:
   """The config.json of the run that holds `checkpoint` (a run, checkpoints or step dir)."""
   folder = checkpoint.rstrip("/")
@@ -98,6 +113,21 @@ def is_run(path: str) -> bool:
   return not any(epath.Path(path, name).exists() for name in hf_checkpoint.WEIGHT_FILES)
 
 
+def write_converted(params: Any, path: str) -> None:
+  """Writes a parameter tree as safetensors, keys joined by '/' (whole or not at all)."""
+  flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  # safetensors writes an array's buffer as it lies: transposed views must be copied.
+  data = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in flat.items()})
+  with files.write_file(path, "wb") as f:
+    f.write(data)
+
+
+def read_converted(path: str) -> Any:
+  """The parameter tree `write_converted` wrote, as numpy arrays."""
+  flat = safetensors.numpy.load(epath.Path(path).read_bytes())
+  return traverse_util.unflatten_dict(flat, sep="/")
+
+
 def official_state_dict(path: str) -> Mapping[str, Any]:
   """The state dict of released weights: a file (`.pt`, `.bin`, `.safetensors`,
   `.npz`), a Hugging Face model folder (`config.json` and its weights, as
@@ -109,7 +139,11 @@ def official_state_dict(path: str) -> Mapping[str, Any]:
 
 
 def run_params(path: str, config: ml_collections.ConfigDict) -> Any:
-  """Host parameters of one of our runs: the EMA copy when the run keeps one."""
+  """Host parameters of one of our runs (the EMA copy when the run keeps one),
+  or of a folder `vwt_jax.convert` wrote."""
+  converted = os.path.join(path, CONVERTED_FILE)
+  if epath.Path(converted).exists():
+    return read_converted(converted)
   if config.get("ema_decay"):
     try:
       return checkpoint_lib.load_state_subtree(path, "ema_params")
