@@ -55,3 +55,12 @@ def test_parity_passes_then_fails_on_perturbed_copy(fixtures_dir, tmp_path, caps
 def test_missing_fixtures_fail(tmp_path):
   assert parity.main(["llamagen-gpt", str(tmp_path)]) == 1
   assert parity.main(["llamagen-t2i", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("grid", [24, 32])
+def test_the_384_and_512_px_grids_decode_as_the_official_gpt(capsys, grid):
+  # Sets of this repository (tests/fixtures/README.md), not of VWT_FIXTURES.
+  fixture = os.path.join(os.path.dirname(__file__), "..", "fixtures", f"llamagen_grid{grid}")
+  assert parity.main(["llamagen-gpt", fixture]) == 0
+  out = capsys.readouterr().out
+  assert "gpt/freqs_cis" in out and "gpt/gen_greedy_cfg4" in out and "0 failed" in out
