@@ -32,9 +32,9 @@ def is_hub(path) -> bool:
 
 def parse(path: str) -> HubPath:
   """`hf://ORG/REPO[/FILE][@REVISION]` -> HubPath; ValueError naming the path otherwise."""
-  rest, _, revision = path[len(PREFIX):].partition("@")
+  rest, at, revision = path[len(PREFIX):].partition("@")
   parts = rest.strip("/").split("/")
-  if not is_hub(path) or len(parts) < 2 or not all(parts) or (_ == "@" and not revision):
+  if not is_hub(path) or len(parts) < 2 or not all(parts) or (at and not revision):
     raise ValueError(f"{path!r}: expected hf://ORG/REPO[/FILE][@REVISION]")
   return HubPath("/".join(parts[:2]), "/".join(parts[2:]), revision or None)
 

@@ -121,9 +121,14 @@ def get(name: str) -> Release:
 
 
 def configs_dir() -> str:
-  """The repository's configs/ folder (next to the package)."""
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+  """The repository's configs/ folder (next to the package: an install from a clone)."""
+  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), "configs")
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"{folder} not found: released models take their configs from "
+                            "the repository's configs/ folder; install from a clone "
+                            "(pip install -e .)")
+  return folder
 
 
 def _config_spec(release: Release, image_size: int = 0) -> str:
