@@ -30,6 +30,7 @@ from vwt_jax import families
 from vwt_jax.core import files
 from vwt_jax.families import common
 from vwt_jax.families import generator as generator_lib
+from vwt_jax.families import tokenizer as tokenizer_lib
 
 FLAGS = flags.FLAGS
 
@@ -50,7 +51,7 @@ def convert(config, checkpoint: str, output_dir: str, overwrite: bool = False) -
   family = families.get(config.family)
   if config.family in generator_lib.GENERATOR_FAMILIES:
     params = family.load_params(checkpoint, config, family.model_config(config))
-  elif config.family in ("titok", "vqgan"):
+  elif config.family in tokenizer_lib.TOKENIZER_FAMILIES:
     params = family.load_params(checkpoint, config)
   else:
     raise cli.SettingsError(f"config.family={config.family!r}: convert takes tokenizers and "

@@ -16,6 +16,7 @@ import sys
 from unittest import mock
 
 import chex
+from huggingface_hub import constants
 import jax
 import numpy as np
 import pytest
@@ -39,6 +40,26 @@ REPO = "FoundationVision/LlamaGen"
 # The fixture GPT's vocabulary: the VQGAN's codebook is cut to it (codes of a
 # generator must index its tokenizer's codebook one to one).
 VOCAB = 512
+
+
+def _run(module: str, args, cache: str, cwd) -> str:
+  """`python -m vwt_jax.MODULE ARGS` with the network off and the Hub cache
+  `cache`; its stdout (the test fails with its stderr otherwise)."""
+  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-m", f"vwt_jax.{module}", *args], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=str(cwd))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def _samples(args, labels, cache: str, tmp_path) -> dict:
+  """The npz arrays of `vwt_jax.sample ARGS`, one sample per label, run offline."""
+  npz = str(tmp_path / "samples.npz")
+  classes = ",".join(str(int(c)) for c in labels)
+  _run("sample", [*args, "--classes", classes, "--per_class", "1",
+                  "--batch_size", str(len(labels)), "--npz", npz], cache, tmp_path)
+  with np.load(npz) as out:
+    return {k: out[k] for k in out.files}
 
 
 def _save_official(state_dict, path, **extra):
@@ -83,27 +104,19 @@ def released(fixtures_dir, tmp_path_factory):
   with open(root / "generator.json", "w") as f:
     f.write(generator.to_json())
   with np.load(os.path.join(llamagen, "gpt_io.npz")) as io:
-    official = {k: io[k] for k in ("cond_idx", "gen_greedy_nocfg", "gen_greedy_cfg4")}
+    official = {k: io[k] for k in ("cond_idx", "gen_greedy_cfg4")}
   return cache, str(root / "generator.json"), official
 
 
 def test_greedy_samples_from_the_hub_are_the_official_generations(released, tmp_path):
   # With guidance (the unguided generation is `parity llamagen-gpt`'s, in process).
   cache, config, official = released
-  classes = ",".join(str(int(c)) for c in official["cond_idx"])
-  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, JAX_PLATFORMS="cpu")
-  npz = str(tmp_path / "samples.npz")
-  result = subprocess.run(
-      [sys.executable, "-m", "vwt_jax.sample", "--config", config,
-       "--checkpoint", f"hf://{REPO}/c2i_fixture.pt", "--classes", classes, "--per_class", "1",
-       "--cfg", "4", "--top_k", "1", "--batch_size", "2", "--npz", npz,
-       "--output", str(tmp_path / "samples.png")],
-      env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-  assert result.returncode == 0, result.stderr[-3000:]
-  with np.load(npz) as out:
-    np.testing.assert_array_equal(out["codes"], official["gen_greedy_cfg4"])
-    np.testing.assert_array_equal(out["arr_1"], official["cond_idx"])
-    assert out["arr_0"].shape == (2, 256, 256, 3) and out["arr_0"].dtype == np.uint8
+  out = _samples(["--config", config, "--checkpoint", f"hf://{REPO}/c2i_fixture.pt",
+                  "--cfg", "4", "--top_k", "1", "--output", str(tmp_path / "samples.png")],
+                 official["cond_idx"], cache, tmp_path)
+  np.testing.assert_array_equal(out["codes"], official["gen_greedy_cfg4"])
+  np.testing.assert_array_equal(out["arr_1"], official["cond_idx"])
+  assert out["arr_0"].shape == (2, 256, 256, 3) and out["arr_0"].dtype == np.uint8
   assert os.path.getsize(tmp_path / "samples.png") > 0
 
 
@@ -164,61 +177,41 @@ def test_titok_generator_from_the_hub_gives_the_official_generations(released_ti
   # deterministic. The released L-32 schedule; `parity titok-generator` checks
   # the others in process.
   cache, config, official = released_titok
-  classes = ",".join(str(int(c)) for c in official["condition"])
-  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, JAX_PLATFORMS="cpu")
-  npz = str(tmp_path / "samples.npz")
-  result = subprocess.run(
-      [sys.executable, "-m", "vwt_jax.sample", "--config", config,
-       "--config.sampling.guidance_decay=linear", "--checkpoint",
-       "hf://yucornetto/generator_fixture", "--classes", classes, "--per_class", "1",
-       "--batch_size", "3", "--npz", npz, "--output", ""],
-      env=env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-  assert result.returncode == 0, result.stderr[-3000:]
-  with np.load(npz) as out:
-    np.testing.assert_array_equal(out["codes"], official["generate_T0_linear"])
-    # TiTok's pixel rule on the 32-px decoder output.
-    assert out["arr_0"].shape == (3, 32, 32, 3) and out["arr_0"].dtype == np.uint8
+  out = _samples(["--config", config, "--config.sampling.guidance_decay=linear",
+                  "--checkpoint", "hf://yucornetto/generator_fixture", "--output", ""],
+                 official["condition"], cache, tmp_path)
+  np.testing.assert_array_equal(out["codes"], official["generate_T0_linear"])
+  # TiTok's pixel rule on the 32-px decoder output.
+  assert out["arr_0"].shape == (3, 32, 32, 3) and out["arr_0"].dtype == np.uint8
 
 
 def test_converted_folders_load_bit_identical_and_sample_without_the_hub(released, tmp_path):
   cache, config_path, official = released
-  env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=cache, JAX_PLATFORMS="cpu")
   generator_config = common.load_config(config_path)
   runs = {"gpt": (f"hf://{REPO}/c2i_fixture.pt", config_path, str(tmp_path / "gpt")),
           "vq": (f"hf://{REPO}/vq_fixture.pt", generator_config.tokenizer.config,
                  str(tmp_path / "vq"))}
   for source, config, output_dir in runs.values():
-    command = [sys.executable, "-m", "vwt_jax.convert", "--config", config, "--checkpoint",
-               source, "--output_dir", output_dir]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.splitlines()[-1])["output_dir"] == output_dir
+    stdout = _run("convert", ["--config", config, "--checkpoint", source, "--output_dir",
+                              output_dir], cache, tmp_path)
+    assert json.loads(stdout.splitlines()[-1])["output_dir"] == output_dir
   # A second conversion into the same folder is refused before anything is read.
   with pytest.raises(cli.SettingsError, match="pass --overwrite"):
     convert.convert(generator_config, "no such file", runs["gpt"][2])
 
   # The folder's parameters are what converting on load gives, bit for bit.
-  with mock.patch.dict(os.environ, {"HF_HUB_CACHE": cache}):
-    from huggingface_hub import constants  # pylint: disable=g-import-not-at-top
-    with mock.patch.object(constants, "HF_HUB_CACHE", cache), \
-         mock.patch.object(constants, "HF_HUB_OFFLINE", True):
-      gpt = families.get("gpt")
-      cfg = gpt.model_config(generator_config)
-      on_load = gpt.load_params(runs["gpt"][0], generator_config, cfg)
+  gpt = families.get("gpt")
+  cfg = gpt.model_config(generator_config)
+  with mock.patch.object(constants, "HF_HUB_CACHE", cache), \
+       mock.patch.object(constants, "HF_HUB_OFFLINE", True):
+    on_load = gpt.load_params(runs["gpt"][0], generator_config, cfg)
   converted = gpt.load_params(runs["gpt"][2], common.run_config(runs["gpt"][2]), cfg)
   chex.assert_trees_all_equal(converted, jax.device_get(on_load))
 
   # Sampling from the two folders needs neither the Hub nor the config file.
-  empty = dict(env, HF_HUB_CACHE=str(tmp_path / "empty"))
-  npz = str(tmp_path / "samples.npz")
-  classes = ",".join(str(int(c)) for c in official["cond_idx"])
-  result = subprocess.run(
-      [sys.executable, "-m", "vwt_jax.sample", "--checkpoint", runs["gpt"][2],
-       f"--config={runs['gpt'][2]}", f"--config.tokenizer.checkpoint={runs['vq'][2]}",
-       f"--config.tokenizer.config={os.path.join(runs['vq'][2], 'config.json')}",
-       "--classes", classes, "--per_class", "1", "--cfg", "4", "--top_k", "1",
-       "--batch_size", "2", "--npz", npz, "--output", ""],
-      env=empty, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
-  assert result.returncode == 0, result.stderr[-3000:]
-  with np.load(npz) as out:
-    np.testing.assert_array_equal(out["codes"], official["gen_greedy_cfg4"])
+  out = _samples(["--checkpoint", runs["gpt"][2], f"--config={runs['gpt'][2]}",
+                  f"--config.tokenizer.checkpoint={runs['vq'][2]}",
+                  f"--config.tokenizer.config={os.path.join(runs['vq'][2], 'config.json')}",
+                  "--cfg", "4", "--top_k", "1", "--output", ""],
+                 official["cond_idx"], str(tmp_path / "empty"), tmp_path)
+  np.testing.assert_array_equal(out["codes"], official["gen_greedy_cfg4"])

@@ -15,8 +15,9 @@ from vwt_jax import families
 from vwt_jax.core import hub
 from vwt_jax.families import common
 from vwt_jax.families import pretrained
+from vwt_jax.families import titok as titok_family
 from vwt_jax.models import layers
-from vwt_jax.models.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig
+from vwt_jax.models.maskgit_vqgan import MaskGitVQGAN
 from vwt_jax.models.t5 import T5Encoder, T5EncoderConfig
 from vwt_jax.models.text_encoders import TextEncoder, TextEncoderConfig
 
@@ -44,16 +45,15 @@ def _abstract_params(release: pretrained.Release):
     return layers.abstract_params(TextEncoder(SENTENCE_ENCODERS[release.name]), ids, ids)
   if release.kind == "teacher":
     teacher = common.load_config(os.path.join(pretrained.configs_dir(), "titok.py:L-32")).teacher
-    cfg = common.from_fields(MaskGitVQGANConfig,
-                             {k: v for k, v in teacher.items() if k != "checkpoint"})
-    return layers.abstract_params(MaskGitVQGAN(cfg), jnp.zeros((1, 256, 256, 3)))
+    return layers.abstract_params(MaskGitVQGAN(titok_family.teacher_config(teacher)),
+                                  jnp.zeros((1, 256, 256, 3)))
   config = pretrained.config(release.name)
   family = families.get(config.family)
   cfg = family.model_config(config)
   model = family.build(cfg)
   if release.kind == "generator":
     args, kwargs = family.init_args(cfg, 1)
-    return jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))["params"]
+    return layers.abstract_params(model, *args, **kwargs)
   size = config.data.image_size
   return layers.abstract_params(model, jnp.zeros((1, size, size, 3)))
 

@@ -21,6 +21,7 @@ from vwt_jax.core import checkpoint as checkpoint_lib
 from vwt_jax.core import files
 from vwt_jax.core import hub
 from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.models import layers
 
 CONFIG_FILE = "config.json"
 # Parameters converted once from released weights (`vwt_jax.convert`).
@@ -172,6 +173,5 @@ def fill_from_dataset(fields: dict[str, Any], given: Mapping[str, Any], source: 
 def place_params(module, params: Any, mesh, rules, *init_args, **init_kwargs) -> Any:
   """`params` on `mesh`, split as their logical axis names and `rules` say (as in
   training); `init_args` are inputs `module.init` takes."""
-  boxed = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), *init_args, **init_kwargs))["params"]
+  boxed = layers.abstract_params(module, *init_args, **init_kwargs)
   return jax.device_put(params, sharding_lib.logical_to_sharding(boxed, mesh, rules))

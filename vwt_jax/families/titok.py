@@ -32,12 +32,17 @@ def load_params(path: str, config: ml_collections.ConfigDict) -> Any:
   return titok_conversion.convert_titok(common.official_state_dict(path), model_config(config))
 
 
+def teacher_config(section: ml_collections.ConfigDict) -> maskgit_vqgan.MaskGitVQGANConfig:
+  """The MaskGIT-VQGAN fields of `config.teacher` (all but its `checkpoint`)."""
+  fields = {k: v for k, v in section.items() if k != "checkpoint"}
+  return common.from_fields(maskgit_vqgan.MaskGitVQGANConfig, fields, "config.teacher")
+
+
 def load_vqgan(section: ml_collections.ConfigDict, image_size: int
                ) -> tuple[maskgit_vqgan.MaskGitVQGANConfig, Any]:
   """The MaskGIT-VQGAN of `config.teacher` (`checkpoint` + the model's fields):
   stage 1's proxy-code teacher and stage 2's initial pixel decoder."""
-  fields = {k: v for k, v in section.items() if k != "checkpoint"}
-  cfg = common.from_fields(maskgit_vqgan.MaskGitVQGANConfig, fields, "config.teacher")
+  cfg = teacher_config(section)
   state_dict = common.official_state_dict(section.checkpoint)
   return cfg, titok_conversion.convert_maskgit_vqgan(state_dict, cfg, image_size)
 

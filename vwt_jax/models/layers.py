@@ -249,9 +249,9 @@ class ResidualAttentionBlock(nn.Module):
     return constrain_activations(x + Mlp(int(width * self.mlp_ratio), name="mlp", **kw)(h))
 
 
-def abstract_params(module: nn.Module, *args: Any) -> Any:
-  """The boxed parameter tree of `module.init(key, *args)`, by shape only."""
-  return jax.eval_shape(module.init, jax.random.key(0), *args)["params"]
+def abstract_params(module: nn.Module, *args: Any, **kwargs: Any) -> Any:
+  """The boxed parameter tree of `module.init(key, *args, **kwargs)`, by shape only."""
+  return jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)["params"]
 
 
 def abstract_text_encoder_params(module: nn.Module, length: int = 8) -> Any:
