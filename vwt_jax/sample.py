@@ -21,11 +21,12 @@ r"""Sampling from a generator: class rows or captioned images, and an ADM-style 
       --cfg 3.0 --output captions_to_images.png
   python -m vwt_jax.sample --checkpoint demo_workdir/t2i \
       --captions_from demo_workdir/vript/heldout --num_captions 8 --per_caption 2
-  # official t2i weights: name the text encoder (FLAN-T5-XL, 120 tokens)
-  python -m vwt_jax.sample --config configs/llamagen.py:XL,cond=t2i \
-      --checkpoint t2i_XL_stage1_256.pt --config.tokenizer.checkpoint vq_ds16_t2i.pt \
-      --config.tokenizer.config configs/llamagen_vq.py:vq16 --caption_encoder t5 \
-      --caption_encoder_dir flan-t5-xl --captions prompts.txt --cfg 7.5 --top_k 1000
+  # official t2i weights: the release implies its text encoder (FLAN-T5-XL,
+  # hf://google/flan-t5-xl, 120 tokens) and the official sampler's settings
+  # (cfg 7.5, top-k 1000, temperature 1, top-p 1); --caption_encoder_dir
+  # reads the encoder from elsewhere (e.g. a local copy)
+  python -m vwt_jax.sample --pretrained llamagen-t2i-xl-256 --captions prompts.txt \
+      --output t2i.png
 
 The npz holds `arr_0` (uint8 NHWC) and `arr_1` (labels), the layout OpenAI's
 ADM evaluator reads, and `codes` (the tokens decoded); caption samples hold
@@ -143,11 +144,12 @@ def define_flags():
   flags.DEFINE_integer("num_captions", 8, "Captions taken by --captions_from.")
   flags.DEFINE_integer("per_caption", 1, "Samples per caption (one grid row each if > 1).")
   flags.DEFINE_enum("caption_encoder", None, text_encoders.KINDS, "t2i text encoder; "
-                    "default the one recorded in the code dataset's metadata.")
-  flags.DEFINE_string("caption_encoder_dir", "", "Its model directory (with "
-                      "--caption_encoder; '' = the kind's default).")
-  flags.DEFINE_integer("caption_length", 0, "Caption tokens (with --caption_encoder; "
-                       "0 = the generator's prefix length).")
+                    "default the recorded one: the config's (a release's: FLAN-T5-XL), "
+                    "else the code dataset's.")
+  flags.DEFINE_string("caption_encoder_dir", "", "Its model directory or hf:// repository "
+                      "('' = the recorded one, else the kind's default).")
+  flags.DEFINE_integer("caption_length", 0, "Caption tokens (0 = the recorded length, "
+                       "else the generator's prefix length).")
   define_sampling_flags()
   flags.DEFINE_string("output", None, "Grid PNG to write ('' = none); default samples.png, "
                       "captions_to_images.png for captions.")
@@ -226,21 +228,56 @@ def vript_captions(root: str, num: int) -> list[str]:
   return [source[int(i)]["caption"] for i in picks]
 
 
+def caption_encoder_description(config, metadata=None, *, prefix_length: int,
+                                kind: str | None = None, model_dir: str = "",
+                                max_length: int = 0) -> dict[str, Any]:
+  """Which encoder a t2i generator's captions go through (`text_encoders.describe`'s
+  keys; "dim" only where a code dataset recorded one).
+
+  The recorded encoder is the config's `caption_encoder` section (a release's,
+  e.g. FLAN-T5-XL for LlamaGen's t2i weights, kept in the config.json of their
+  conversion), else the one the code dataset's metadata records
+  (`extract_codes --vript_root`). `kind` (another kind replaces the recorded
+  encoder), `model_dir` (e.g. a local copy of the recorded one) and
+  `max_length` override it; the length is otherwise the recorded one, else the
+  GPT's prefix `prefix_length`.
+
+  Raises:
+    SettingsError: no encoder is recorded and none is named.
+  """
+  if "caption_encoder" in config:
+    recorded, where = dict(config.caption_encoder), "the config's caption_encoder"
+  else:
+    source = getattr(metadata, "source", None) or {}
+    recorded, where = source.get("caption_encoder"), f"the code dataset {config.data.dir!r}"
+  if kind and (not recorded or recorded.get("kind") != kind):
+    recorded = {"kind": kind, "model_dir": ""}
+  if not recorded:
+    raise SettingsError(f"{where} records no caption encoder: name one (--caption_encoder, "
+                        "--caption_encoder_dir)")
+  description = dict(recorded)
+  if model_dir:
+    description["model_dir"] = model_dir
+  description["max_length"] = int(max_length or description.get("max_length") or prefix_length)
+  return description
+
+
 def caption_encoder(gen: generator_lib.Generator, kind: str | None = None, model_dir: str = "",
                     max_length: int = 0) -> text_encoders.CaptionFeatureEncoder:
-  """The text encoder of a t2i generator: `kind` if given, else the one its
-  code dataset recorded (`extract_codes --vript_root`); it must produce the
-  GPT's caption width and prefix length."""
+  """The text encoder of a t2i generator (`caption_encoder_description`); it
+  must produce the GPT's caption width and prefix length."""
   cfg = gen.cfg
-  if kind:
-    encoder = text_encoders.load_caption_encoder(
-        kind, model_dir, max_length=max_length or cfg.cls_token_num)
+  description = caption_encoder_description(
+      gen.config, gen.metadata, prefix_length=cfg.cls_token_num, kind=kind,
+      model_dir=model_dir, max_length=max_length)
+  if "dim" in description:
+    # A code dataset's encoder, rebuilt as it was recorded.
+    encoder = text_encoders.from_description(description)
   else:
-    source = getattr(gen.metadata, "source", None) or {}
-    if "caption_encoder" not in source:
-      raise ValueError(f"the code dataset {gen.config.data.dir!r} records no caption "
-                       "encoder: name one (--caption_encoder, --caption_encoder_dir)")
-    encoder = text_encoders.from_description(source["caption_encoder"])
+    # A release's or a named one: the kind's defaults unless the config says otherwise.
+    encoder = text_encoders.load_caption_encoder(
+        description["kind"], description["model_dir"], max_length=description["max_length"],
+        clean_captions=description.get("clean_captions"))
   if (encoder.dim, encoder.max_length) != (cfg.caption_dim, cfg.cls_token_num):
     raise ValueError(f"caption encoder {encoder.kind} gives {encoder.max_length} tokens of "
                      f"{encoder.dim}-d features; the generator takes {cfg.cls_token_num} "
@@ -302,6 +339,9 @@ def _check_with_model(gen: generator_lib.Generator) -> None:
   if not gen.conditional_on_class:
     if not (FLAGS.captions or FLAGS.captions_from):
       raise SettingsError("a t2i generator samples from --captions or --captions_from")
+    caption_encoder_description(gen.config, gen.metadata, prefix_length=gen.cfg.cls_token_num,
+                                kind=FLAGS.caption_encoder, model_dir=FLAGS.caption_encoder_dir,
+                                max_length=FLAGS.caption_length)
   elif FLAGS.captions or FLAGS.captions_from:
     raise SettingsError("captions need a t2i generator (config.model.model_type='t2i')")
   elif not FLAGS.num_samples:

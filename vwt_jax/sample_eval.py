@@ -17,7 +17,8 @@ cut into shards of `--shard_size` (a multiple of the global batch); shard i
 goes to process i % process_count, draws from `fold_in(key(seed), i)` and is
 written atomically to DIR/shards/shard_{i:05d}.npz, so a rerun skips the
 finished shards and reproduces the rest exactly. DIR/settings.json records what
-the shards were made with; a rerun with other settings is refused.
+the shards were made with (the rule that turned decoder outputs into bytes
+too); a rerun with other settings is refused.
 
 When all shards exist, process 0 packs DIR/samples.npz (`arr_0` uint8 NHWC,
 `arr_1` labels; pixels as the official sampler quantises them) and, with
@@ -43,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vwt_jax import cli
+from vwt_jax import families
 from vwt_jax import sample as sample_lib
 from vwt_jax.core import distributed
 from vwt_jax.core import files
@@ -224,6 +226,7 @@ def run(config, checkpoint: str, output_dir: str, *, per_class: int, reference: 
 
   gen, params = sample_lib.load(config, checkpoint, mesh, check=check)
   labels = class_labels(gen.num_classes, per_class)
+  kind = gen.tokenizer().kind
   batch = sample_lib.global_batch_size(gen, batch_size)
   shard_size = -(-shard_size // batch) * batch
   # The grid-only fields (classes, per_class, seed of samples.png) do not matter here.
@@ -233,6 +236,8 @@ def run(config, checkpoint: str, output_dir: str, *, per_class: int, reference: 
       "checkpoint": files.absolute(checkpoint),
       "num_classes": int(gen.num_classes), "per_class": per_class, "seed": seed,
       "batch_size": batch, "shard_size": shard_size, "resize": resize,
+      # How decoder outputs become bytes: the tokenizer family's official rule.
+      "pixels": f"{kind}: images.{families.get(kind).PICTURE_PIXELS.__name__}",
       "sampling": sampling})))
   generate_shards(gen, params, output_dir, labels, shard_size=shard_size, seed=seed,
                   batch_size=batch, resize=resize, max_shards=max_shards, **overrides)

@@ -1,5 +1,7 @@
 """Decoding, resizing, crops and flips."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -74,3 +76,19 @@ def test_to_float_range():
   assert out.dtype == np.float32
   # float32 x / 127.5 (up to 2) minus 1: a two-term sum of values up to 2.
   helpers.assert_allclose_f32(out, [-1.0, 128 / 127.5 - 1, 1.0], reduction=2, scale=2.0)
+
+
+def test_eval_crop_equals_torchvision_resize_and_center_crop():
+  # tests/fixtures/preprocessing: torchvision's Resize(bicubic, antialias) +
+  # CenterCrop (TiTok's evaluation transform) on random images whose margins are
+  # odd and even and whose scaled long side truncates differently from rounding.
+  # Both sides run Pillow's bicubic on the same sizes: equal to the byte.
+  fixture = np.load(os.path.join(os.path.dirname(__file__), '..', 'fixtures', 'preprocessing',
+                                 'titok_eval_crop.npz'))
+  cases = [k.split('_')[1] for k in fixture.files if k.startswith('image_')]
+  assert len(cases) >= 10
+  for i in cases:
+    expected = fixture[f'crop_{i}']
+    out = transforms.preprocess_image(fixture[f'image_{i}'], image_size=expected.shape[0],
+                                      train=False)
+    np.testing.assert_array_equal(out, expected, err_msg=f'case {i}')

@@ -109,7 +109,10 @@ def test_run_without_weights_writes_samples_and_says_what_is_missing(generator_r
   with np.load(os.path.join(out, "samples.npz")) as f:
     assert f["arr_0"].shape == (NUM_CLASSES * 2, 16, 16, 3)
   with open(os.path.join(out, "settings.json"), encoding="utf-8") as f:
-    assert json.load(f)["sampling"]["cfg_scale"] == 2.0
+    settings = json.load(f)
+  assert settings["sampling"]["cfg_scale"] == 2.0
+  # The run's tokenizer is a TiTok: its samples become bytes by TiTok's rule.
+  assert settings["pixels"] == "titok: images.to_uint8"
   # Other sampling settings in the same directory would mix two distributions.
   with pytest.raises(ValueError, match=r"cfg_scale.*use another --output_dir"):
     sample_eval.run(config, run, out, per_class=2, shard_size=SHARD, batch_size=8,

@@ -5,7 +5,9 @@ are: LlamaGen's `.pt` checkpoints ({"model": state_dict, "args": Namespace})
 and TiTok's model folders (config.json + model.safetensors). They are placed
 in a Hugging Face cache as huggingface_hub lays out a download and sampled by
 the command line with the network off; deterministic decoding must give the
-official generations token for token.
+official generations token for token. LlamaGen's text-to-image case starts
+from a prompts file and its text encoder's Hugging Face folder, as the
+official `sample_t2i.py` does.
 """
 
 import argparse
@@ -29,6 +31,7 @@ from vwt_jax import convert
 from vwt_jax import families
 from vwt_jax.config_common import model_section
 from vwt_jax.conversion import torch_state
+from vwt_jax.core import hub
 from vwt_jax.families import common
 from vwt_jax.families import pretrained
 from vwt_jax.models.gpt import GPTConfig
@@ -37,6 +40,7 @@ from vwt_jax.models.titok import TiTokConfig
 from vwt_jax.tools.parity_vqgan import config_from_fixture
 
 REPO = "FoundationVision/LlamaGen"
+T2I_REPO = "peizesun/llamagen_t2i"
 # The fixture GPT's vocabulary: the VQGAN's codebook is cut to it (codes of a
 # generator must index its tokenizer's codebook one to one).
 VOCAB = 512
@@ -67,6 +71,27 @@ def _save_official(state_dict, path, **extra):
               **extra}, path)
 
 
+def _fixture_vq(fixtures_dir, root, vocab: int, image_size: int) -> tuple[str, str]:
+  """The llamagen/ fixture VQ with its codebook cut to `vocab` rows: (its official
+  `.pt` container, a tokenizer config file that describes it at `image_size`)."""
+  llamagen = os.path.join(fixtures_dir, "llamagen")
+  with open(os.path.join(llamagen, "vq_config.json")) as f:
+    vq_meta = json.load(f)
+  vq_sd = dict(torch_state.load_state_dict(os.path.join(llamagen, "vq_state_dict.npz")))
+  vq_sd["quantize.embedding.weight"] = vq_sd["quantize.embedding.weight"][:vocab]
+  path = root / f"vq_{vocab}.pt"
+  _save_official(vq_sd, str(path))
+  # The released recipe's config file with the fixture's sizes, computing in
+  # float32 as the fixture's official runs did (the recipe says bfloat16).
+  tokenizer = common.load_config(os.path.join(pretrained.configs_dir(), "llamagen_vq.py:vq16"))
+  tokenizer.model = model_section(config_from_fixture(vq_meta), codebook_size=vocab)
+  tokenizer.data.image_size = image_size
+  tokenizer.compute_dtype = "float32"
+  config = root / f"tokenizer_{vocab}.json"
+  config.write_text(tokenizer.to_json())
+  return str(path), str(config)
+
+
 @pytest.fixture(scope="module")
 def released(fixtures_dir, tmp_path_factory):
   """(Hub cache, generator config.json, the official generations)."""
@@ -74,33 +99,20 @@ def released(fixtures_dir, tmp_path_factory):
   llamagen = os.path.join(fixtures_dir, "llamagen")
   with open(os.path.join(llamagen, "gpt_config.json")) as f:
     gpt_args = json.load(f)["model_args"]
-  with open(os.path.join(llamagen, "vq_config.json")) as f:
-    vq_meta = json.load(f)
   gpt_sd = torch_state.load_state_dict(os.path.join(llamagen, "gpt_state_dict.npz"))
-  vq_sd = dict(torch_state.load_state_dict(os.path.join(llamagen, "vq_state_dict.npz")))
-  vq_sd["quantize.embedding.weight"] = vq_sd["quantize.embedding.weight"][:VOCAB]
   _save_official(gpt_sd, str(root / "c2i.pt"), steps=10,
                  args=argparse.Namespace(gpt_model="GPT-fixture", image_size=256))
-  _save_official(vq_sd, str(root / "vq.pt"))
+  vq, tokenizer_config = _fixture_vq(fixtures_dir, root, VOCAB, image_size=16 * 16)
   cache = str(root / "hub")
-  hub_cache(cache, REPO, {"c2i_fixture.pt": str(root / "c2i.pt"),
-                          "vq_fixture.pt": str(root / "vq.pt")})
+  hub_cache(cache, REPO, {"c2i_fixture.pt": str(root / "c2i.pt"), "vq_fixture.pt": vq})
 
-  # The configs that describe the two files, as a user writes them: the
-  # released recipes' config files with the fixture's sizes, computing in
-  # float32 as the fixture's official run did (the recipes say bfloat16).
-  configs = pretrained.configs_dir()
-  tokenizer = common.load_config(os.path.join(configs, "llamagen_vq.py:vq16"))
-  tokenizer.model = model_section(config_from_fixture(vq_meta), codebook_size=VOCAB)
-  tokenizer.data.image_size = 16 * 16
-  tokenizer.compute_dtype = "float32"
-  with open(root / "tokenizer.json", "w") as f:
-    f.write(tokenizer.to_json())
-  generator = common.load_config(os.path.join(configs, "llamagen.py:B"))
+  # The generator's config as a user writes it: the released recipe's config
+  # file with the fixture's sizes, in float32 as the fixture's official run.
+  generator = common.load_config(os.path.join(pretrained.configs_dir(), "llamagen.py:B"))
   generator.model = model_section(GPTConfig.from_official(gpt_args))
   generator.compute_dtype = "float32"
   generator.tokenizer.checkpoint = f"hf://{REPO}/vq_fixture.pt"
-  generator.tokenizer.config = str(root / "tokenizer.json")
+  generator.tokenizer.config = tokenizer_config
   with open(root / "generator.json", "w") as f:
     f.write(generator.to_json())
   with np.load(os.path.join(llamagen, "gpt_io.npz")) as io:
@@ -215,3 +227,68 @@ def test_converted_folders_load_bit_identical_and_sample_without_the_hub(release
                   "--cfg", "4", "--top_k", "1", "--output", ""],
                  official["cond_idx"], str(tmp_path / "empty"), tmp_path)
   np.testing.assert_array_equal(out["codes"], official["gen_greedy_cfg4"])
+
+
+@pytest.fixture(scope="module")
+def released_t2i(fixtures_dir, tmp_path_factory):
+  """LlamaGen text-to-image, the official `sample_t2i.py` run on the
+  llamagen_t2i_prompts/ set: (Hub cache, generator config.json, the set's
+  folder, its spec, the official outputs). The Hub cache holds the t2i GPT and
+  the VQ (`.pt` containers) and, as google/flan-t5-xl, the set's tiny T5
+  folder: the text encoder the t2i releases name."""
+  root = tmp_path_factory.mktemp("released_t2i")
+  t2i = os.path.join(fixtures_dir, "llamagen_t2i_prompts")
+  with open(os.path.join(t2i, "t2i_config.json")) as f:
+    spec = json.load(f)
+  gpt_sd = torch_state.load_state_dict(os.path.join(t2i, "t2i_state_dict.npz"))
+  _save_official(gpt_sd, str(root / "t2i.pt"), steps=10,
+                 args=argparse.Namespace(gpt_model="GPT-fixture", gpt_type="t2i"))
+  vq, tokenizer_config = _fixture_vq(fixtures_dir, root, spec["vq"]["codebook_rows_kept"],
+                                     image_size=spec["vq"]["image_size"])
+  cache = str(root / "hub")
+  hub_cache(cache, T2I_REPO, {"t2i_fixture.pt": str(root / "t2i.pt"), "vq_fixture.pt": vq})
+  text_encoder = hub.parse(pretrained.get("flan-t5-xl").checkpoint).repo_id
+  t5 = os.path.join(t2i, "t5")
+  hub_cache(cache, text_encoder, {name: os.path.join(t5, name) for name in os.listdir(t5)})
+
+  # The release's config (its text encoder and sampler settings) with the
+  # fixture's sizes, in float32 as the official run.
+  generator = pretrained.config("llamagen-t2i-xl-256")
+  generator.model = model_section(GPTConfig.from_official(spec["model_args"]))
+  generator.compute_dtype = "float32"
+  generator.tokenizer.checkpoint = f"hf://{T2I_REPO}/vq_fixture.pt"
+  generator.tokenizer.config = tokenizer_config
+  with open(root / "generator.json", "w") as f:
+    f.write(generator.to_json())
+  with np.load(os.path.join(t2i, "t2i_io.npz")) as io:
+    official = {k: io[k] for k in io.files}
+  return cache, str(root / "generator.json"), t2i, spec, official
+
+
+def test_t2i_prompts_file_gives_the_official_sampler_generations(released_t2i, tmp_path):
+  # The prompts go through LlamaGen's caption cleaning (they hold a URL, HTML
+  # entities and tags, capitals, CJK, an emoji, hashtags and a handle: raw,
+  # each would be other tokens), the release's text encoder (no encoder flag),
+  # left padding, and guidance at the release's cfg 7.5, decoded greedily.
+  cache, config, t2i, spec, official = released_t2i
+  assert spec["sampling"]["cfg_scale"] == common.load_config(config).sampling.cfg_scale
+  prompts = os.path.join(t2i, "prompts.txt")
+  npz = str(tmp_path / "t2i.npz")
+  _run("sample", ["--config", config, "--checkpoint", f"hf://{T2I_REPO}/t2i_fixture.pt",
+                  "--captions", prompts, "--top_k", "1", "--batch_size", "4", "--npz", npz,
+                  "--output", str(tmp_path / "t2i.png")], cache, tmp_path)
+  with np.load(npz) as out:
+    codes, images, captions = out["codes"], out["arr_0"], out["captions"]
+  with open(prompts, encoding="utf-8") as f:
+    assert captions.tolist() == f.read().splitlines()
+  np.testing.assert_array_equal(codes, official["codes"])
+  # Pixels: the official decoder output x in uint8 by LlamaGen's
+  # clip(127.5 x + 128) truncated. Float32 decoders agree to ~1e-5, i.e.
+  # ~1e-3 of a level after the x127.5: a pixel may be one level off only
+  # where 127.5 x + 128 lies that close to an integer.
+  assert images.shape == official["images"].shape and images.dtype == np.uint8
+  scaled = 127.5 * official["pixels"].astype(np.float64) + 128.0
+  off = images.astype(int) - official["images"]
+  assert np.abs(off).max() <= 1
+  assert (np.abs(scaled - np.round(scaled))[off != 0] < 1e-2).all()
+  assert os.path.getsize(tmp_path / "t2i.png") > 0

@@ -5,6 +5,7 @@ import pytest
 
 import helpers
 from helpers import save_tiny_t5_encoder
+from vwt_jax.data import caption_cleaning
 from vwt_jax.families import text_encoders
 
 CAPTIONS = [
@@ -54,22 +55,43 @@ def test_minilm_features_are_the_sentence_encoders_token_outputs(minilm):
   alone, alone_mask = minilm.encode(CAPTIONS[1:2])
   np.testing.assert_array_equal(alone_mask[0], mask[1])
   helpers.assert_allclose_f32(alone[0][mask[1]], features[1][mask[1]], reduction=1536, depth=36)
+  # MiniLM features are of the raw captions, as they always were.
   assert text_encoders.describe(minilm) == {
-      'kind': 'minilm', 'model_dir': '', 'max_length': 16, 'dim': 384}
+      'kind': 'minilm', 'model_dir': '', 'max_length': 16, 'dim': 384,
+      'clean_captions': False}
 
 
 def test_t5_features_are_the_t5_text_encoders_and_round_trip(t5_dir):
   encoder = text_encoders.load_caption_encoder('t5', t5_dir, max_length=24)
   features, mask = encoder.encode(CAPTIONS)
-  expected = text_encoders.load_t5_text_encoder(t5_dir).encode(CAPTIONS, 24)
+  # Of the captions as LlamaGen's T5 embedder cleans them.
+  cleaned = [caption_cleaning.preprocess_caption(c) for c in CAPTIONS]
+  assert cleaned[0] == 'a red disc moves left over a blue sky.'
+  t5 = text_encoders.load_t5_text_encoder(t5_dir)
+  expected = t5.encode(cleaned, 24)
   np.testing.assert_array_equal(features, expected[0])
   np.testing.assert_array_equal(mask, expected[1])
-  assert features.shape == (3, 24, 32) and mask[2].all() and mask[1].sum() == 17
+  assert features.shape == (3, 24, 32) and mask[2].all()
 
   described = text_encoders.describe(encoder)
-  assert described == {'kind': 't5', 'model_dir': t5_dir, 'max_length': 24, 'dim': 32}
+  assert described == {'kind': 't5', 'model_dir': t5_dir, 'max_length': 24, 'dim': 32,
+                       'clean_captions': True}
   again = text_encoders.from_description(described)
   np.testing.assert_array_equal(again.encode(CAPTIONS)[0], features)
+  # Descriptions older than the key were extracted from raw captions.
+  older = {k: v for k, v in described.items() if k != 'clean_captions'}
+  assert not text_encoders.from_description(older).clean_captions
+  assert text_encoders.completed_description(older) == {**described, 'clean_captions': False}
+
+  raw = text_encoders.load_caption_encoder('t5', t5_dir, max_length=24, clean_captions=False)
+  raw_features, raw_mask = raw.encode(CAPTIONS)
+  expected = t5.encode(CAPTIONS, 24)
+  np.testing.assert_array_equal(raw_features, expected[0])
+  np.testing.assert_array_equal(raw_mask, expected[1])
+  # The tiny tokenizer splits the lowercased captions differently.
+  assert raw_mask[1].sum() == 17 and mask[1].sum() == 18
+  assert text_encoders.describe(raw) == {**described, 'clean_captions': False}
+  assert not text_encoders.from_description(text_encoders.describe(raw)).clean_captions
   with pytest.raises(ValueError, match='gives 32-d features, but 64 were recorded'):
     text_encoders.from_description({**described, 'dim': 64})
 

@@ -1,5 +1,6 @@
 """The registry of released weights: the configs it implies and what the docs say of it."""
 
+import functools
 import os
 import re
 import subprocess
@@ -11,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vwt_jax import cli
 from vwt_jax import families
+from vwt_jax import sample
 from vwt_jax.core import hub
 from vwt_jax.families import common
 from vwt_jax.families import pretrained
@@ -78,6 +81,29 @@ def test_a_generator_names_its_tokenizer_at_its_image_size():
   titok = pretrained.config("titok-generator-s128")
   assert (titok.family, titok.tokenizer.checkpoint) == (
       "maskgit", "hf://yucornetto/tokenizer_titok_s128_imagenet")
+
+
+def test_t2i_releases_imply_their_text_encoder_and_the_official_sampler_settings():
+  config = pretrained.config("llamagen-t2i-xl-256")
+  assert dict(config.caption_encoder) == {
+      "kind": "t5", "model_dir": pretrained.get("flan-t5-xl").checkpoint}
+  # As the official sample_t2i.py samples.
+  assert {k: config.sampling[k] for k in ("cfg_scale", "cfg_interval", "temperature", "top_k",
+                                          "top_p")} == {
+      "cfg_scale": 7.5, "cfg_interval": -1, "temperature": 1.0, "top_k": 1000, "top_p": 1.0}
+  # The caption encoder `vwt_jax.sample` loads: FLAN-T5-XL for the GPT's 120 caption
+  # tokens, from the Hub unless a folder is given; another kind replaces it.
+  describe = functools.partial(sample.caption_encoder_description, config, None,
+                               prefix_length=config.model.cls_token_num)
+  assert describe() == {"kind": "t5", "model_dir": "hf://google/flan-t5-xl", "max_length": 120}
+  assert describe(model_dir="/models/flan-t5-xl")["model_dir"] == "/models/flan-t5-xl"
+  assert describe(kind="t5", max_length=64)["max_length"] == 64
+  assert describe(kind="minilm") == {"kind": "minilm", "model_dir": "", "max_length": 120}
+  del config["caption_encoder"]
+  with pytest.raises(cli.SettingsError, match="records no caption encoder: name one"):
+    sample.caption_encoder_description(config, None, prefix_length=120)
+  assert "caption_encoder" not in pretrained.config("llamagen-c2i-xl-384")
+  assert "caption_encoder" in pretrained.config("llamagen-t2i-xl-512")
 
 
 def test_unknown_names_and_configless_releases_are_explained():

@@ -19,7 +19,7 @@ from vwt_jax.core import sharding
 from vwt_jax.families import common
 from vwt_jax.families import titok as titok_family
 from vwt_jax.models import maskgit_vqgan
-from vwt_jax.tools import reconstruct as reconstruct_tool
+from vwt_jax import reconstruct as reconstruct_lib
 from vwt_jax.training import loop
 from vwt_jax.training import titok as titok_trainer
 
@@ -231,7 +231,7 @@ def test_init_from_and_reconstruct_command(shapes_dir, tmp_path):
   chex.assert_trees_all_close(jax.device_get(state["params"]), trained)
 
   out = tmp_path / "grid.png"
-  result = reconstruct_tool.reconstruct(
+  result = reconstruct_lib.reconstruct(
       common.run_config(str(tmp_path / "run")), str(tmp_path / "run"), str(out),
       num_images=4)
   assert out.exists() and result["num_images"] == 4 and result["psnr"] > 0

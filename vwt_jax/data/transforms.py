@@ -28,11 +28,16 @@ def decode_image(data):
 
 
 def resize_shorter_side(image, size):
-  """Bicubic resize so min(H, W) == size, keeping the aspect ratio."""
+  """Bicubic resize so min(H, W) == size, as torchvision's `Resize(size,
+  BICUBIC, antialias=True)` on a PIL image (TiTok's data pipeline).
+
+  The longer side becomes int(size * long / short), truncated as torchvision
+  computes it.
+  """
   height, width = image.shape[:2]
-  scale = size / min(height, width)
-  # round() rather than int() so e.g. 500x375 -> 256 keeps 341, not 340.
-  new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+  short, long = min(height, width), max(height, width)
+  new_long = int(size * long / short)
+  new_size = (size, new_long) if width <= height else (new_long, size)
   if new_size == (width, height):
     return image
   # Pillow widens the bicubic kernel when shrinking, i.e. it antialiases.
@@ -40,40 +45,45 @@ def resize_shorter_side(image, size):
 
 
 def center_crop(image, size):
+  """torchvision's `CenterCrop(size)`: offsets round((H - size) / 2), half to even."""
   height, width = image.shape[:2]
-  top, left = (height - size) // 2, (width - size) // 2
+  top, left = round((height - size) / 2), round((width - size) / 2)
   return image[top:top + size, left:left + size]
 
 
+def resize_center_crop(image, size):
+  """TiTok's evaluation crop: `resize_shorter_side`, then `center_crop`."""
+  return center_crop(resize_shorter_side(image, size), size)
+
+
 def center_crop_arr(image, size):
-  """ADM's `center_crop_arr`: the crop LlamaGen extracts its codes from.
+  """ADM's `center_crop_arr`: the crop LlamaGen extracts its codes from and
+  evaluates its tokenizers on.
 
   Halves the image with a box filter while its shorter side is at least twice
-  `size`, resizes the shorter side to `size` (bicubic), then center-crops with
-  floored offsets. Differs slightly from `resize_shorter_side` + `center_crop`
-  (the TiTok eval crop) because of the box-filter halving.
+  `size`, resizes the shorter side to `size` (bicubic, sides rounded), then
+  crops with floored offsets: not TiTok's `resize_shorter_side` + `center_crop`
+  (no box halving, truncated sides, offsets rounded).
   """
   pil = Image.fromarray(image)
   while min(pil.size) >= 2 * size:
     pil = pil.resize(tuple(x // 2 for x in pil.size), Image.Resampling.BOX)
   scale = size / min(pil.size)
   pil = pil.resize(tuple(round(x * scale) for x in pil.size), Image.Resampling.BICUBIC)
-  return center_crop(np.asarray(pil), size)
+  image = np.asarray(pil)
+  top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+  return image[top:top + size, left:left + size]
 
 
 def five_crop(image, size):
-  """torchvision's FiveCrop: the 4 corner crops of `size` (TL, TR, BL, BR), then the centre.
-
-  The center offsets round half to even (torchvision's `center_crop`), unlike
-  the floored `center_crop`; they differ when the margin is odd.
-  """
+  """torchvision's FiveCrop: the 4 corner crops of `size` (TL, TR, BL, BR), then
+  `center_crop`."""
   height, width = image.shape[:2]
   if size > min(height, width):
     raise ValueError(f'crop size {size} exceeds the image size {height}x{width}')
-  top, left = round((height - size) / 2), round((width - size) / 2)
   return (image[:size, :size], image[:size, width - size:],
           image[height - size:, :size], image[height - size:, width - size:],
-          image[top:top + size, left:left + size])
+          center_crop(image, size))
 
 
 def ten_crop(image, size):
@@ -104,7 +114,7 @@ def preprocess_image(data, *, image_size, train, rng=None):
   """Decodes and crops one image to (image_size, image_size, 3) uint8.
 
   Train: resize the shorter side to `image_size` (bicubic, antialiased), random
-  crop, random horizontal flip (the TiTok recipe). Eval: resize + center crop.
+  crop, random horizontal flip (the TiTok recipe). Eval: `resize_center_crop`.
 
   Args:
     data: encoded image bytes, or an already decoded uint8 (H, W, 3) array
@@ -120,9 +130,9 @@ def preprocess_image(data, *, image_size, train, rng=None):
     CorruptRecordError: the bytes are not a decodable image.
   """
   image = data if isinstance(data, np.ndarray) else decode_image(data)
-  image = resize_shorter_side(image, image_size)
-  image = (random_flip(random_crop(image, image_size, rng), rng) if train
-           else center_crop(image, image_size))
+  if not train:
+    return np.ascontiguousarray(resize_center_crop(image, image_size))
+  image = random_flip(random_crop(resize_shorter_side(image, image_size), image_size, rng), rng)
   return np.ascontiguousarray(image)
 
 

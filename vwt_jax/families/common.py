@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import safetensors.numpy
 
+from vwt_jax import families
 from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import torch_state
 from vwt_jax.core import checkpoint as checkpoint_lib
@@ -94,16 +95,31 @@ def save_config(config: ml_collections.ConfigDict, folder: str) -> None:
 
 
 def run_config(checkpoint: str) -> ml_collections.ConfigDict:
-  """The config.json of the run that holds `checkpoint` (a run, checkpoints or step dir)."""
+  """The config.json of the run that holds `checkpoint` (a run, checkpoints or
+  step folder), or the config that an official TiTok model folder's
+  config.json implies (a local folder or `hf://ORG/REPO`, read as the official
+  `from_pretrained` reads it)."""
   folder = checkpoint.rstrip("/")
+  if hub.is_hub(folder) and not hub.parse(folder).filename:
+    folder = hub.resolve(folder)
   for _ in range(3):
     path = os.path.join(folder, CONFIG_FILE)
     if epath.Path(path).exists():
-      return load_config(path)
+      config = load_config(path)
+      return config if "family" in config else _official_folder_config(config.to_dict(), path)
     folder = os.path.dirname(folder)
   raise FileNotFoundError(
       f"no {CONFIG_FILE} next to {checkpoint}; pass the model's config "
       "(e.g. configs/titok.py:tiny) explicitly")
+
+
+def _official_folder_config(official: dict[str, Any], path: str) -> ml_collections.ConfigDict:
+  model = official.get("model", {})
+  family = "maskgit" if "generator" in model else "titok" if "vq_model" in model else None
+  if family is None:
+    raise ValueError(f"{path} is neither one of our runs' config (no 'family') nor an "
+                     "official TiTok one (no model.vq_model or model.generator)")
+  return families.get(family).config_from_official(official)
 
 
 def is_run(path: str) -> bool:

@@ -1,13 +1,16 @@
 """TiTok's MaskGIT generators (ImageBert / UViTBert): config, weights, sampling."""
 
-from typing import Any, Callable
+import os
+from typing import Any, Callable, Mapping
 
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vwt_jax.config_common import model_section
 from vwt_jax.conversion import maskgit_generator as maskgit_conversion
 from vwt_jax.families import common
+from vwt_jax.families import pretrained
 from vwt_jax.models import maskgit_generator
 from vwt_jax.sampling import maskgit as maskgit_sampling
 
@@ -31,6 +34,25 @@ def model_config(config: ml_collections.ConfigDict,
     raise ValueError(f"config.model: {missing} unknown; set them or config.data.dir")
   return common.from_fields(maskgit_generator.MaskGitGeneratorConfig, fields,
                             **common.dtypes(config))
+
+
+def config_from_official(official: Mapping[str, Any],
+                         base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """Our config for an official MaskGIT generator folder, from its config.json
+  (`model.generator`, `model.vq_model.codebook_size`): the model, and the
+  sampling settings TiTok's sampling script reads from it, in `base` (by
+  default the L-32 generator's; its model type where the config names none)."""
+  if base is None:
+    base = common.load_config(os.path.join(pretrained.configs_dir(), "maskgit.py:titok_l32"))
+  base.model = model_section(maskgit_generator.MaskGitGeneratorConfig.from_official(
+      official, base.model.model_type))
+  gen = official["model"]["generator"]
+  for setting, key in (("num_steps", "num_steps"), ("cfg_scale", "guidance_scale"),
+                       ("guidance_decay", "guidance_decay"),
+                       ("randomize_temperature", "randomize_temperature")):
+    if key in gen:
+      base.sampling[setting] = type(base.sampling[setting])(gen[key])
+  return base
 
 
 def build(cfg: maskgit_generator.MaskGitGeneratorConfig):

@@ -3,7 +3,8 @@
 Each `Release` names where its weights live on the Hugging Face Hub (an
 `hf://` reference, `core.hub`), the config it implies (a file of the
 repository's `configs/` folder with the sizes the weights need), the
-tokenizer its codes are decoded with, its licence and its parameter count
+tokenizer its codes are decoded with (and, for a text-to-image generator, the
+text encoder its captions go through), its licence and its parameter count
 once converted. `config(name)` is that config, ready for `families`:
 
   generator = Generator(pretrained.config("llamagen-c2i-xl-384"))
@@ -39,6 +40,7 @@ class Release:
   fields: tuple[tuple[str, Any], ...] = ()
   tokenizer: str = ""  # the release that decodes a generator's codes
   image_size: int = 0  # the tokenizer's image size for this generator
+  caption_encoder: str = ""  # the text-encoder release a t2i generator's captions go through
 
 
 def _titok_tokenizer(variant: str, repo: str, params_m: float) -> Release:
@@ -70,7 +72,8 @@ def _t2i(stage: int, image_size: int) -> Release:
                  "llamagen.py:XL,cond=t2i",
                  (("model.vocab_size", 16384), ("model.block_size", grid * grid),
                   ("model.rope_2d", True)),
-                 tokenizer="llamagen-vq16-t2i", image_size=image_size)
+                 tokenizer="llamagen-vq16-t2i", image_size=image_size,
+                 caption_encoder="flan-t5-xl")
 
 
 RELEASES = {r.name: r for r in (
@@ -138,7 +141,10 @@ def _config_spec(release: Release, image_size: int = 0) -> str:
 
 def config(name: str) -> ml_collections.ConfigDict:
   """The config of a tokenizer or generator release; for a generator,
-  `tokenizer` names the release it decodes with (weights and config).
+  `tokenizer` names the release it decodes with (weights and config), and for
+  a t2i generator `caption_encoder` the text encoder of its captions
+  (`text_encoders.describe`'s kind and model_dir; the caption length is the
+  GPT's prefix, `model.cls_token_num`).
 
   Raises:
     KeyError: no such release.
@@ -159,4 +165,8 @@ def config(name: str) -> ml_collections.ConfigDict:
     tokenizer = get(release.tokenizer)
     cfg.tokenizer.checkpoint = tokenizer.checkpoint
     cfg.tokenizer.config = _config_spec(tokenizer, release.image_size)
+  if release.caption_encoder:
+    # LlamaGen's text encoders are T5s (`text_encoders` kind 't5').
+    cfg.caption_encoder = ml_collections.ConfigDict(dict(
+        kind="t5", model_dir=get(release.caption_encoder).checkpoint))
   return cfg

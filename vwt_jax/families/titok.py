@@ -1,19 +1,25 @@
 """TiTok (1D tokenizer): its config, module, weights and images <-> codes."""
 
-from typing import Any
+import os
+from typing import Any, Mapping
 
 import jax.numpy as jnp
 import ml_collections
 
+from vwt_jax.config_common import model_section
 from vwt_jax.conversion import titok as titok_conversion
 from vwt_jax.core import images as images_lib
+from vwt_jax.data import transforms
 from vwt_jax.families import common
+from vwt_jax.families import pretrained
 from vwt_jax.models import maskgit_vqgan
 from vwt_jax.models import titok as titok_lib
 
 TRAINER = "vwt_jax.training.titok"
 # Samples become pixels as in TiTok's sampler: clamp to [0, 1], times 255, truncated.
 PICTURE_PIXELS = images_lib.to_uint8
+# User pictures are cropped as TiTok's evaluation: torchvision Resize + CenterCrop.
+EVAL_CROP = transforms.resize_center_crop
 
 
 def model_config(config: ml_collections.ConfigDict) -> titok_lib.TiTokConfig:
@@ -30,6 +36,21 @@ def load_params(path: str, config: ml_collections.ConfigDict) -> Any:
   if common.is_run(path):
     return common.run_params(path, config)
   return titok_conversion.convert_titok(common.official_state_dict(path), model_config(config))
+
+
+def config_from_official(official: Mapping[str, Any],
+                         base: ml_collections.ConfigDict | None = None) -> ml_collections.ConfigDict:
+  """Our config for an official TiTok model folder, from its config.json (the
+  OmegaConf dict that `TiTok.from_pretrained` builds the model from): its
+  model in `base`, by default the recipe of its kind of release."""
+  model = titok_lib.TiTokConfig.from_official(official)
+  if base is None:
+    spec = ("titok.py:L-32,recipe=stage2" if model.is_legacy else
+            "titok.py:BL-64-VAE" if model.quantize_mode == "vae" else "titok.py:BL-64-VQ")
+    base = common.load_config(os.path.join(pretrained.configs_dir(), spec))
+  base.model = model_section(model)
+  base.data.image_size = model.image_size
+  return base
 
 
 def teacher_config(section: ml_collections.ConfigDict) -> maskgit_vqgan.MaskGitVQGANConfig:

@@ -7,12 +7,15 @@ import ml_collections
 
 from vwt_jax.conversion import vqgan as vqgan_conversion
 from vwt_jax.core import images as images_lib
+from vwt_jax.data import transforms
 from vwt_jax.families import common
 from vwt_jax.models import vqgan as vqgan_lib
 
 TRAINER = "vwt_jax.training.vqgan"
 # Samples become pixels as in LlamaGen's samplers: clip(127.5 x + 128, 0, 255), truncated.
 PICTURE_PIXELS = images_lib.quantize
+# User pictures are cropped as LlamaGen evaluates its tokenizers: ADM's center_crop_arr.
+EVAL_CROP = transforms.center_crop_arr
 
 
 def model_config(config: ml_collections.ConfigDict) -> vqgan_lib.VQGANConfig:

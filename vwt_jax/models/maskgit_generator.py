@@ -79,8 +79,9 @@ class MaskGitGeneratorConfig:
                     **overrides) -> "MaskGitGeneratorConfig":
     """Reads the official OmegaConf dict (`model.generator`, `model.vq_model.codebook_size`).
 
-    `model_type` is 'ViT' (ImageBert) or 'UViT' (UViTBert): the official code
-    picks the class in the sampling script, not from the config.
+    `model_type` is 'ViT' (ImageBert) or 'UViT' (UViTBert), unless the config
+    names it (`model.generator.model_type`, as the released S-128 config does):
+    the official code picks the class in the sampling script.
     """
     try:
       gen = official_config["model"]["generator"]
@@ -90,7 +91,7 @@ class MaskGitGeneratorConfig:
                        "model.generator.* and model.vq_model.codebook_size") from e
     sizes = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "image_seq_len", "condition_num_classes")
-    fields = dict({k: int(gen[k]) for k in sizes}, model_type=model_type,
+    fields = dict({k: int(gen[k]) for k in sizes}, model_type=gen.get("model_type", model_type),
                   dropout=float(gen.get("dropout", 0.1)),
                   attn_drop=float(gen.get("attn_drop", 0.1)), codebook_size=int(codebook_size))
     return cls(**{**fields, **overrides})

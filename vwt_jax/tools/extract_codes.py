@@ -111,6 +111,9 @@ def _check_caption_encoder(output: str, described: dict) -> None:
   if not epath.Path(codes_lib.metadata_path(output)).exists():
     return
   recorded = codes_lib.read_metadata(output).source.get("caption_encoder")
+  # Datasets written before captions could be cleaned record no "clean_captions".
+  if recorded is not None:
+    recorded = text_encoders.completed_description(recorded)
   if recorded != described:
     held = f"caption features of {recorded}" if recorded else "no caption features"
     raise ValueError(f"{codes_lib.metadata_path(output)} holds {held}, not those of "

@@ -288,8 +288,7 @@ def transform_clips(clips, *, image_size, train, rng=None):
       out.extend(_resize(f[top:top + h, left:left + w], image_size) for f in frames)
   else:
     for frames in clips:
-      out.extend(transforms.center_crop(transforms.resize_shorter_side(f, image_size), image_size)
-                 for f in frames)
+      out.extend(transforms.resize_center_crop(f, image_size) for f in frames)
   return np.stack(out)
 
 
