@@ -1,5 +1,7 @@
 """vwt_jax: TiTok, LlamaGen and Vript in JAX/Flax."""
 
+import glob
+
 import setuptools
 
 INSTALL_REQUIRES = [
@@ -85,5 +87,8 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["vwt_jax", "vwt_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
+    # The config files travel with an install that is not a clone: `--pretrained`
+    # builds its configs from them (`families.pretrained.configs_dir`).
+    data_files=[("share/vwt_jax/configs", sorted(glob.glob("configs/*.py")))],
     license="Apache-2.0",
 )

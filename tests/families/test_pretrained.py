@@ -3,6 +3,7 @@
 import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -139,3 +140,30 @@ def test_a_command_offline_without_the_weights_says_what_to_fetch(tmp_path):
   # The tokenizer the registry pairs with the generator is read first.
   assert "`hf download FoundationVision/LlamaGen vq_ds16_c2i.pt`" in result.stderr
   assert not (tmp_path / "samples.png").exists()
+
+
+def test_an_install_that_is_not_a_clone_finds_the_configs(tmp_path):
+  # A wheel (what `pip install git+URL` builds) carries configs/ as data files;
+  # installed under another prefix, the package finds them there.
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  source, wheels, prefix = tmp_path / "source", tmp_path / "wheels", tmp_path / "prefix"
+  # Built from a copy: a build leaves build/ and egg-info folders behind.
+  for name in ("vwt_jax", "configs"):
+    shutil.copytree(os.path.join(repo, name), source / name,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("setup.py", "README.md"):
+    shutil.copy(os.path.join(repo, name), source / name)
+  pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
+  subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                  str(source)], check=True, cwd=tmp_path)
+  subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix),
+                  *map(str, wheels.iterdir())], check=True, cwd=tmp_path)
+  site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
+      "site-packages"
+  result = subprocess.run(
+      [sys.executable, "-c", "from vwt_jax.families import pretrained; "
+       "print(pretrained.configs_dir()); "
+       "print(pretrained.config('llamagen-c2i-xl-384').model.block_size)"],
+      env=dict(os.environ, PYTHONPATH=str(site)), cwd=tmp_path, capture_output=True,
+      text=True, check=True)
+  assert result.stdout.split() == [str(prefix / "share" / "vwt_jax" / "configs"), "576"]

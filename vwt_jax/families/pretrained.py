@@ -15,6 +15,7 @@ The table is in docs/pretrained.md; tests assert every count.
 
 import dataclasses
 import difflib
+import importlib.metadata
 import os
 from typing import Any
 
@@ -124,14 +125,22 @@ def get(name: str) -> Release:
 
 
 def configs_dir() -> str:
-  """The repository's configs/ folder (next to the package: an install from a clone)."""
-  folder = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+  """The repository's configs/ folder: next to the package in a clone, else
+  where an install put it (`share/vwt_jax/configs` of its prefix)."""
+  clone = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__)))), "configs")
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f"{folder} not found: released models take their configs from "
-                            "the repository's configs/ folder; install from a clone "
-                            "(pip install -e .)")
-  return folder
+  if os.path.isdir(clone):
+    return clone
+  try:
+    installed = importlib.metadata.files("vwt_jax") or []
+  except importlib.metadata.PackageNotFoundError:
+    installed = []
+  for path in installed:
+    if path.parts[-4:] == ("share", "vwt_jax", "configs", "titok.py"):
+      return os.path.dirname(os.path.abspath(path.locate()))
+  raise FileNotFoundError(f"{clone} not found, and the installed vwt_jax has no configs: "
+                          "released models take their configs from the repository's "
+                          "configs/ folder; install from a clone (pip install -e .)")
 
 
 def _config_spec(release: Release, image_size: int = 0) -> str:
