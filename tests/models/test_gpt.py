@@ -101,7 +101,7 @@ def test_cached_decode_equals_teacher_forcing(tiny_t2i):
   mask = gpt.t2i_attention_mask(emb_mask, 3 + idx.shape[1])
   ref, _ = jax.jit(model.apply)(variables, caption, idx, attn_mask=mask)
   cache = gpt.init_cache(TINY_T2I, 2, 3 + idx.shape[1])
-  assert cache[0]["k"].shape == (2, 18, 2, 8)
+  assert cache[0]["k"].shape == (2, 2, 18, 8)
   logits, cache = jax.jit(lambda c: model.apply(variables, caption, c, emb_mask=emb_mask,
                                                 method=gpt.GPT.prefill))(cache)
   steps = [logits]

@@ -13,9 +13,12 @@ Parameter layouts (chosen so tensor parallelism needs no resharding):
   MHA (g=1) gives (embed, H, 3, hd). The official fused [q | k | v] weight
   maps onto it with a reshape (`conversion/llamagen.py`).
 * `attention/wo/kernel` is (heads, head_dim, embed).
-* The KV cache holds n_kv_head heads (B, S_max, n_kv_head, head_dim); the
+* The KV cache holds n_kv_head heads (B, n_kv_head, S_max, head_dim); the
   grouped einsum lets each serve its group of query heads in place, which
   matches LlamaGen's repeat-interleave with a cache n_head / n_kv_head smaller.
+  Heads before positions is the layout the attention dots read (batch axes
+  b, h leading): in a (B, S_max, heads, hd) cache every decode step would
+  transpose the whole cache of every layer, twice.
 
 Attention implementations (`StackConfig.attention`), all over the same
 parameters: 'xla' writes out the einsum and the float32 softmax (the default;
@@ -168,23 +171,25 @@ class Attention(nn.Module):
     k, v = qkv[:, :, :, group], qkv[:, :, :, group + 1]
     q, k = apply_rope(q, rope), apply_rope(k, rope)
 
-    if cache is not None:
-      start = (0, cache_index, 0, 0)
-      cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
-               "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
-      k, v = cache["k"].astype(s.dtype), cache["v"].astype(s.dtype)
-
     if s.attention in FUSED_ATTENTION and cache is None:
       y = fused_attention(q, k, v, mask, FUSED_ATTENTION[s.attention])
     else:
+      k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (B, K, S, D)
+      if cache is not None:
+        start = (0, 0, cache_index, 0)
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype),
+                                                   start),
+                 "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype),
+                                                   start)}
+        k, v = cache["k"].astype(s.dtype), cache["v"].astype(s.dtype)
       q = q.reshape(batch, seq, n_kv, group, head_dim)
-      scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32)
+      scores = jnp.einsum("bqhgd,bhkd->bhgqk", q, k, preferred_element_type=jnp.float32)
       scores = scores * (1.0 / np.sqrt(head_dim))
-      allowed = _broadcast_mask(mask, seq, k.shape[1])
+      allowed = _broadcast_mask(mask, seq, k.shape[2])
       scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
       probs = jax.nn.softmax(scores, axis=-1)
       probs = nn.Dropout(s.attn_dropout)(probs, deterministic=not train).astype(s.dtype)
-      y = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v).reshape(batch, seq, s.n_head, head_dim)
+      y = jnp.einsum("bhgqk,bhkd->bqhgd", probs, v).reshape(batch, seq, s.n_head, head_dim)
     y = layers.attention_out(x.shape[-1], dtype=s.dtype, param_dtype=s.param_dtype,
                              use_bias=False, name="wo")(y)
     return nn.Dropout(s.resid_dropout)(y, deterministic=not train), cache
@@ -312,12 +317,12 @@ def run_layers(stack: StackConfig, layers: Layers, h: jax.Array, rope: jax.Array
 
 
 def init_stack_cache(stack: StackConfig, batch: int, max_len: int, dtype: Dtype) -> Any:
-  """Zero KV cache for `run_layers`: per layer {'k','v'} (B, max_len, kv_heads, hd).
+  """Zero KV cache for `run_layers`: per layer {'k','v'} (B, kv_heads, max_len, hd).
 
   A tuple over layers, or (with `scan_layers`) one dict stacked on a leading
   layer axis.
   """
-  shape = (batch, max_len, stack.kv_heads, stack.head_dim)
+  shape = (batch, stack.kv_heads, max_len, stack.head_dim)
   one = {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
   if stack.scan_layers:
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (stack.n_layer,) + x.shape), one)
@@ -326,7 +331,7 @@ def init_stack_cache(stack: StackConfig, batch: int, max_len: int, dtype: Dtype)
 
 def cache_length(cache: Any) -> int:
   """The number of positions a KV cache holds (its S_max)."""
-  return jax.tree.leaves(cache)[0].shape[-3]
+  return jax.tree.leaves(cache)[0].shape[-2]
 
 
 def run_cached(stack: StackConfig, layers: Layers, h: jax.Array, rope_table: np.ndarray,
