@@ -156,7 +156,8 @@ def test_an_install_that_is_not_a_clone_finds_the_configs(tmp_path):
   pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
   subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels),
                   str(source)], check=True, cwd=tmp_path)
-  subprocess.run([*pip, "install", "--no-deps", "--prefix", str(prefix),
+  # --ignore-installed: else pip removes the vwt_jax of the running environment.
+  subprocess.run([*pip, "install", "--no-deps", "--ignore-installed", "--prefix", str(prefix),
                   *map(str, wheels.iterdir())], check=True, cwd=tmp_path)
   site = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / \
       "site-packages"
