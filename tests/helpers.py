@@ -504,3 +504,65 @@ def hub_cache(root, repo_id: str, files: dict[str, str], revision: str = "main")
   with open(os.path.join(repo, "refs", revision), "w") as f:
     f.write(HUB_COMMIT)
   return os.path.join(repo, "snapshots", HUB_COMMIT)
+
+
+def official_titok_releases(fixtures_dir, root, tokenizer_repo: str, generator_repo: str,
+                            tokenizer_base, generator_base):
+  """The official code's tiny TiTok tokenizer and MaskGIT generator
+  (tests/fixtures/titok) saved as TiTok's releases are (model folders:
+  config.json + model.safetensors) in a Hub cache under `root`, in the
+  repositories `tokenizer_repo` and `generator_repo`, with configs for them:
+  `tokenizer_base` / `generator_base` (configs of the released models) at the
+  fixtures' sizes, float32 as the official runs computed; the generator's
+  tokenizer is the Hub one.
+
+  Returns a namespace: cache, tokenizer_folder, tokenizer_config and
+  generator_config (JSON files), generate_kwargs (the official sampler's
+  settings) and generations (the fixture's condition and generate_* arrays).
+  """
+  # pylint: disable=g-import-not-at-top
+  import json
+  import types
+  import safetensors.numpy
+  from vwt_jax.config_common import model_section
+  from vwt_jax.conversion import torch_state
+  from vwt_jax.models.maskgit_generator import MaskGitGeneratorConfig
+  from vwt_jax.models.titok import TiTokConfig
+  # pylint: enable=g-import-not-at-top
+  titok = os.path.join(fixtures_dir, "titok")
+  cache = os.path.join(root, "hub")
+  meta = {}
+  for repo, stem in ((tokenizer_repo, "titok_legacy_vq"),
+                     (generator_repo, "generator_imagebert")):
+    with open(os.path.join(titok, f"{stem}_config.json"), encoding="utf-8") as f:
+      meta[stem] = json.load(f)
+    folder = os.path.join(root, stem)
+    os.makedirs(folder)
+    state_dict = torch_state.load_state_dict(os.path.join(titok, f"{stem}_state_dict.npz"))
+    safetensors.numpy.save_file(dict(state_dict), os.path.join(folder, "model.safetensors"))
+    with open(os.path.join(folder, "config.json"), "w", encoding="utf-8") as f:
+      json.dump(meta[stem]["official_config"], f)
+    hub_cache(cache, repo, {name: os.path.join(folder, name)
+                            for name in ("model.safetensors", "config.json")})
+
+  official = meta["titok_legacy_vq"]
+  tokenizer_base.model = model_section(TiTokConfig.from_official(
+      official["official_config"], official["sizes"], official["pixel_decoder"]))
+  tokenizer_base.data.image_size = tokenizer_base.model.image_size
+  tokenizer_base.compute_dtype = "float32"
+  official = meta["generator_imagebert"]
+  generator_base.model = model_section(MaskGitGeneratorConfig.from_official(
+      official["official_config"], official["model_type"]))
+  generator_base.compute_dtype = "float32"
+  generator_base.tokenizer.checkpoint = f"hf://{tokenizer_repo}"
+  generator_base.tokenizer.config = os.path.join(root, "tokenizer.json")
+  for name, config in (("tokenizer.json", tokenizer_base), ("generator.json", generator_base)):
+    with open(os.path.join(root, name), "w", encoding="utf-8") as f:
+      f.write(config.to_json())
+  with np.load(os.path.join(titok, "generator_imagebert_io.npz")) as io:
+    generations = {k: io[k] for k in io.files if k == "condition" or k.startswith("generate_")}
+  return types.SimpleNamespace(
+      cache=cache, tokenizer_folder=os.path.join(root, "titok_legacy_vq"),
+      tokenizer_config=os.path.join(root, "tokenizer.json"),
+      generator_config=os.path.join(root, "generator.json"),
+      generate_kwargs=official["generate_kwargs"], generations=generations)

@@ -1,8 +1,11 @@
 """colabs/*.ipynb run top to bottom in a fresh python3 kernel (nbclient) on tiny inputs.
 
-The parameters cell keeps its defaults (those of `make demo`); a cell inserted
-after it, as papermill injects parameters, points them at tmp runs and tiny
-sizes. Executed copies go to tmp_path, never into colabs/.
+The parameters cell keeps its defaults (those of `make demo`, or released
+weights by name); a cell inserted after it, as papermill injects parameters,
+points them at tmp runs and tiny sizes. Released weights are read by name from
+a Hugging Face cache with the network off, where the releases' repositories
+hold the official code's tiny models. Executed copies go to tmp_path, never
+into colabs/.
 """
 
 import base64
@@ -11,6 +14,7 @@ import json
 import math
 import os
 import re
+import types
 
 from flax import traverse_util
 import nbclient
@@ -19,18 +23,24 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from helpers import save_random_generator_run, save_random_titok_run, titok_config
-from helpers import tiny_titok_config, write_class_codes
+from helpers import official_titok_releases, save_random_generator_run
+from helpers import save_random_titok_run
+from helpers import tiny_titok_config, titok_config, write_class_codes
+from vwt_jax.core import hub
 from vwt_jax.core import images as images_lib
 from vwt_jax.data import pipeline
+from vwt_jax.data import transforms
+from vwt_jax.families import pretrained
 from vwt_jax.families import tokenizer as tokenizer_lib
 
-COLABS = os.path.join(os.path.dirname(__file__), "..", "..", "colabs")
-NOTEBOOKS = ("titok_reconstruct.ipynb", "llamagen_sample.ipynb", "train_tiny.ipynb")
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+COLABS = os.path.join(REPO, "colabs")
+NOTEBOOKS = ("titok_reconstruct.ipynb", "llamagen_sample.ipynb", "titok_generate.ipynb",
+             "train_tiny.ipynb")
 IMAGE_SIZE, TOKENS, CODEBOOK = 16, 8, 64  # tiny_titok_config
 
 
-def _kernel_env():
+def _kernel_env(**extra):
   # The test process has 8 fake CPU devices (conftest); a notebook runs on what
   # the machine has, here one CPU device.
   flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
@@ -39,8 +49,12 @@ def _kernel_env():
   # random init took 65 s on 2 loaded cores, 26 s with XLA's optimisations off
   # and non-partitionable threefry (as conftest). Neither changes what a
   # notebook does; the random draws differ, and no assertion depends on them.
+  # The kernel imports vwt_jax from this checkout, installed or not, as the
+  # suite's other subprocesses do.
+  path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH")) if p)
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags),
-              JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_THREEFRY_PARTITIONABLE="0")
+              JAX_DISABLE_MOST_OPTIMIZATIONS="1", JAX_THREEFRY_PARTITIONABLE="0",
+              PYTHONPATH=path, **extra)
 
 
 def _parameters_index(nb):
@@ -48,16 +62,17 @@ def _parameters_index(nb):
               if "parameters" in cell.metadata.get("tags", ()))
 
 
-def execute(name, out_dir, **parameters):
-  """Runs colabs/`name` with `parameters` set after its parameters cell; the
-  executed notebook is written to out_dir (for inspection) and returned."""
+def execute(name, out_dir, env=None, **parameters):
+  """Runs colabs/`name` with `parameters` set after its parameters cell, and
+  `env` ({name: value}) added to the kernel's environment; the executed
+  notebook is written to out_dir (for inspection) and returned."""
   nb = nbformat.read(os.path.join(COLABS, name), as_version=4)
   nb.cells.insert(_parameters_index(nb) + 1, nbformat.v4.new_code_cell(
       "\n".join(f"{key} = {value!r}" for key, value in parameters.items())))
   client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                    resources={"metadata": {"path": str(out_dir)}})
   try:
-    client.execute(env=_kernel_env())
+    client.execute(env=_kernel_env(**(env or {})))
   finally:
     nbformat.write(nb, os.path.join(str(out_dir), name))
   return nb
@@ -107,6 +122,29 @@ def generator_run(titok_run, tmp_path_factory):
   return run
 
 
+@pytest.fixture(scope="module")
+def released_titok(fixtures_dir, tmp_path_factory):
+  """`titok-l32` and `titok-generator-l32` in a Hub cache, holding the official
+  code's tiny TiTok tokenizer and MaskGIT generator as TiTok's releases are
+  saved, and the releases' configs at the fixtures' sizes."""
+  released = official_titok_releases(
+      fixtures_dir, str(tmp_path_factory.mktemp("released_titok")),
+      hub.parse(pretrained.get("titok-l32").checkpoint).repo_id,
+      hub.parse(pretrained.get("titok-generator-l32").checkpoint).repo_id,
+      pretrained.config("titok-l32"), pretrained.config("titok-generator-l32"))
+  return types.SimpleNamespace(
+      env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": released.cache},
+      tokenizer_config=released.tokenizer_config, generator_config=released.generator_config,
+      tokenizer=tokenizer_lib.load_tokenizer(released.tokenizer_folder,
+                                             released.tokenizer_config),
+      generations=released.generations)
+
+
+def _pad(rows, n=8):
+  """`rows` repeated up to `n`: a batch the test process's 8 devices divide."""
+  return np.concatenate([rows, np.repeat(rows[-1:], n - len(rows), axis=0)])
+
+
 def test_titok_reconstruct_prints_the_token_ids_and_shows_the_grid(titok_run, tmp_path):
   run, config = titok_run
   output = str(tmp_path / "grid.png")
@@ -154,6 +192,88 @@ def test_llamagen_sample_shows_one_row_per_class_and_the_speed(generator_run, tm
   cell = images_lib.upscale(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3))).shape[1]
   assert Image.open(output).size == (3 * cell, 2 * cell)
   assert "2 rows x 3 images" in text and len(_shown_images(nb)) == 1
+
+
+def test_llamagen_sample_by_name_reads_the_release_and_its_tokenizer_from_the_hub(tmp_path):
+  # An empty cache with the network off: the release's tokenizer, read first,
+  # is named with the command that fetches it.
+  tokenizer = hub.parse(pretrained.get(pretrained.get("llamagen-c2i-b-256").tokenizer).checkpoint)
+  with pytest.raises(nbclient.exceptions.CellExecutionError,
+                     match=re.escape(f"hf download {tokenizer.repo_id} {tokenizer.filename}")):
+    execute("llamagen_sample.ipynb", tmp_path, GENERATOR="llamagen-c2i-b-256",
+            env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+
+
+def test_titok_reconstruct_reads_released_weights_by_name_and_crops_your_images(
+    released_titok, tmp_path):
+  pictures = tmp_path / "pictures"
+  pictures.mkdir()
+  rng = np.random.default_rng(0)
+  for name, shape in (("a.png", (40, 48, 3)), ("b.png", (64, 30, 3))):
+    Image.fromarray(rng.integers(0, 256, shape, np.uint8)).save(pictures / name)
+  (pictures / "broken.png").write_bytes(b"not a picture")
+  (pictures / "notes.txt").write_text("not an image file")
+  more = tmp_path / "more"
+  more.mkdir()
+  Image.fromarray(rng.integers(0, 256, (33, 33, 3), np.uint8)).save(more / "c.png")
+  output = str(tmp_path / "grid.png")
+  nb = execute("titok_reconstruct.ipynb", tmp_path, env=released_titok.env,
+               CHECKPOINT="titok-l32", CONFIG=released_titok.tokenizer_config,
+               IMAGES=f"{pictures}, {more}/*.png", OUTPUT=output)
+  text = _stdout(nb)
+  # Folders in name order, then the glob; the broken file is reported and skipped.
+  assert "skipped 1 of 4 files" in text
+  assert "hf://" + hub.parse(pretrained.get("titok-l32").checkpoint).repo_id in text
+  paths = [str(pictures / "a.png"), str(pictures / "b.png"), str(more / "c.png")]
+  assert re.findall(r"^  (\d+)  (.+)$", text, re.M) == [(str(i), p) for i, p in enumerate(paths)]
+  rows = re.findall(r"^image (\d+): ([\d ]+)$", text, re.M)
+  printed = np.array([[int(t) for t in ids.split()] for _, ids in rows])
+  # TiTok's evaluation crop of each picture, through the released tokenizer.
+  tok = released_titok.tokenizer
+  crops = np.stack([transforms.resize_center_crop(np.asarray(Image.open(p)), tok.image_size)
+                    for p in paths])
+  codes = np.asarray(tok.encode(_pad(transforms.to_float(crops))))[:3]
+  np.testing.assert_array_equal(printed, codes)
+  grid = np.asarray(Image.open(output), np.int32)
+  cell = images_lib.upscale(crops).shape[1]
+  assert grid.shape == (2 * cell, 3 * cell, 3)
+  np.testing.assert_array_equal(grid[:cell], np.concatenate(images_lib.upscale(crops), axis=1))
+  decoded = images_lib.to_uint8(np.asarray(tok.decode(_pad(codes)))[:3])
+  np.testing.assert_allclose(grid[cell:], np.concatenate(images_lib.upscale(decoded), axis=1),
+                             atol=1)
+
+
+def test_titok_generate_gives_the_official_generations_from_the_hub_cache(
+    released_titok, tmp_path):
+  # The release's sampling settings but for the two set here: without the
+  # randomised temperature the official MaskGIT loop is deterministic, so each
+  # sample is the official generation for its class (here at constant guidance).
+  official = released_titok.generations
+  output = str(tmp_path / "samples.png")
+  nb = execute("titok_generate.ipynb", tmp_path, env=released_titok.env,
+               GENERATOR="titok-generator-l32", CONFIG=released_titok.generator_config,
+               CLASSES=",".join(str(c) for c in official["condition"]), PER_CLASS=2,
+               GUIDANCE_DECAY="constant", RANDOMIZE_TEMPERATURE=0.0, OUTPUT=output)
+  text = _stdout(nb)
+  # The setup cell reports what JAX runs on: here the kernel's one CPU device.
+  assert re.search(r"JAX [\w.]+ sees 1 CPU device\(s\)", text)
+  assert "hf://" + hub.parse(pretrained.get("titok-generator-l32").checkpoint).repo_id in text
+  assert "8 steps, guidance scale 4.5 (constant decay), randomize_temperature 0.0" in text
+  speed = re.search(r"sampled 6 images in [\d.]+ s: ([\d.]+) images/s", text)
+  assert speed and float(speed.group(1)) > 0
+  assert "3 rows x 2 images" in text and len(_shown_images(nb)) == 1
+  tok = released_titok.tokenizer
+  samples = tok.pictures(_pad(official["generate_T0_constant"]))[:3]
+  expected = images_lib.image_grid([[s, s] for s in samples])
+  # Decoded by 1 device there and 8 here: apart by float32 reordering, at most
+  # one grey level once truncated.
+  np.testing.assert_allclose(np.asarray(Image.open(output), np.int32), expected, atol=1)
+
+
+def test_titok_generate_with_a_tokenizer_as_generator_names_the_generators(tmp_path):
+  with pytest.raises(nbclient.exceptions.CellExecutionError,
+                     match="titok-l32 is a tokenizer, not a generator"):
+    execute("titok_generate.ipynb", tmp_path, GENERATOR="titok-l32")
 
 
 def _overrides(config, base):

@@ -22,10 +22,9 @@ from huggingface_hub import constants
 import jax
 import numpy as np
 import pytest
-import safetensors.numpy
 import torch
 
-from helpers import hub_cache
+from helpers import hub_cache, official_titok_releases
 from vwt_jax import cli
 from vwt_jax import convert
 from vwt_jax import families
@@ -35,8 +34,6 @@ from vwt_jax.core import hub
 from vwt_jax.families import common
 from vwt_jax.families import pretrained
 from vwt_jax.models.gpt import GPTConfig
-from vwt_jax.models.maskgit_generator import MaskGitGeneratorConfig
-from vwt_jax.models.titok import TiTokConfig
 from vwt_jax.tools.parity_vqgan import config_from_fixture
 
 REPO = "FoundationVision/LlamaGen"
@@ -136,52 +133,24 @@ def test_greedy_samples_from_the_hub_are_the_official_generations(released, tmp_
 def released_titok(fixtures_dir, tmp_path_factory):
   """TiTok's releases are model folders (config.json + model.safetensors, as
   PyTorchModelHubMixin saves them): the fixture ImageBert and the two-stage
-  TiTok it generates codes for, in a Hub cache."""
-  root = tmp_path_factory.mktemp("released_titok")
-  titok = os.path.join(fixtures_dir, "titok")
-  cache = str(root / "hub")
-  for repo, stem in (("yucornetto/generator_fixture", "generator_imagebert"),
-                     ("yucornetto/tokenizer_fixture", "titok_legacy_vq")):
-    with open(os.path.join(titok, f"{stem}_config.json")) as f:
-      meta = json.load(f)
-    folder = root / stem
-    folder.mkdir()
-    state_dict = torch_state.load_state_dict(os.path.join(titok, f"{stem}_state_dict.npz"))
-    safetensors.numpy.save_file(dict(state_dict), str(folder / "model.safetensors"))
-    (folder / "config.json").write_text(json.dumps(meta["official_config"]))
-    hub_cache(cache, repo, {name: str(folder / name)
-                            for name in ("model.safetensors", "config.json")})
-    if stem == "titok_legacy_vq":
-      tokenizer_meta = meta
-    else:
-      generator_meta = meta
-
+  TiTok it generates codes for, in a Hub cache, sampled with the official
+  sampler's settings."""
   configs = pretrained.configs_dir()
-  tokenizer = common.load_config(os.path.join(configs, "titok.py:L-32,recipe=stage2"))
-  tokenizer.model = model_section(TiTokConfig.from_official(
-      tokenizer_meta["official_config"], tokenizer_meta["sizes"],
-      tokenizer_meta["pixel_decoder"]))
-  tokenizer.data.image_size = tokenizer.model.image_size
-  tokenizer.compute_dtype = "float32"
-  with open(root / "tokenizer.json", "w") as f:
-    f.write(tokenizer.to_json())
-  generator = common.load_config(os.path.join(configs, "maskgit.py:titok_l32"))
-  generator.model = model_section(MaskGitGeneratorConfig.from_official(
-      generator_meta["official_config"], generator_meta["model_type"]))
-  generator.compute_dtype = "float32"
-  settings = generator_meta["generate_kwargs"]
+  released = official_titok_releases(
+      fixtures_dir, str(tmp_path_factory.mktemp("released_titok")),
+      "yucornetto/tokenizer_fixture", "yucornetto/generator_fixture",
+      common.load_config(os.path.join(configs, "titok.py:L-32,recipe=stage2")),
+      common.load_config(os.path.join(configs, "maskgit.py:titok_l32")))
+  generator = common.load_config(released.generator_config)
+  settings = released.generate_kwargs
   generator.sampling.update(dict(
       num_steps=settings["num_sample_steps"], cfg_scale=settings["guidance_scale"],
       guidance_scale_pow=settings["guidance_scale_pow"],
       randomize_temperature=settings["randomize_temperature"],
       softmax_temperature_annealing=settings["softmax_temperature_annealing"]))
-  generator.tokenizer.checkpoint = "hf://yucornetto/tokenizer_fixture"
-  generator.tokenizer.config = str(root / "tokenizer.json")
-  with open(root / "generator.json", "w") as f:
+  with open(released.generator_config, "w") as f:
     f.write(generator.to_json())
-  with np.load(os.path.join(titok, "generator_imagebert_io.npz")) as io:
-    official = {k: io[k] for k in io.files if k == "condition" or k.startswith("generate_")}
-  return cache, str(root / "generator.json"), official
+  return released.cache, released.generator_config, released.generations
 
 
 def test_titok_generator_from_the_hub_gives_the_official_generations(released_titok, tmp_path):
