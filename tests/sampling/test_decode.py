@@ -19,6 +19,20 @@ def test_top_k_keeps_ties_and_clips_k():
                                 [[False, True, False, False, False]])
 
 
+def test_kth_largest_is_the_sorted_kth_value():
+  rng = np.random.default_rng(0)
+  rows = rng.normal(size=(6, 1000)).astype(np.float32) * np.float32(30)
+  rows[1, :500] = rows[1, 500:]  # every value twice
+  rows[2, ::7] = -np.inf  # filtered logits
+  rows[3] = np.round(rows[3])  # many ties, zeros among them
+  rows[4, :10] = np.float32(3.4e38)  # the largest floats
+  rows[5] = -np.abs(rows[5])  # all negative
+  expected = -np.sort(-rows, axis=-1)
+  for k in (1, 2, 7, 500, 999, 1000):
+    np.testing.assert_array_equal(np.asarray(decode.kth_largest(jnp.asarray(rows), k)),
+                                  expected[:, k - 1:k], err_msg=f"k={k}")
+
+
 def test_top_p_keeps_first_crossing_token_and_top1():
   probs = np.array([0.05, 0.5, 0.15, 0.3])
   logits = jnp.log(jnp.asarray(probs))[None]

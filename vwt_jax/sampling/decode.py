@@ -36,11 +36,31 @@ class LogitsFns(NamedTuple):
   guide: Optional[GuideFn] = None
 
 
+def kth_largest(x: jax.Array, k: int) -> jax.Array:
+  """The k-th largest float32 of each row of x (..., V), as (..., 1); 1 <= k <= V.
+
+  A bitwise search instead of a sort: the floats map to unsigned keys in the
+  same order, and the key of the k-th largest is the largest t with at least
+  k keys >= t, found one bit at a time from the top (32 counting passes, each
+  one compare and sum over the row). On CPU this is several times faster than
+  `lax.top_k`'s sort of a 16k vocabulary, and exactly its k-th value.
+  """
+  bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+  sign = jnp.uint32(1 << 31)
+  # Negative floats order backwards as integers: flip them whole; lift the others.
+  keys = jnp.where(bits >= sign, ~bits, bits | sign)
+  t = jnp.zeros(x.shape[:-1] + (1,), jnp.uint32)
+  for bit in range(31, -1, -1):
+    candidate = t | jnp.uint32(1 << bit)
+    enough = jnp.sum(keys >= candidate, axis=-1, keepdims=True, dtype=jnp.int32) >= k
+    t = jnp.where(enough, candidate, t)
+  return jax.lax.bitcast_convert_type(jnp.where(t >= sign, t & ~sign, ~t), jnp.float32)
+
+
 def top_k_filter(logits: jax.Array, k: int) -> jax.Array:
   """Keeps logits >= the k-th largest (ties may keep more); k is clipped to [1, V]."""
   k = max(1, min(int(k), logits.shape[-1]))
-  kth = jax.lax.top_k(logits, k)[0][..., -1:]
-  return jnp.where(logits < kth, -jnp.inf, logits)
+  return jnp.where(logits < kth_largest(logits, k), -jnp.inf, logits)
 
 
 def top_p_filter(logits: jax.Array, p: Any) -> jax.Array:
