@@ -53,6 +53,21 @@ def _run(module: str, args, cache: str, cwd) -> str:
   return result.stdout
 
 
+def _write_generator_config(generator, gpt_args, tokenizer_checkpoint: str,
+                            tokenizer_config: str, root) -> str:
+  """`generator` (a released recipe's config) at the official fixture's sizes,
+  float32 as the official run, decoded by the given tokenizer; written to
+  root/generator.json, whose path is returned."""
+  generator.model = model_section(GPTConfig.from_official(gpt_args))
+  generator.compute_dtype = "float32"
+  generator.tokenizer.checkpoint = tokenizer_checkpoint
+  generator.tokenizer.config = tokenizer_config
+  path = str(root / "generator.json")
+  with open(path, "w") as f:
+    f.write(generator.to_json())
+  return path
+
+
 def _samples(args, labels, cache: str, tmp_path) -> dict:
   """The npz arrays of `vwt_jax.sample ARGS`, one sample per label, run offline."""
   npz = str(tmp_path / "samples.npz")
@@ -105,16 +120,12 @@ def released(fixtures_dir, tmp_path_factory):
 
   # The generator's config as a user writes it: the released recipe's config
   # file with the fixture's sizes, in float32 as the fixture's official run.
-  generator = common.load_config(os.path.join(pretrained.configs_dir(), "llamagen.py:B"))
-  generator.model = model_section(GPTConfig.from_official(gpt_args))
-  generator.compute_dtype = "float32"
-  generator.tokenizer.checkpoint = f"hf://{REPO}/vq_fixture.pt"
-  generator.tokenizer.config = tokenizer_config
-  with open(root / "generator.json", "w") as f:
-    f.write(generator.to_json())
+  generator = _write_generator_config(
+      common.load_config(os.path.join(pretrained.configs_dir(), "llamagen.py:B")), gpt_args,
+      f"hf://{REPO}/vq_fixture.pt", tokenizer_config, root)
   with np.load(os.path.join(llamagen, "gpt_io.npz")) as io:
     official = {k: io[k] for k in ("cond_idx", "gen_greedy_cfg4")}
-  return cache, str(root / "generator.json"), official
+  return cache, generator, official
 
 
 def test_greedy_samples_from_the_hub_are_the_official_generations(released, tmp_path):
@@ -222,16 +233,12 @@ def released_t2i(fixtures_dir, tmp_path_factory):
 
   # The release's config (its text encoder and sampler settings) with the
   # fixture's sizes, in float32 as the official run.
-  generator = pretrained.config("llamagen-t2i-xl-256")
-  generator.model = model_section(GPTConfig.from_official(spec["model_args"]))
-  generator.compute_dtype = "float32"
-  generator.tokenizer.checkpoint = f"hf://{T2I_REPO}/vq_fixture.pt"
-  generator.tokenizer.config = tokenizer_config
-  with open(root / "generator.json", "w") as f:
-    f.write(generator.to_json())
+  generator = _write_generator_config(
+      pretrained.config("llamagen-t2i-xl-256"), spec["model_args"],
+      f"hf://{T2I_REPO}/vq_fixture.pt", tokenizer_config, root)
   with np.load(os.path.join(t2i, "t2i_io.npz")) as io:
     official = {k: io[k] for k in io.files}
-  return cache, str(root / "generator.json"), t2i, spec, official
+  return cache, generator, t2i, spec, official
 
 
 def test_t2i_prompts_file_gives_the_official_sampler_generations(released_t2i, tmp_path):
