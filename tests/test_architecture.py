@@ -15,10 +15,13 @@ BELOW = {
     "sampling": {"models", "core"},
     "conversion": {"models", "core"},
     "losses": {"conversion", "models", "core"},
-    "families": {"conversion", "sampling", "models", "data", "core"},
-    "evaluation": {"families", "conversion", "sampling", "models", "data", "core"},
-    "training": {"evaluation", "families", "losses", "sampling", "conversion", "models", "data",
-                 "core"},
+    # families build configs (a release's, an official folder's) from the config
+    # files' sections: config_common imports only what families may import.
+    "families": {"config_common", "conversion", "sampling", "models", "data", "core"},
+    "evaluation": {"families", "config_common", "conversion", "sampling", "models", "data",
+                   "core"},
+    "training": {"evaluation", "families", "config_common", "losses", "sampling", "conversion",
+                 "models", "data", "core"},
     "config_common": {"models", "data", "core"},
 }
 # Commands: the modules at the package root and tools/.

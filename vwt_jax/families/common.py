@@ -106,19 +106,17 @@ def run_config(checkpoint: str) -> ml_collections.ConfigDict:
     path = os.path.join(folder, CONFIG_FILE)
     if epath.Path(path).exists():
       config = load_config(path)
-      return config if "family" in config else _official_folder_config(config.to_dict(), path)
+      model = config.get("model", {})
+      official = "family" not in config and ("vq_model" in model or "generator" in model)
+      return _official_folder_config(config.to_dict()) if official else config
     folder = os.path.dirname(folder)
   raise FileNotFoundError(
       f"no {CONFIG_FILE} next to {checkpoint}; pass the model's config "
       "(e.g. configs/titok.py:tiny) explicitly")
 
 
-def _official_folder_config(official: dict[str, Any], path: str) -> ml_collections.ConfigDict:
-  model = official.get("model", {})
-  family = "maskgit" if "generator" in model else "titok" if "vq_model" in model else None
-  if family is None:
-    raise ValueError(f"{path} is neither one of our runs' config (no 'family') nor an "
-                     "official TiTok one (no model.vq_model or model.generator)")
+def _official_folder_config(official: dict[str, Any]) -> ml_collections.ConfigDict:
+  family = "maskgit" if "generator" in official["model"] else "titok"
   return families.get(family).config_from_official(official)
 
 
