@@ -4,7 +4,6 @@ saves them): their config.json gives the model, as `from_pretrained` reads it.""
 import json
 import os
 
-
 from helpers import hub_cache
 from vwt_jax.families import common
 from vwt_jax.families import pretrained
