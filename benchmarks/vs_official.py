@@ -7,7 +7,7 @@ omegaconf, einops, torchvision), then:
   git clone https://github.com/FoundationVision/LlamaGen /src/LlamaGen
   git clone https://github.com/bytedance/1d-tokenizer /src/1d-tokenizer
   python benchmarks/vs_official.py --llamagen /src/LlamaGen --titok /src/1d-tokenizer \
-      --cases gpt-B:2,gpt-B:8,titok-L-32:4,vq-16:8
+      --cases gpt-B:2,gpt-B:8,titok-L-32:4,vq-16:8,train-gpt-B:8,train-titok-S-128:4
 
 A case is MODEL:BATCH:
   gpt-B, gpt-L, gpt-XL, gpt-XXL, gpt-3B  LlamaGen c2i GPT sampling 256 image tokens
@@ -16,28 +16,61 @@ A case is MODEL:BATCH:
       `sampling.autoregressive.generate`, decoding excluded;
   titok-L-32, titok-B-64, titok-S-128  TiTok encode + decode of 256-px images
       (the released two-stage models, pixel decoder included);
-  vq-16  LlamaGen's VQ-16 decoding 16 x 16 codes into 256-px images.
+  vq-16  LlamaGen's VQ-16 decoding 16 x 16 codes into 256-px images;
+  train-gpt-B (... -3B)  one c2i GPT training step on 16 x 16 codes, as
+      `autoregressive/train/train_c2i.py` runs it (teacher-forced loss,
+      backward, gradients clipped at 1.0, its AdamW: lr 1e-4, betas (0.9,
+      0.95), weight decay 5e-2 on >= 2-D weights, fused where torch has it)
+      against the compiled step of this library's trainer (configs/llamagen.py,
+      built as benchmarks/train_step.py builds it); dropout and class dropout
+      off on both sides, so both steps are deterministic;
+  train-titok-L-32, train-titok-B-64, train-titok-S-128  one stage-1 step of
+      the two-stage recipe: the frozen MaskGIT-VQGAN teacher encodes the batch
+      into proxy codes, TiTok's legacy decoder predicts them (cross-entropy +
+      quantizer loss), backward, clip 1.0, AdamW (lr 1e-4, betas (0.9, 0.99),
+      weight decay 1e-4 outside the official exclusions), EMA 0.999; against
+      our TiTok trainer's stage-1 step (configs/titok.py, recipe=stage1). The
+      teacher runs on both sides, as in both trainers: the released
+      architecture with redrawn weights, saved to a file that the official
+      `PretrainedTokenizer` and our converter both load. The recipe's
+      warm-up is skipped on both sides (constant lr 1e-4).
 
 Each case builds the official model with the official initialisation and
 then redraws every weight from a seeded generator at unit scale (the official
 heads start at zero, which would make every logit equal); this library loads
 the same state dict through its converter. Before timing, the two must agree:
 the GPT's first 32 greedy tokens with CFG, equal; the tokenizers' token ids,
-equal, and their images within 1e-3. Then each side runs `--repeats` times
-after one warm-up call: the official code eagerly under `torch.no_grad` with
-`--threads` torch threads, ours compiled by XLA (its compile time, the first
-call minus a steady one, is reported apart). One JSON line per case: the best
-times, images/s of both and `ratio` = official time / ours (above 1: this
-library is faster). float32 on CPU; on an accelerator both sides run bfloat16
-for the GPT (`--dtype`).
+equal, and their images within 1e-3; a train case's loss on one batch of
+random codes / images, within a relative 1e-4, at the first step and again
+after one update (`check_train_losses`). Then each side runs `--repeats` times
+after one warm-up call: the official code eagerly (under `torch.no_grad` but
+for training) with `--threads` torch threads, ours compiled by XLA (its
+compile time, the first call minus a steady one, or for a train step the
+ahead-of-time compilation, is reported apart). One JSON line per case: the
+best times, images/s of both and `ratio` = official time / ours (above 1:
+this library is faster). float32 on CPU; on an accelerator both sides run
+bfloat16 for GPT sampling (`--dtype`; the train cases are float32 only).
+
+`--official_compile` adds the official scripts' `torch.compile` path for the
+GPT cases: `sample_c2i.py --compile` (mode "reduce-overhead", fullgraph) for
+sampling, `train_c2i.py`'s default `torch.compile(model)` for training. Its
+times come as `official_compiled_s` (best), `official_compiled_first_s`
+(compilation included, shorter on a rerun that finds inductor's on-disk
+cache) and `ratio_compiled`, with
+`official_compiled_greedy_equal` for sampling (reported, not required:
+inductor's kernels sum in their own order); where compiling fails (inductor
+on CPU needs a C++ compiler) `official_compiled_error` gives the reason
+instead.
 """
 
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import jax
@@ -47,17 +80,36 @@ import numpy as np
 from vwt_jax.conversion import llamagen as llamagen_conversion
 from vwt_jax.conversion import titok as titok_conversion
 from vwt_jax.conversion import vqgan as vqgan_conversion
+from vwt_jax.core import sharding
+from vwt_jax.families import common
 from vwt_jax.models import gpt as gpt_lib
+from vwt_jax.models import maskgit_vqgan
 from vwt_jax.models import titok as titok_lib
 from vwt_jax.models import vqgan as vqgan_lib
 from vwt_jax.sampling import autoregressive as ar
+from vwt_jax.training import train_state
+
+import train_step  # benchmarks/train_step.py: run as a script, this folder is on sys.path
 
 GPT_SIZES = ("B", "L", "XL", "XXL", "3B")
 # The released two-stage TiTok tokenizers' official config fields.
 TITOK = {"L-32": ("large", 32), "B-64": ("base", 64), "S-128": ("small", 128)}
 CHECK_TOKENS = 32
 # The flag naming each official checkout, by the prefix of the cases it serves.
-CHECKOUTS = {"llamagen": ("gpt-", "vq-"), "titok": ("titok-",)}
+CHECKOUTS = {"llamagen": ("gpt-", "vq-", "train-gpt-"), "titok": ("titok-", "train-titok-")}
+# Relative difference allowed between the two sides' train losses (see
+# `check_train_losses`).
+TRAIN_LOSS_RTOL = 1e-4
+# Parameter names the official TiTok `create_optimizer` keeps out of weight
+# decay (besides every parameter of fewer than 2 dimensions).
+TITOK_NO_DECAY = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma",
+                  "embed")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def our_config(filename: str, arg: str):
+  """`configs/<filename>:arg`, loaded the way `--config` loads it."""
+  return common.load_config(f"{os.path.join(HERE, '..', 'configs', filename)}:{arg}")
 
 
 def use_checkout(checkout: str) -> None:
@@ -84,6 +136,18 @@ def best_time(fn, repeats: int) -> tuple[float, float]:
     fn()
     times.append(time.perf_counter() - start)
   return first, min(times)
+
+
+def compiled_times(fn, repeats: int) -> dict:
+  """`best_time` of a call into `torch.compile`d code, as extra JSON fields; the
+  reason instead where compiling fails (inductor on CPU needs a C++ compiler)."""
+  try:
+    first, best = best_time(fn, repeats)
+  except Exception as error:  # pylint: disable=broad-except
+    # Dynamo and inductor raise many unrelated types; the run goes on without them.
+    lines = str(error).strip().splitlines()
+    return dict(official_compiled_error=f"{type(error).__name__}: {lines[0] if lines else ''}")
+  return dict(official_compiled_s=best, official_compiled_first_s=first)
 
 
 def redraw(module, seed: int) -> None:
@@ -127,9 +191,9 @@ def gpt_case(args, size: str, grid: int, batch: int) -> dict:
         model, params, jnp.asarray(labels, jnp.int32), num_tokens=num_tokens,
         rng=jax.random.key(args.seed), cfg_scale=args.cfg, **settings)))
 
-  def theirs(num_tokens, **settings):
+  def theirs(num_tokens, model=official, **settings):
     with torch.no_grad():
-      return generate(official, torch.as_tensor(labels), num_tokens, cfg_scale=args.cfg,
+      return generate(model, torch.as_tensor(labels), num_tokens, cfg_scale=args.cfg,
                       cfg_interval=-1, **settings).numpy()
 
   greedy_ours = ours(CHECK_TOKENS, greedy=True)
@@ -142,10 +206,22 @@ def gpt_case(args, size: str, grid: int, batch: int) -> dict:
   ours_first, ours_best = best_time(lambda: ours(tokens, **sampling), args.repeats)
   theirs_first, theirs_best = best_time(
       lambda: theirs(tokens, top_p=1.0, sample_logits=True, **sampling), args.repeats)
-  return dict(case=f"gpt-{size}", tokens=tokens, batch=batch, cfg=args.cfg, top_k=args.top_k,
-              greedy_tokens_equal=CHECK_TOKENS, official_s=theirs_best, ours_s=ours_best,
-              ours_compile_s=max(ours_first - ours_best, 0.0),
-              official_first_s=theirs_first)
+  result = dict(case=f"gpt-{size}", tokens=tokens, batch=batch, cfg=args.cfg, top_k=args.top_k,
+                greedy_tokens_equal=CHECK_TOKENS, official_s=theirs_best, ours_s=ours_best,
+                ours_compile_s=max(ours_first - ours_best, 0.0),
+                official_first_s=theirs_first)
+  if args.official_compile:
+    # `sample_c2i.py --compile`; `generate` reaches `setup_caches` through the
+    # compiled wrapper, as there.
+    compiled = torch.compile(official, mode="reduce-overhead", fullgraph=True)
+    timing = compiled_times(lambda: theirs(tokens, top_p=1.0, sample_logits=True, model=compiled,
+                                           **sampling), args.repeats)
+    if "official_compiled_error" not in timing:
+      # Reported, not required: inductor's fused kernels sum in their own order.
+      result["official_compiled_greedy_equal"] = bool(np.array_equal(
+          theirs(CHECK_TOKENS, sample_logits=False, model=compiled), greedy_theirs))
+    result.update(timing)
+  return result
 
 
 def titok_case(args, variant: str, batch: int) -> dict:
@@ -236,11 +312,201 @@ def vq_case(args, batch: int) -> dict:
               ours_compile_s=max(ours_first - ours_best, 0.0), official_first_s=theirs_first)
 
 
+def our_train_step(setup, params, seed: int):
+  """The trainer's compiled step from `params` (the official weights, fresh
+  AdamW moments, as `init_from` starts a run); (step, AOT compile seconds).
+  The step feeds `setup.batch` on every call and returns its loss."""
+  trainer = setup.trainer
+  batch = sharding.host_batch_to_global(setup.batch, trainer.mesh)
+  rng = jax.random.key(seed)
+  state = trainer.init_state(rng)
+  state = train_state.restart_from(
+      state, train_state.merge_params(state["params"], params, trainer.param_shardings,
+                                      "the official weights"),
+      trainer.tx, trainer.state_shardings)
+  start = time.perf_counter()
+  step_fn, _ = trainer.compile_train_step(state, batch, rng)
+  compile_s = time.perf_counter() - start
+  # The state is donated to the step: each call must hand in the last one.
+  current = {"state": state}
+
+  def step() -> float:
+    current["state"], metrics = step_fn(current["state"], batch, rng)
+    return float(metrics["loss"])
+
+  return step, compile_s
+
+
+def check_train_losses(case: str, ours, theirs) -> dict:
+  """Two steps on each side from the same weights: the losses of both (before
+  and after one update) must agree within TRAIN_LOSS_RTOL.
+
+  The first loss differs only by float32 summation order: a few ulps (one ulp
+  is 1.2e-7 relative at worst), the positions' errors averaging out in the
+  mean. AdamW's first update is about lr x sign(g), so a gradient
+  entry near zero whose sign differs between the two moves its weight by up to
+  2 lr the other way; such entries barely move the loss. Measured on CPU
+  (float32, batch 2): GPT-B 0 and 0 (equal floats), TiTok-S-128 1.3e-7 and
+  4.9e-7; TRAIN_LOSS_RTOL leaves a 200-fold margin, against a first update
+  that takes the loss from 10.2 to 7.9 (GPT-B) or 7.1 to 4.8 (TiTok-S-128).
+  What the second loss checks is the gradient (its signs) and the learning
+  rate: a first AdamW step does not depend on the betas or on clipping, and
+  weight decay shrinks the weights by lr x 5e-2 = 5e-6 at most, too little to
+  show; those settings are equal by construction, not by this check.
+  """
+  losses = []
+  for step in range(2):
+    mine, official = ours(), theirs()
+    error = abs(mine - official) / abs(official)
+    if not error <= TRAIN_LOSS_RTOL:
+      raise SystemExit(f"{case}: train loss of step {step + 1} is {mine:.7g}, the official "
+                       f"{official:.7g} (relative difference {error:.1e} > {TRAIN_LOSS_RTOL})")
+    losses.append((official, error))
+  return dict(official_losses=[l for l, _ in losses], loss_rel_errors=[e for _, e in losses])
+
+
+def train_times(args, ours, theirs, compile_s: float) -> dict:
+  ours_best = best_time(ours, args.repeats)[1]
+  theirs_first, theirs_best = best_time(theirs, args.repeats)
+  return dict(official_s=theirs_best, ours_s=ours_best, ours_compile_s=compile_s,
+              official_first_s=theirs_first)
+
+
+def train_gpt_case(args, size: str, batch: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  from autoregressive.models.gpt import GPT_models  # pylint: disable=g-import-not-at-top
+  from autoregressive.train.train_c2i import creat_optimizer  # pylint: disable=g-import-not-at-top
+  # No dropout, no class dropout: both steps deterministic, so their losses
+  # can be compared (and no label embedding row for the null class).
+  no_dropout = dict(token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
+                    class_dropout_prob=0.0)
+  official = GPT_models[f"GPT-{size}"](block_size=256, cls_token_num=1, model_type="c2i",
+                                       vocab_size=16384, num_classes=1000, **no_dropout)
+  redraw(official, args.seed)
+  official.train()
+  # `train_c2i.py`'s defaults: lr 1e-4, weight decay 5e-2, betas (0.9, 0.95).
+  optimizer = creat_optimizer(official, 5e-2, 1e-4, (0.9, 0.95), logging.getLogger("official"))
+
+  config = our_config("llamagen.py", size)
+  config.update(dict(global_batch_size=batch, compute_dtype="float32", param_dtype="float32"))
+  # train_c2i.py recomputes nothing in the backward; our XXL and 3B recipes would.
+  config.model.update(dict(no_dropout, remat=False))
+  setup = train_step._generator_setup(config, np.random.default_rng(args.seed))
+  params = llamagen_conversion.convert_gpt(state_dict_numpy(official), setup.trainer.cfg)
+  ours, compile_s = our_train_step(setup, params, args.seed)
+  codes = torch.as_tensor(setup.batch["codes"]).long()
+  labels = torch.as_tensor(setup.batch["labels"]).long()
+
+  def step(model):
+    # `train_c2i.py`'s loop; its GradScaler is a no-op but for float16.
+    _, loss = model(cond_idx=labels, idx=codes[:, :-1], targets=codes)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(official.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+  result = dict(case=f"train-gpt-{size}", tokens=256, batch=batch,
+                **check_train_losses(f"train-gpt-{size}", ours, lambda: step(official)),
+                **train_times(args, ours, lambda: step(official), compile_s))
+  if args.official_compile:
+    # `train_c2i.py` compiles unless --no-compile (its DDP wrapper aside).
+    compiled = torch.compile(official)
+    result.update(compiled_times(lambda: step(compiled), args.repeats))
+  return result
+
+
+def train_titok_case(args, variant: str, batch: int) -> dict:
+  """Stage 1 of the released two-stage recipe, teacher included on both sides:
+  the official loop encodes every batch with the frozen MaskGIT-VQGAN, as our
+  step does. The teacher is the released architecture with redrawn weights,
+  written to a file that both load (`PretrainedTokenizer`, our converter)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from omegaconf import OmegaConf  # pylint: disable=g-import-not-at-top
+  from modeling import titok as official_titok  # pylint: disable=g-import-not-at-top
+  from modeling.modules.ema_model import EMAModel  # pylint: disable=g-import-not-at-top
+  from modeling.modules.losses import ReconstructionLoss_Stage1  # pylint: disable=g-import-not-at-top
+  size, tokens = TITOK[variant]
+  official_config = OmegaConf.create({
+      "model": {"vq_model": {
+          "codebook_size": 4096, "token_size": 12, "use_l2_norm": True,
+          "commitment_cost": 0.25, "vit_enc_model_size": size, "vit_dec_model_size": size,
+          "vit_enc_patch_size": 16, "vit_dec_patch_size": 16, "num_latent_tokens": tokens,
+          "finetune_decoder": False}},
+      "losses": {"quantizer_weight": 1.0},
+      "dataset": {"preprocessing": {"crop_size": 256}}})
+  official = official_titok.TiTok(official_config)
+  redraw(official, args.seed)
+  official.train()
+  loss_module = ReconstructionLoss_Stage1(official_config)
+  # The stage-1 recipe: AdamW lr 1e-4, betas (0.9, 0.99), weight decay 1e-4
+  # but for the official exclusions; EMA 0.999; gradients clipped at 1.0.
+  # Its 10k-step warm-up is skipped on both sides: from lr 0 the first update
+  # would move nothing and the second-step check would be vacuous.
+  named = list(official.named_parameters())
+  no_decay = lambda n, p: p.ndim < 2 or any(s in n for s in TITOK_NO_DECAY)
+  optimizer = torch.optim.AdamW(
+      [{"params": [p for n, p in named if no_decay(n, p)], "weight_decay": 0.0},
+       {"params": [p for n, p in named if not no_decay(n, p)], "weight_decay": 1e-4}],
+      lr=1e-4, betas=(0.9, 0.99))
+  ema = EMAModel(official.parameters(), decay=0.999)
+
+  vq = maskgit_vqgan.MaskGitVQGANConfig()
+  teacher_arch = OmegaConf.create({
+      "channel_mult": list(vq.channel_mult), "num_resolutions": vq.num_resolutions,
+      "dropout": 0.0, "hidden_channels": vq.hidden_channels, "num_channels": vq.num_channels,
+      "num_res_blocks": vq.num_res_blocks, "resolution": 256, "z_channels": vq.z_channels})
+  parts = torch.nn.Module()
+  parts.encoder = official_titok.Pixel_Eecoder(teacher_arch)
+  parts.decoder = official_titok.Pixel_Decoder(teacher_arch)
+  parts.quantize = official_titok.Pixel_Quantizer(vq.codebook_size, vq.z_channels,
+                                                  vq.commitment_cost)
+  redraw(parts, args.seed + 1)
+  with tempfile.TemporaryDirectory() as folder:
+    teacher_file = os.path.join(folder, "maskgit-vqgan.bin")
+    torch.save(parts.state_dict(), teacher_file)
+    # Loads strictly: the file fits the official teacher's architecture.
+    teacher = official_titok.PretrainedTokenizer(teacher_file)
+    config = our_config("titok.py", f"{variant},recipe=stage1")
+    config.update(dict(global_batch_size=batch, compute_dtype="float32",
+                       param_dtype="float32"))
+    config.optimizer.update(dict(schedule="constant", warmup_steps=0, end_lr=config.optimizer.lr))
+    config.teacher.checkpoint = teacher_file
+    setup = train_step._titok_setup(config, np.random.default_rng(args.seed))
+  params = titok_conversion.convert_titok(state_dict_numpy(official), setup.trainer.cfg)
+  ours, compile_s = our_train_step(setup, params, args.seed)
+  # Our images are in [-1, 1], the official loader's in [0, 1].
+  images = torch.as_tensor((setup.batch["image"] + 1.0) / 2.0).permute(0, 3, 1, 2).contiguous()
+
+  def theirs():
+    proxy_codes = teacher.encode(images)
+    logits, quantizer = official(images)
+    loss, _ = loss_module(proxy_codes, logits, quantizer)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(official.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    ema.step(official.parameters())
+    return loss.item()
+
+  case = f"train-titok-{variant}"
+  return dict(case=case, tokens=tokens, batch=batch, **check_train_losses(case, ours, theirs),
+              **train_times(args, ours, theirs, compile_s))
+
+
 def run_case(args, case: str) -> dict:
   name, _, batch = case.rpartition(":")
   if not name or not batch.isdigit() or int(batch) < 1:
     raise SystemExit(f"--cases: {case!r} is not MODEL:BATCH (e.g. gpt-B:8)")
   batch = int(batch)
+  if name.startswith("train-gpt-"):
+    if name[10:] not in GPT_SIZES:
+      raise SystemExit(f"{case}: GPT sizes are {GPT_SIZES}")
+    use_checkout(args.llamagen)
+    return train_gpt_case(args, name[10:], batch)
+  if name.startswith("train-titok-") and name[12:] in TITOK:
+    use_checkout(args.titok)
+    return train_titok_case(args, name[12:], batch)
   if name.startswith("gpt-"):
     size, _, grid = name[4:].partition("@")
     if size not in GPT_SIZES:
@@ -254,7 +520,15 @@ def run_case(args, case: str) -> dict:
     use_checkout(args.llamagen)
     return vq_case(args, batch)
   raise SystemExit(f"{case}: unknown model (gpt-B|L|XL|XXL|3B[@GRID], "
-                   f"titok-{'|'.join(TITOK)}, vq-16)")
+                   f"titok-{'|'.join(TITOK)}, vq-16, train-gpt-B|L|XL|XXL|3B, "
+                   f"train-titok-{'|'.join(TITOK)})")
+
+
+def rounded(value):
+  """4 significant digits, in lists too."""
+  if isinstance(value, list):
+    return [rounded(v) for v in value]
+  return float(f"{value:.4g}") if isinstance(value, float) else value
 
 
 def main():
@@ -268,7 +542,10 @@ def main():
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                      help="The GPT's compute dtype on both sides.")
+                      help="The GPT's compute dtype on both sides (sampling cases).")
+  parser.add_argument("--official_compile", action="store_true",
+                      help="Also time the official GPT under torch.compile, as its scripts' "
+                           "compile paths do.")
   args = parser.parse_args()
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
@@ -279,6 +556,9 @@ def main():
     if needed and not (checkout and os.path.isdir(checkout)):
       raise SystemExit(f"--{flag}: a checkout of the official repository is needed for "
                        f"{needed}")
+  trained = [c for c in cases if c.startswith("train-")]
+  if trained and args.dtype != "float32":
+    raise SystemExit(f"--dtype={args.dtype}: the train cases {trained} run float32 only")
   device = jax.devices()[0]
   machine = dict(device=f"{device.platform}: {device.device_kind}", cpu=platform.processor()
                  or platform.machine(), cores=os.cpu_count(), torch_threads=args.threads,
@@ -288,8 +568,9 @@ def main():
     result.update(official_images_per_s=result["batch"] / result["official_s"],
                   ours_images_per_s=result["batch"] / result["ours_s"],
                   ratio=result["official_s"] / result["ours_s"], **machine)
-    print(json.dumps({k: float(f"{v:.4g}") if isinstance(v, float) else v
-                      for k, v in result.items()}), flush=True)
+    if "official_compiled_s" in result:
+      result["ratio_compiled"] = result["official_compiled_s"] / result["ours_s"]
+    print(json.dumps({k: rounded(v) for k, v in result.items()}), flush=True)
 
 
 if __name__ == "__main__":

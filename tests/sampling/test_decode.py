@@ -1,9 +1,12 @@
 """The shared decode loop: token filters, draws, stop sequences and classifier-free guidance."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
+from vwt_jax.models import gpt
 from vwt_jax.sampling import decode
 
 VOCAB = 16
@@ -131,3 +134,47 @@ def test_classifier_free_guidance_doubles_rows_and_guides_the_interval():
   np.testing.assert_array_equal(np.argmax(decode.guided_logits(raw, 2.0, 1), -1), tokens)
   always, _, _ = _loop(decode.classifier_free_guidance(TOY, 2.0, -1), [0, 4])
   np.testing.assert_array_equal(always, [[1, 3, 5, 7, 9, 11], [5, 7, 9, 11, 13, 15]])
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_segments_attend_the_filled_cache_with_the_same_results(scan_layers):
+  config = gpt.GPTConfig(dim=32, n_layer=2, n_head=2, vocab_size=64, block_size=16,
+                         num_classes=10, scan_layers=scan_layers)
+  model = gpt.GPT(config)
+  params = nn.meta.unbox(model.init(jax.random.key(0), jnp.zeros((1,), jnp.int32),
+                                    jnp.zeros((1, 15), jnp.int32))["params"])
+  params["output"]["kernel"] = params["output"]["kernel"] * 200.0  # varied greedy tokens
+  fns = decode.LogitsFns(
+      lambda p, cond, cache, ctx: model.apply({"params": p}, cond, cache, method="prefill"),
+      lambda p, tok, pos, cache, ctx: model.apply({"params": p}, tok, pos, cache,
+                                                  method="decode"))
+  labels = jnp.array([1, 2, 3], jnp.int32)
+
+  def run(segments, stops=()):
+    cache = gpt.init_cache(config, 3, 1 + 16)
+    return decode.decode_loop(fns, params, labels, None, cache, jax.random.key(0),
+                              jnp.float32(1.0), jnp.float32(1.0), num_tokens=16, start=1,
+                              stops=stops, return_logits=True, segments=segments, **DRAW)
+
+  whole, _, whole_logits = run(1)
+  # Every segment is shorter than the whole cache: a wrong position would show.
+  tokens, _, logits = run(5)
+  np.testing.assert_array_equal(tokens, whole)
+  # The slots cut off hold exp(-inf) = 0 of the softmax: only summation order differs.
+  np.testing.assert_allclose(logits, whole_logits, rtol=1e-5, atol=1e-5)
+  # A stop drawn in a later segment ends row 0 there, as in one loop.
+  stop = (int(whole[0, 9]), int(whole[0, 10]))
+  stopped, lengths, _ = run(5, stops=(stop,))
+  expected = run(1, stops=(stop,))
+  np.testing.assert_array_equal(stopped, expected[0])
+  np.testing.assert_array_equal(lengths, expected[1])
+  assert int(lengths[0]) <= 9
+
+
+def test_segment_runs_cover_every_step_once():
+  for num_tokens in (1, 2, 3, 16, 256, 576):
+    for segments in (1, 3, 4, 8, 1000):
+      runs = decode.segment_runs(num_tokens, segments)
+      steps = [s for first, end in runs for s in range(first, end)]
+      assert steps == list(range(1, num_tokens)), (num_tokens, segments)
+      assert len(runs) <= segments

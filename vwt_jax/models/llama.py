@@ -334,6 +334,17 @@ def cache_length(cache: Any) -> int:
   return jax.tree.leaves(cache)[0].shape[-2]
 
 
+def resize_cache(cache: Any, length: int) -> Any:
+  """`cache` holding `length` positions: cut, or grown with empty (zero) ones."""
+  def resize(c):
+    if c.shape[-2] >= length:
+      return c[..., :length, :]
+    pad = [(0, 0)] * c.ndim
+    pad[-2] = (0, length - c.shape[-2])
+    return jnp.pad(c, pad)
+  return jax.tree.map(resize, cache)
+
+
 def run_cached(stack: StackConfig, layers: Layers, h: jax.Array, rope_table: np.ndarray,
                prefix_mask: Optional[jax.Array], cache: Any,
                position: Any = 0) -> tuple[jax.Array, Any]:

@@ -12,6 +12,10 @@ Reproduces `autoregressive/models/generate.py`:
 The whole generation is one XLA program (prefill, then a fixed number of
 single-token decodes into a static cache), compiled once per (config, batch,
 static settings); cfg_scale, cfg_interval, temperature and top_p are traced.
+
+`row_program` is the same program with a key and settings per row, for a
+server that batches unrelated requests (`vwt_jax.serving`): row b is what
+`generate` gives for that row alone with `rng=keys[b]` and its settings.
 """
 
 import functools
@@ -29,8 +33,12 @@ from vwt_jax.sampling import decode as decode_lib
 @functools.lru_cache(maxsize=32)
 def _build(config: gpt_lib.GPTConfig, num_tokens: int, cfg: bool, top_k: int, use_top_p: bool,
            greedy: bool, return_logits: bool, mesh: Optional[Mesh],
-           param_shardings: Optional["_ByIdentity"]):
-  """The jitted generation program for these static settings."""
+           param_shardings: Optional["_ByIdentity"], per_row: bool = False):
+  """The jitted generation program for these static settings.
+
+  `per_row`: `rng` is a (B,) key array and the traced settings are (B,)
+  (`row_program`); otherwise one key and scalar settings for the whole batch.
+  """
   model = gpt_lib.GPT(config)
   prefix = config.cls_token_num
 
@@ -48,9 +56,15 @@ def _build(config: gpt_lib.GPTConfig, num_tokens: int, cfg: bool, top_k: int, us
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
   def run(params, cond, emb_mask, rng, cfg_scale, cfg_interval, temperature, top_p):
+    if per_row:
+      # (B, 1): each row's setting against its (B, V) logits.
+      cfg_scale, cfg_interval, temperature, top_p = (
+          x[:, None] for x in (cfg_scale, cfg_interval, temperature, top_p))
     fns = decode_lib.LogitsFns(prefill_fn, decode_fn)
     if cfg:
       fns = decode_lib.classifier_free_guidance(fns, cfg_scale, cfg_interval)
+    if per_row and cfg:
+      fns = _guide_per_row(fns, cfg_scale)
     cache = gpt_lib.init_cache(config, cond.shape[0] * (2 if cfg else 1), prefix + num_tokens)
     batch_axis = 1 if config.scan_layers else 0
     cache = jax.tree.map(
@@ -58,23 +72,28 @@ def _build(config: gpt_lib.GPTConfig, num_tokens: int, cfg: bool, top_k: int, us
     tokens, _, all_logits = decode_lib.decode_loop(
         fns, params, cond, emb_mask, cache, rng, temperature, top_p, num_tokens=num_tokens,
         start=prefix, greedy=greedy, top_k=top_k, use_top_p=use_top_p,
-        return_logits=return_logits)
+        return_logits=return_logits, segments=decode_lib.auto_segments(num_tokens))
     return (tokens, all_logits) if return_logits else tokens
 
   if mesh is None:
     return jax.jit(run)
   data = NamedSharding(mesh, P(sharding_lib.BATCH_AXES))
-  repl = NamedSharding(mesh, P())
-  jitted = jax.jit(
-      run, in_shardings=(param_shardings.tree, data, data, repl, repl, repl, repl, repl),
+  # The key and settings: one for all rows, or one per row, split with the rows.
+  rest = data if per_row else NamedSharding(mesh, P())
+  return jax.jit(
+      run, in_shardings=(param_shardings.tree, data, data) + (rest,) * 5,
       out_shardings=(data, data) if return_logits else data)
 
-  def placed(params, cond, emb_mask, *scalars):
-    # Inputs committed elsewhere (e.g. a trainer's layout) are moved, not rejected.
-    params = jax.device_put(params, param_shardings.tree)
-    cond, emb_mask = jax.device_put((cond, emb_mask), data)
-    return jitted(params, cond, emb_mask, *scalars)
-  return placed
+
+def _guide_per_row(fns: decode_lib.LogitsFns, cfg_scale: jax.Array) -> decode_lib.LogitsFns:
+  """`fns` whose rows with cfg_scale <= 1 (B, 1) take their conditional logits
+  unmixed, as the unguided program gives them."""
+  guide = fns.guide
+
+  def per_row(logits, step):
+    return jnp.where(cfg_scale > 1, guide(logits, step), logits[:cfg_scale.shape[0]])
+
+  return fns._replace(guide=per_row)
 
 
 class _ByIdentity:
@@ -151,5 +170,34 @@ def generate(model: gpt_lib.GPT, params: Any, cond: jax.Array, *, num_tokens: in
       emb_mask = jnp.ones((cond.shape[0], config.cls_token_num), bool)
   fn = _build(config, int(num_tokens), use_cfg, int(top_k), bool(top_p < 1.0), bool(greedy),
               bool(return_logits), mesh, param_shardings)
+  if mesh is not None:
+    # Inputs committed elsewhere (e.g. a trainer's layout) are moved, not rejected.
+    params = jax.device_put(params, param_shardings.tree)
+    cond, emb_mask = jax.device_put((cond, emb_mask),
+                                    NamedSharding(mesh, P(sharding_lib.BATCH_AXES)))
   return fn(params, cond, emb_mask, rng, jnp.float32(cfg_scale), jnp.int32(cfg_interval),
             jnp.float32(temperature), jnp.float32(top_p))
+
+
+def row_program(config: gpt_lib.GPTConfig, *, num_tokens: int, cfg: bool, top_k: int,
+                use_top_p: bool, mesh: Optional[Mesh] = None, rules=None):
+  """The generation program with a key and settings per row, and its params' layout.
+
+  Returns (program, param_shardings). `program(params, cond, emb_mask, keys,
+  cfg_scale, cfg_interval, temperature, top_p)` takes `generate`'s cond and
+  emb_mask (B rows, B divisible over the mesh's data-parallel devices), a
+  (B,) key array and (B,) float32, int32, float32, float32 settings, and
+  returns int32 (B, num_tokens) tokens: row b is `generate`'s tokens for row b
+  alone with `rng=keys[b]` and its settings, whatever the other rows hold.
+  `cfg` doubles the batch for guidance (rows with cfg_scale <= 1 are not
+  guided); `use_top_p` filters the rows with top_p < 1. `param_shardings`
+  (None without a mesh) is the params' layout the program takes: place them
+  once. Nothing is checked: the caller validates what it feeds.
+  """
+  param_shardings = None
+  if mesh is not None:
+    rules = sharding_lib.normalize_rules(rules or sharding_lib.DEFAULT_LOGICAL_AXIS_RULES)
+    param_shardings = _param_shardings(config, mesh, rules)
+  program = _build(config, int(num_tokens), bool(cfg), int(top_k), bool(use_top_p), False, False,
+                   mesh, param_shardings, per_row=True)
+  return program, None if param_shardings is None else param_shardings.tree

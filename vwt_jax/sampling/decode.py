@@ -15,13 +15,16 @@ The functions return the logits of the B rows drawn from (R = B), unless a
 `guide` maps their R rows to those B, as `classifier_free_guidance` does.
 
 Tokens are drawn by `sample_token`: temperature, then top-k, then top-p, or
-the argmax when greedy.
+the argmax when greedy. The decode steps may run as several loops over
+growing caches (`segments`), so that attention reads only the filled part.
 """
 
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+
+from vwt_jax.models import llama
 
 PrefillFn = Callable[[Any, Any, Any, Any], tuple[jax.Array, Any]]
 DecodeFn = Callable[[Any, jax.Array, Any, Any, Any], tuple[jax.Array, Any]]
@@ -67,12 +70,13 @@ def top_p_filter(logits: jax.Array, p: Any) -> jax.Array:
   """Nucleus filter: drops tokens after the cumulative probability exceeds p.
 
   The drop mask is shifted right by one, so the first token crossing p stays
-  and the top-1 token is always kept (the reference's rule).
+  and the top-1 token is always kept (the reference's rule). p >= 1 keeps
+  every token, even where the float32 cumulative sum passes 1.
   """
   order = jnp.argsort(-logits, axis=-1)
   sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
   cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
-  drop = cum > p
+  drop = (cum > p) & (p < 1.0)
   drop = jnp.concatenate([jnp.zeros_like(drop[..., :1]), drop[..., :-1]], axis=-1)
   drop_orig = jnp.take_along_axis(drop, jnp.argsort(order, axis=-1), axis=-1)
   return jnp.where(drop_orig, -jnp.inf, logits)
@@ -93,7 +97,10 @@ def sample_token(logits: jax.Array, rng: jax.Array, greedy: bool, temperature: A
                  top_p: Any, use_top_p: Optional[bool] = None) -> jax.Array:
   """One int32 token per row of `logits` (..., V) after `filter_logits`.
 
-  `greedy` takes the argmax, else a categorical draw from `rng`; `greedy`,
+  `greedy` takes the argmax, else a categorical draw from `rng`, or for
+  logits (B, V) and (B,) typed keys, row b's draw from `rng[b]` (exactly
+  what a batch of row b alone draws from that key). Settings may be (B, 1)
+  arrays, one per row. `greedy`,
   `top_k` and `use_top_p` are static, `temperature` and `top_p` may be traced
   (`use_top_p=None` means top_p < 1, which needs a concrete top_p).
   """
@@ -101,7 +108,14 @@ def sample_token(logits: jax.Array, rng: jax.Array, greedy: bool, temperature: A
                            use_top_p=use_top_p)
   if greedy:
     return jnp.argmax(filtered, axis=-1).astype(jnp.int32)
+  if per_row_keys(rng):
+    return jax.vmap(jax.random.categorical)(rng, filtered).astype(jnp.int32)
   return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+def per_row_keys(rng: jax.Array) -> bool:
+  """Whether `rng` is a (B,) array of typed keys, one per row, rather than one key."""
+  return jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) and rng.ndim == 1
 
 
 def guided_logits(logits: jax.Array, cfg_scale: Any, cfg_interval: Any = -1,
@@ -180,19 +194,40 @@ def _track_stops(stops: tuple[tuple[int, ...], ...], step: Any, token: jax.Array
   return window, lengths, done | stopped
 
 
+def segment_runs(num_tokens: int, segments: int) -> list[tuple[int, int]]:
+  """(first, end) steps of up to `segments` equal runs of decode steps 1..num_tokens-1."""
+  steps = num_tokens - 1
+  n = max(1, min(segments, steps))
+  bounds = [1 + -(-k * steps // n) for k in range(n + 1)]
+  return [(first, end) for first, end in zip(bounds[:-1], bounds[1:]) if end > first]
+
+
+def auto_segments(num_tokens: int) -> int:
+  """Decode segments for `num_tokens` steps: one per 64 tokens, 1 to 8.
+
+  With n segments attention reads on average (1 + 1/n) / 2 of the cache,
+  against all of it in one loop; each segment adds one copy of the decode
+  step to the compiled program.
+  """
+  return max(1, min(8, round(num_tokens / 64)))
+
+
 def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: Any,
                 rng: jax.Array, temperature: Any, top_p: Any, *, num_tokens: int, start: int,
                 greedy: bool, top_k: int, use_top_p: bool,
                 stops: tuple[tuple[int, ...], ...] = (), pad_id: int = 0,
-                return_logits: bool = False) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+                return_logits: bool = False,
+                segments: int = 1) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   """Generates up to `num_tokens` tokens per row; traced inside the caller's jitted program.
 
   Args:
     fns: the model (see the module docstring).
     params, inputs, context: what `fns` take.
     cache: an empty KV cache of R rows holding at least start + num_tokens - 1
-      positions.
-    rng: PRNG key of the draws; the result is a deterministic function of it.
+      positions (with several `segments`, any length: it is cut and grown here).
+    rng: PRNG key of the draws, or (B,) typed keys, one per row: row b then
+      draws with `fold_in(rng[b], step)`, as a batch of row b alone with
+      `rng[b]`. The result is a deterministic function of it.
     temperature, top_p: `sample_token`'s (may be traced).
     num_tokens: tokens to draw per row.
     start: the position of the first fed token (the prompt length).
@@ -201,6 +236,11 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
       has produced one. Without any it runs all `num_tokens` steps.
     pad_id: what follows a row's stop sequence (and fills the tokens not drawn).
     return_logits: also return the logits of every step as `fns` return them.
+    segments: runs the decode steps as up to this many loops, each over a cache
+      just long enough for its steps (grown with zeros in between), so that
+      attention reads the filled part of the cache rather than all of it.
+      Each loop is compiled apart: more segments, less attention work, longer
+      compilation (see `auto_segments`).
 
   Returns:
     tokens int32 (B, num_tokens); lengths int32 (B,): the number of tokens
@@ -208,11 +248,13 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
     float32 (R, num_tokens, V) of the prefill then each decode, or None.
   """
 
+  fold_in = jax.vmap(jax.random.fold_in, (0, None)) if per_row_keys(rng) else jax.random.fold_in
+
   def draw(step, logits):
     if fns.guide is not None:
       logits = fns.guide(logits, step)
-    return sample_token(logits, jax.random.fold_in(rng, step), greedy, temperature, top_k,
-                        top_p, use_top_p)
+    return sample_token(logits, fold_in(rng, step), greedy, temperature, top_k, top_p,
+                        use_top_p)
 
   def record(step, token, logits, carry):
     """Writes token `step` (and its logits) and advances the rows' stop state."""
@@ -231,7 +273,13 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
     logits, cache = fns.decode(params, carry["token"], start + step - 1, carry["cache"], context)
     return record(step, draw(step, logits), logits, dict(carry, cache=cache))
 
-  logits, cache = fns.prefill(params, inputs, cache, context)
+  runs = segment_runs(num_tokens, segments)
+
+  def fit(cache, end):
+    # Step s writes position start + s - 1: the steps before `end` need start + end - 1.
+    return llama.resize_cache(cache, start + end - 1) if len(runs) > 1 else cache
+
+  logits, cache = fns.prefill(params, inputs, fit(cache, runs[0][1] if runs else 1), context)
   token = draw(0, logits)
   batch = token.shape[0]
   carry = dict(cache=cache, tokens=jnp.full((batch, num_tokens), pad_id, jnp.int32))
@@ -245,12 +293,15 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
     carry["done"] = jnp.zeros((batch,), bool)
   carry = record(0, token, logits, carry)
 
-  if stops:
-    carry = jax.lax.while_loop(
-        lambda c: (c["step"] < num_tokens) & ~jnp.all(c["done"]),
-        lambda c: dict(body(c["step"], c), step=c["step"] + 1), dict(carry, step=jnp.int32(1)))
-    lengths = carry["lengths"]
-  else:
-    carry = jax.lax.fori_loop(1, num_tokens, body, carry)
-    lengths = jnp.full((batch,), num_tokens, jnp.int32)
+  for first, end in runs:
+    carry["cache"] = fit(carry["cache"], end)
+    if stops:
+      carry = jax.lax.while_loop(
+          lambda c, end=end: (c["step"] < end) & ~jnp.all(c["done"]),
+          lambda c: dict(body(c["step"], c), step=c["step"] + 1),
+          dict(carry, step=jnp.int32(first)))
+      del carry["step"]
+    else:
+      carry = jax.lax.fori_loop(first, end, body, carry)
+  lengths = carry["lengths"] if stops else jnp.full((batch,), num_tokens, jnp.int32)
   return carry["tokens"], lengths, carry.get("logits")
