@@ -48,8 +48,16 @@ for training) with `--threads` torch threads, ours compiled by XLA (its
 compile time, the first call minus a steady one, or for a train step the
 ahead-of-time compilation, is reported apart). One JSON line per case: the
 best times, images/s of both and `ratio` = official time / ours (above 1:
-this library is faster). float32 on CPU; on an accelerator both sides run
-bfloat16 for GPT sampling (`--dtype`; the train cases are float32 only).
+this library is faster). The official code runs on `--torch_device` (cuda
+where torch sees a GPU). float32 on CPU; on an accelerator both sides run GPT
+sampling in bfloat16 (`--dtype`: weights, activations and KV cache, after the
+agreement check in float32; the train cases are float32 only).
+
+GPT cases carry the decode steps' roofline: `memory_read_gb`, the bytes a
+generation must read at least (every weight once a step, the filled KV cache
+of every row), `memory_bound_s`, their time at the device's data-sheet
+bandwidth (`--bandwidth` elsewhere), and `memory_bound_fraction` = that time
+over ours.
 
 `--official_compile` adds the official scripts' `torch.compile` path for the
 GPT cases: `sample_c2i.py --compile` (mode "reduce-overhead", fullgraph) for
@@ -80,6 +88,7 @@ import numpy as np
 from vwt_jax.conversion import llamagen as llamagen_conversion
 from vwt_jax.conversion import titok as titok_conversion
 from vwt_jax.conversion import vqgan as vqgan_conversion
+from vwt_jax.core import progress
 from vwt_jax.core import sharding
 from vwt_jax.families import common
 from vwt_jax.models import gpt as gpt_lib
@@ -167,7 +176,31 @@ def redraw(module, seed: int) -> None:
 
 
 def state_dict_numpy(module) -> dict:
-  return {k: v.detach().float().numpy() for k, v in module.state_dict().items()}
+  return {k: v.detach().float().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def memory_bound(args, config: gpt_lib.GPTConfig, params, rows: int, tokens: int,
+                 seconds: float) -> dict:
+  """The bytes a generation must read at least, and the time they take at the
+  device's peak memory bandwidth (the decode steps' roofline).
+
+  Every step reads every weight once (of the embedding tables one row each)
+  and the filled KV cache of every row: step s (0 = the prefill) reads
+  `prefix + s` positions. `memory_bound_fraction` = that time / ours.
+  """
+  itemsize = jnp.dtype(config.param_dtype).itemsize
+  tables = config.vocab_size * config.dim + (config.num_classes + 1) * config.dim
+  weights = (sum(x.size for x in jax.tree.leaves(params)) - tables) * itemsize
+  per_position = (2 * config.n_layer * (config.n_kv_head or config.n_head)
+                  * (config.dim // config.n_head) * jnp.dtype(config.dtype).itemsize)
+  positions = sum(config.cls_token_num + s for s in range(tokens))
+  read = tokens * weights + rows * positions * per_position
+  bandwidth = args.bandwidth * 1e9 or progress.peak_bandwidth_per_device()
+  if not bandwidth:
+    return dict(memory_read_gb=read / 1e9, memory_bound_s=None,
+                memory_bound_reason="peak bandwidth of this device unknown: pass --bandwidth")
+  return dict(memory_read_gb=read / 1e9, memory_bound_s=read / bandwidth,
+              memory_bound_fraction=read / bandwidth / seconds, bandwidth_gbs=bandwidth / 1e9)
 
 
 def gpt_case(args, size: str, grid: int, batch: int) -> dict:
@@ -177,12 +210,10 @@ def gpt_case(args, size: str, grid: int, batch: int) -> dict:
   official = GPT_models[f"GPT-{size}"](block_size=grid * grid, cls_token_num=1,
                                        model_type="c2i", vocab_size=16384, num_classes=1000)
   redraw(official, args.seed)
-  official.eval()
-  dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
-  official.to(dtype)
-  config = gpt_lib.GPTConfig.from_official(dataclasses.asdict(official.config),
-                                           dtype=jnp.dtype(args.dtype))
-  params = jax.device_put(llamagen_conversion.convert_gpt(state_dict_numpy(official), config))
+  official.to(args.torch_device).eval()
+  config = gpt_lib.GPTConfig.from_official(dataclasses.asdict(official.config))
+  converted = llamagen_conversion.convert_gpt(state_dict_numpy(official), config)
+  params = jax.device_put(converted)
   model = gpt_lib.GPT(config)
   labels = np.arange(batch) * 97 % 1000
 
@@ -193,14 +224,23 @@ def gpt_case(args, size: str, grid: int, batch: int) -> dict:
 
   def theirs(num_tokens, model=official, **settings):
     with torch.no_grad():
-      return generate(model, torch.as_tensor(labels), num_tokens, cfg_scale=args.cfg,
-                      cfg_interval=-1, **settings).numpy()
+      return generate(model, torch.as_tensor(labels, device=args.torch_device), num_tokens,
+                      cfg_scale=args.cfg, cfg_interval=-1, **settings).cpu().numpy()
 
+  # Checked in float32, where only the summation order differs.
   greedy_ours = ours(CHECK_TOKENS, greedy=True)
   greedy_theirs = theirs(CHECK_TOKENS, sample_logits=False)
   if not np.array_equal(greedy_ours, greedy_theirs):
     raise SystemExit(f"gpt-{size}: greedy tokens differ from the official ones "
                      f"({np.mean(greedy_ours != greedy_theirs):.1%} of them)")
+  if args.dtype != "float32":
+    # Timed with bfloat16 weights, activations and KV cache on both sides.
+    official.to({"bfloat16": torch.bfloat16}[args.dtype])
+    config = dataclasses.replace(config, dtype=jnp.dtype(args.dtype),
+                                 param_dtype=jnp.dtype(args.dtype))
+    params = jax.device_put(jax.tree.map(lambda x: x.astype(config.param_dtype), converted))
+    model = gpt_lib.GPT(config)
+    greedy_theirs = theirs(CHECK_TOKENS, sample_logits=False)
   sampling = dict(temperature=1.0, top_k=args.top_k)
   tokens = grid * grid
   ours_first, ours_best = best_time(lambda: ours(tokens, **sampling), args.repeats)
@@ -209,7 +249,9 @@ def gpt_case(args, size: str, grid: int, batch: int) -> dict:
   result = dict(case=f"gpt-{size}", tokens=tokens, batch=batch, cfg=args.cfg, top_k=args.top_k,
                 greedy_tokens_equal=CHECK_TOKENS, official_s=theirs_best, ours_s=ours_best,
                 ours_compile_s=max(ours_first - ours_best, 0.0),
-                official_first_s=theirs_first)
+                official_first_s=theirs_first,
+                **memory_bound(args, config, params, 2 * batch if args.cfg > 1 else batch, tokens,
+                               ours_best))
   if args.official_compile:
     # `sample_c2i.py --compile`; `generate` reaches `setup_caches` through the
     # compiled wrapper, as there.
@@ -238,7 +280,7 @@ def titok_case(args, variant: str, batch: int) -> dict:
       "dataset": {"preprocessing": {"crop_size": 256}}}
   official = TiTok(OmegaConf.create(official_config))
   redraw(official, args.seed)
-  official.eval()
+  official.to(args.torch_device).eval()
   config = titok_lib.TiTokConfig.from_official(official_config)
   params = jax.device_put(titok_conversion.convert_titok(state_dict_numpy(official), config))
   model = titok_lib.TiTok(config)
@@ -257,10 +299,10 @@ def titok_case(args, variant: str, batch: int) -> dict:
 
   def theirs():
     with torch.no_grad():
-      x = torch.as_tensor(images).permute(0, 3, 1, 2)
+      x = torch.as_tensor(images, device=args.torch_device).permute(0, 3, 1, 2)
       codes = official.encode(x)[1]["min_encoding_indices"].reshape(batch, -1)
       decoded = official.decode_tokens(codes)
-      return codes.numpy(), decoded.permute(0, 2, 3, 1).numpy()
+      return codes.cpu().numpy(), decoded.permute(0, 2, 3, 1).cpu().numpy()
 
   start = time.perf_counter()
   codes_ours, images_ours = ours()
@@ -284,7 +326,7 @@ def vq_case(args, batch: int) -> dict:
   from tokenizer.tokenizer_image.vq_model import VQ_models  # pylint: disable=g-import-not-at-top
   official = VQ_models["VQ-16"](codebook_size=16384, codebook_embed_dim=8)
   redraw(official, args.seed)
-  official.eval()
+  official.to(args.torch_device).eval()
   config = vqgan_lib.VQGANConfig.from_official(dataclasses.asdict(official.config))
   params = jax.device_put(vqgan_conversion.convert_vqgan(state_dict_numpy(official), config))
   model = vqgan_lib.VQModel(config)
@@ -296,8 +338,8 @@ def vq_case(args, batch: int) -> dict:
 
   def theirs():
     with torch.no_grad():
-      return official.decode_code(torch.as_tensor(codes), [batch, 8, 16, 16]).permute(
-          0, 2, 3, 1).numpy()
+      return official.decode_code(torch.as_tensor(codes, device=args.torch_device),
+                                  [batch, 8, 16, 16]).permute(0, 2, 3, 1).cpu().numpy()
 
   start = time.perf_counter()
   images_ours = ours()
@@ -383,7 +425,7 @@ def train_gpt_case(args, size: str, batch: int) -> dict:
   official = GPT_models[f"GPT-{size}"](block_size=256, cls_token_num=1, model_type="c2i",
                                        vocab_size=16384, num_classes=1000, **no_dropout)
   redraw(official, args.seed)
-  official.train()
+  official.to(args.torch_device).train()
   # `train_c2i.py`'s defaults: lr 1e-4, weight decay 5e-2, betas (0.9, 0.95).
   optimizer = creat_optimizer(official, 5e-2, 1e-4, (0.9, 0.95), logging.getLogger("official"))
 
@@ -394,8 +436,8 @@ def train_gpt_case(args, size: str, batch: int) -> dict:
   setup = train_step._generator_setup(config, np.random.default_rng(args.seed))
   params = llamagen_conversion.convert_gpt(state_dict_numpy(official), setup.trainer.cfg)
   ours, compile_s = our_train_step(setup, params, args.seed)
-  codes = torch.as_tensor(setup.batch["codes"]).long()
-  labels = torch.as_tensor(setup.batch["labels"]).long()
+  codes = torch.as_tensor(setup.batch["codes"], device=args.torch_device).long()
+  labels = torch.as_tensor(setup.batch["labels"], device=args.torch_device).long()
 
   def step(model):
     # `train_c2i.py`'s loop; its GradScaler is a no-op but for float16.
@@ -437,7 +479,7 @@ def train_titok_case(args, variant: str, batch: int) -> dict:
       "dataset": {"preprocessing": {"crop_size": 256}}})
   official = official_titok.TiTok(official_config)
   redraw(official, args.seed)
-  official.train()
+  official.to(args.torch_device).train()
   loss_module = ReconstructionLoss_Stage1(official_config)
   # The stage-1 recipe: AdamW lr 1e-4, betas (0.9, 0.99), weight decay 1e-4
   # but for the official exclusions; EMA 0.999; gradients clipped at 1.0.
@@ -466,7 +508,7 @@ def train_titok_case(args, variant: str, batch: int) -> dict:
     teacher_file = os.path.join(folder, "maskgit-vqgan.bin")
     torch.save(parts.state_dict(), teacher_file)
     # Loads strictly: the file fits the official teacher's architecture.
-    teacher = official_titok.PretrainedTokenizer(teacher_file)
+    teacher = official_titok.PretrainedTokenizer(teacher_file).to(args.torch_device)
     config = our_config("titok.py", f"{variant},recipe=stage1")
     config.update(dict(global_batch_size=batch, compute_dtype="float32",
                        param_dtype="float32"))
@@ -476,7 +518,8 @@ def train_titok_case(args, variant: str, batch: int) -> dict:
   params = titok_conversion.convert_titok(state_dict_numpy(official), setup.trainer.cfg)
   ours, compile_s = our_train_step(setup, params, args.seed)
   # Our images are in [-1, 1], the official loader's in [0, 1].
-  images = torch.as_tensor((setup.batch["image"] + 1.0) / 2.0).permute(0, 3, 1, 2).contiguous()
+  images = torch.as_tensor((setup.batch["image"] + 1.0) / 2.0, device=args.torch_device).permute(
+      0, 3, 1, 2).contiguous()
 
   def theirs():
     proxy_codes = teacher.encode(images)
@@ -543,12 +586,19 @@ def main():
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                       help="The GPT's compute dtype on both sides (sampling cases).")
+  parser.add_argument("--torch_device", default=None,
+                      help="Where the official code runs (default: cuda when torch sees it).")
+  parser.add_argument("--bandwidth", type=float, default=0.0,
+                      help="Memory bandwidth in GB/s for the GPT cases' roofline (default: "
+                           "the data-sheet peak of a known accelerator; none on CPU).")
   parser.add_argument("--official_compile", action="store_true",
                       help="Also time the official GPT under torch.compile, as its scripts' "
                            "compile paths do.")
   args = parser.parse_args()
   import torch  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(args.threads)
+  if args.torch_device is None:
+    args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
   cases = args.cases.split(",")
   for flag, prefix in CHECKOUTS.items():
     needed = [c for c in cases if c.startswith(prefix)]
@@ -562,7 +612,8 @@ def main():
   device = jax.devices()[0]
   machine = dict(device=f"{device.platform}: {device.device_kind}", cpu=platform.processor()
                  or platform.machine(), cores=os.cpu_count(), torch_threads=args.threads,
-                 torch=torch.__version__, jax=jax.__version__, dtype=args.dtype)
+                 torch=torch.__version__, torch_device=args.torch_device, jax=jax.__version__,
+                 dtype=args.dtype)
   for case in cases:
     result = run_case(args, case)
     result.update(official_images_per_s=result["batch"] / result["official_s"],

@@ -2,10 +2,12 @@
 
 import json
 import os
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from vwt_jax.core import metrics
 from vwt_jax.core import progress
@@ -28,6 +30,18 @@ def test_compiled_flops_and_mfu_report():
 
 def test_peak_flops_known_for_accelerators_only():
   assert progress.peak_flops_per_device() is None  # CPU: no MFU, TFLOP/s only
+  assert progress.peak_bandwidth_per_device() is None
+
+
+@pytest.mark.parametrize("kind, flops, bandwidth", [
+    ("NVIDIA H100 80GB HBM3", 989e12, 3.35e12), ("NVIDIA H100 PCIe", 989e12, 2.0e12),
+    ("NVIDIA H200", 989e12, 4.8e12), ("NVIDIA A100-SXM4-80GB", 312e12, 2.039e12),
+    ("NVIDIA A100-SXM4-40GB", 312e12, 1.555e12), ("TPU v5 lite", 197e12, 0.819e12),
+    ("TPU v4", 275e12, 1.2e12)])
+def test_data_sheet_peaks_by_device_kind(kind, flops, bandwidth):
+  device = types.SimpleNamespace(device_kind=kind)
+  assert progress.peak_flops_per_device(device) == flops
+  assert progress.peak_bandwidth_per_device(device) == bandwidth
 
 
 def test_writer_without_tensorflow_writes_jsonl_and_events(tmp_path):

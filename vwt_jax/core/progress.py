@@ -12,9 +12,26 @@ _PEAK_FLOPS = (("h200", 989e12), ("h100", 989e12), ("a100", 312e12), ("l4", 121e
                ("v4", 275e12), ("v3", 123e12))
 
 
-def peak_flops_per_device(device=None) -> float | None:
+# Peak memory (HBM) bandwidth in bytes/s per device, from the same data sheets;
+# the first name found in the device kind wins, so variants come first.
+_PEAK_BANDWIDTH = (("h200", 4.8e12), ("h100 pcie", 2.0e12), ("h100", 3.35e12),
+                   ("a100-sxm4-80gb", 2.039e12), ("a100 80gb pcie", 1.935e12),
+                   ("a100", 1.555e12), ("l4", 0.3e12), ("v6", 1.64e12), ("v5p", 2.765e12),
+                   ("v5 lite", 0.819e12), ("v5e", 0.819e12), ("v4", 1.2e12), ("v3", 0.9e12))
+
+
+def _by_kind(table, device) -> float | None:
   kind = (device or jax.devices()[0]).device_kind.lower()
-  return next((flops for name, flops in _PEAK_FLOPS if name in kind), None)
+  return next((value for name, value in table if name in kind), None)
+
+
+def peak_flops_per_device(device=None) -> float | None:
+  return _by_kind(_PEAK_FLOPS, device)
+
+
+def peak_bandwidth_per_device(device=None) -> float | None:
+  """Memory bandwidth in bytes/s (None where the device kind is not in the table)."""
+  return _by_kind(_PEAK_BANDWIDTH, device)
 
 
 def compiled_flops(compiled) -> float | None:
