@@ -125,6 +125,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.update(dict(root="demo_workdir/vript/train", image_size=32,
                        num_workers=0, num_threads=4, prefetch=8))
     c.data.synthetic = ml_collections.ConfigDict(DEMO_DATA)
+    # A synthetic set already under data.root with other settings is kept
+    # (the run stops) unless this is True.
+    c.data.synthetic_replace = False
     c.tokenizer.vocab_size = 1024
     # 16 visual tokens, prompts of at most ~120 and answers of ~400 tokens.
     c.text.update(dict(max_length=512, max_answer_length=384, bos_token="<s>",

@@ -140,3 +140,27 @@ def test_loss_counts_answer_tokens_only():
                    jnp.asarray(loss_mask[i:i + 1]), 7 / 2)[0] for i in (0, 1)]
   helpers.assert_allclose_f32(np.mean(halves), loss, reduction=11, depth=2)
   assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_synthetic_data_never_replaces_what_is_under_the_root(straight, tmp_path):
+  trainer, _, _ = straight
+  root = trainer.config.data.root
+  marker = os.path.join(root, ".complete")
+  before = os.stat(marker).st_mtime_ns
+  # Written with these settings: kept as it is.
+  captioner.prepare_synthetic_data(trainer.config)
+  assert os.stat(marker).st_mtime_ns == before
+  # Other settings: the run stops, naming the difference and the override.
+  other = _config(root)
+  other.data.synthetic.seed = 1
+  with pytest.raises(ValueError, match=r"seed=0 there, 1 asked.*synthetic_replace=True"):
+    captioner.prepare_synthetic_data(other)
+  assert os.stat(marker).st_mtime_ns == before
+  # A folder holding another dataset (here a copy without the marker) is
+  # trained on as it is.
+  foreign = str(tmp_path / "mine")
+  shutil.copytree(root, foreign)
+  os.remove(os.path.join(foreign, ".complete"))
+  listing = sorted(os.listdir(foreign))
+  captioner.prepare_synthetic_data(_config(foreign))
+  assert sorted(os.listdir(foreign)) == listing

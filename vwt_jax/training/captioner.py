@@ -75,12 +75,28 @@ BATCH_KEYS = ("frames", "ids", "visual", "targets", "loss_mask")
 
 def prepare_synthetic_data(config: ml_collections.ConfigDict) -> None:
   """Writes the embedded synthetic Vript under `config.data.root` when
-  `config.data.synthetic` holds `synthetic.generate` settings (idempotent)."""
+  `config.data.synthetic` holds `synthetic.generate` settings (idempotent).
+
+  A folder there holding another dataset (a Vript download, your own) is
+  trained on as it is; a synthetic one written with other settings stops the
+  run unless `config.data.synthetic_replace`: nothing is replaced unasked.
+  """
   settings = config.data.get("synthetic")
+  root = config.data.root
   if not settings:
     return
+  if (not files.is_remote(root) and os.path.isdir(root) and os.listdir(root)
+      and not synthetic.written_here(root)):
+    logging.info("%s holds a dataset not written by the synthetic generator: training on it "
+                 "as it is", root)
+    return
   if jax.process_index() == 0:
-    summary = synthetic.generate(config.data.root, **settings.to_dict())
+    try:
+      summary = synthetic.generate(root, replace=config.data.get("synthetic_replace", False),
+                                   **settings.to_dict())
+    except ValueError as e:
+      raise ValueError(f"config.data.synthetic: {e} (from the config: "
+                       "--config.data.synthetic_replace=True)") from None
     logging.info("synthetic Vript under %s: %d videos, %d clips", config.data.root,
                  summary["num_videos"], summary["num_clips"])
   if jax.process_count() > 1:

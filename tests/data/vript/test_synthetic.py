@@ -248,7 +248,7 @@ def test_same_seed_same_data_other_seed_differs(roots):
           or np.abs(frames_a.astype(int) - frames_c).mean() > 10)
 
 
-def test_generate_is_idempotent_and_replaces_only_its_own_datasets(
+def test_generate_is_idempotent_and_replaces_only_its_own_datasets_when_asked(
     roots, tmp_path):
   root = roots["a"]
   mtimes = {p: os.stat(os.path.join(root, p)).st_mtime_ns for p in _files(root)}
@@ -267,7 +267,10 @@ def test_generate_is_idempotent_and_replaces_only_its_own_datasets(
               frames_per_scene=(2, 3), resolution=16)
   target = tmp_path / "replace"
   first = synthetic.generate(str(target), seed=3, **tiny)
-  second = synthetic.generate(str(target), seed=4, **tiny)
+  with pytest.raises(ValueError, match=r"seed=3 there, 4 asked.*replace=True"):
+    synthetic.generate(str(target), seed=4, **tiny)
+  assert _video_ids(str(target)) == first["video_ids"]["vript_long_videos"]
+  second = synthetic.generate(str(target), seed=4, replace=True, **tiny)
   assert first["video_ids"] != second["video_ids"]
   assert _video_ids(str(target)) == second["video_ids"]["vript_long_videos"]
   assert sorted(os.listdir(tmp_path)) == ["replace"]  # no scratch folders

@@ -924,6 +924,11 @@ def _settings(num_long_videos, num_short_videos, scenes_per_video, frames_per_sc
           'resolution': int(resolution), 'fps': fps, 'seed': int(seed), 'crf': int(crf)}
 
 
+def written_here(root):
+  """Whether `root` holds a dataset written by `generate` (any settings)."""
+  return _read_marker(root) is not None
+
+
 def _read_marker(root):
   try:
     with open(os.path.join(root, COMPLETE_FILE), encoding='utf-8') as f:
@@ -934,12 +939,12 @@ def _read_marker(root):
 
 def generate(root, *, num_long_videos=8, num_short_videos=2,
              scenes_per_video=(3, 5), frames_per_scene=(16, 32), resolution=64,
-             fps=8, seed=0, crf=23):
+             fps=8, seed=0, crf=23, replace=False):
   """Writes a synthetic Vript dataset under `root` (unless already there).
 
   Args:
-    root: output folder; created. An existing folder is replaced only if it
-      is empty or a dataset written by this function.
+    root: output folder; created. An existing empty folder is filled; one
+      holding this dataset, same settings, is kept as it is.
     num_long_videos: videos in the 'vript_long_videos' group.
     num_short_videos: videos in the 'vript_short_videos' group ('_0' ids).
     scenes_per_video: (min, max) scenes (clips) per video, inclusive.
@@ -948,6 +953,9 @@ def generate(root, *, num_long_videos=8, num_short_videos=2,
     fps: frames per second, an int (clip duration = frames / fps).
     seed: fixes every random choice.
     crf: x264 constant rate factor (lower = better quality, larger files).
+    replace: replace a dataset this function wrote with other settings
+      (refused otherwise: runs may have trained or scored on it). A folder
+      holding anything else is never replaced.
 
   Returns:
     Summary dict: `root`, `settings`, `num_videos`, `num_clips`, `num_frames`,
@@ -973,6 +981,12 @@ def generate(root, *, num_long_videos=8, num_short_videos=2,
   marker = _read_marker(root)
   if marker is not None and marker['settings'] == settings:
     return _with_paths(marker['summary'], root)
+  if marker is not None and not replace:
+    differ = [f"{k}={marker['settings'].get(k)!r} there, {v!r} asked" for k, v in settings.items()
+              if marker['settings'].get(k) != v]
+    raise ValueError(f'{root} holds a synthetic Vript dataset written with other settings '
+                     f'({"; ".join(differ)}); refusing to replace it: choose another root, or '
+                     'pass replace=True (--replace) to write it again')
   if os.path.isdir(root) and os.listdir(root) and marker is None:
     raise ValueError(f'{root} exists, is not empty and holds no '
                      f'{COMPLETE_FILE} marker of a synthetic Vript dataset; '
@@ -1040,6 +1054,8 @@ def main(argv=None):
   parser.add_argument('--fps', type=int, default=8)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--crf', type=int, default=23)
+  parser.add_argument('--replace', action='store_true',
+                      help='replace a synthetic dataset written there with other settings')
   args = vars(parser.parse_args(argv))
   summary = generate(args.pop('root'), **args)
   print(json.dumps(summary, indent=2))
