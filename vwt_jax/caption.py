@@ -9,9 +9,12 @@ r"""Captions videos with a trained Vriptor-style captioner run.
   python -m vwt_jax.caption --checkpoint RUN clip.mp4 --voiceover clip_asr.jsonl
 
 Input: an extracted Vript root (its captioned clips, via the cached index of
-`clip_source.load_videos`, with their ground-truth captions), one video's clip
-folder (`{video_id}-Scene-NNN.mp4` and an optional `{video_id}_asr.jsonl`) or
-one mp4. Clip durations are frames / frame rate of the file.
+`clip_source.load_videos`, with their ground-truth captions), a folder of
+videos (`{video_id}-Scene-NNN.mp4` files are the scenes of their video, as in
+a Vript clip folder, with an optional `{video_id}_asr.jsonl`; any other mp4,
+mov, mkv, webm or avi file is a video of one clip) or one video file. Clip
+durations are frames / frame rate of the file. A file that cannot be read is
+reported and skipped (with its whole window in multi_scene).
 
 Prompts are those of training (`captioner_text`, `formats`), at the run's
 `config.data.stage`:
@@ -43,7 +46,7 @@ Output under --output_dir:
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from absl import app
 from absl import flags
@@ -66,6 +69,8 @@ from vwt_jax.families import captioner as captioner_family
 
 FLAGS = flags.FLAGS
 CAPTION_FORMATS = ("single_scene", "multi_scene")
+# The files of a folder taken as videos (any container PyAV opens; Vript's clips are mp4).
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 PREDICTIONS_FILE = "predictions.jsonl"
 HAL_FILE = "hal_scores.json"
 # The caption group of clips that are not under a '{group}_clips' folder.
@@ -108,7 +113,7 @@ def _scene(clip_id: str) -> int:
 
 
 def _video_id(clip_id: str) -> str:
-  return clip_id.rsplit("-Scene-", 1)[0]
+  return clip_id.rsplit(schema.SCENE_MARK, 1)[0]
 
 
 def timed(clip: schema.Clip) -> schema.Clip:
@@ -135,7 +140,7 @@ def _bare_clip(path: str) -> schema.Clip:
 
 def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bool = True,
                 cache_dir: str = "") -> list[VideoInput]:
-  """The videos of `path`: a Vript root, one video's clip folder or one mp4.
+  """The videos of `path`: a Vript root, a folder of videos or one video file.
 
   Args:
     path: see the module docstring.
@@ -152,19 +157,26 @@ def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bo
   extra = schema.read_asr_file(voiceover, problems) if voiceover else {}
   videos = []
   is_dir = epath.Path(path).is_dir()
-  mp4s = sorted(p.name for p in epath.Path(path).iterdir()
-                if p.name.endswith(".mp4")) if is_dir else []
+  loose = sorted(p.name for p in epath.Path(path).iterdir()
+                 if p.name.lower().endswith(VIDEO_EXTENSIONS)) if is_dir else []
   if epath.Path(path).is_file():
     clips = [_bare_clip(path)]
     folder = os.path.dirname(os.path.dirname(files.absolute(path)))
     videos.append((clips[0].video_id, _group(folder), "", clips, {}, {}))
-  elif mp4s:
-    clips = sorted((_bare_clip(os.path.join(path, f)) for f in mp4s), key=lambda c: c.scene)
-    video_id = os.path.basename(os.path.normpath(path))
-    asr_path = os.path.join(path, video_id + "_asr.jsonl")
-    own = schema.read_asr_file(asr_path, problems) if epath.Path(asr_path).is_file() else {}
-    videos.append((video_id, _group(os.path.dirname(files.absolute(path).rstrip("/"))), "",
-                   clips, own, {}))
+  elif loose:
+    group = _group(os.path.dirname(files.absolute(path).rstrip("/")))
+    # '{video_id}-Scene-NNN' files are the scenes of their video (a Vript clip
+    # folder holds one); any other file is a video of one clip.
+    by_video = {}
+    for name in loose:
+      clip = _bare_clip(os.path.join(path, name))
+      key = clip.video_id if schema.SCENE_MARK in clip.clip_id else clip.clip_id
+      by_video.setdefault(key, []).append(clip)
+    for video_id, clips in by_video.items():
+      clips.sort(key=lambda c: c.scene)
+      asr_path = os.path.join(path, video_id + "_asr.jsonl")
+      own = schema.read_asr_file(asr_path, problems) if epath.Path(asr_path).is_file() else {}
+      videos.append((video_id, group, "", clips, own, {}))
   elif is_dir:
     for video in clip_source.load_videos(path, cache_dir=cache_dir):
       clips = [c for c in video.clips if c.path is not None]
@@ -218,22 +230,20 @@ def _batches(items: Sequence[Any], size: int):
     yield items[start:start + size]
 
 
-def _run_batch(gen: captioner_family.CaptionGenerator, params: Any,
-               windows: Sequence[Sequence[schema.Clip]],
-               prompt: Callable[[Sequence[schema.Clip]], str], key: jax.Array,
-               batch_size: int, sampling: dict[str, Any]) -> list[str]:
-  """Captions of a batch of windows (consecutive clips), padded to `batch_size`
-  rows by repeating the last one so that every batch compiles alike."""
-  frames = [gen.read_frames([c.path for c in w]) for w in windows]
-  prompts = [prompt(w) for w in windows]
-  pad = batch_size - len(windows)
+def _run_batch(gen: captioner_family.CaptionGenerator, params: Any, frames: list[np.ndarray],
+               prompts: list[str], key: jax.Array, batch_size: int,
+               sampling: dict[str, Any]) -> list[str]:
+  """Captions of a batch of windows, padded to `batch_size` rows by repeating
+  the last one so that every batch compiles alike."""
+  pad = batch_size - len(frames)
   return gen.caption(params, np.stack(frames + frames[-1:] * pad), prompts + prompts[-1:] * pad,
-                     key=key, **sampling)[:len(windows)]
+                     key=key, **sampling)[:len(frames)]
 
 
-def caption_videos(gen: captioner_family.CaptionGenerator, params: Any, videos: Sequence[VideoInput], *,
-                   fmt: str = "single_scene", batch_size: int = 8, seed: int = 0,
-                   **sampling) -> list[tuple[VideoInput, list[dict[str, Any]]]]:
+def caption_videos(gen: captioner_family.CaptionGenerator, params: Any,
+                   videos: Sequence[VideoInput], *, fmt: str = "single_scene",
+                   batch_size: int = 8, seed: int = 0, **sampling
+                   ) -> tuple[list[tuple[VideoInput, list[dict[str, Any]]]], list[tuple[str, str]]]:
   """Per video, one record per clip ({'scene', 'content', 'scene_title', 'voiceover'}).
 
   Args:
@@ -244,26 +254,56 @@ def caption_videos(gen: captioner_family.CaptionGenerator, params: Any, videos: 
     seed: batch i draws from fold_in(key(seed), i) (greedy ignores it).
     **sampling: max_new_tokens, temperature, top_k, top_p, prompt_bucket for
       `families.captioner.CaptionGenerator.caption`.
+
+  Returns:
+    (results, skipped): the videos with the clips captioned (each
+    `VideoInput` holding those clips only; a video none of whose clips could
+    be read is left out) and their records; (path, reason) of every file that
+    could not be read, whose window (its clip, or in multi_scene its video)
+    was skipped.
   """
   if fmt not in CAPTION_FORMATS:
     raise ValueError(f"format {fmt!r}: expected one of {CAPTION_FORMATS}")
   if fmt == "single_scene":
-    windows = [(c.clip,) for v in videos for c in v.clips]
+    windows = [(v, (c,)) for v in videos for c in v.clips]
     prompt = lambda clips: single_prompt(clips[0], gen.stage)
   else:
-    windows = [tuple(c.clip for c in v.clips) for v in videos]
+    windows = [(v, v.clips) for v in videos]
     prompt = lambda clips: window_prompt(clips, gen.stage)
   key = jax.random.key(seed)
-  answers = []
+  answers, skipped = {}, []
   with tqdm(total=sum(len(v.clips) for v in videos), desc="caption", unit="clip") as bar:
-    for i, batch in enumerate(_batches(windows, batch_size)):
-      answers += _run_batch(gen, params, batch, prompt, jax.random.fold_in(key, i),
-                            batch_size, sampling)
-      bar.update(sum(len(w) for w in batch))
+    for i, batch in enumerate(_batches(range(len(windows)), batch_size)):
+      ready = []
+      for w in batch:
+        clips = [c.clip for c in windows[w][1]]
+        try:
+          ready.append((w, gen.read_frames([c.path for c in clips]), prompt(clips)))
+        except frames_lib.CorruptClipError as e:
+          logging.warning("skipped (unreadable): %s", e)
+          skipped.append((e.path, e.reason))
+      if ready:
+        captions = _run_batch(gen, params, [f for _, f, _ in ready], [p for _, _, p in ready],
+                              jax.random.fold_in(key, i), batch_size, sampling)
+        answers.update(zip((w for w, _, _ in ready), captions))
+      bar.update(sum(len(windows[w][1]) for w in batch))
+  results = []
   if fmt == "multi_scene":
-    return [(v, window_records(v, answer)) for v, answer in zip(videos, answers)]
-  answers = iter(answers)
-  return [(v, [_record(c, next(answers)) for c in v.clips]) for v in videos]
+    for w, (video, _) in enumerate(windows):
+      if w in answers:
+        results.append((video, window_records(video, answers[w])))
+    return results, skipped
+  w = 0
+  for video in videos:
+    kept = []
+    for c in video.clips:
+      if w in answers:
+        kept.append((c, _record(c, answers[w])))
+      w += 1
+    if kept:
+      results.append((dataclasses.replace(video, clips=tuple(c for c, _ in kept)),
+                      [r for _, r in kept]))
+  return results, skipped
 
 
 def _record(c: ClipInput, content: str, scene_title: str = "") -> dict[str, Any]:
@@ -332,7 +372,8 @@ def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.Con
         score_hal: bool = False, hal_config: str = "minilm_sm",
         encoder_dir: Optional[str] = None) -> dict[str, Any]:
   """Captions the input and writes the outputs (module docstring); returns
-  {'predictions', 'num_videos', 'num_clips', 'format', 'hal'?}.
+  {'predictions', 'num_videos', 'num_clips', 'format', 'skipped', 'hal'?}
+  ('skipped': (path, reason) of the files that could not be read).
 
   `max_new_tokens` 0 takes the run's `config.text.max_answer_length` (if
   unset: as many as the LM's max_positions leave).
@@ -350,13 +391,16 @@ def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.Con
   # `caption` cuts this to what max_positions leaves after each batch's prompts.
   max_new = (max_new_tokens or gen.config.text.get("max_answer_length")
              or gen.cfg.lm.max_positions)
-  results = caption_videos(gen, params, videos, fmt=fmt, batch_size=batch_size, seed=seed,
-                           max_new_tokens=max_new, temperature=temperature, top_k=top_k,
-                           top_p=top_p, prompt_bucket=prompt_bucket)
+  results, skipped = caption_videos(
+      gen, params, videos, fmt=fmt, batch_size=batch_size, seed=seed, max_new_tokens=max_new,
+      temperature=temperature, top_k=top_k, top_p=top_p, prompt_bucket=prompt_bucket)
   rows = write_outputs(results, output_dir)
-  out = {"predictions": os.path.join(output_dir, PREDICTIONS_FILE), "num_videos": len(videos),
-         "num_clips": len(rows), "format": fmt}
-  print(f"wrote {len(videos)} caption files and {len(rows)} predictions to {output_dir}")
+  out = {"predictions": os.path.join(output_dir, PREDICTIONS_FILE), "num_videos": len(results),
+         "num_clips": len(rows), "format": fmt, "skipped": skipped}
+  print(f"wrote {len(results)} caption files and {len(rows)} predictions to {output_dir}")
+  if skipped:
+    print(f"skipped {len(skipped)} unreadable file(s):\n" +
+          "\n".join(f"  {path}: {reason}" for path, reason in skipped))
   if score_hal:
     hal = score(rows, vript_hal.HalScorer(hal_config, encoder_dir=encoder_dir))
     with files.write_file(os.path.join(output_dir, HAL_FILE)) as f:
@@ -395,7 +439,7 @@ def define_flags():
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("expected one INPUT: a Vript root, one video's clip folder or one mp4")
+    raise app.UsageError("expected one INPUT: a Vript root, a folder of videos or one video")
   try:
     run(argv[1], FLAGS.checkpoint, config=FLAGS.config, output_dir=FLAGS.output_dir,
         fmt=FLAGS.format, voiceover=FLAGS.voiceover, use_voiceover=not FLAGS.no_voiceover,

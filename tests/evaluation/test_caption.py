@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -113,6 +114,39 @@ def test_prompts_match_training_formats(run):
   silent = caption.find_videos(root, use_voiceover=False)[0].clips[0].clip
   assert "Voiceover:" not in caption.single_prompt(silent, "stage1")
 
+
+def test_a_folder_of_videos_is_captioned_file_by_file_and_unreadable_ones_skipped(
+    run, tmp_path, capsys):
+  root, workdir = run
+  clips = [c for v in schema.load_dataset(root) for c in v.clips]
+  folder = tmp_path / "my_videos"
+  folder.mkdir()
+  # Camera-style names, other containers' extensions (PyAV reads the content).
+  shutil.copy(clips[0].path, folder / "holiday.mp4")
+  shutil.copy(clips[1].path, folder / "Street.MOV")
+  (folder / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(200))
+  (folder / "empty.mkv").write_bytes(b"")
+  (folder / "notes.txt").write_text("not a video")
+  videos = caption.find_videos(str(folder))
+  assert [(v.video_id, len(v.clips)) for v in videos] == [
+      ("Street", 1), ("broken", 1), ("empty", 1), ("holiday", 1)]
+  out = str(tmp_path / "out")
+  result = caption.run(str(folder), workdir, output_dir=out, **COMMON)
+  printed = capsys.readouterr().out
+  rows = _read_jsonl(os.path.join(out, caption.PREDICTIONS_FILE))
+  assert [r["id"] for r in rows] == ["Street", "holiday"]
+  assert result["num_videos"] == 2 and result["num_clips"] == 2
+  assert sorted(os.path.basename(path) for path, _ in result["skipped"]) == [
+      "broken.mp4", "empty.mkv"]
+  assert "skipped 2 unreadable file(s)" in printed and "broken.mp4: cannot open" in printed
+  # A Vript clip folder with one damaged scene: in multi_scene its whole window goes.
+  video = schema.load_dataset(root)[0]
+  damaged = tmp_path / video.video_id
+  shutil.copytree(os.path.dirname(video.clips[0].path), damaged)
+  (damaged / os.path.basename(video.clips[1].path)).write_bytes(b"")
+  result = caption.run(str(damaged), workdir, output_dir=str(tmp_path / "out2"),
+                       fmt="multi_scene", **COMMON)
+  assert result["num_videos"] == 0 and len(result["skipped"]) == 1
 
 
 def test_single_mp4_with_voiceover_file(run, tmp_path):

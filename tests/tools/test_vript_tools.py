@@ -8,6 +8,7 @@ from PIL import Image
 import pytest
 
 from vwt_jax.core import images as images_lib
+from vwt_jax.data.vript import clip_source
 from vwt_jax.tools import build_vript_formats
 from vwt_jax.tools import preview_vript
 from vwt_jax.tools import vript_baselines
@@ -46,7 +47,7 @@ def test_stage1_files_hold_the_official_single_samples(root, fixtures_dir, tmp_p
 
 def test_preview_shows_each_clip_with_its_caption(root, tmp_path):
   out = str(tmp_path / "preview.png")
-  assert preview_vript.preview(root, out, num_clips=5, columns=3, cell=64) == 5
+  assert preview_vript.preview(root, out, num_clips=5, columns=3, cell=64) == (5, [])
   picture = np.asarray(Image.open(out))
   # 64-px frames are shown twice as large (images_lib.MIN_CELL_SIZE).
   size = 128
@@ -72,3 +73,12 @@ def test_baselines_pair_each_clip_with_itself_and_another_video(root, tmp_path):
     assert r["gt"] == [captions[r["id"]]]
   again = vript_baselines.write(root, str(tmp_path / "again"), seed=3)
   assert open(again["other_scene"]).read() == open(paths["other_scene"]).read()
+
+
+def test_preview_skips_and_reports_unreadable_clips(root, tmp_path):
+  videos = clip_source.load_videos(root)
+  first = next(c for v in videos for c in v.clips if c.path and c.caption.content.strip())
+  with open(first.path, "wb") as f:
+    f.write(b"not a video")
+  shown, skipped = preview_vript.preview(root, str(tmp_path / "p.png"), num_clips=5, cell=64)
+  assert shown == 5 and len(skipped) == 1 and first.path in skipped[0]

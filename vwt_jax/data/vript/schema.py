@@ -41,7 +41,7 @@ _CAPTIONS_SUFFIX = '_captions'
 _CLIPS_SUFFIX = '_clips'
 _CAPTION_FILE_SUFFIX = '_caption.json'
 _ASR_FILE_SUFFIX = '_asr.jsonl'
-_SCENE_MARK = '-Scene-'
+SCENE_MARK = '-Scene-'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +113,9 @@ class Problems:
 
 def scene_number(clip_id: str) -> int:
   """The scene number of '{video_id}-Scene-NNN' (ValueError if absent)."""
-  if _SCENE_MARK not in clip_id:
-    raise ValueError(f'clip id {clip_id!r} has no {_SCENE_MARK!r}')
-  return int(clip_id.split(_SCENE_MARK)[-1])
+  if SCENE_MARK not in clip_id:
+    raise ValueError(f'clip id {clip_id!r} has no {SCENE_MARK!r}')
+  return int(clip_id.split(SCENE_MARK)[-1])
 
 
 def _describe(exc: Exception) -> str:
