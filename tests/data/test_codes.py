@@ -3,6 +3,7 @@ generator-training pipeline (determinism, resume, sharding, corrupt records)."""
 
 import json
 import os
+import re
 import shutil
 
 from array_record.python import array_record_module
@@ -359,6 +360,27 @@ def test_too_many_corrupt_records_raise_naming_the_dataset(codes_dir, tmp_path):
   with pytest.raises(pipeline.TooManyCorruptRecordsError,
                      match=f'code dataset {path} split .train.*max_corrupt_records=2'):
     take_batches(iterator, 10)
+
+
+def test_damaged_and_empty_shards_are_named(codes_dir, tmp_path):
+  path = tmp_path / 'damaged'
+  shutil.copytree(codes_dir, path)
+  shard, _ = codes.CodeSource(str(path), 'train').locate(0)
+  with open(shard, 'r+b') as f:
+    # Into the records, in the middle of the first 64 KiB block's data (the
+    # rest of the block is padding).
+    block = f.read(1 << 16)
+    f.seek(max(i for i, byte in enumerate(block) if byte) // 2)
+    f.write(b'\x5a' * 100)
+  iterator = iter(_train(_config(str(path), max_corrupt_records=1000)))
+  take_batches(iterator, 10)
+  assert 0 < iterator.stats()['num_corrupt_records']
+  with pytest.raises(pipeline.TooManyCorruptRecordsError,
+                     match=r'max_corrupt_records=0; the last ones: .*' + re.escape(shard)):
+    take_batches(iter(_train(_config(str(path), max_corrupt_records=0))), 10)
+  open(shard, 'wb').close()
+  with pytest.raises(ValueError, match=re.escape(shard) + '.*not a readable ArrayRecord shard'):
+    codes.CodeSource(str(path), 'train')
 
 
 def test_corrupt_eval_records_are_masked_out(codes_dir, tmp_path):

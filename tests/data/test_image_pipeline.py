@@ -1,6 +1,11 @@
 """create_image_dataset on synthetic_shapes: batches, determinism, resume,
 per-process sharding, eval padding and corrupt records."""
 
+import glob
+import os
+import re
+import shutil
+
 import grain
 import numpy as np
 import orbax.checkpoint as ocp
@@ -192,6 +197,33 @@ def test_too_many_corrupt_records_raise_naming_the_source(data_config):
                      match=r'synthetic_shapes/res32.*split .train.*'
                      r'max_corrupt_records=3'):
     take_batches(iterator, 10)
+
+
+@pytest.mark.parametrize('damage', ['chunks', 'empty'])
+def test_damaged_shards_are_skipped_counted_and_named(data_config, tmp_path, damage):
+  # A copy of the prepared dataset whose train shard is damaged on disk.
+  copy = tmp_path / 'tfds'
+  shutil.copytree(data_config.data_dir, copy)
+  data_config.data_dir = str(copy)
+  (shard,) = glob.glob(str(copy / '**' / '*-train.array_record-*'), recursive=True)
+  with open(shard, 'r+b') as f:
+    if damage == 'empty':
+      f.truncate(0)
+    else:
+      # Some of the chunks in the middle of the file.
+      f.seek(os.path.getsize(shard) // 3)
+      f.write(b'\x5a' * 3000)
+  if damage == 'chunks':
+    data_config.max_corrupt_records = 1000
+    iterator = iter(_train(data_config))
+    batches = take_batches(iterator, 30)  # more than an epoch
+    assert all(b['image'].shape == (8, 32, 32, 3) for b in batches)
+    assert 0 < iterator.stats()['num_corrupt_records'] < 200
+  data_config.max_corrupt_records = 3
+  with pytest.raises(pipeline.TooManyCorruptRecordsError,
+                     match=r'max_corrupt_records=3; the last ones: .*' + re.escape(
+                         os.path.basename(shard))):
+    take_batches(iter(_train(data_config)), 30)
 
 
 @pytest.mark.usefixtures('corrupt_source')

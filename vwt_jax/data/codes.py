@@ -442,7 +442,7 @@ class CodeSource:
       raise FileNotFoundError(f'{metadata_path(path)} lists shard files that do not '
                               f'exist: {absent[:5]}')
     self._starts = np.cumsum([0] + [s['num_records'] for s in shards]).tolist()
-    self._source = grain.sources.ArrayRecordDataSource(self._files) if self._files else []
+    self._source = _open_shards(self._files, split, path) if self._files else []
     if len(self._source) != len(self):
       raise ValueError(f'the shard files of split {split!r} in {path} hold '
                        f'{len(self._source)} records but {metadata_path(path)} lists '
@@ -457,7 +457,27 @@ class CodeSource:
     return self._files[shard], index - self._starts[shard]
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return decode_record(self._source[index], self.metadata)
+    try:
+      data = self._source[index]
+    except RuntimeError as e:
+      # ArrayRecord's reader: a damaged chunk of the shard.
+      raise CorruptCodeRecordError(str(e)) from None
+    return decode_record(data, self.metadata)
+
+
+def _open_shards(files_: list[str], split: str, path: str):
+  """One random-access source over the shard files; a file ArrayRecord cannot
+  open (empty, cut short, not ArrayRecord) is named."""
+  try:
+    return grain.sources.ArrayRecordDataSource(files_)
+  except RuntimeError:
+    for file in files_:
+      try:
+        grain.sources.ArrayRecordDataSource([file])
+      except RuntimeError as own:
+        raise ValueError(f'{file}: not a readable ArrayRecord shard of split {split!r} in '
+                         f'{path} ({own}); extract the codes again') from None
+    raise
 
 
 def default_codes_data_config() -> ml_collections.ConfigDict:
@@ -482,6 +502,10 @@ class _ReadCodes(pipeline.RecordReader):
     self._meta = sources[0].metadata
     self._extra_prob = extra_prob
     self._seed = seed
+
+  def _record_name(self, record_index):
+    # With extra_dirs the record may come from another copy: its log line names it.
+    return self._sources[0].locate(record_index)[0] if len(self._sources) == 1 else ''
 
   def _padding(self):
     example = {'codes': np.zeros(self._meta.seq_len, np.int32), 'labels': np.int32(0)}

@@ -109,6 +109,33 @@ def open_source(data_config, split):
   return source, f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
 
 
+def shard_table(source):
+  """[(first record index, file)] of a tfds ArrayRecord source's shards (empty
+  for other sources), for naming the file of a corrupt record."""
+  info = getattr(source, 'dataset_info', None)
+  if info is None:
+    return []
+  try:
+    instructions = info.splits[source.split].file_instructions
+  except KeyError:
+    return []  # a dataset info that lists no splits
+  table, first = [], 0
+  for instruction in instructions:
+    table.append((first, instruction.filename))
+    first += instruction.take
+  return table
+
+
+def shard_of(table, record_index):
+  """The file of `shard_table`'s holding record `record_index` ('' if unknown)."""
+  name = ''
+  for first, filename in table:
+    if first > record_index:
+      break
+    name = filename
+  return name
+
+
 class CorruptRecord:
   """What a reader returns for a training record that failed to decode."""
 
@@ -136,6 +163,11 @@ class RecordReader:
   def _masked(self, num_corrupt):
     return {**self._padding(), 'mask': np.False_, CORRUPT_KEY: np.int32(num_corrupt)}
 
+  def _record_name(self, record_index):
+    """What names record `record_index` in the error a run stops with ('' if nothing)."""
+    del record_index
+    return ''
+
   def __call__(self, position, record_index):
     if record_index >= self._num_records:
       return self._masked(0)
@@ -144,7 +176,8 @@ class RecordReader:
     except self.corrupt_errors as e:
       logging.warning('Corrupt record %d of %s, %s: %s', record_index, self._description,
                       'skipped' if self._train else self.eval_corrupt_action, e)
-      return CorruptRecord() if self._train else self._masked(1)
+      return (CorruptRecord(self._record_name(record_index)) if self._train
+              else self._masked(1))
     if not self._train:
       example['mask'] = np.True_
     example[CORRUPT_KEY] = np.int32(0)
@@ -159,13 +192,22 @@ class _ReadRecord(RecordReader):
     self._source = source
     self._image_size = image_size
     self._seed = seed
+    self._shards = shard_table(source)
+
+  def _record_name(self, record_index):
+    return shard_of(self._shards, record_index)
 
   def _padding(self):
     size = self._image_size
     return {'image': np.zeros((size, size, 3), np.uint8), 'label': np.int32(0)}
 
   def _example(self, position, record_index):
-    record = self._source[record_index]
+    try:
+      record = self._source[record_index]
+    except RuntimeError as e:
+      # ArrayRecord's reader: a damaged chunk, or a shard cut short or empty.
+      raise transforms.CorruptRecordError(
+          f'{shard_of(self._shards, record_index) or "its shard"}: {e}') from None
     rng = transforms.record_rng(self._seed, position) if self._train else None
     image = transforms.preprocess_image(
         record['image'], image_size=self._image_size, train=self._train, rng=rng)
