@@ -59,6 +59,8 @@ EXTRAS = {
         "transformers==5.24.0",
         # LlamaGen's caption cleaning, checked string for string (see "t2i").
         "ftfy==6.3.1", "beautifulsoup4>=4.12",
+        # Real photographs (skimage/data: CC0 and public domain) for the image readers.
+        "scikit-image==0.25.2",
         # colabs/*.ipynb are executed top to bottom in a python3 kernel.
         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
     ],

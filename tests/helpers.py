@@ -566,3 +566,18 @@ def official_titok_releases(fixtures_dir, root, tokenizer_repo: str, generator_r
       tokenizer_config=os.path.join(root, "tokenizer.json"),
       generator_config=os.path.join(root, "generator.json"),
       generate_kwargs=official["generate_kwargs"], generations=generations)
+
+
+# Real photographs shipped in the scikit-image wheel (skimage/data), as its
+# docstrings license them: coffee (Rachel Michetti), chelsea (Stefan van der
+# Walt) and camera (Lav Varshney, grayscale) CC0; rocket (SpaceX) and
+# astronaut (NASA) public domain.
+REAL_PHOTOS = ("coffee.png", "chelsea.png", "camera.png", "rocket.jpg", "astronaut.png")
+
+
+def real_photo(name):
+  """The path of one of REAL_PHOTOS (the test extra installs scikit-image)."""
+  import importlib.resources  # pylint: disable=g-import-not-at-top
+  path = importlib.resources.files("skimage.data") / name
+  assert name in REAL_PHOTOS and path.is_file(), name
+  return str(path)

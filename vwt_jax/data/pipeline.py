@@ -16,11 +16,14 @@ count, in `stats()` and the checkpointed state, may not exceed
 `data_config.max_corrupt_records` (else `TooManyCorruptRecordsError`).
 
 `data_config` fields (see `default_data_config`):
-  name: 'synthetic_shapes' (prepared under data_dir on first use) or
-    'imagenet2012' (prepared by the user, see `imagenet.py`).
-  data_dir: tfds data directory; '' = the tfds default.
+  name: 'synthetic_shapes' (prepared under data_dir on first use),
+    'imagenet2012' (prepared by the user, see `imagenet.py`) or
+    'image_folder' (your own pictures, see `image_folder.py`).
+  data_dir: tfds data directory ('' = the tfds default); for image_folder the
+    folder holding the split folders.
   image_size: output height and width (resize shorter side + crop).
-  train_split, eval_split: tfds split names (slices like 'train[:1%]' work).
+  train_split, eval_split: tfds split names (slices like 'train[:1%]' work);
+    for image_folder the split folders' names.
   eval_drop_remainder: drop the last partial eval batch instead of padding it.
   num_workers: grain worker processes per host; 0 = decode in-process.
   num_threads: reader threads per process (grain.ReadOptions.num_threads).
@@ -40,6 +43,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vwt_jax.data import image_folder
 from vwt_jax.data import imagenet
 from vwt_jax.data import synthetic_shapes
 from vwt_jax.data import transforms
@@ -83,6 +87,8 @@ def default_data_config():
 
 
 def num_classes(data_config):
+  if data_config.name == image_folder.NAME:
+    return len(image_folder.classes(data_config.data_dir, data_config.train_split))
   return {'synthetic_shapes': synthetic_shapes.NUM_CLASSES,
           imagenet.NAME: imagenet.NUM_CLASSES}[data_config.name]
 
@@ -103,37 +109,58 @@ def open_source(data_config, split):
   elif data_config.name == imagenet.NAME:
     source = imagenet.data_source(data_dir, split)
     where = imagenet.NAME
+  elif data_config.name == image_folder.NAME:
+    source = image_folder.data_source(data_config.data_dir, split, data_config.train_split)
+    where = image_folder.NAME
   else:
     raise ValueError(f'unknown data_config.name {data_config.name!r}; expected '
-                     f"'synthetic_shapes' or {imagenet.NAME!r}")
-  return source, f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
+                     f"'synthetic_shapes', {imagenet.NAME!r} or {image_folder.NAME!r}")
+  return NamedRecords(source), f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
 
 
-def shard_table(source):
-  """[(first record index, file)] of a tfds ArrayRecord source's shards (empty
-  for other sources), for naming the file of a corrupt record."""
-  info = getattr(source, 'dataset_info', None)
-  if info is None:
-    return []
-  try:
-    instructions = info.splits[source.split].file_instructions
-  except KeyError:
-    return []  # a dataset info that lists no splits
-  table, first = [], 0
-  for instruction in instructions:
-    table.append((first, instruction.filename))
-    first += instruction.take
-  return table
+class NamedRecords:
+  """A random-access source whose records have names (their image file, or the
+  ArrayRecord shard holding them) and whose storage errors are corrupt records.
 
+  ArrayRecord's reader raises RuntimeError for a damaged chunk and for a shard
+  cut short or empty: here they become `transforms.CorruptRecordError`s naming
+  the shard, skipped and counted like undecodable images.
+  """
 
-def shard_of(table, record_index):
-  """The file of `shard_table`'s holding record `record_index` ('' if unknown)."""
-  name = ''
-  for first, filename in table:
-    if first > record_index:
-      break
-    name = filename
-  return name
+  def __init__(self, source):
+    self._source = source
+    self._shards = []
+    info = getattr(source, 'dataset_info', None)
+    if info is not None:
+      try:
+        instructions = info.splits[source.split].file_instructions
+      except KeyError:
+        instructions = []  # a dataset info that lists no splits
+      first = 0
+      for instruction in instructions:
+        self._shards.append((first, instruction.filename))
+        first += instruction.take
+
+  def __len__(self):
+    return len(self._source)
+
+  def __getitem__(self, index):
+    try:
+      return self._source[index]
+    except RuntimeError as e:
+      raise transforms.CorruptRecordError(
+          f'{self.record_name(index) or "its shard"}: {e}') from None
+
+  def record_name(self, index):
+    """The file of record `index` ('' if unknown)."""
+    if hasattr(self._source, 'record_name'):
+      return self._source.record_name(index)
+    name = ''
+    for first, filename in self._shards:
+      if first > index:
+        break
+      name = filename
+    return name
 
 
 class CorruptRecord:
@@ -149,7 +176,8 @@ class RecordReader:
   Subclasses implement `_example(position, record_index)`, raising one of
   `corrupt_errors` for a record that fails to decode, and `_padding()`, the
   fields of a masked example. Reading inside the map (rather than
-  `MapDataset.source`) keeps the record index at hand for the corrupt-record log line.
+  `MapDataset.source`) keeps the record index at hand for the corrupt-record log line;
+  a subclass reading a `NamedRecords` held as `self._source` names the record's file there.
   """
   corrupt_errors = (transforms.CorruptRecordError,)
   # What the warning says happens to a corrupt eval record.
@@ -164,9 +192,10 @@ class RecordReader:
     return {**self._padding(), 'mask': np.False_, CORRUPT_KEY: np.int32(num_corrupt)}
 
   def _record_name(self, record_index):
-    """What names record `record_index` in the error a run stops with ('' if nothing)."""
-    del record_index
-    return ''
+    """What names record `record_index` in the error a run stops with ('' if nothing):
+    the file of a `NamedRecords` source."""
+    source = getattr(self, '_source', None)
+    return source.record_name(record_index) if hasattr(source, 'record_name') else ''
 
   def __call__(self, position, record_index):
     if record_index >= self._num_records:
@@ -174,7 +203,9 @@ class RecordReader:
     try:
       example = self._example(position, record_index)
     except self.corrupt_errors as e:
-      logging.warning('Corrupt record %d of %s, %s: %s', record_index, self._description,
+      name = self._record_name(record_index)
+      logging.warning('Corrupt record %d%s of %s, %s: %s', record_index,
+                      f' ({name})' if name else '', self._description,
                       'skipped' if self._train else self.eval_corrupt_action, e)
       return (CorruptRecord(self._record_name(record_index)) if self._train
               else self._masked(1))
@@ -192,22 +223,13 @@ class _ReadRecord(RecordReader):
     self._source = source
     self._image_size = image_size
     self._seed = seed
-    self._shards = shard_table(source)
-
-  def _record_name(self, record_index):
-    return shard_of(self._shards, record_index)
 
   def _padding(self):
     size = self._image_size
     return {'image': np.zeros((size, size, 3), np.uint8), 'label': np.int32(0)}
 
   def _example(self, position, record_index):
-    try:
-      record = self._source[record_index]
-    except RuntimeError as e:
-      # ArrayRecord's reader: a damaged chunk, or a shard cut short or empty.
-      raise transforms.CorruptRecordError(
-          f'{shard_of(self._shards, record_index) or "its shard"}: {e}') from None
+    record = self._source[record_index]
     rng = transforms.record_rng(self._seed, position) if self._train else None
     image = transforms.preprocess_image(
         record['image'], image_size=self._image_size, train=self._train, rng=rng)
