@@ -94,9 +94,9 @@ def prepare_synthetic_data(config: ml_collections.ConfigDict) -> None:
     try:
       summary = synthetic.generate(root, replace=config.data.get("synthetic_replace", False),
                                    **settings.to_dict())
-    except ValueError as e:
-      raise ValueError(f"config.data.synthetic: {e} (from the config: "
-                       "--config.data.synthetic_replace=True)") from None
+    except synthetic.OtherSettingsError as e:
+      raise ValueError(f"config.data.synthetic: {e}; from the config: "
+                       "--config.data.synthetic_replace=True") from None
     logging.info("synthetic Vript under %s: %d videos, %d clips", config.data.root,
                  summary["num_videos"], summary["num_clips"])
   if jax.process_count() > 1:

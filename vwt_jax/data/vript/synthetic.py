@@ -924,6 +924,10 @@ def _settings(num_long_videos, num_short_videos, scenes_per_video, frames_per_sc
           'resolution': int(resolution), 'fps': fps, 'seed': int(seed), 'crf': int(crf)}
 
 
+class OtherSettingsError(ValueError):
+  """The folder holds a dataset `generate` wrote with other settings."""
+
+
 def written_here(root):
   """Whether `root` holds a dataset written by `generate` (any settings)."""
   return _read_marker(root) is not None
@@ -984,9 +988,10 @@ def generate(root, *, num_long_videos=8, num_short_videos=2,
   if marker is not None and not replace:
     differ = [f"{k}={marker['settings'].get(k)!r} there, {v!r} asked" for k, v in settings.items()
               if marker['settings'].get(k) != v]
-    raise ValueError(f'{root} holds a synthetic Vript dataset written with other settings '
-                     f'({"; ".join(differ)}); refusing to replace it: choose another root, or '
-                     'pass replace=True (--replace) to write it again')
+    raise OtherSettingsError(
+        f'{root} holds a synthetic Vript dataset written with other settings '
+        f'({"; ".join(differ)}); refusing to replace it: choose another root, or pass '
+        'replace=True (--replace) to write it again')
   if os.path.isdir(root) and os.listdir(root) and marker is None:
     raise ValueError(f'{root} exists, is not empty and holds no '
                      f'{COMPLETE_FILE} marker of a synthetic Vript dataset; '
