@@ -17,13 +17,14 @@ count, in `stats()` and the checkpointed state, may not exceed
 
 `data_config` fields (see `default_data_config`):
   name: 'synthetic_shapes' (prepared under data_dir on first use),
-    'imagenet2012' (prepared by the user, see `imagenet.py`) or
-    'image_folder' (your own pictures, see `image_folder.py`).
+    'imagenet2012' (prepared by the user, see `imagenet.py`), 'image_folder'
+    (your own pictures, see `image_folder.py`) or 'webdataset' (tar shards,
+    see `webdataset.py`).
   data_dir: tfds data directory ('' = the tfds default); for image_folder the
-    folder holding the split folders.
+    folder holding the split folders, for webdataset the shards' folder.
   image_size: output height and width (resize shorter side + crop).
   train_split, eval_split: tfds split names (slices like 'train[:1%]' work);
-    for image_folder the split folders' names.
+    for image_folder the split folders' names, for webdataset shard patterns.
   eval_drop_remainder: drop the last partial eval batch instead of padding it.
   num_workers: grain worker processes per host; 0 = decode in-process.
   num_threads: reader threads per process (grain.ReadOptions.num_threads).
@@ -47,6 +48,7 @@ from vwt_jax.data import image_folder
 from vwt_jax.data import imagenet
 from vwt_jax.data import synthetic_shapes
 from vwt_jax.data import transforms
+from vwt_jax.data import webdataset
 
 # Per-example count of corrupt records skipped just before it, summed into the
 # iterator's statistics; every reader given to `record_batches` sets it.
@@ -89,6 +91,8 @@ def default_data_config():
 def num_classes(data_config):
   if data_config.name == image_folder.NAME:
     return len(image_folder.classes(data_config.data_dir, data_config.train_split))
+  if data_config.name == webdataset.NAME:
+    return webdataset.data_source(data_config.data_dir, data_config.train_split).num_classes()
   return {'synthetic_shapes': synthetic_shapes.NUM_CLASSES,
           imagenet.NAME: imagenet.NUM_CLASSES}[data_config.name]
 
@@ -112,9 +116,13 @@ def open_source(data_config, split):
   elif data_config.name == image_folder.NAME:
     source = image_folder.data_source(data_config.data_dir, split, data_config.train_split)
     where = image_folder.NAME
+  elif data_config.name == webdataset.NAME:
+    source = webdataset.data_source(data_config.data_dir, split)
+    where = webdataset.NAME
   else:
     raise ValueError(f'unknown data_config.name {data_config.name!r}; expected '
-                     f"'synthetic_shapes', {imagenet.NAME!r} or {image_folder.NAME!r}")
+                     f"'synthetic_shapes', {imagenet.NAME!r}, {image_folder.NAME!r} or "
+                     f'{webdataset.NAME!r}')
   return NamedRecords(source), f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
 
 

@@ -1,0 +1,162 @@
+"""Tar shards in the webdataset layout, read in place with random access.
+
+A shard is a plain tar whose members are grouped into samples by key, the
+member path up to the first dot of its file name:
+
+  000017.jpg   000017.cls            image + class id (text)
+  a/b/x.png    a/b/x.json            image + {"label": ...}
+  cat.webp     cat.txt               image + caption (read by caption readers)
+
+Read with `--config.data.name=webdataset --config.data.data_dir=DIR
+--config.data.train_split='train-{000000..000127}.tar'`: each split is a shard
+pattern under `data_dir` (brace ranges `{000..127}` and globs `*`), or a
+comma-separated list. Every shard is listed once when opened, headers only
+(the tar is never unpacked), which gives each sample its byte ranges: a
+sample is then one seek and read, so the pipeline keeps its seeded global
+order, per-process shards and exact resume. Local paths and URLs
+(`gs://...`) alike. A sample without an image, or whose label is missing or
+unreadable, is a corrupt record (skipped, counted, named `shard:key`).
+"""
+
+import functools
+import glob
+import json
+import os
+import re
+import tarfile
+
+from etils import epath
+import numpy as np
+
+from vwt_jax.data import transforms
+
+NAME = 'webdataset'
+IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp', 'bmp')
+LABEL_EXTENSIONS = ('cls', 'json')
+_BRACES = re.compile(r'\{(\d+)\.\.(\d+)\}')
+
+
+def expand(pattern, root=''):
+  """The shard paths of a split: `a-{000..009}.tar`, globs, comma-separated lists."""
+  paths = []
+  for part in (p.strip() for p in pattern.split(',') if p.strip()):
+    part = part if not root or '://' in part or os.path.isabs(part) else os.path.join(root, part)
+    match = _BRACES.search(part)
+    if match:
+      first, last = match.groups()
+      width = len(first)
+      for i in range(int(first), int(last) + 1):
+        paths += expand(part[:match.start()] + str(i).zfill(width) + part[match.end():])
+    elif any(c in part for c in '*?['):
+      found = (sorted(str(p) for p in epath.Path(os.path.dirname(part)).glob(
+          os.path.basename(part))) if '://' in part else sorted(glob.glob(part)))
+      if not found:
+        raise FileNotFoundError(f'webdataset shards {part!r}: no file matches')
+      paths += found
+    else:
+      paths.append(part)
+  return paths
+
+
+def _key_and_extension(name):
+  folder, base = os.path.split(name)
+  stem, dot, extension = base.partition('.')
+  return (os.path.join(folder, stem), extension.lower()) if dot else (None, None)
+
+
+def _label(extension, data):
+  """The class id of a `.cls` (an int as text) or `.json` ({"label": int})."""
+  if extension == 'cls':
+    return int(data.decode('utf-8').strip())
+  return int(json.loads(data)['label'])
+
+
+@functools.lru_cache(maxsize=64)
+def index_shard(path):
+  """[(key, {extension: (offset, size)}, label or None)] of a shard, in order.
+
+  Labels are read here (a few bytes each); a sample without one, or with an
+  unreadable one, gets None. Raises OSError / tarfile.TarError for a shard
+  that cannot be listed.
+  """
+  samples, order = {}, []
+  labels = {}
+  with epath.Path(path).open('rb') as f, tarfile.open(fileobj=f, mode='r:') as tar:
+    for member in tar:
+      if not member.isfile():
+        continue
+      key, extension = _key_and_extension(member.name)
+      if key is None:
+        continue
+      if key not in samples:
+        samples[key] = {}
+        order.append(key)
+      samples[key][extension] = (member.offset_data, member.size)
+      if extension in LABEL_EXTENSIONS and key not in labels:
+        position = f.tell()
+        f.seek(member.offset_data)
+        try:
+          labels[key] = _label(extension, f.read(member.size))
+        except (ValueError, KeyError, TypeError):
+          labels[key] = None
+        f.seek(position)
+  return tuple((key, samples[key], labels.get(key)) for key in order)
+
+
+class WebDatasetSource:
+  """Random access to {'image': encoded bytes, 'label': int} of tar shards."""
+
+  def __init__(self, shards):
+    if not shards:
+      raise ValueError('webdataset: no shard given')
+    self._shards = tuple(shards)
+    self._samples = []  # (shard index, key, image (offset, size) or None, label or None)
+    for s, shard in enumerate(self._shards):
+      try:
+        listed = index_shard(shard)
+      except (OSError, tarfile.TarError) as e:
+        raise ValueError(f'{shard}: not a readable tar shard ({type(e).__name__}: {e})') from None
+      for key, members, label in listed:
+        image = next((members[e] for e in IMAGE_EXTENSIONS if e in members), None)
+        self._samples.append((s, key, image, label))
+    if not self._samples:
+      raise ValueError(f'webdataset: no sample in {len(self._shards)} shard(s) '
+                       f'({self._shards[0]}, ...)')
+
+  def __len__(self):
+    return len(self._samples)
+
+  def num_classes(self):
+    labels = [label for _, _, _, label in self._samples if label is not None]
+    return max(labels) + 1 if labels else 0
+
+  def record_name(self, index):
+    s, key, _, _ = self._samples[index]
+    return f'{self._shards[s]}:{key}'
+
+  def __getitem__(self, index):
+    s, key, image, label = self._samples[index]
+    if image is None:
+      raise transforms.CorruptRecordError(
+          f'{self.record_name(index)}: no image (.{", .".join(IMAGE_EXTENSIONS)})')
+    if label is None:
+      raise transforms.CorruptRecordError(
+          f'{self.record_name(index)}: no readable label (.cls, or .json with "label")')
+    offset, size = image
+    try:
+      with epath.Path(self._shards[s]).open('rb') as f:
+        f.seek(offset)
+        data = f.read(size)
+    except OSError as e:
+      raise transforms.CorruptRecordError(f'{self.record_name(index)}: cannot read ({e})') from None
+    if len(data) != size:
+      raise transforms.CorruptRecordError(f'{self.record_name(index)}: the shard is cut short')
+    return {'image': data, 'label': np.int32(label)}
+
+  def __repr__(self):
+    return f'WebDatasetSource({len(self._shards)} shards, {len(self)} samples)'
+
+
+@functools.lru_cache(maxsize=16)
+def data_source(root, pattern):
+  return WebDatasetSource(expand(pattern, root))
