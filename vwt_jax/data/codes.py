@@ -41,11 +41,11 @@ from typing import Any
 
 from array_record.python import array_record_module
 from etils import epath
-import grain
 import ml_collections
 import numpy as np
 
 from vwt_jax.core import files
+from vwt_jax.data import array_records
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 
@@ -442,7 +442,8 @@ class CodeSource:
       raise FileNotFoundError(f'{metadata_path(path)} lists shard files that do not '
                               f'exist: {absent[:5]}')
     self._starts = np.cumsum([0] + [s['num_records'] for s in shards]).tolist()
-    self._source = _open_shards(self._files, split, path) if self._files else []
+    self._source = (array_records.open_shards(self._files, f'split {split!r} in {path}')
+                    if self._files else [])
     if len(self._source) != len(self):
       raise ValueError(f'the shard files of split {split!r} in {path} hold '
                        f'{len(self._source)} records but {metadata_path(path)} lists '
@@ -463,21 +464,6 @@ class CodeSource:
       # ArrayRecord's reader: a damaged chunk of the shard.
       raise CorruptCodeRecordError(str(e)) from None
     return decode_record(data, self.metadata)
-
-
-def _open_shards(files_: list[str], split: str, path: str):
-  """One random-access source over the shard files; a file ArrayRecord cannot
-  open (empty, cut short, not ArrayRecord) is named."""
-  try:
-    return grain.sources.ArrayRecordDataSource(files_)
-  except RuntimeError:
-    for file in files_:
-      try:
-        grain.sources.ArrayRecordDataSource([file])
-      except RuntimeError as own:
-        raise ValueError(f'{file}: not a readable ArrayRecord shard of split {split!r} in '
-                         f'{path} ({own}); extract the codes again') from None
-    raise
 
 
 def default_codes_data_config() -> ml_collections.ConfigDict:

@@ -18,10 +18,12 @@ count, in `stats()` and the checkpointed state, may not exceed
 `data_config` fields (see `default_data_config`):
   name: 'synthetic_shapes' (prepared under data_dir on first use),
     'imagenet2012' (prepared by the user, see `imagenet.py`), 'image_folder'
-    (your own pictures, see `image_folder.py`) or 'webdataset' (tar shards,
-    see `webdataset.py`).
+    (your own pictures, see `image_folder.py`), 'webdataset' (tar shards,
+    see `webdataset.py`) or 'packed' (either packed as ArrayRecord, see
+    `packed.py`).
   data_dir: tfds data directory ('' = the tfds default); for image_folder the
-    folder holding the split folders, for webdataset the shards' folder.
+    folder holding the split folders, for webdataset the shards' folder, for
+    packed the packed dataset.
   image_size: output height and width (resize shorter side + crop).
   train_split, eval_split: tfds split names (slices like 'train[:1%]' work);
     for image_folder the split folders' names, for webdataset shard patterns.
@@ -46,6 +48,7 @@ import tensorflow_datasets as tfds
 
 from vwt_jax.data import image_folder
 from vwt_jax.data import imagenet
+from vwt_jax.data import packed
 from vwt_jax.data import synthetic_shapes
 from vwt_jax.data import transforms
 from vwt_jax.data import webdataset
@@ -93,6 +96,8 @@ def num_classes(data_config):
     return len(image_folder.classes(data_config.data_dir, data_config.train_split))
   if data_config.name == webdataset.NAME:
     return webdataset.data_source(data_config.data_dir, data_config.train_split).num_classes()
+  if data_config.name == packed.NAME:
+    return len(packed.read_metadata(data_config.data_dir)['classes'])
   return {'synthetic_shapes': synthetic_shapes.NUM_CLASSES,
           imagenet.NAME: imagenet.NUM_CLASSES}[data_config.name]
 
@@ -119,10 +124,13 @@ def open_source(data_config, split):
   elif data_config.name == webdataset.NAME:
     source = webdataset.data_source(data_config.data_dir, split)
     where = webdataset.NAME
+  elif data_config.name == packed.NAME:
+    source = packed.PackedSource(data_config.data_dir, split)
+    where = packed.NAME
   else:
     raise ValueError(f'unknown data_config.name {data_config.name!r}; expected '
-                     f"'synthetic_shapes', {imagenet.NAME!r}, {image_folder.NAME!r} or "
-                     f'{webdataset.NAME!r}')
+                     f"'synthetic_shapes', {imagenet.NAME!r}, {image_folder.NAME!r}, "
+                     f'{webdataset.NAME!r} or {packed.NAME!r}')
   return NamedRecords(source), f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
 
 

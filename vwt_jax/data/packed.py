@@ -1,0 +1,142 @@
+"""Packed images: any image source rewritten as ArrayRecord shards, without TensorFlow.
+
+  DIR/metadata.json            classes, and per split its shards and counts
+  DIR/train-00000.array_record one record per image: the label (int32,
+  DIR/train-00001.array_record   little-endian) then the image file's own bytes
+  DIR/validation-00000.array_record ...
+
+Written by `python -m vwt_jax.tools.pack_images` from an image folder or tar
+shards; read with `--config.data.name=packed --config.data.data_dir=DIR`
+(splits by name). Every record is its own ArrayRecord chunk: random access
+reads one image, which is what the shuffled pipeline does. The images keep
+their encoding; decoding and cropping happen when training reads them, as
+for every source. DIR may be a URL (`gs://...`).
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import struct
+
+from array_record.python import array_record_module
+from etils import epath
+
+from vwt_jax.core import files
+from vwt_jax.data import array_records
+from vwt_jax.data import transforms
+
+NAME = 'packed'
+FORMAT = 'vwt_jax.packed_images'
+METADATA_FILE = 'metadata.json'
+DEFAULT_SHARD_SIZE = 10_000
+_LABEL = struct.Struct('<i')
+
+
+def metadata_path(path):
+  return os.path.join(path, METADATA_FILE)
+
+
+def read_metadata(path):
+  """{'format', 'classes', 'splits': {split: {'num_records', 'shards': [...], ...}}}."""
+  where = metadata_path(path)
+  try:
+    metadata = json.loads(epath.Path(where).read_text())
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{where}: no packed image dataset there '
+                            '(python -m vwt_jax.tools.pack_images writes one)') from None
+  except ValueError as e:
+    raise ValueError(f'{where}: not JSON ({e})') from None
+  if not isinstance(metadata, dict) or metadata.get('format') != FORMAT:
+    raise ValueError(f'{where}: format is not {FORMAT!r}')
+  return metadata
+
+
+@dataclasses.dataclass
+class PackWriter:
+  """Writes one split of a packed dataset, shard by shard; `close` records it."""
+  path: str
+  split: str
+  classes: tuple
+  shard_size: int = DEFAULT_SHARD_SIZE
+
+  def __post_init__(self):
+    where = epath.Path(metadata_path(self.path))
+    if where.exists() and self.split in read_metadata(self.path)['splits']:
+      raise ValueError(f'{where} already holds split {self.split!r}: write to another '
+                       'folder or another split')
+    files.makedirs(self.path)
+    self.num_records = 0
+    self._shards = []
+    self._writer = None
+    self._staging = contextlib.ExitStack()
+
+  def add(self, image: bytes, label: int) -> None:
+    if self._writer is None or self._shards[-1]['num_records'] == self.shard_size:
+      self._next_shard()
+    self._writer.write(_LABEL.pack(int(label)) + bytes(image))
+    self._shards[-1]['num_records'] += 1
+    self.num_records += 1
+
+  def _finish_shard(self):
+    self._writer.close()
+    self._staging.close()  # moves or uploads the shard to its place
+
+  def _next_shard(self):
+    if self._writer is not None:
+      self._finish_shard()
+    name = f'{self.split}-{len(self._shards):05d}.array_record'
+    local = self._staging.enter_context(files.staged(os.path.join(self.path, name)))
+    self._writer = array_record_module.ArrayRecordWriter(local, 'group_size:1')
+    self._shards.append({'file': name, 'num_records': 0})
+
+  def close(self, **split_info) -> dict:
+    """Finishes the shards and records the split (with `split_info`) in metadata.json."""
+    if self._writer is not None:
+      self._finish_shard()
+      self._writer = None
+    where = epath.Path(metadata_path(self.path))
+    metadata = read_metadata(self.path) if where.exists() else {
+        'format': FORMAT, 'classes': list(self.classes), 'splits': {}}
+    if metadata['classes'] != list(self.classes):
+      raise ValueError(f'{where}: its classes differ from those of split {self.split!r}')
+    metadata['splits'][self.split] = {'num_records': self.num_records, 'shards': self._shards,
+                                      **split_info}
+    files.write_text(str(where), json.dumps(metadata, indent=2))
+    return metadata
+
+
+class PackedSource:
+  """Random access to {'image': encoded bytes, 'label': int} of one packed split."""
+
+  def __init__(self, path, split):
+    metadata = read_metadata(path)
+    if split not in metadata['splits']:
+      raise ValueError(f'{metadata_path(path)} has no split {split!r}; it has '
+                       f'{sorted(metadata["splits"])}')
+    self.classes = tuple(metadata['classes'])
+    shards = metadata['splits'][split]['shards']
+    self._files = [os.path.join(path, s['file']) for s in shards]
+    self._starts, total = [], 0
+    for s in shards:
+      self._starts.append(total)
+      total += s['num_records']
+    self._num_records = total
+    self._source = (array_records.open_shards(self._files, f'split {split!r} in {path}')
+                    if self._files else [])
+    if len(self._source) != total:
+      raise ValueError(f'the shards of split {split!r} in {path} hold {len(self._source)} '
+                       f'records, {metadata_path(path)} lists {total}')
+
+  def __len__(self):
+    return self._num_records
+
+  def record_name(self, index):
+    shard = max(i for i, start in enumerate(self._starts) if start <= index)
+    return f'{self._files[shard]} record {index - self._starts[shard]}'
+
+  def __getitem__(self, index):
+    data = self._source[index]
+    if len(data) <= _LABEL.size:
+      raise transforms.CorruptRecordError(f'{self.record_name(index)}: {len(data)} bytes')
+    return {'image': data[_LABEL.size:], 'label': _LABEL.unpack_from(data)[0]}
