@@ -31,7 +31,6 @@ writes local files, so a remote shard is written locally and uploaded whole.
 """
 
 import bisect
-import contextlib
 import dataclasses
 import json
 import math
@@ -39,7 +38,6 @@ import os
 import re
 from typing import Any
 
-from array_record.python import array_record_module
 from etils import epath
 import ml_collections
 import numpy as np
@@ -338,8 +336,6 @@ class CodeDatasetWriter:
                shard_size: int = DEFAULT_SHARD_SIZE):
     if not _SPLIT_NAME.match(split):
       raise ValueError(f'split {split!r}: use letters, digits, "_", "-" or "."')
-    if shard_size < 1:
-      raise ValueError(f'shard_size={shard_size} must be positive')
     files.makedirs(path)
     if epath.Path(metadata_path(path)).exists():
       existing = read_metadata(path)
@@ -351,10 +347,7 @@ class CodeDatasetWriter:
     self.path = path
     self.metadata = dataclasses.replace(metadata, splits={})
     self.split = split
-    self._shard_size = shard_size
-    self._shards = []
-    self._writer = None
-    self._staging = contextlib.ExitStack()
+    self._shards = array_records.ShardWriter(path, split, shard_size)
     self._closed = False
 
   def __enter__(self):
@@ -363,14 +356,12 @@ class CodeDatasetWriter:
   def __exit__(self, exc_type, exc, tb):
     if exc_type is None:
       self.close()
-    elif self._writer is not None:
-      self._writer.close()
-      # Discards the unfinished shard instead of publishing it.
-      self._staging.__exit__(exc_type, exc, tb)
+    else:
+      self._shards.discard((exc_type, exc, tb))
 
   @property
   def num_records(self) -> int:
-    return sum(s['num_records'] for s in self._shards)
+    return self._shards.num_records
 
   def add(self, codes, label: int, *, index: int | None = None, caption_emb=None,
           caption_mask=None) -> None:
@@ -387,39 +378,21 @@ class CodeDatasetWriter:
     if self._closed:
       raise ValueError('add() after close()')
     index = self.num_records if index is None else index
-    data = encode_record(self.metadata, codes, int(label), int(index), caption_emb,
-                         caption_mask)
-    if self._writer is None or self._shards[-1]['num_records'] == self._shard_size:
-      self._next_shard()
-    self._writer.write(data)
-    self._shards[-1]['num_records'] += 1
-
-  def _finish_shard(self):
-    self._writer.close()
-    self._staging.close()  # Moves or uploads the shard to its place.
-
-  def _next_shard(self):
-    if self._writer is not None:
-      self._finish_shard()
-    name = f'{self.split}-{len(self._shards):05d}.array_record'
-    local = self._staging.enter_context(files.staged(os.path.join(self.path, name)))
-    # group_size:1 makes every record its own chunk: shuffled random access
-    # then reads one record, not a whole group.
-    self._writer = array_record_module.ArrayRecordWriter(local, 'group_size:1')
-    self._shards.append({'file': name, 'num_records': 0})
+    self._shards.write(encode_record(self.metadata, codes, int(label), int(index), caption_emb,
+                                     caption_mask))
 
   def close(self, **split_info) -> CodeMetadata:
     """Finishes the shards and records the split (plus `split_info`, e.g. the
     source split and corrupt-image count) in metadata.json. Idempotent."""
     if self._closed:
       return self.metadata
-    if self._writer is not None:
-      self._finish_shard()
+    self._shards.close()
     self._closed = True
     # Re-read: another writer may have added a split meanwhile.
     splits = read_metadata(self.path).splits if epath.Path(
         metadata_path(self.path)).exists() else {}
-    splits[self.split] = {'num_records': self.num_records, 'shards': self._shards, **split_info}
+    splits[self.split] = {'num_records': self.num_records, 'shards': self._shards.shards,
+                          **split_info}
     self.metadata = dataclasses.replace(self.metadata, splits=splits)
     files.write_text(metadata_path(self.path), self.metadata.to_json())
     return self.metadata

@@ -13,13 +13,11 @@ their encoding; decoding and cropping happen when training reads them, as
 for every source. DIR may be a URL (`gs://...`).
 """
 
-import contextlib
 import dataclasses
 import json
 import os
 import struct
 
-from array_record.python import array_record_module
 from etils import epath
 
 from vwt_jax.core import files
@@ -66,42 +64,26 @@ class PackWriter:
       raise ValueError(f'{where} already holds split {self.split!r}: write to another '
                        'folder or another split')
     files.makedirs(self.path)
-    self.num_records = 0
-    self._shards = []
-    self._writer = None
-    self._staging = contextlib.ExitStack()
+    self._shards = array_records.ShardWriter(self.path, self.split, self.shard_size)
+
+  @property
+  def num_records(self) -> int:
+    return self._shards.num_records
 
   def add(self, image: bytes, label: int) -> None:
-    if self._writer is None or self._shards[-1]['num_records'] == self.shard_size:
-      self._next_shard()
-    self._writer.write(_LABEL.pack(int(label)) + bytes(image))
-    self._shards[-1]['num_records'] += 1
-    self.num_records += 1
-
-  def _finish_shard(self):
-    self._writer.close()
-    self._staging.close()  # moves or uploads the shard to its place
-
-  def _next_shard(self):
-    if self._writer is not None:
-      self._finish_shard()
-    name = f'{self.split}-{len(self._shards):05d}.array_record'
-    local = self._staging.enter_context(files.staged(os.path.join(self.path, name)))
-    self._writer = array_record_module.ArrayRecordWriter(local, 'group_size:1')
-    self._shards.append({'file': name, 'num_records': 0})
+    self._shards.write(_LABEL.pack(int(label)) + bytes(image))
 
   def close(self, **split_info) -> dict:
     """Finishes the shards and records the split (with `split_info`) in metadata.json."""
-    if self._writer is not None:
-      self._finish_shard()
-      self._writer = None
+    self._shards.close()
     where = epath.Path(metadata_path(self.path))
     metadata = read_metadata(self.path) if where.exists() else {
         'format': FORMAT, 'classes': list(self.classes), 'splits': {}}
     if metadata['classes'] != list(self.classes):
-      raise ValueError(f'{where}: its classes differ from those of split {self.split!r}')
-    metadata['splits'][self.split] = {'num_records': self.num_records, 'shards': self._shards,
-                                      **split_info}
+      raise ValueError(f'{where}: its classes differ from those of split {self.split!r} '
+                       '(tar shards: give every split the same --num_classes)')
+    metadata['splits'][self.split] = {'num_records': self.num_records,
+                                      'shards': self._shards.shards, **split_info}
     files.write_text(str(where), json.dumps(metadata, indent=2))
     return metadata
 
