@@ -1,9 +1,12 @@
-"""ArrayRecord shards: opening them with errors that name the file, writing them in turn."""
+"""ArrayRecord shards: reading a split's shards with errors that name the file,
+writing them in turn."""
 
+import bisect
 import contextlib
 import os
 
 from array_record.python import array_record_module
+from etils import epath
 import grain
 
 from vwt_jax.core import files
@@ -23,6 +26,48 @@ def open_shards(paths, what):
         raise ValueError(f'{path}: not a readable ArrayRecord shard of {what} ({own}); '
                          'write it again') from None
     raise
+
+
+def locate(starts, index):
+  """(shard, offset in it) of record `index`, given each shard's first index."""
+  shard = bisect.bisect_right(starts, index) - 1
+  return shard, index - starts[shard]
+
+
+class ShardReader:
+  """Random access to the raw records of the shards a metadata file lists
+  (`ShardWriter.shards`: [{'file', 'num_records'}] under `folder`).
+
+  A damaged record raises ArrayRecord's RuntimeError when read; missing files,
+  unreadable shards and counts that differ from the list are refused here,
+  naming `what` (e.g. "split 'train' in DIR") and `listed_in` (the metadata file).
+  """
+
+  def __init__(self, folder, shards, what, listed_in):
+    self.files = [os.path.join(folder, s['file']) for s in shards]
+    absent = [f for f in self.files if not epath.Path(f).exists()]
+    if absent:
+      raise FileNotFoundError(f'{listed_in} lists shard files that do not exist: {absent[:5]}')
+    self._starts, total = [], 0
+    for s in shards:
+      self._starts.append(total)
+      total += s['num_records']
+    self._num_records = total
+    self._source = open_shards(self.files, what) if self.files else []
+    if len(self._source) != total:
+      raise ValueError(f'the shard files of {what} hold {len(self._source)} records but '
+                       f'{listed_in} lists {total}: the files were changed after writing')
+
+  def __len__(self):
+    return self._num_records
+
+  def __getitem__(self, index):
+    return self._source[index]
+
+  def locate(self, index):
+    """(shard file, record number in it) of record `index`."""
+    shard, offset = locate(self._starts, index)
+    return self.files[shard], offset
 
 
 class ShardWriter:

@@ -30,7 +30,6 @@ The directory may be a URL (`gs://bucket/codes`); ArrayRecord's writer only
 writes local files, so a remote shard is written locally and uploaded whole.
 """
 
-import bisect
 import dataclasses
 import json
 import math
@@ -408,27 +407,16 @@ class CodeSource:
     if split not in self.metadata.splits:
       raise ValueError(f'{metadata_path(path)} has no split {split!r}; it has '
                        f'{sorted(self.metadata.splits)}')
-    shards = self.metadata.splits[split]['shards']
-    self._files = [os.path.join(path, s['file']) for s in shards]
-    absent = [f for f in self._files if not epath.Path(f).exists()]
-    if absent:
-      raise FileNotFoundError(f'{metadata_path(path)} lists shard files that do not '
-                              f'exist: {absent[:5]}')
-    self._starts = np.cumsum([0] + [s['num_records'] for s in shards]).tolist()
-    self._source = (array_records.open_shards(self._files, f'split {split!r} in {path}')
-                    if self._files else [])
-    if len(self._source) != len(self):
-      raise ValueError(f'the shard files of split {split!r} in {path} hold '
-                       f'{len(self._source)} records but {metadata_path(path)} lists '
-                       f'{len(self)}: the files were changed after writing')
+    self._source = array_records.ShardReader(
+        path, self.metadata.splits[split]['shards'], f'split {split!r} in {path}',
+        metadata_path(path))
 
   def __len__(self) -> int:
-    return self._starts[-1]
+    return len(self._source)
 
   def locate(self, index: int) -> tuple[str, int]:
     """(shard file, record number in it) of record `index`."""
-    shard = bisect.bisect_right(self._starts, index) - 1
-    return self._files[shard], index - self._starts[shard]
+    return self._source.locate(index)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     try:

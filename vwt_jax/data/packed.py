@@ -97,25 +97,15 @@ class PackedSource:
       raise ValueError(f'{metadata_path(path)} has no split {split!r}; it has '
                        f'{sorted(metadata["splits"])}')
     self.classes = tuple(metadata['classes'])
-    shards = metadata['splits'][split]['shards']
-    self._files = [os.path.join(path, s['file']) for s in shards]
-    self._starts, total = [], 0
-    for s in shards:
-      self._starts.append(total)
-      total += s['num_records']
-    self._num_records = total
-    self._source = (array_records.open_shards(self._files, f'split {split!r} in {path}')
-                    if self._files else [])
-    if len(self._source) != total:
-      raise ValueError(f'the shards of split {split!r} in {path} hold {len(self._source)} '
-                       f'records, {metadata_path(path)} lists {total}')
+    self._source = array_records.ShardReader(path, metadata['splits'][split]['shards'],
+                                             f'split {split!r} in {path}', metadata_path(path))
 
   def __len__(self):
-    return self._num_records
+    return len(self._source)
 
   def record_name(self, index):
-    shard = max(i for i, start in enumerate(self._starts) if start <= index)
-    return f'{self._files[shard]} record {index - self._starts[shard]}'
+    file, offset = self._source.locate(index)
+    return f'{file} record {offset}'
 
   def __getitem__(self, index):
     data = self._source[index]

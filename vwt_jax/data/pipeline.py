@@ -46,6 +46,7 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vwt_jax.data import array_records
 from vwt_jax.data import image_folder
 from vwt_jax.data import imagenet
 from vwt_jax.data import packed
@@ -145,7 +146,8 @@ class NamedRecords:
 
   def __init__(self, source):
     self._source = source
-    self._shards = []
+    # Each tfds shard's first record index and file.
+    self._starts, self._files = [], []
     info = getattr(source, 'dataset_info', None)
     if info is not None:
       try:
@@ -154,7 +156,8 @@ class NamedRecords:
         instructions = []  # a dataset info that lists no splits
       first = 0
       for instruction in instructions:
-        self._shards.append((first, instruction.filename))
+        self._starts.append(first)
+        self._files.append(instruction.filename)
         first += instruction.take
 
   def __len__(self):
@@ -171,12 +174,9 @@ class NamedRecords:
     """The file of record `index` ('' if unknown)."""
     if hasattr(self._source, 'record_name'):
       return self._source.record_name(index)
-    name = ''
-    for first, filename in self._shards:
-      if first > index:
-        break
-      name = filename
-    return name
+    if not self._files:
+      return ''
+    return self._files[array_records.locate(self._starts, index)[0]]
 
 
 class CorruptRecord:
