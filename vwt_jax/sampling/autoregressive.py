@@ -110,6 +110,16 @@ def _param_shardings(config: gpt_lib.GPTConfig, mesh: Mesh, rules: tuple) -> _By
       sharding_lib.logical_to_sharding(gpt_lib.abstract_params(config), mesh, rules))
 
 
+def _placement(config: gpt_lib.GPTConfig, mesh: Optional[Mesh],
+               rules) -> Optional[_ByIdentity]:
+  """The params' shardings on `mesh` by `rules` (default `DEFAULT_LOGICAL_AXIS_RULES`);
+  None without a mesh."""
+  if mesh is None:
+    return None
+  return _param_shardings(config, mesh, sharding_lib.normalize_rules(
+      rules or sharding_lib.DEFAULT_LOGICAL_AXIS_RULES))
+
+
 def generate(model: gpt_lib.GPT, params: Any, cond: jax.Array, *, num_tokens: int,
              rng: jax.Array, cfg_scale: float = 1.0, cfg_interval: int = -1,
              temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -158,14 +168,12 @@ def generate(model: gpt_lib.GPT, params: Any, cond: jax.Array, *, num_tokens: in
     if emb_mask.shape != (cond.shape[0], config.cls_token_num):
       raise ValueError(f"emb_mask {emb_mask.shape}: expected ({cond.shape[0]}, "
                        f"{config.cls_token_num})")
-  param_shardings = None
+  param_shardings = _placement(config, mesh, rules)
   if mesh is not None:
-    rules = sharding_lib.normalize_rules(rules or sharding_lib.DEFAULT_LOGICAL_AXIS_RULES)
     dp = sharding_lib.data_parallel_size(mesh)
     if cond.shape[0] % dp:
       raise ValueError(f"batch {cond.shape[0]} must divide over the {dp} data-parallel "
                        "devices of the mesh")
-    param_shardings = _param_shardings(config, mesh, rules)
     if emb_mask is None and config.model_type == "t2i":
       emb_mask = jnp.ones((cond.shape[0], config.cls_token_num), bool)
   fn = _build(config, int(num_tokens), use_cfg, int(top_k), bool(top_p < 1.0), bool(greedy),
@@ -194,10 +202,7 @@ def row_program(config: gpt_lib.GPTConfig, *, num_tokens: int, cfg: bool, top_k:
   (None without a mesh) is the params' layout the program takes: place them
   once. Nothing is checked: the caller validates what it feeds.
   """
-  param_shardings = None
-  if mesh is not None:
-    rules = sharding_lib.normalize_rules(rules or sharding_lib.DEFAULT_LOGICAL_AXIS_RULES)
-    param_shardings = _param_shardings(config, mesh, rules)
+  param_shardings = _placement(config, mesh, rules)
   program = _build(config, int(num_tokens), bool(cfg), int(top_k), bool(use_top_p), False, False,
                    mesh, param_shardings, per_row=True)
   return program, None if param_shardings is None else param_shardings.tree
