@@ -71,7 +71,6 @@ def _label(extension, data):
   return int(json.loads(data)['label'])
 
 
-@functools.lru_cache(maxsize=64)
 def index_shard(path):
   """[(key, {extension: (offset, size)}, label or None)] of a shard, in order.
 
