@@ -81,6 +81,10 @@ def zeros_init(names: Axes):
   return _named(nn.initializers.zeros_init(), names)
 
 
+def ones_init(names: Axes):
+  return _named(nn.initializers.ones_init(), names)
+
+
 def scaled_normal_init(scale: float, names: Axes):
   """`scale * randn`, the init of class/positional embeddings and latent tokens."""
   return _named(nn.initializers.normal(scale), names)
@@ -119,7 +123,7 @@ def layer_norm(*, dtype: Dtype, param_dtype: Dtype, epsilon: float = 1e-5,
                name: Optional[str] = None) -> nn.LayerNorm:
   return nn.LayerNorm(
       epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      scale_init=ones_init(("norm",)),
       bias_init=zeros_init(("norm",)), name=name)
 
 

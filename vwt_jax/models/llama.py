@@ -92,9 +92,8 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                             ("norm",)),
-                       (x.shape[-1],), self.param_dtype)
+    scale = self.param("scale", layers.ones_init(("norm",)), (x.shape[-1],),
+                       self.param_dtype)
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     return y.astype(x.dtype) * scale.astype(x.dtype)

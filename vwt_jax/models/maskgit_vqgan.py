@@ -75,9 +75,7 @@ class GroupNorm(nn.Module):
     channels = x.shape[-1]
     if channels % self.num_groups:
       raise ValueError(f"{channels} channels do not split into {self.num_groups} groups")
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                             ("norm",)),
-                       (channels,), self.param_dtype)
+    scale = self.param("scale", layers.ones_init(("norm",)), (channels,), self.param_dtype)
     bias = self.param("bias", layers.zeros_init(("norm",)), (channels,), self.param_dtype)
     x32 = x.astype(jnp.float32)
     spatial = tuple(range(1, x.ndim - 1))
