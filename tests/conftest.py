@@ -45,6 +45,24 @@ def fixtures_dir():
   return path
 
 
+@pytest.fixture
+def bucket():
+  """gs:// served from memory for one test: {'bucket/key': bytes}."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  with helpers.fake_gcs() as objects:
+    yield objects
+
+
+@pytest.fixture
+def array_record_on_bucket(bucket, tmp_path, monkeypatch):
+  """ArrayRecord's reader opens the gs:// shards of `bucket`."""
+  import helpers  # pylint: disable=g-import-not-at-top
+  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+  reader = helpers.ArrayRecordOnBucket(bucket, str(tmp_path / "array_record_scratch"))
+  monkeypatch.setattr(array_record_data_source, "array_record_module", reader)
+  return reader
+
+
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory):
   """One small synthetic-shapes dataset shared by the whole session."""

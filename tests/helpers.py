@@ -5,6 +5,7 @@ import importlib.util
 import os
 import shutil
 
+from array_record.python import array_record_module
 import jax
 import numpy as np
 import pytest
@@ -476,6 +477,33 @@ def fake_gcs():
     else:
       os.environ["EPATH_USE_TF"] = use_tf
     forget()
+
+
+class ArrayRecordOnBucket:
+  """array_record_module whose reader opens gs:// shards from the fake bucket.
+
+  ArrayRecord reads gs:// with its own GCS client, which needs the network;
+  this records the URLs our code hands it and reads those objects instead.
+  """
+
+  def __init__(self, objects, scratch):
+    self._objects = objects
+    self._scratch = scratch
+    self.urls = []
+
+  def ArrayRecordReader(self, path, *args, **kwargs):  # pylint: disable=invalid-name
+    if not path.startswith('gs://'):
+      return array_record_module.ArrayRecordReader(path, *args, **kwargs)
+    self.urls.append(path)
+    local = os.path.join(self._scratch, path.removeprefix('gs://'))
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local, 'wb') as f:
+      f.write(self._objects[path.removeprefix('gs://')])
+    return array_record_module.ArrayRecordReader(local, *args, **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(array_record_module, name)
+
 
 
 def upload_tree(local_dir, url):

@@ -14,19 +14,12 @@ from PIL import Image
 import pytest
 from tensorboardX.proto import event_pb2
 
-import helpers
 from vwt_jax.conversion import torch_state
 from vwt_jax.core import checkpoint
 from vwt_jax.core import files
 from vwt_jax.core import images as images_lib
 from vwt_jax.core import metrics
 from vwt_jax.families import common
-
-
-@pytest.fixture
-def bucket():
-  with helpers.fake_gcs() as objects:
-    yield objects
 
 
 def test_absolute_leaves_urls_alone():

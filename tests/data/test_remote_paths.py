@@ -5,8 +5,6 @@ they give locally."""
 import dataclasses
 import os
 
-from array_record.python import array_record_data_source
-from array_record.python import array_record_module
 from etils import epath
 import ml_collections
 import numpy as np
@@ -21,45 +19,6 @@ from vwt_jax.data import text_tokenizer
 from vwt_jax.data.vript import clip_source
 from vwt_jax.data.vript import frames
 from vwt_jax.data.vript import schema
-
-
-@pytest.fixture
-def bucket():
-  with helpers.fake_gcs() as objects:
-    yield objects
-
-
-class _ArrayRecordOnBucket:
-  """array_record_module whose reader opens gs:// shards from the fake bucket.
-
-  ArrayRecord reads gs:// with its own GCS client, which needs the network;
-  this records the URLs our code hands it and reads those objects instead.
-  """
-
-  def __init__(self, objects, scratch):
-    self._objects = objects
-    self._scratch = scratch
-    self.urls = []
-
-  def ArrayRecordReader(self, path, *args, **kwargs):  # pylint: disable=invalid-name
-    if not path.startswith('gs://'):
-      return array_record_module.ArrayRecordReader(path, *args, **kwargs)
-    self.urls.append(path)
-    local = os.path.join(self._scratch, path.removeprefix('gs://'))
-    os.makedirs(os.path.dirname(local), exist_ok=True)
-    with open(local, 'wb') as f:
-      f.write(self._objects[path.removeprefix('gs://')])
-    return array_record_module.ArrayRecordReader(local, *args, **kwargs)
-
-  def __getattr__(self, name):
-    return getattr(array_record_module, name)
-
-
-@pytest.fixture
-def array_record_on_bucket(bucket, tmp_path, monkeypatch):
-  reader = _ArrayRecordOnBucket(bucket, str(tmp_path / 'array_record_scratch'))
-  monkeypatch.setattr(array_record_data_source, 'array_record_module', reader)
-  return reader
 
 
 def test_tfds_preparation_read_from_a_bucket(shapes_builder, data_config, bucket,

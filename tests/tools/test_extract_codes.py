@@ -3,8 +3,10 @@ caption features) -> generator batches."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,7 @@ from vwt_jax.data import codes
 from vwt_jax.data import pipeline
 from vwt_jax.data import transforms
 from vwt_jax.data.vript import clip_source
+from vwt_jax.families import common
 from vwt_jax.families import text_encoders
 from vwt_jax.families import tokenizer as tokenizer_lib
 from vwt_jax.models import gpt
@@ -132,6 +135,15 @@ def test_unknown_family_and_existing_split(run, tmp_path):
     extract.extract_codes(config, run[1], str(tmp_path), views="center")
   with pytest.raises(ValueError, match="views='five_crop'"):
     extract.extract_codes(run[0], run[1], str(tmp_path), views="five_crop")
+  # Captions and a caption encoder go together.
+  pairs = tiny_titok_config(run[0].data.data_dir)
+  pairs.data.name = "image_text"
+  with pytest.raises(ValueError, match="'image_text' gives image-caption pairs: name the "
+                     "caption encoder"):
+    extract.extract_codes(pairs, run[1], str(tmp_path), views="center")
+  with pytest.raises(ValueError, match="a caption encoder needs captions"):
+    extract.extract_codes(run[0], run[1], str(tmp_path), views="center",
+                          caption_encoder=text_encoders.load_caption_encoder("minilm"))
 
 
 def test_command_line_writes_a_dataset_the_generator_pipeline_reads(run, tmp_path):
@@ -216,3 +228,168 @@ def test_vript_keyframes_and_caption_features_as_the_t2i_gpt_reads_them(run, fix
   with pytest.raises(ValueError, match="take no split"):
     extract.extract_codes(config, "unused", out, split="train", vript_root=root,
                           caption_encoder=encoder)
+
+
+def _files(folder):
+  """{relative path: bytes} of every file under `folder`."""
+  found = {}
+  for parent, _, names in os.walk(folder):
+    for name in names:
+      path = os.path.join(parent, name)
+      with open(path, "rb") as f:
+        found[os.path.relpath(path, folder)] = f.read()
+  return found
+
+
+def test_two_processes_write_the_files_one_writes(run, tmp_path, monkeypatch, caplog):
+  _, workdir, _, _ = run
+  config = common.run_config(workdir)
+  open_source = pipeline.open_source
+  monkeypatch.setattr(pipeline, "open_source",
+                      lambda c, s: (_CorruptEveryFifth(open_source(c, s)[0]), "shapes"))
+  # 20 records in shards of 3 (the last of 2); batches of 4 straddle them.
+  kwargs = dict(split="train[:20]", views="flip", batch_size=4, shard_size=3)
+  one = extract.extract_codes(config, workdir, str(tmp_path / "one"), **kwargs)
+  assert (one["records"], one["corrupt_skipped"], one["shards"]) == (16, 4, 7)
+  assert one["complete"]
+
+  two = str(tmp_path / "two")
+  first = extract.extract_codes(config, workdir, two, process_index=0, process_count=2,
+                                **kwargs)
+  # Shards 0, 2, 4, 6 hold records 0-2, 6-8, 12-14, 18-19, of which 0 is corrupt.
+  assert (first["records"], first["corrupt_skipped"], first["shards_written"]) == (10, 1, 4)
+  assert not first["complete"] and not os.path.exists(codes.metadata_path(two))
+  second = extract.extract_codes(config, workdir, two, process_index=1, process_count=2,
+                                 **kwargs)
+  assert (second["records"], second["corrupt_skipped"], second["complete"]) == (6, 3, True)
+  # Logged by their index in the source, not in this process's share.
+  assert "Corrupt record 15 of shapes, skipped" in caplog.text
+  assert _files(two) == _files(str(tmp_path / "one"))
+
+  meta = codes.read_metadata(two)
+  assert meta.splits["train"]["num_corrupt"] == 4
+  assert [s["num_records"] for s in meta.splits["train"]["shards"]] == [2, 2, 3, 2, 3, 2, 2]
+  source = codes.CodeSource(two, "train")
+  assert [source[i]["index"] for i in range(len(source))] == [i for i in range(20) if i % 5]
+
+  # Run again, the job is complete: nothing is encoded. Another job is refused.
+  again = extract.extract_codes(config, workdir, two, process_index=1, process_count=2,
+                                **kwargs)
+  assert (again["records"], again["shards_resumed"], again["complete"]) == (0, 3, True)
+  with pytest.raises(ValueError, match=r"train-progress/job.json belongs to another "
+                     r"extraction \(num_records, source_split differ\)"):
+    extract.extract_codes(config, workdir, two, **{**kwargs, "split": "train[:10]"})
+  with pytest.raises(ValueError, match="process_index=2 is not in"):
+    extract.extract_codes(config, workdir, two, process_index=2, process_count=2, **kwargs)
+
+
+def test_a_shard_of_corrupt_records_only_has_no_file(run, tmp_path, monkeypatch):
+  config = run[0]
+  monkeypatch.setattr(tokenizer_lib, "load_tokenizer", _top_left_pixels)
+  open_source = pipeline.open_source
+  monkeypatch.setattr(pipeline, "open_source",
+                      lambda c, s: (_CorruptEveryFifth(open_source(c, s)[0]), "shapes"))
+  out = str(tmp_path / "codes")
+  summary = extract.extract_codes(config, "unused", out, split="train[:7]", views="center",
+                                  batch_size=2, shard_size=1)
+  assert (summary["records"], summary["corrupt_skipped"], summary["shards"]) == (5, 2, 7)
+  shards = codes.read_metadata(out).splits["train"]["shards"]
+  assert [s["file"] for s in shards] == [f"train-{k:05d}.array_record" for k in (1, 2, 3, 4, 6)]
+  assert len(codes.CodeSource(out, "train")) == 5
+
+
+_SLOW_EXTRACTION = """
+import sys, time
+from absl import app
+from vwt_jax.tools import extract_codes
+record = extract_codes._Progress.record
+
+def record_slowly(self, shard, entry):
+  record(self, shard, entry)
+  time.sleep(1.0)  # Time for the test to kill the process between two shards.
+
+extract_codes._Progress.record = record_slowly
+extract_codes.define_flags()
+app.run(extract_codes.main)
+"""
+
+
+def test_a_killed_extraction_resumes_to_the_same_files(run, tmp_path):
+  _, workdir, _, _ = run
+  config = common.run_config(workdir)
+  kwargs = dict(split="validation", views="ten_crop", crop_range=1.1, batch_size=4,
+                shard_size=3)
+  reference = str(tmp_path / "reference")
+  extract.extract_codes(config, workdir, reference, **kwargs)
+
+  out = str(tmp_path / "codes")
+  script = tmp_path / "slow_extraction.py"
+  script.write_text(_SLOW_EXTRACTION)
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO), JAX_PLATFORMS="cpu")
+  process = subprocess.Popen(
+      [sys.executable, str(script), "--checkpoint", workdir, "--output_dir", out,
+       "--split", "validation", "--views", "ten_crop", "--crop_range", "1.1",
+       "--batch_size", "4", "--shard_size", "3"],
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  first_done = os.path.join(out, "validation-progress", "00001.json")
+  deadline = time.time() + 240
+  while not os.path.exists(first_done) and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.kill()
+  _, stderr = process.communicate()
+  assert os.path.exists(first_done), stderr.decode()[-3000:]
+  assert not os.path.exists(codes.metadata_path(out))
+
+  resumed = extract.extract_codes(config, workdir, out, **kwargs)
+  # 16 records: shards 0 and 1 were done before the kill, 2 to 5 remain.
+  assert resumed["shards_resumed"] >= 2 and resumed["complete"]
+  assert resumed["records"] == 16 - 3 * resumed["shards_resumed"]
+  # Same files, and nothing half-written left behind.
+  assert _files(out) == _files(reference)
+
+
+def test_extraction_to_a_bucket_writes_what_it_writes_locally(run, tmp_path, monkeypatch,
+                                                              bucket, array_record_on_bucket):
+  config = run[0]
+  monkeypatch.setattr(tokenizer_lib, "load_tokenizer", _top_left_pixels)
+  kwargs = dict(split="train[:10]", views="center", batch_size=4, shard_size=4)
+  local = str(tmp_path / "codes")
+  extract.extract_codes(config, "unused", local, **kwargs)
+  for index in (1, 0):
+    summary = extract.extract_codes(config, "unused", "gs://b/codes", process_index=index,
+                                    process_count=2, **kwargs)
+  assert summary["complete"]
+  assert {f"b/codes/{name}": data for name, data in _files(local).items()} == bucket
+  source = codes.CodeSource("gs://b/codes", "train")
+  assert [source[i]["index"] for i in range(10)] == list(range(10))
+  assert array_record_on_bucket.urls
+
+
+def test_a_two_process_jax_job_writes_the_files_one_process_writes(run, tmp_path):
+  _, workdir, _, _ = run
+  # One CPU device per process (no fake-device flag), each compiling on its own.
+  env = {k: v for k, v in os.environ.items()
+         if k != "XLA_FLAGS" and not k.startswith("JAX_COMPILATION_CACHE")}
+  env.update(PYTHONPATH=os.path.abspath(REPO), JAX_PLATFORMS="cpu")
+  argv = [sys.executable, "-m", "vwt_jax.tools.extract_codes", "--checkpoint", workdir,
+          "--split", "train[:24]", "--views", "flip", "--batch_size", "4", "--shard_size", "5"]
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    coordinator = f"127.0.0.1:{s.getsockname()[1]}"
+  started = [subprocess.Popen(argv + ["--output_dir", str(tmp_path / "one")], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)]
+  for index in range(2):
+    started.append(subprocess.Popen(
+        argv + ["--output_dir", str(tmp_path / "two")],
+        env=dict(env, VWT_COORDINATOR_ADDRESS=coordinator, VWT_NUM_PROCESSES="2",
+                 VWT_PROCESS_ID=str(index)), stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+  summaries = []
+  for process in started:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr.decode()[-3000:]
+    summaries.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+  assert [s["process"] for s in summaries] == ["0/1", "0/2", "1/2"]
+  # Shards 0, 2, 4 (records 0-4, 10-14, 20-23) and 1, 3 (5-9, 15-19).
+  assert [s["records"] for s in summaries] == [24, 14, 10]
+  assert all(s["complete"] for s in summaries)
+  assert _files(str(tmp_path / "two")) == _files(str(tmp_path / "one"))

@@ -70,16 +70,21 @@ class ShardReader:
     return self.files[shard], offset
 
 
+def shard_name(prefix, number):
+  return f'{prefix}-{number:05d}.array_record'
+
+
 class ShardWriter:
   """Writes records into FOLDER/PREFIX-00000.array_record, -00001, ... of
-  `shard_size` records each. A shard appears whole once finished (written
-  staged: locally renamed into place, or uploaded); `discard` drops the one
-  being written instead."""
+  `shard_size` records each (numbered from `first`). A shard appears whole
+  once finished (written staged: locally renamed into place, or uploaded);
+  `discard` drops the one being written instead."""
 
-  def __init__(self, folder, prefix, shard_size):
+  def __init__(self, folder, prefix, shard_size, first=0):
     if shard_size < 1:
       raise ValueError(f'shard_size={shard_size} must be positive')
     self._folder, self._prefix, self._shard_size = folder, prefix, shard_size
+    self._first = first
     self.shards = []  # [{'file': name, 'num_records': n}]
     self._writer = None
     self._staging = contextlib.ExitStack()
@@ -96,7 +101,7 @@ class ShardWriter:
 
   def _next_shard(self):
     self.close()
-    name = f'{self._prefix}-{len(self.shards):05d}.array_record'
+    name = shard_name(self._prefix, self._first + len(self.shards))
     local = self._staging.enter_context(files.staged(os.path.join(self._folder, name)))
     # group_size:1 makes every record its own chunk: shuffled random access
     # then reads one record, not a whole group.

@@ -318,6 +318,36 @@ def decode_record(data: bytes, metadata: CodeMetadata) -> dict[str, Any]:
   return record
 
 
+def written_split(path: str, metadata: CodeMetadata, split: str) -> dict[str, Any] | None:
+  """The metadata entry of `split` in the dataset `path` (None when it has none).
+
+  Creates `path` if need be, and checks that `metadata` may join the splits
+  already there (one metadata describes a directory's splits).
+  """
+  if not _SPLIT_NAME.match(split):
+    raise ValueError(f'split {split!r}: use letters, digits, "_", "-" or "."')
+  files.makedirs(path)
+  if not epath.Path(metadata_path(path)).exists():
+    return None
+  existing = read_metadata(path)
+  _check_compatible(existing, metadata, metadata_path(path), f'split {split!r}',
+                    _DIRECTORY_FIELDS)
+  return existing.splits.get(split)
+
+
+def record_split(path: str, metadata: CodeMetadata, split: str, shards: list[dict],
+                 **split_info) -> CodeMetadata:
+  """Adds `split` (its shards [{'file', 'num_records'}] and free-form
+  `split_info`) to `path/metadata.json`, written whole; returns the metadata."""
+  # Re-read: another writer may have added a split meanwhile.
+  splits = read_metadata(path).splits if epath.Path(metadata_path(path)).exists() else {}
+  splits[split] = {'num_records': sum(s['num_records'] for s in shards), 'shards': shards,
+                   **split_info}
+  metadata = dataclasses.replace(metadata, splits=splits)
+  files.write_text(metadata_path(path), metadata.to_json())
+  return metadata
+
+
 class CodeDatasetWriter:
   """Writes one split of a code dataset; `metadata.json` is updated on close.
 
@@ -333,16 +363,9 @@ class CodeDatasetWriter:
 
   def __init__(self, path: str, metadata: CodeMetadata, *, split: str = 'train',
                shard_size: int = DEFAULT_SHARD_SIZE):
-    if not _SPLIT_NAME.match(split):
-      raise ValueError(f'split {split!r}: use letters, digits, "_", "-" or "."')
-    files.makedirs(path)
-    if epath.Path(metadata_path(path)).exists():
-      existing = read_metadata(path)
-      _check_compatible(existing, metadata, metadata_path(path), f'split {split!r}',
-                        _DIRECTORY_FIELDS)
-      if split in existing.splits:
-        raise FileExistsError(f'{metadata_path(path)} already has split {split!r}; write '
-                              'to a new directory or delete this one')
+    if written_split(path, metadata, split) is not None:
+      raise FileExistsError(f'{metadata_path(path)} already has split {split!r}; write '
+                            'to a new directory or delete this one')
     self.path = path
     self.metadata = dataclasses.replace(metadata, splits={})
     self.split = split
@@ -387,13 +410,8 @@ class CodeDatasetWriter:
       return self.metadata
     self._shards.close()
     self._closed = True
-    # Re-read: another writer may have added a split meanwhile.
-    splits = read_metadata(self.path).splits if epath.Path(
-        metadata_path(self.path)).exists() else {}
-    splits[self.split] = {'num_records': self.num_records, 'shards': self._shards.shards,
-                          **split_info}
-    self.metadata = dataclasses.replace(self.metadata, splits=splits)
-    files.write_text(metadata_path(self.path), self.metadata.to_json())
+    self.metadata = record_split(self.path, self.metadata, self.split, self._shards.shards,
+                                 **split_info)
     return self.metadata
 
 

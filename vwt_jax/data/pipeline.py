@@ -5,10 +5,12 @@
   {'image': float32 (B_local, S, S, 3) in [-1, 1], 'label': int32 (B_local,)}
 
 plus, on eval splits, 'mask': bool (B_local,) (False on padding and on corrupt
-records). Order and augmentations depend on `seed` only (every record's
-crop/flip comes from `transforms.record_rng(seed, position)`), and the iterator
-state (`get_state`/`set_state`, or grain's checkpoint handlers) restores the
-exact next batches.
+records). Image-caption sources (`captioned`) give label 0: their captions
+stay out of image batches (a tokenizer trains on the images alone) and are
+read from the records of `open_source`. Order and augmentations depend on
+`seed` only (every record's crop/flip comes from `transforms.record_rng(seed,
+position)`), and the iterator state (`get_state`/`set_state`, or grain's
+checkpoint handlers) restores the exact next batches.
 
 Corrupt images are logged with their record index, then skipped in training or
 masked out in evaluation (so every process sees as many eval batches). The
@@ -19,14 +21,19 @@ count, in `stats()` and the checkpointed state, may not exceed
   name: 'synthetic_shapes' (prepared under data_dir on first use),
     'imagenet2012' (prepared by the user, see `imagenet.py`), 'image_folder'
     (your own pictures, see `image_folder.py`), 'webdataset' (tar shards,
-    see `webdataset.py`) or 'packed' (either packed as ArrayRecord, see
+    see `webdataset.py`), 'image_text' (image-caption index files, see
+    `image_text.py`) or 'packed' (any of them packed as ArrayRecord, see
     `packed.py`).
   data_dir: tfds data directory ('' = the tfds default); for image_folder the
     folder holding the split folders, for webdataset the shards' folder, for
-    packed the packed dataset.
+    image_text the index files' folder, for packed the packed dataset.
   image_size: output height and width (resize shorter side + crop).
   train_split, eval_split: tfds split names (slices like 'train[:1%]' work);
-    for image_folder the split folders' names, for webdataset shard patterns.
+    for image_folder the split folders' names, for webdataset shard patterns,
+    for image_text index files, folders of them or patterns.
+  captions: webdataset: image-caption pairs instead of labelled images.
+  caption_key: image_text: which caption of LlamaGen's [blip, llava,
+    llava_first] lists.
   eval_drop_remainder: drop the last partial eval batch instead of padding it.
   num_workers: grain worker processes per host; 0 = decode in-process.
   num_threads: reader threads per process (grain.ReadOptions.num_threads).
@@ -48,6 +55,7 @@ import tensorflow_datasets as tfds
 
 from vwt_jax.data import array_records
 from vwt_jax.data import image_folder
+from vwt_jax.data import image_text
 from vwt_jax.data import imagenet
 from vwt_jax.data import packed
 from vwt_jax.data import synthetic_shapes
@@ -85,6 +93,10 @@ def default_data_config():
   config.data_dir = ''
   config.image_size = 64
   add_reader_fields(config)
+  # webdataset: samples are an image and its caption (.txt or .json), not a class.
+  config.captions = False
+  # image_text: the caption a LlamaGen [blip, llava, llava_first] list gives.
+  config.caption_key = image_text.DEFAULT_CAPTION_KEY
   config.synthetic = ml_collections.ConfigDict(dict(
       resolution=64, num_train=synthetic_shapes.DEFAULT_NUM_TRAIN,
       num_validation=synthetic_shapes.DEFAULT_NUM_VALIDATION,
@@ -92,7 +104,22 @@ def default_data_config():
   return config
 
 
+def captioned(data_config):
+  """Whether the source of `data_config` gives image-caption pairs: records
+  {'image', 'caption'} and no classes."""
+  if data_config.name == image_text.NAME:
+    return True
+  if data_config.name == webdataset.NAME:
+    # Configs saved before captions existed lack the field.
+    return data_config.get('captions', False)
+  if data_config.name == packed.NAME:
+    return packed.read_metadata(data_config.data_dir).get('captions', False)
+  return False
+
+
 def num_classes(data_config):
+  if captioned(data_config):
+    return 0
   if data_config.name == image_folder.NAME:
     return len(image_folder.classes(data_config.data_dir, data_config.train_split))
   if data_config.name == webdataset.NAME:
@@ -123,15 +150,18 @@ def open_source(data_config, split):
     source = image_folder.data_source(data_config.data_dir, split, data_config.train_split)
     where = image_folder.NAME
   elif data_config.name == webdataset.NAME:
-    source = webdataset.data_source(data_config.data_dir, split)
+    source = webdataset.data_source(data_config.data_dir, split, captioned(data_config))
     where = webdataset.NAME
+  elif data_config.name == image_text.NAME:
+    source = image_text.data_source(data_config.data_dir, split, data_config.caption_key)
+    where = image_text.NAME
   elif data_config.name == packed.NAME:
     source = packed.PackedSource(data_config.data_dir, split)
     where = packed.NAME
   else:
     raise ValueError(f'unknown data_config.name {data_config.name!r}; expected '
                      f"'synthetic_shapes', {imagenet.NAME!r}, {image_folder.NAME!r}, "
-                     f'{webdataset.NAME!r} or {packed.NAME!r}')
+                     f'{webdataset.NAME!r}, {image_text.NAME!r} or {packed.NAME!r}')
   return NamedRecords(source), f'{where} split {split!r} (data_dir={data_config.data_dir!r})'
 
 
@@ -207,11 +237,16 @@ class RecordReader:
   def _masked(self, num_corrupt):
     return {**self._padding(), 'mask': np.False_, CORRUPT_KEY: np.int32(num_corrupt)}
 
+  def _source_index(self, record_index):
+    """The index of record `record_index` in the source (a reader of a subset maps it)."""
+    return record_index
+
   def _record_name(self, record_index):
     """What names record `record_index` in the error a run stops with ('' if nothing):
     the file of a `NamedRecords` source."""
     source = getattr(self, '_source', None)
-    return source.record_name(record_index) if hasattr(source, 'record_name') else ''
+    return (source.record_name(self._source_index(record_index))
+            if hasattr(source, 'record_name') else '')
 
   def __call__(self, position, record_index):
     if record_index >= self._num_records:
@@ -220,7 +255,7 @@ class RecordReader:
       example = self._example(position, record_index)
     except self.corrupt_errors as e:
       name = self._record_name(record_index)
-      logging.warning('Corrupt record %d%s of %s, %s: %s', record_index,
+      logging.warning('Corrupt record %d%s of %s, %s: %s', self._source_index(record_index),
                       f' ({name})' if name else '', self._description,
                       'skipped' if self._train else self.eval_corrupt_action, e)
       return (CorruptRecord(self._record_name(record_index)) if self._train
@@ -249,7 +284,8 @@ class _ReadRecord(RecordReader):
     rng = transforms.record_rng(self._seed, position) if self._train else None
     image = transforms.preprocess_image(
         record['image'], image_size=self._image_size, train=self._train, rng=rng)
-    return {'image': image, 'label': np.int32(record['label'])}
+    # Image-caption records have no class.
+    return {'image': image, 'label': np.int32(record.get('label', 0))}
 
 
 class _CorruptCountingIterator(grain.DatasetIterator):
