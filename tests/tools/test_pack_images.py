@@ -59,6 +59,16 @@ def test_a_packed_folder_reads_back_as_the_folder(folder, tmp_path):
     pack_images.pack("image_folder", folder, "train", out)
 
 
+def test_a_failed_pack_leaves_no_split_and_no_half_shard(folder, tmp_path):
+  out = tmp_path / "packed"
+  # The broken picture comes second, while the first shard is being written.
+  with pytest.raises(pipeline.TooManyCorruptRecordsError, match="exceed --max_corrupt=0"):
+    pack_images.pack("image_folder", folder, "train", str(out), max_corrupt=0)
+  assert sorted(os.listdir(out)) == []
+  summary = pack_images.pack("image_folder", folder, "train", str(out))
+  assert summary["num_records"] == 3
+
+
 def test_tar_shards_pack_with_their_class_ids(tmp_path):
   shard = tmp_path / "train-0.tar"
   with tarfile.open(shard, "w") as tar:

@@ -78,6 +78,13 @@ class PackWriter:
     files.makedirs(self.path)
     self._shards = array_records.ShardWriter(self.path, self.split, self.shard_size)
 
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc_type is not None:
+      self._shards.discard((exc_type, exc, tb))  # The split never enters the metadata.
+
   @property
   def num_records(self) -> int:
     return self._shards.num_records

@@ -66,24 +66,25 @@ def pack(source_kind: str, input_path: str, split: str, output: str, *,
     if num_classes and num_classes < seen:
       raise ValueError(f"--num_classes={num_classes}: {description} has labels up to {seen - 1}")
     classes = tuple(str(i) for i in range(num_classes or seen))
-  writer = packed.PackWriter(output, output_split or split, classes, shard_size, captioned)
   corrupt = []
-  for index in tqdm(range(len(source)), desc="pack", unit="image"):
-    try:
-      record = source[index]
-      transforms.decode_image(record["image"])
-    except transforms.CorruptRecordError as e:
-      logging.warning("Corrupt record %d (%s) of %s, left out: %s", index,
-                      source.record_name(index), description, e)
-      corrupt.append(source.record_name(index))
-      if len(corrupt) > max_corrupt:
-        raise pipeline.TooManyCorruptRecordsError(
-            f"{len(corrupt)} corrupt images in {description} exceed --max_corrupt="
-            f"{max_corrupt}; the last ones: {', '.join(corrupt[-5:])}") from None
-      continue
-    writer.add(record)
-  writer.close(source=f"{source_kind}:{input_path}", source_split=split,
-               num_corrupt=len(corrupt))
+  with packed.PackWriter(output, output_split or split, classes, shard_size,
+                         captioned) as writer:
+    for index in tqdm(range(len(source)), desc="pack", unit="image"):
+      try:
+        record = source[index]
+        transforms.decode_image(record["image"])
+      except transforms.CorruptRecordError as e:
+        logging.warning("Corrupt record %d (%s) of %s, left out: %s", index,
+                        source.record_name(index), description, e)
+        corrupt.append(source.record_name(index))
+        if len(corrupt) > max_corrupt:
+          raise pipeline.TooManyCorruptRecordsError(
+              f"{len(corrupt)} corrupt images in {description} exceed --max_corrupt="
+              f"{max_corrupt}; the last ones: {', '.join(corrupt[-5:])}") from None
+        continue
+      writer.add(record)
+    writer.close(source=f"{source_kind}:{input_path}", source_split=split,
+                 num_corrupt=len(corrupt))
   return {"output": output, "split": writer.split, "num_records": writer.num_records,
           "num_classes": len(classes), "captions": captioned, "num_corrupt": len(corrupt),
           "seconds": round(time.time() - start, 2)}
