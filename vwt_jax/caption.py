@@ -12,7 +12,15 @@ Input: an extracted Vript root (its captioned clips, via the cached index of
 `clip_source.load_videos`, with their ground-truth captions), a folder of
 videos (`{video_id}-Scene-NNN.mp4` files are the scenes of their video, as in
 a Vript clip folder, with an optional `{video_id}_asr.jsonl`; any other mp4,
-mov, mkv, webm or avi file is a video of one clip) or one video file. Clip
+mov, mkv, webm or avi file is a video of one clip) or one video file. A
+folder's `captions.jsonl` gives reference captions of its videos, one JSON
+object a line:
+
+  {"video": "holiday.mp4", "caption": "A dog runs ...", "voiceover": "Look!"}
+
+`video` is a file name in the folder, `caption` its ground truth (predictions
+and --score use it as a Vript root's), `voiceover` (optional) what is said in
+it, given to the prompt as one voice-over line over the whole clip. Clip
 durations are frames / frame rate of the file. A file that cannot be read is
 reported and skipped (with its whole window in multi_scene).
 
@@ -72,6 +80,9 @@ CAPTION_FORMATS = ("single_scene", "multi_scene")
 # The files of a folder taken as videos (any container PyAV opens; Vript's clips are mp4).
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 PREDICTIONS_FILE = "predictions.jsonl"
+# A folder of videos' reference captions (module docstring).
+CAPTIONS_FILE = "captions.jsonl"
+CAPTION_FIELDS = ("video", "caption", "voiceover")
 HAL_FILE = "hal_scores.json"
 # The caption group of clips that are not under a '{group}_clips' folder.
 DEFAULT_GROUP = "captioned"
@@ -138,6 +149,65 @@ def _bare_clip(path: str) -> schema.Clip:
                      path=files.absolute(path), relpath=os.path.basename(path))
 
 
+def read_captions(folder: str, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+  """The folder's `captions.jsonl` (module docstring) as {file name: (caption,
+  voiceover)}; {} without one.
+
+  Args:
+    folder: the folder of videos.
+    names: its video file names, the values `video` may take.
+
+  Raises:
+    cli.SettingsError: a line is not such an object; the message names the
+      file, the line number and the field.
+  """
+  path = os.path.join(folder, CAPTIONS_FILE)
+  if not epath.Path(path).is_file():
+    return {}
+  captions = {}
+  with files.open_text(path) as f:
+    for n, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      where = f"{path}: line {n}"
+      try:
+        record = json.loads(line)
+      except ValueError as e:
+        raise cli.SettingsError(f"{where}: expected a JSON object ({e})") from e
+      if not isinstance(record, dict):
+        raise cli.SettingsError(f"{where}: expected a JSON object, got {line.strip()[:60]}")
+      for key in record:
+        if key not in CAPTION_FIELDS:
+          raise cli.SettingsError(
+              f"{where}: field {key!r}: expected only {', '.join(CAPTION_FIELDS)} (a clip is a "
+              "whole file: cut a part of a video into a file of its own)")
+      for key in CAPTION_FIELDS:
+        if (key in record or key != "voiceover") and not isinstance(record.get(key), str):
+          raise cli.SettingsError(
+              f"{where}: field {key!r}: expected a string, got {record.get(key)!r}")
+      name = os.path.normpath(record["video"])
+      if name not in names:
+        raise cli.SettingsError(f"{where}: field 'video': expected a video file in {folder}, "
+                                f"got {record['video']!r}")
+      if name in captions:
+        raise cli.SettingsError(f"{where}: field 'video': {name} has a caption on an earlier line")
+      captions[name] = (record["caption"], record.get("voiceover", ""))
+  return captions
+
+
+def _voiceover_asr(clip: schema.Clip, text: str) -> Optional[schema.AsrRecord]:
+  """An ASR record of one line spanning the whole clip; None when the file
+  cannot be read (the clip is reported when it is captioned)."""
+  try:
+    duration = clip_duration(clip.path)
+  except frames_lib.CorruptClipError:
+    return None
+  # Whisper's segment texts, which the prompts print, start with a space.
+  return schema.AsrRecord(clip_id=clip.clip_id, duration=duration, lang="",
+                          segments=(schema.AsrSegment(0.0, duration, " " + text.strip()),),
+                          full_text=text)
+
+
 def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bool = True,
                 cache_dir: str = "") -> list[VideoInput]:
   """The videos of `path`: a Vript root, a folder of videos or one video file.
@@ -152,6 +222,7 @@ def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bo
 
   Raises:
     FileNotFoundError: `path` is none of the three, or holds no clip.
+    cli.SettingsError: a malformed `captions.jsonl` (`read_captions`).
   """
   problems = schema.Problems()
   extra = schema.read_asr_file(voiceover, problems) if voiceover else {}
@@ -165,6 +236,7 @@ def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bo
     videos.append((clips[0].video_id, _group(folder), "", clips, {}, {}))
   elif loose:
     group = _group(os.path.dirname(files.absolute(path).rstrip("/")))
+    references = read_captions(path, loose)
     # '{video_id}-Scene-NNN' files are the scenes of their video (a Vript clip
     # folder holds one); any other file is a video of one clip.
     by_video = {}
@@ -176,7 +248,14 @@ def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bo
       clips.sort(key=lambda c: c.scene)
       asr_path = os.path.join(path, video_id + "_asr.jsonl")
       own = schema.read_asr_file(asr_path, problems) if epath.Path(asr_path).is_file() else {}
-      videos.append((video_id, group, "", clips, own, {}))
+      gts = {}
+      for c in clips:
+        if c.relpath in references:
+          gts[c.clip_id], voiceover = references[c.relpath]
+          asr = _voiceover_asr(c, voiceover) if voiceover.strip() else None
+          if asr is not None:
+            own[c.clip_id] = asr
+      videos.append((video_id, group, "", clips, own, gts))
   elif is_dir:
     for video in clip_source.load_videos(path, cache_dir=cache_dir):
       clips = [c for c in video.clips if c.path is not None]
@@ -359,7 +438,8 @@ def score(rows: Sequence[dict[str, Any]], scorer: vript_hal.HalScorer) -> dict[s
   """Vript-HAL of the rows with ground truth: {'config', 'metrics'}."""
   scored = [r for r in rows if "gt" in r]
   if not scored:
-    raise ValueError("--score needs ground truth: caption a Vript root with captions")
+    raise ValueError("--score needs ground truth: caption a Vript root with captions, or "
+                     f"a folder of videos with a {CAPTIONS_FILE}")
   results = scorer.score_many([(r["pred"], r["gt"]) for r in scored], progress=True)
   return {"config": scorer.description, "metrics": vript_hal.aggregate(results)}
 
@@ -379,7 +459,8 @@ def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.Con
   unset: as many as the LM's max_positions leave).
 
   Raises:
-    cli.SettingsError: the input does not exist, or `score_hal` without ground truth.
+    cli.SettingsError: the input does not exist, its `captions.jsonl` is malformed, or
+      `score_hal` without ground truth.
   """
   if not epath.Path(input_path).exists():
     raise cli.SettingsError(f"{input_path} not found")
@@ -387,7 +468,8 @@ def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.Con
   videos = find_videos(input_path, voiceover=voiceover, use_voiceover=use_voiceover,
                        cache_dir=cache_dir)
   if score_hal and not any(c.gt for v in videos for c in v.clips):
-    raise cli.SettingsError("--score needs ground truth: caption a Vript root with captions")
+    raise cli.SettingsError("--score needs ground truth: caption a Vript root with captions, "
+                            f"or a folder of videos with a {CAPTIONS_FILE}")
   # `caption` cuts this to what max_positions leaves after each batch's prompts.
   max_new = (max_new_tokens or gen.config.text.get("max_answer_length")
              or gen.cfg.lm.max_positions)

@@ -1,4 +1,5 @@
-"""`python -m vwt_jax.caption` end to end: a random tiny captioner run on a tiny synthetic Vript."""
+"""`python -m vwt_jax.caption` end to end: a random tiny captioner run on a tiny synthetic
+Vript, and on a folder of real videos with reference captions."""
 
 import json
 import os
@@ -9,8 +10,10 @@ import sys
 import jax
 import pytest
 
+import helpers
 from helpers import load_config, save_random_captioner_run
 from vwt_jax import caption
+from vwt_jax import cli
 from vwt_jax.data.vript import schema
 from vwt_jax.data.vript import synthetic
 from vwt_jax.families import captioner as captioner_family
@@ -190,3 +193,75 @@ def test_parameters_are_split_as_in_training(run):
   spec = layer["feed_forward"]["w1"]["kernel"].sharding.spec
   assert spec == jax.sharding.PartitionSpec("fsdp", "tensor")
   assert len(layer["attention"]["wqkv"]["kernel"].sharding.device_set) == jax.device_count()
+
+
+def _write_lines(path, records):
+  path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+
+
+@pytest.fixture
+def folder(tmp_path):
+  """Real videos under camera-style names, one damaged file, and captions of two."""
+  folder = tmp_path / "my_videos"
+  folder.mkdir()
+  shutil.copy(helpers.real_video("bikes.mp4"), folder / "bikes.mp4")
+  shutil.copy(helpers.real_video("carphone_pristine.mp4"), folder / "carphone.MOV")
+  shutil.copy(helpers.real_video("bigbuckbunny.mp4"), folder / "bunny.mp4")
+  with open(helpers.real_video("bikes.mp4"), "rb") as f:
+    (folder / "broken.mp4").write_bytes(f.read()[:20000])
+  _write_lines(folder / caption.CAPTIONS_FILE, [
+      {"video": "bikes.mp4", "caption": "Cyclists ride along a road past parked cars.",
+       "voiceover": "Here they come."},
+      {"video": "carphone.MOV", "caption": "A man talks on a phone in a moving car."},
+  ])
+  return folder
+
+
+def test_captions_file_gives_ground_truth_and_voiceover(folder):
+  videos = {v.video_id: v.clips[0] for v in caption.find_videos(str(folder))}
+  assert sorted(videos) == ["bikes", "broken", "bunny", "carphone"]
+  assert videos["bikes"].gt == "Cyclists ride along a road past parked cars."
+  assert videos["carphone"].gt == "A man talks on a phone in a moving car."
+  assert videos["bunny"].gt is None and videos["bunny"].clip.asr is None
+  # 250 frames at 25 fps: the voice-over line spans the 10 s clip.
+  prompt = caption.single_prompt(videos["bikes"].clip, "stage1")
+  assert 'Voiceover:"[0.0, 10.0] Here they come.\n"' in prompt
+  assert "Voiceover:" not in caption.single_prompt(videos["carphone"].clip, "stage1")
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", "line 2: expected a JSON object"),
+    ('["bikes.mp4"]', "line 2: expected a JSON object"),
+    ({"video": "bikes.mp4"}, "line 2: field 'caption': expected a string, got None"),
+    ({"video": "bikes.mp4", "caption": 3}, "line 2: field 'caption': expected a string, got 3"),
+    ({"video": "bikes.mp4", "caption": "a", "voiceover": ["hi"]},
+     "line 2: field 'voiceover': expected a string"),
+    ({"video": "absent.mp4", "caption": "a"},
+     "line 2: field 'video': expected a video file in .*, got 'absent.mp4'"),
+    ({"video": "carphone.MOV", "caption": "again"},
+     "line 2: field 'video': carphone.MOV has a caption on an earlier line"),
+    ({"video": "bikes.mp4", "caption": "a", "start": 1.0, "end": 2.0},
+     "line 2: field 'start': expected only video, caption, voiceover"),
+])
+def test_a_malformed_captions_line_names_the_file_line_and_field(folder, line, message):
+  _write_lines(folder / caption.CAPTIONS_FILE,
+               [{"video": "carphone.MOV", "caption": "A man in a car."}, line])
+  with pytest.raises(cli.SettingsError, match=f"captions.jsonl: {message}"):
+    caption.find_videos(str(folder))
+
+
+def test_real_videos_are_captioned_and_scored_and_the_broken_one_skipped(run, folder, tmp_path,
+                                                                         capsys):
+  _, workdir = run
+  out = str(tmp_path / "out")
+  caption.run(str(folder), workdir, output_dir=out, score_hal=True, **COMMON)
+  printed = capsys.readouterr().out
+  assert "skipped 1 unreadable file(s)" in printed
+  assert f"{folder / 'broken.mp4'}: " in printed
+  rows = _read_jsonl(os.path.join(out, caption.PREDICTIONS_FILE))
+  assert [r["id"] for r in rows] == ["bikes", "bunny", "carphone"]
+  assert {r["id"]: r.get("gt") for r in rows} == {
+      "bikes": ["Cyclists ride along a road past parked cars."], "bunny": None,
+      "carphone": ["A man talks on a phone in a moving car."]}
+  with open(os.path.join(out, caption.HAL_FILE)) as f:
+    assert json.load(f)["metrics"]["num_clips"] == 2

@@ -9,7 +9,19 @@ every draw comes from an explicit `np.random.Generator`, in this order: the
 frame indices of each clip (clip by clip), then the crop box.
 
 Decoding uses PyAV instead of decord (same FFmpeg decoder and swscale YUV ->
-RGB). Transforms are the official `train_transform` (`RandomResizedCrop(224,
+RGB). Frame i of a clip is, as in decord, the i-th frame in display order (the
+packet with the i-th smallest timestamp): indices count frames whatever the
+frame rate, variable rates included. A frame is decoded from the last keyframe
+shown at or before it (a seek, as decord's), never from the start of a long
+clip. Frames are returned upright as players show them: the rotation of the
+stream's display matrix (phones store portrait video as landscape frames
+turned by it) is applied. decord returns frames as stored, which changes
+nothing on Vript (YouTube clips carry no rotation) but would feed a phone's
+portrait clip sideways.
+Mirroring in a display matrix and non-square pixels (sample aspect ratio) are
+not applied: frames keep their stored pixel grid, as decord's.
+
+Transforms are the official `train_transform` (`RandomResizedCrop(224,
 scale=(0.5, 1.0), bicubic)`, one crop box for all frames of a sample, as
 torchvision crops the stacked tensor at once), then /255 and the CLIP
 mean/std. Resizing uses Pillow's bicubic filter, which torchvision's
@@ -20,7 +32,9 @@ Clip paths may be URLs (`gs://...`): such a clip is read whole into memory
 once per `read_clip` and decoded from there.
 """
 
+import bisect
 import io
+import itertools
 import os
 
 import av
@@ -137,6 +151,28 @@ def open_clip(path, media=None):
   return container
 
 
+def _frame_table(path, media):
+  """(pts, is_keyframe) of the frames of the first video stream of the clip
+  at `path`, in decode order, from its packets (demuxing only, no decoding).
+
+  The demuxer's final flush packet holds no data, and packets an edit list
+  cuts are marked discard and never leave the decoder: neither is a frame.
+
+  Raises:
+    CorruptClipError: missing or unreadable file, no video stream, no frames.
+  """
+  with open_clip(path, media) as container:
+    try:
+      table = [(packet.pts, packet.is_keyframe)
+               for packet in container.demux(container.streams.video[0])
+               if packet.size and not packet.is_discard]
+    except av.FFmpegError as e:
+      raise CorruptClipError(path, f'cannot read packets ({type(e).__name__}: {e})') from e
+  if not table:
+    raise CorruptClipError(path, 'the video stream has no frames')
+  return table
+
+
 def count_frames(path, media=None):
   """Frames in the first video stream, counted from its packets (demuxing
   only, no decoding). `media`: as in `open_clip`.
@@ -144,48 +180,111 @@ def count_frames(path, media=None):
   Raises:
     CorruptClipError: missing or unreadable file, no video stream, no frames.
   """
+  return len(_frame_table(path, media))
+
+
+def _seek_runs(table, indices):
+  """The seeks that reach the display `indices`: [(keyframe pts, indices)].
+
+  Frames shown after a keyframe decode from it without the frames before it,
+  so each index starts at the last keyframe shown at or before it (None: it
+  is shown before every keyframe, so from the beginning); indices with no
+  keyframe between them share one run of decoding.
+  """
+  order = sorted(pts for pts, _ in table)
+  keyframes = sorted(pts for pts, is_key in table if is_key)
+  runs = []
+  for i in sorted(set(indices)):
+    k = bisect.bisect_right(keyframes, order[i]) - 1
+    start = keyframes[k] if k >= 0 else None
+    if runs and (start is None or start <= order[runs[-1][1][-1]]):
+      runs[-1][1].append(i)
+    else:
+      runs.append((start, [i]))
+  return runs
+
+
+def _upright_rgb(frame):
+  """uint8 RGB (H, W, 3) of a decoded frame, turned by its display matrix's
+  rotation (counter-clockwise degrees; phones give multiples of 90)."""
+  return np.rot90(frame.to_ndarray(format='rgb24'), k=round(frame.rotation / 90) % 4)
+
+
+def _decode_runs(path, media, runs, frame_index):
+  """{display index: frame} of `runs` (`_seek_runs`) decoded in one opened
+  clip; `frame_index` names the display index of a decoded frame (None if
+  unknown). Frames a run should reach but the decoder never shows are left
+  out."""
+  kept = {}
   with open_clip(path, media) as container:
-    try:
-      # The demuxer ends with an empty flush packet.
-      vlen = sum(packet.size > 0 for packet in container.demux(container.streams.video[0]))
-    except av.FFmpegError as e:
-      raise CorruptClipError(path, f'cannot read packets ({type(e).__name__}: {e})') from e
-  if not vlen:
-    raise CorruptClipError(path, 'the video stream has no frames')
-  return vlen
+    stream = container.streams.video[0]
+    for start, indices in runs:
+      if start is not None:
+        container.seek(start, stream=stream)
+      wanted = set(indices)
+      for frame in container.decode(stream):
+        i = frame_index(frame)
+        if i in wanted:
+          kept[i] = _upright_rgb(frame)
+          wanted.discard(i)
+          if not wanted:
+            break
+        elif i is not None and i > indices[-1]:
+          break
+  return kept
+
+
+def _decode_frames(path, media, table, indices):
+  """`decode_frames` with the clip's `_frame_table` read already."""
+  wanted = set(indices)
+  outside = [i for i in sorted(wanted) if not 0 <= i < len(table)]
+  if outside:
+    raise CorruptClipError(path, f'frame {outside[0]} requested of a clip of {len(table)} frames')
+  pts = [p for p, _ in table]
+  try:
+    if None in pts or len(set(pts)) < len(pts):
+      # Frames without distinct timestamps are told apart by their count from
+      # the beginning.
+      count = itertools.count()
+      kept = _decode_runs(path, media, [(None, sorted(wanted))], lambda _: next(count))
+    else:
+      index_of = {p: i for i, p in enumerate(sorted(pts))}
+
+      def by_pts(frame):
+        return index_of.get(frame.pts)
+
+      kept = _decode_runs(path, media, _seek_runs(table, wanted), by_pts)
+      missed = sorted(wanted - kept.keys())
+      if missed:
+        # A coarse demuxer index can land a seek after the keyframe asked for.
+        kept.update(_decode_runs(path, media, [(None, missed)], by_pts))
+  except av.FFmpegError as e:
+    raise CorruptClipError(path, f'decoding failed ({type(e).__name__}: {e})') from e
+  missed = wanted - kept.keys()
+  if missed:
+    raise CorruptClipError(path, f'frame {min(missed)} of {len(table)} could not be decoded')
+  return np.stack([kept[i] for i in indices])
 
 
 def decode_frames(path, indices, media=None):
-  """Decodes the frames at `indices` (any order, repeats allowed).
+  """Decodes the frames at display `indices` (any order, repeats allowed).
 
-  Frames are decoded in sequence and only the requested ones are converted
-  and kept, so long clips never sit in memory whole. `media`: as in
+  Each run of requested frames is decoded from the keyframe before it and
+  only the requested frames are converted and kept, so long clips are
+  neither decoded from the start nor held in memory whole. `media`: as in
   `open_clip`.
 
   Returns:
-    uint8 array (len(indices), H, W, 3), RGB.
+    uint8 array (len(indices), H, W, 3), RGB, upright (module docstring).
 
   Raises:
-    CorruptClipError: the file cannot be decoded up to max(indices).
+    CorruptClipError: the file cannot be read, or a requested frame cannot
+      be decoded.
   """
   if not indices:
     raise ValueError(f'no frame indices given for {path}')
-  wanted = set(indices)
-  kept = {}
-  decoded = 0
-  with open_clip(path, media) as container:
-    try:
-      for decoded, frame in enumerate(container.decode(container.streams.video[0]), start=1):
-        if decoded - 1 in wanted:
-          kept[decoded - 1] = frame.to_ndarray(format='rgb24')
-          if len(kept) == len(wanted):
-            break
-    except av.FFmpegError as e:
-      raise CorruptClipError(
-          path, f'decoding failed after {decoded} frames ({type(e).__name__}: {e})') from e
-  if len(kept) < len(wanted):
-    raise CorruptClipError(path, f'decoded {decoded} frames but frame {max(wanted)} was requested')
-  return np.stack([kept[i] for i in indices])
+  media = read_media(path) if media is None else media
+  return _decode_frames(path, media, _frame_table(path, media), indices)
 
 
 def read_clip(path, num_frames, sample, rng=None):
@@ -195,8 +294,9 @@ def read_clip(path, num_frames, sample, rng=None):
     (uint8 frames (num_frames, H, W, 3), list of frame indices).
   """
   media = read_media(path)
-  indices = sample_frame_indices(num_frames, count_frames(path, media), sample, rng)
-  return decode_frames(path, indices, media), indices
+  table = _frame_table(path, media)
+  indices = sample_frame_indices(num_frames, len(table), sample, rng)
+  return _decode_frames(path, media, table, indices), indices
 
 
 def read_window(paths, num_frames, sample, rng=None):
