@@ -123,12 +123,69 @@ def test_inputs_embeds_equal_input_ids(saved, converted):
                               np.asarray(_forward(model, params, jnp.asarray(ids))), **TOL)
 
 
-def test_dynamic_rope_scaling_is_refused(tmp_path):
-  config = transformers.LlamaConfig(**dict(_BASE, num_hidden_layers=1),
-                                    rope_scaling={"type": "dynamic", "factor": 4.0})
-  config.save_pretrained(str(tmp_path))
-  with pytest.raises(ValueError, match=r"rope_type 'dynamic'.*rope_scaling must be null or"):
-    hf_llama.load_hf_llama(str(tmp_path))
+# Dynamic NTK scaling past 8 positions (factor 4): 24-token sequences reach 3x that.
+_DYNAMIC = dict(rope_scaling={"type": "dynamic", "factor": 4.0}, max_position_embeddings=8)
+LONG = 24
+
+
+@pytest.fixture(scope="module")
+def dynamic(tmp_path_factory):
+  """(model dir, ids (2, LONG)) of a random LLaMA with dynamic RoPE scaling."""
+  model_dir = tmp_path_factory.mktemp("dynamic_rope")
+  ids, _ = _save_random_llama(model_dir, **_DYNAMIC)
+  longer = torch.randint(0, _BASE["vocab_size"], (2, LONG),
+                         generator=torch.Generator().manual_seed(2)).numpy()
+  return model_dir, longer
+
+
+def _transformers_model(model_dir):
+  # A fresh model per reference: transformers keeps the grown base between calls.
+  return transformers.LlamaForCausalLM.from_pretrained(str(model_dir)).eval()
+
+
+@pytest.mark.parametrize("length", [6, LONG])
+def test_dynamic_rope_matches_transformers_below_and_past_max_positions(dynamic, length):
+  model_dir, ids = dynamic
+  config, params = hf_llama.load_hf_llama(str(model_dir))
+  assert (config.rope_dynamic_factor, config.max_positions) == (4.0, 8)
+  with torch.no_grad():
+    ref = _transformers_model(model_dir)(torch.from_numpy(ids[:, :length])).logits.numpy()
+  logits = np.asarray(_forward(llama_lm.LlamaLM(config), params, jnp.asarray(ids[:, :length])))
+  helpers.assert_allclose_f32(logits, ref, **TOL)
+  if length > config.max_positions:
+    # Plain RoPE on the same weights is far off: the scaling is what matches.
+    plain = dataclasses.replace(config, rope_dynamic_factor=1.0, max_positions=LONG)
+    off = np.asarray(_forward(llama_lm.LlamaLM(plain), params, jnp.asarray(ids)))
+    assert np.abs(off - ref).max() > 100 * helpers.f32_atol(np.abs(ref).max(), **TOL)
+
+
+def test_dynamic_rope_cached_decoding_matches_transformers(dynamic):
+  """Each decoded token at the base of its own running length, the cached keys at theirs."""
+  model_dir, ids = dynamic
+  model = _transformers_model(model_dir)
+  with torch.no_grad():
+    out = model(torch.from_numpy(ids[:, :PROMPT]), use_cache=True)
+    ref, past = [out.logits[:, -1].numpy()], out.past_key_values
+    for pos in range(PROMPT, LONG - 1):
+      out = model(torch.from_numpy(ids[:, pos:pos + 1]), cache=past, use_cache=True)
+      ref.append(out.logits[:, -1].numpy())
+      past = out.past_key_values
+  config, params = hf_llama.load_hf_llama(str(model_dir), scan_layers=True)
+  lm = llama_lm.LlamaLM(config)
+  variables = {"params": params}
+  embeds = lm.apply(variables, jnp.asarray(ids[:, :PROMPT]), method=lm.embed)
+  logits, cache = jax.jit(functools.partial(lm.apply, method=lm.prefill))(
+      variables, embeds, llama_lm.init_cache(config, 2, LONG))
+  steps = [np.asarray(logits)]
+  decode = jax.jit(functools.partial(lm.apply, method=lm.decode))
+  for pos in range(PROMPT, LONG - 1):
+    logits, cache = decode(variables, jnp.asarray(ids[:, pos]), pos, cache)
+    steps.append(np.asarray(logits))
+  helpers.assert_allclose_f32(np.stack(steps, 1), np.stack(ref, 1), **TOL)
+  # Not the full forward over all LONG positions, which rotates every key at base(LONG).
+  with torch.no_grad():
+    full = _transformers_model(model_dir)(torch.from_numpy(ids)).logits.numpy()
+  assert np.abs(full[:, PROMPT - 1:LONG - 1] - np.stack(ref, 1)).max() > 1e-3
 
 
 def test_mismatches_are_listed(saved, converted):

@@ -41,6 +41,30 @@ def test_from_hf_config_reads_v4_and_v5_files():
   plain = llama_lm.LlamaLMConfig.from_hf_config(_HF_TINY)
   assert (plain.rope_theta, plain.rope_linear_factor, plain.tie_embeddings) == (10000.0, 1.0,
                                                                                  False)
+  # Vriptor's config.json: ST-LLM's model_type, dynamic NTK over 8192 positions.
+  vriptor = llama_lm.LlamaLMConfig.from_hf_config(dict(
+      _HF_TINY, model_type="st_llm_hf", max_position_embeddings=8192,
+      rope_scaling={"type": "dynamic", "factor": 4.0}))
+  assert (vriptor.rope_dynamic_factor, vriptor.rope_linear_factor) == (4.0, 1.0)
+  assert vriptor.max_positions == 8192 and vriptor.dynamic_rope
+
+
+def test_dynamic_rope_allows_lengths_past_max_positions_and_keeps_them_plain_below():
+  config = llama_lm.LlamaLMConfig.from_variant("tiny", max_positions=16, rope_dynamic_factor=2.0)
+  plain = llama_lm.LlamaLMConfig.from_variant("tiny", max_positions=16)
+  np.testing.assert_allclose(np.asarray(llama_lm.rope_rows(config, 3, 13)),
+                             llama_lm.rope_table(plain)[3:16], rtol=0, atol=1e-6)
+  # Past 16 the base grows: every frequency but the first (always 1) is lower.
+  grown = np.asarray(llama_lm.dynamic_frequencies(config, 40))
+  base = np.asarray(llama_lm.dynamic_frequencies(config, 16))
+  assert grown[0] == base[0] == 1.0 and (grown[1:] < base[1:]).all()
+  assert llama.cache_length(llama_lm.init_cache(config, 1, 64)) == 64
+  with pytest.raises(ValueError, match="cache of 64 positions exceeds max_positions=16"):
+    llama_lm.init_cache(plain, 1, 64)
+  with pytest.raises(ValueError, match="both > 1"):
+    llama_lm.LlamaLMConfig.from_variant("tiny", rope_linear_factor=2.0, rope_dynamic_factor=2.0)
+  with pytest.raises(ValueError, match="rope_dynamic_factor=0.5 must be >= 1"):
+    llama_lm.LlamaLMConfig.from_variant("tiny", rope_dynamic_factor=0.5)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -48,7 +72,6 @@ def test_from_hf_config_reads_v4_and_v5_files():
     ("attention_bias", True, "attention_bias=true"),
     ("mlp_bias", True, "mlp_bias=true"),
     ("model_type", "mistral", "model_type='mistral'"),
-    ("rope_scaling", {"type": "dynamic", "factor": 4.0}, "rope_scaling=.*'dynamic'"),
     ("rope_scaling", {"rope_type": "llama3", "factor": 8.0}, "rope_scaling=.*'llama3'"),
     ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}, "rope_scaling=.*'yarn'"),
     ("partial_rotary_factor", 0.5, "partial_rotary_factor=0.5"),

@@ -44,8 +44,8 @@ _EOS_TOKEN = "</s>"
 # LlamaLMConfig fields a captioner may set differently from the checkpoint it
 # loads: layout and precision, and the context length (a captioner's frames
 # need more positions than the text model was trained on).
-_LM_FREE_FIELDS = ("max_positions", "rope_linear_factor", "attn_dropout", "scan_layers",
-                   "remat", "dtype", "param_dtype")
+_LM_FREE_FIELDS = ("max_positions", "rope_linear_factor", "rope_dynamic_factor",
+                   "attn_dropout", "scan_layers", "remat", "dtype", "param_dtype")
 
 
 def model_config(config: ml_collections.ConfigDict) -> captioner_lib.CaptionerConfig:
@@ -99,7 +99,7 @@ def load_pretrained(config: captioner_lib.CaptionerConfig, llm_dir: Optional[str
   Args:
     config: the captioner the weights are for. Its LM must have the
       checkpoint's sizes, norm epsilon, RoPE base and tying (it may extend
-      `max_positions` / `rope_linear_factor` and choose layout and
+      `max_positions` / the RoPE scaling and choose layout and
       precision); its vision tower must equal the checkpoint's.
     llm_dir: a `LlamaForCausalLM` directory (LLaMA, Vicuna), or None.
     vision_dir: a CLIP (vision) model directory, or None.

@@ -304,7 +304,8 @@ class GPT(nn.Module):
     """
     cfg = self.config
     h = self.embed_condition(cond, force_drop=force_drop)
-    h, cache = llama.run_cached(cfg.stack, self.layers, h, rope_table(cfg), emb_mask, cache)
+    rope = llama.table_rows(rope_table(cfg), 0, h.shape[1])
+    h, cache = llama.run_cached(cfg.stack, self.layers, h, rope, emb_mask, cache)
     return self._head(h[:, -1]), cache
 
   def decode(self, token: jax.Array, position: Any, cache: Any, *,
@@ -315,8 +316,9 @@ class GPT(nn.Module):
     """
     cfg = self.config
     h = self.tok_embeddings(token.astype(jnp.int32))[:, None]
-    h, cache = llama.run_cached(cfg.stack, self.layers, h, rope_table(cfg), emb_mask, cache,
-                                position)
+    h, cache = llama.run_cached(cfg.stack, self.layers, h,
+                                llama.table_rows(rope_table(cfg), position, 1), emb_mask,
+                                cache, position)
     return self._head(h[:, 0]), cache
 
 

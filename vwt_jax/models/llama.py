@@ -344,17 +344,23 @@ def resize_cache(cache: Any, length: int) -> Any:
   return jax.tree.map(resize, cache)
 
 
-def run_cached(stack: StackConfig, layers: Layers, h: jax.Array, rope_table: np.ndarray,
+def table_rows(table: np.ndarray, position: Any, count: int) -> jax.Array:
+  """Rows position..position+count-1 of a RoPE table (`position` may be traced)."""
+  return jax.lax.dynamic_slice_in_dim(jnp.asarray(table), jnp.asarray(position, jnp.int32),
+                                      count)
+
+
+def run_cached(stack: StackConfig, layers: Layers, h: jax.Array, rope: jax.Array,
                prefix_mask: Optional[jax.Array], cache: Any,
                position: Any = 0) -> tuple[jax.Array, Any]:
   """`run_layers` on h (B,S,D) at positions position..position+S-1 through `cache`.
 
-  `position` may be traced; `rope_table` holds a row per position and
-  `prefix_mask` is as in `attention_mask`. Returns (h, updated cache).
+  `position` may be traced; `rope` holds the rows of those S positions
+  (`table_rows`) and `prefix_mask` is as in `attention_mask`. Returns (h,
+  updated cache).
   """
   pos = jnp.asarray(position, jnp.int32)
   mask = attention_mask(prefix_mask, pos + jnp.arange(h.shape[1]), cache_length(cache))
-  rope = jax.lax.dynamic_slice_in_dim(jnp.asarray(rope_table), pos, h.shape[1])
   return run_layers(stack, layers, h, rope, mask, cache, pos, False)
 
 

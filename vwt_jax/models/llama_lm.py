@@ -6,6 +6,17 @@ The captioner's decoder: `embed_tokens`, the block stack of `models/llama.py`
 layout of `llama.apply_rope`; `conversion/hf_llama.py` permutes Hugging
 Face's q/k projections to match.
 
+RoPE scaling as transformers computes it: none, linear (frequencies divided by
+a factor) or dynamic NTK (transformers >= 4.31). Dynamic NTK keeps the base up
+to `max_positions` tokens and past that grows it with the running length L of
+the forward pass: base * (factor * L / max_positions - (factor - 1))^(d/(d-2)),
+d the head size. L is the sequence length of a full forward, the prompt length
+in `prefill` and position + 1 in `decode`, so each decoded token is rotated at
+the base of its own step while the keys already cached keep theirs, as in
+transformers' cached generation. L is the batch's (transformers takes the
+largest position id), so past `max_positions` a left-padded row does not
+score exactly as it would alone. Below `max_positions` it is plain RoPE.
+
 Batched prompts are left-padded, their pad slots hidden by a key mask; that
 shorter prompts start at later positions changes nothing, as RoPE attention
 scores depend only on the distance between positions.
@@ -24,7 +35,9 @@ from vwt_jax.models import layers, llama
 Dtype = Any
 
 # RoPE variants of transformers' `rope_type` that this model runs.
-SUPPORTED_ROPE_TYPES = ("default", "linear")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic")
+# ST-LLM (Vriptor) saves its LLaMA under its own model_type, with LLaMA's fields.
+MODEL_TYPES = ("llama", "st_llm_hf")
 
 # name -> LlamaLMConfig fields of the released checkpoints' config.json.
 LLAMA_VARIANTS = {
@@ -48,7 +61,9 @@ class LlamaLMConfig:
   """Sizes of a LLaMA decoder plus layout/precision switches.
 
   `head_dim=None` means dim // n_head; `rope_linear_factor` > 1 is
-  transformers' linear RoPE scaling (frequencies divided by the factor).
+  transformers' linear RoPE scaling (frequencies divided by the factor),
+  `rope_dynamic_factor` > 1 its dynamic NTK scaling (module docstring), with
+  which `max_positions` is where the base starts to grow, not a limit.
   """
   vocab_size: int = 32000
   dim: int = 4096
@@ -60,6 +75,7 @@ class LlamaLMConfig:
   norm_eps: float = 1e-6
   rope_theta: float = 10000.0
   rope_linear_factor: float = 1.0
+  rope_dynamic_factor: float = 1.0
   max_positions: int = 2048
   tie_embeddings: bool = False
   attn_dropout: float = 0.0
@@ -76,8 +92,21 @@ class LlamaLMConfig:
     if self.n_head % self.kv_heads:
       raise ValueError(f"LlamaLMConfig: n_head={self.n_head} not a multiple of "
                        f"n_kv_head={self.n_kv_head}")
-    if self.rope_linear_factor < 1:
-      raise ValueError(f"LlamaLMConfig: rope_linear_factor={self.rope_linear_factor} must be >= 1")
+    for field in ("rope_linear_factor", "rope_dynamic_factor"):
+      if getattr(self, field) < 1:
+        raise ValueError(f"LlamaLMConfig: {field}={getattr(self, field)} must be >= 1")
+    if self.rope_linear_factor > 1 and self.dynamic_rope:
+      raise ValueError("LlamaLMConfig: rope_linear_factor and rope_dynamic_factor are both "
+                       "> 1; transformers applies one RoPE scaling")
+
+  @property
+  def dynamic_rope(self) -> bool:
+    return self.rope_dynamic_factor > 1
+
+  def check_length(self, length: int, what: str) -> None:
+    """Refuses `length` positions past `max_positions` (which dynamic RoPE allows)."""
+    if length > self.max_positions and not self.dynamic_rope:
+      raise ValueError(f"{what} of {length} positions exceeds max_positions={self.max_positions}")
 
   @property
   def attention_head_dim(self) -> int:
@@ -107,8 +136,8 @@ class LlamaLMConfig:
     `overrides` set the layout/precision fields (scan_layers, dtype, ...).
     """
     model_type = config.get("model_type", "llama")
-    if model_type != "llama":
-      raise ValueError(f"{source}: model_type={model_type!r}; only 'llama' is supported")
+    if model_type not in MODEL_TYPES:
+      raise ValueError(f"{source}: model_type={model_type!r}; expected one of {MODEL_TYPES}")
     layers.require_fields(config, ("vocab_size", "hidden_size", "num_hidden_layers",
                                    "num_attention_heads", "intermediate_size"), source)
     if config.get("hidden_act", "silu") != "silu":
@@ -117,7 +146,7 @@ class LlamaLMConfig:
     for name in ("attention_bias", "mlp_bias"):
       if config.get(name, False):
         raise ValueError(f"{source}: {name}=true is not supported (LLaMA has no biases)")
-    theta, factor = _rope_settings(config, source)
+    theta, linear, dynamic = _rope_settings(config, source)
     hidden, heads = int(config["hidden_size"]), int(config["num_attention_heads"])
     head_dim = int(config.get("head_dim") or hidden // heads)
     kv_heads = int(config.get("num_key_value_heads") or heads)
@@ -129,42 +158,67 @@ class LlamaLMConfig:
         head_dim=None if head_dim == hidden // heads else head_dim,
         ffn_hidden=int(config["intermediate_size"]),
         norm_eps=float(config.get("rms_norm_eps", 1e-6)), rope_theta=theta,
-        rope_linear_factor=factor,
+        rope_linear_factor=linear, rope_dynamic_factor=dynamic,
         max_positions=int(config.get("max_position_embeddings", 2048)),
         tie_embeddings=bool(config.get("tie_word_embeddings", False)),
         attn_dropout=float(config.get("attention_dropout", 0.0)))
     return cls(**{**kwargs, **overrides})
 
 
-def _rope_settings(config: Mapping[str, Any], source: str) -> tuple[float, float]:
-  """(rope_theta, linear factor) from `rope_scaling` (transformers 4) or
-  `rope_parameters` (transformers 5, which also holds rope_theta)."""
+def _rope_settings(config: Mapping[str, Any], source: str) -> tuple[float, float, float]:
+  """(rope_theta, linear factor, dynamic factor) from `rope_scaling`
+  (transformers 4) or `rope_parameters` (transformers 5, which also holds
+  rope_theta)."""
   field = "rope_parameters" if config.get("rope_parameters") else "rope_scaling"
   params = dict(config.get(field) or {})
   theta = float(params.get("rope_theta", config.get("rope_theta", 10000.0)))
   rope_type = params.get("rope_type", params.get("type", "default"))
   if rope_type not in SUPPORTED_ROPE_TYPES:
     raise ValueError(f"{source}: {field}={config[field]!r} (rope_type {rope_type!r}) is not "
-                     f"supported; rope_scaling must be null or {{'rope_type': 'linear', "
-                     f"'factor': f}} (supported rope types: {SUPPORTED_ROPE_TYPES})")
+                     f"supported; rope_scaling must be null or {{'rope_type': 'linear' or "
+                     f"'dynamic', 'factor': f}} (supported rope types: {SUPPORTED_ROPE_TYPES})")
   partial = float(params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)))
   if partial != 1.0:
     raise ValueError(f"{source}: partial_rotary_factor={partial} is not supported (only 1.0)")
-  factor = float(params["factor"]) if rope_type == "linear" else 1.0
-  return theta, factor
+  factor = float(params.get("factor", 1.0))
+  return (theta, factor if rope_type == "linear" else 1.0,
+          factor if rope_type == "dynamic" else 1.0)
 
 
 def rope_table(config: LlamaLMConfig) -> np.ndarray:
   """(max_positions, head_dim/2, 2) [cos, sin] of positions 0..max_positions-1.
 
   Linear scaling divides the frequencies by the factor, as transformers does
-  (the same angles as dividing the positions, rounded the same way).
+  (the same angles as dividing the positions, rounded the same way). Dynamic
+  scaling leaves these positions unscaled.
   """
   hd = config.attention_head_dim
   freqs = llama.rope_frequencies(hd // 2, hd, config.rope_theta) / np.float32(
       config.rope_linear_factor)
   positions = np.arange(config.max_positions, dtype=np.float32)
   return llama.cos_sin(np.outer(positions, freqs))
+
+
+def dynamic_frequencies(config: LlamaLMConfig, length: Any) -> jax.Array:
+  """The frequencies of a forward pass over `length` positions (may be traced)
+  under dynamic NTK scaling, in float32 in transformers' order of operations."""
+  hd = config.attention_head_dim
+  factor = config.rope_dynamic_factor
+  length = jnp.maximum(jnp.asarray(length, jnp.int32), config.max_positions)
+  growth = factor * length.astype(jnp.float32) / config.max_positions - (factor - 1)
+  base = config.rope_theta * growth ** (hd / (hd - 2))
+  return 1.0 / base ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd)
+
+
+def rope_rows(config: LlamaLMConfig, start: Any, count: int) -> jax.Array:
+  """[cos, sin] (count, head_dim/2, 2) of positions start..start+count-1 in a
+  forward pass whose running length is start + count (`start` may be traced)."""
+  if not config.dynamic_rope:
+    return llama.table_rows(rope_table(config), start, count)
+  positions = jnp.asarray(start, jnp.int32) + jnp.arange(count)
+  angles = positions.astype(jnp.float32)[:, None] * dynamic_frequencies(
+      config, positions[-1] + 1)[None, :]
+  return jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
 
 
 class LlamaLM(nn.Module):
@@ -212,10 +266,9 @@ class LlamaLM(nn.Module):
       raise ValueError("LlamaLM: pass exactly one of input_ids and inputs_embeds")
     h = self.embed(input_ids) if inputs_embeds is None else inputs_embeds.astype(cfg.dtype)
     seq = h.shape[1]
-    if seq > cfg.max_positions:
-      raise ValueError(f"sequence of {seq} positions exceeds max_positions={cfg.max_positions}")
-    rope = jnp.asarray(rope_table(cfg)[:seq])
-    h, _ = llama.run_layers(cfg.stack, self.layers, h, rope, attn_mask, None, None, train)
+    cfg.check_length(seq, "sequence")
+    h, _ = llama.run_layers(cfg.stack, self.layers, h, rope_rows(cfg, 0, seq), attn_mask, None,
+                            None, train)
     logits, hidden = self._head(h)
     return logits, {"hidden_states": hidden}
 
@@ -229,10 +282,9 @@ class LlamaLM(nn.Module):
     """
     cfg = self.config
     t = inputs_embeds.shape[1]
-    if t > cfg.max_positions:
-      raise ValueError(f"prompt of {t} positions exceeds max_positions={cfg.max_positions}")
+    cfg.check_length(t, "prompt")
     h, cache = llama.run_cached(cfg.stack, self.layers, inputs_embeds.astype(cfg.dtype),
-                                rope_table(cfg), mask, cache)
+                                rope_rows(cfg, 0, t), mask, cache)
     logits, _ = self._head(h[:, -1])
     return logits, cache
 
@@ -245,7 +297,7 @@ class LlamaLM(nn.Module):
     """
     cfg = self.config
     h, cache = llama.run_cached(cfg.stack, self.layers, self.embed(token)[:, None],
-                                rope_table(cfg), mask, cache, position)
+                                rope_rows(cfg, position, 1), mask, cache, position)
     logits, _ = self._head(h[:, 0])
     return logits, cache
 
@@ -255,8 +307,7 @@ def init_cache(config: LlamaLMConfig, batch: int, max_len: int, dtype: Optional[
 
   `max_len` must cover the prompt and every decoded token.
   """
-  if max_len > config.max_positions:
-    raise ValueError(f"cache of {max_len} positions exceeds max_positions={config.max_positions}")
+  config.check_length(max_len, "cache")
   return llama.init_stack_cache(config.stack, batch, max_len, dtype or config.dtype)
 
 
