@@ -11,6 +11,9 @@ positions enter:
 The token states are pooled (attention-mask weighted mean, mean / sqrt(count),
 first token or max, as the `Pooling` module of sentence-transformers) and
 L2-normalised (its `Normalize`). Everything is computed in float32.
+
+A layer's two blocks, `bert_attention` and `bert_feed_forward`, are
+transformers' BERT blocks; the Q-Former (`models.qformer`) is built of them too.
 """
 
 import dataclasses
@@ -108,6 +111,42 @@ def _embed(num: int, dim: int, names, name: str) -> nn.Embed:
                   embedding_init=layers.weight_init(names), name=name)
 
 
+def bert_attention(x: jax.Array, context: jax.Array, key_mask: jax.Array, num_heads: int, *,
+                   epsilon: float, dtype: layers.Dtype, param_dtype: layers.Dtype,
+                   bias: Optional[jax.Array] = None) -> jax.Array:
+  """BERT's post-LN attention block: LN(x + out(attention(q(x), k(context), v(context)))).
+
+  transformers' `BertAttention` (`BertSelfAttention` then `BertSelfOutput`,
+  dropout off): queries from `x` (B, L, D), keys and values from `context`
+  (B, N, Dc) (`x` itself for self-attention, an encoder's states for
+  cross-attention), `key_mask` (B, N) True where a key may be attended, `bias`
+  added to the logits. Created in the calling module: the parameters query,
+  key, value, attention_out and attention_norm sit directly under it.
+  """
+  kw = dict(dtype=dtype, param_dtype=param_dtype)
+  width = x.shape[-1]
+  q, k, v = layers.project_qkv(x, context, num_heads, width // num_heads, **kw)
+  attn = layers.attention_out(width, name="attention_out", **kw)(
+      layers.masked_attention(q, k, v, key_mask, bias))
+  return layers.layer_norm(epsilon=epsilon, name="attention_norm", **kw)(x + attn)
+
+
+def bert_feed_forward(x: jax.Array, intermediate_size: int, activation: str, *, epsilon: float,
+                      dtype: layers.Dtype, param_dtype: layers.Dtype) -> jax.Array:
+  """BERT's post-LN feed-forward block: LN(x + W2 act(W1 x)).
+
+  transformers' `BertIntermediate` then `BertOutput` (dropout off), with the
+  `layers.HF_ACTIVATIONS` function `activation`. Created in the calling
+  module: the parameters intermediate, output and output_norm sit directly
+  under it.
+  """
+  kw = dict(dtype=dtype, param_dtype=param_dtype)
+  h = layers.dense(intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
+  h = layers.HF_ACTIVATIONS[activation](h)
+  h = layers.dense(x.shape[-1], ("mlp", "embed"), name="output", **kw)(h)
+  return layers.layer_norm(epsilon=epsilon, name="output_norm", **kw)(x + h)
+
+
 class EncoderLayer(nn.Module):
   """Post-LN block: x = LN(x + attn(x)); x = LN(x + W2 act(W1 x))."""
   config: TextEncoderConfig
@@ -116,15 +155,9 @@ class EncoderLayer(nn.Module):
   def __call__(self, x: jax.Array, key_mask: jax.Array,
                position_bias: Optional[jax.Array]) -> jax.Array:
     cfg = self.config
-    kw = dict(dtype=jnp.float32, param_dtype=jnp.float32)
-    q, k, v = layers.project_qkv(x, x, cfg.num_heads, cfg.head_dim, **kw)
-    context = layers.masked_attention(q, k, v, key_mask, position_bias)
-    attn = layers.attention_out(cfg.hidden_size, name="attention_out", **kw)(context)
-    x = layers.layer_norm(epsilon=cfg.layer_norm_eps, name="attention_norm", **kw)(x + attn)
-    h = layers.dense(cfg.intermediate_size, ("embed", "mlp"), name="intermediate", **kw)(x)
-    h = layers.HF_ACTIVATIONS[cfg.hidden_act](h)
-    h = layers.dense(cfg.hidden_size, ("mlp", "embed"), name="output", **kw)(h)
-    return layers.layer_norm(epsilon=cfg.layer_norm_eps, name="output_norm", **kw)(x + h)
+    kw = dict(epsilon=cfg.layer_norm_eps, dtype=jnp.float32, param_dtype=jnp.float32)
+    x = bert_attention(x, x, key_mask, cfg.num_heads, bias=position_bias, **kw)
+    return bert_feed_forward(x, cfg.intermediate_size, cfg.hidden_act, **kw)
 
 
 class TextEncoder(nn.Module):

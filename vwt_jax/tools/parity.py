@@ -1,6 +1,6 @@
 """Numerical parity of our models against fixtures made with the official code.
 
-  python -m vwt_jax.tools.parity {titok,titok-generator,llamagen-gpt,llamagen-t2i,llamagen-vq,adm-eval,lpips,vript-formats,vript-hal} FIXTURE_DIR
+  python -m vwt_jax.tools.parity {titok,titok-generator,llamagen-gpt,llamagen-t2i,llamagen-vq,adm-eval,lpips,vript-formats,vript-hal,vriptor} FIXTURE_DIR
 
 Each kind is a function registered in `KINDS`; it returns one `Result` per
 fixture array. Every array of an io file must be either compared or declared
@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "lpips": "vwt_jax.tools.parity_eval:run_lpips",
     "vript-formats": "vwt_jax.tools.parity_vript_formats:run_vript_formats",
     "vript-hal": "vwt_jax.tools.parity_vript_hal:run_vript_hal",
+    "vriptor": "vwt_jax.tools.parity_vriptor:run_vriptor",
 }
 
 

@@ -189,6 +189,56 @@ def test_caption_prompt_errors():
     captioner_text.caption_prompt('single_scene_voiceover', 3.0)
 
 
+_QFORMER_REQUESTS = {
+    'single_scene': 'describe the video in detail ',
+    'single_scene_voiceover': 'describe the video in detail ',
+    'multi_scene': 'describe the video scene by scene in detail ',
+    'multi_scene_voiceover': 'describe the video scene by scene in detail ',
+}
+
+
+def test_qformer_instruction_of_every_training_format(samples, fixtures_dir):
+  with open(os.path.join(fixtures_dir, 'vript', 'formats.json'), encoding='utf-8') as f:
+    official = json.load(f)['formats']
+  cases = [(s.format, s.prompt, s.model_input) for s in samples] + [
+      (fmt, entry['prompt'], entry['model_input'])
+      for fmt, by_stage in official.items() for entry in by_stage.values()]
+  assert {fmt for fmt, _, _ in cases} == set(formats.FORMATS)
+  for fmt, prompt, model_input in cases:
+    text = captioner_text.qformer_instruction(model_input)
+    # The request and its timing, the prompt's tail, lower-cased; no voice-over.
+    assert text.startswith(_QFORMER_REQUESTS[fmt]) and prompt.lower().endswith(text), fmt
+    assert 'voiceover' not in text and '\n' not in text, fmt
+
+
+def test_qformer_instruction_literal_prompts():
+  voiceover = [(0.0, 2.5, ' She says "wait". Based on the video and voiceover, it rains'),
+               (2.5, 6.0, 'Next line')]
+  single = captioner_text.caption_prompt('single_scene_voiceover', 12.34,
+                                         voiceover_lines=voiceover)
+  expected = 'describe the video in detail (duration: [0.0, 12.3]second, sampling rate: ' \
+             '0.19second/frame).'
+  # The voice-over block goes up to the last closing phrase, across lines.
+  assert captioner_text.qformer_instruction(formats.model_input(single)) == expected
+  # The turn ends at the first ' ###', even inside a voice-over, as in ST-LLM.
+  cut = captioner_text.caption_prompt('single_scene_voiceover', 6.0,
+                                      voiceover_lines=[(0.0, 2.5, 'Up next ### more')])
+  assert captioner_text.qformer_instruction(formats.model_input(cut)) == \
+      'voiceover:"[0.0, 2.5] up next'
+  multi = captioner_text.caption_prompt('multi_scene', 95.0, stage='stage2')
+  expected = 'describe the video scene by scene in detail (duration: [0.0, 95.0]s, ' \
+             'sampling rate: 1.48s/frame).'
+  assert captioner_text.qformer_instruction(formats.model_input(multi)) == expected
+  # ST-LLM's chat template has one space before '###Assistant: '.
+  chat = '###Human: ' + multi + ' ###Assistant: '
+  assert captioner_text.qformer_instruction(chat) == expected
+
+
+def test_qformer_instruction_needs_a_human_turn():
+  with pytest.raises(ValueError, match="'Human: ' turn"):
+    captioner_text.qformer_instruction('<ImageHere>Describe the video.')
+
+
 def _expected_scenes(clips, stage):
   records, elapsed = [], 0.0
   total = round(sum(c.asr.duration for c in clips), 1)

@@ -32,6 +32,10 @@ puts one space before '###Assistant: ');
 `encode_example(model_input, '', ...)` lays out the prompt alone.
 `parse_scene_captions` and `to_caption_schema` turn a generated multi-scene
 answer back into Vript's `_caption.json` structure.
+
+Q-Former text: with `qformer_text_input` ST-LLM also feeds the instruction to
+its Q-Former (`models.qformer`); `qformer_instruction` derives that text from
+a `model_input` as `STLLMModel.forward` does.
 """
 
 import re
@@ -209,6 +213,35 @@ def caption_prompt(  # pylint: disable=redefined-builtin
     voiceover = ''.join(formats.voiceover_line(*_segment(s)) for s in voiceover_lines)
   # The builders' own template keeps training and inference prompts identical.
   return formats.request_prompt(format, stage, round(float(duration), 1), voiceover)
+
+
+# What `STLLMModel.forward` cuts the Q-Former's text at and removes from it:
+# the human turn, its end, and a voice-over block (greedy, across lines).
+_HUMAN_TURN = 'Human: '
+_TURN_END = ' ###'
+_QFORMER_VOICEOVER = re.compile(
+    re.escape('Voiceover:"') + '.*' + re.escape('". Based on the video and voiceover, '),
+    re.DOTALL)
+
+
+def qformer_instruction(model_input: str) -> str:
+  """The instruction text ST-LLM's Q-Former reads for a captioner input.
+
+  As `STLLMModel.forward` with `qformer_text_input`: the text after the first
+  'Human: ' (up to a second one, if any) and before its first ' ###', without
+  the voice-over block (from 'Voiceover:"' to the last '". Based on the video
+  and voiceover, '), lower-cased and stripped. So the Q-Former sees the
+  request with the duration and sampling rate, never the voice-over.
+
+  Raises:
+    ValueError: `model_input` has no 'Human: ' turn.
+  """
+  turns = model_input.split(_HUMAN_TURN)
+  if len(turns) < 2:
+    raise ValueError(f'model_input should hold a {_HUMAN_TURN!r} turn, got '
+                     f'{model_input[:80]!r}')
+  question = turns[1].split(_TURN_END)[0]
+  return _QFORMER_VOICEOVER.sub('', question).lower().strip()
 
 
 def strip_end_symbol(text: str, end_symbol: str = END_SYMBOL) -> str:
