@@ -129,3 +129,22 @@ def test_rejects_short_cache_and_missing_key(hf_and_converted):
   with pytest.raises(ValueError, match="PRNG key"):
     tg.generate(*tg.module_fns(model), params, embeds, None,
                 cache=llama_lm.init_cache(config, 1, 15), max_new_tokens=NEW, temperature=0.7)
+
+
+def test_repetition_penalty_matches_transformers(hf_and_converted, reference):
+  model, config, params = hf_and_converted
+  penalized = []
+  for prompt in PROMPTS:
+    with torch.no_grad():
+      ids = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=NEW,
+                           min_new_tokens=NEW, pad_token_id=PAD, repetition_penalty=1.5)
+    penalized.append(ids[0, len(prompt):].tolist())
+  # The penalty changes the continuations, so the comparison below tests it.
+  assert penalized != reference
+  got = tg.generate_text(params, config, PROMPTS, max_new_tokens=NEW, pad_id=PAD,
+                         repetition_penalty=1.5)
+  assert got == penalized
+  # Marks as a (B, V) array: transformers' generation from embeddings starts
+  # from a BOS, which it penalizes too.
+  marks = tg.penalty_marks([[1], [1, 2]], 8)
+  np.testing.assert_array_equal(marks[:, :3], [[False, True, False], [False, True, True]])

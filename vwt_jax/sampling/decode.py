@@ -15,7 +15,8 @@ The functions return the logits of the B rows drawn from (R = B), unless a
 `guide` maps their R rows to those B, as `classifier_free_guidance` does.
 
 Tokens are drawn by `sample_token`: temperature, then top-k, then top-p, or
-the argmax when greedy. The decode steps may run as several loops over
+the argmax when greedy; a repetition penalty (`penalize_repeats`) may come
+first. The decode steps may run as several loops over
 growing caches (`segments`), so that attention reads only the filled part.
 """
 
@@ -111,6 +112,13 @@ def sample_token(logits: jax.Array, rng: jax.Array, greedy: bool, temperature: A
   if per_row_keys(rng):
     return jax.vmap(jax.random.categorical)(rng, filtered).astype(jnp.int32)
   return jax.random.categorical(rng, filtered, axis=-1).astype(jnp.int32)
+
+
+def penalize_repeats(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+  """transformers' `RepetitionPenaltyLogitsProcessor`: the logits (B, V) of the
+  tokens `seen` (B, V) bool are divided by `penalty` where positive and
+  multiplied by it where negative."""
+  return jnp.where(seen, jnp.where(logits < 0, logits * penalty, logits / penalty), logits)
 
 
 def per_row_keys(rng: jax.Array) -> bool:
@@ -216,8 +224,9 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
                 rng: jax.Array, temperature: Any, top_p: Any, *, num_tokens: int, start: int,
                 greedy: bool, top_k: int, use_top_p: bool,
                 stops: tuple[tuple[int, ...], ...] = (), pad_id: int = 0,
-                return_logits: bool = False,
-                segments: int = 1) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+                return_logits: bool = False, segments: int = 1,
+                repetition_penalty: float = 1.0, seen: Optional[jax.Array] = None
+                ) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   """Generates up to `num_tokens` tokens per row; traced inside the caller's jitted program.
 
   Args:
@@ -241,6 +250,11 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
       attention reads the filled part of the cache rather than all of it.
       Each loop is compiled apart: more segments, less attention work, longer
       compilation (see `auto_segments`).
+    repetition_penalty: `penalize_repeats` before each draw (static; 1 = off)
+      of every token drawn so far and of those `seen` marks.
+    seen: (B, V) bool, the tokens penalized from the first draw on: what
+      transformers' generation starts from (the prompt ids, or the BOS it puts
+      in front of a prompt given as embeddings); None = none.
 
   Returns:
     tokens int32 (B, num_tokens); lengths int32 (B,): the number of tokens
@@ -250,9 +264,13 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
 
   fold_in = jax.vmap(jax.random.fold_in, (0, None)) if per_row_keys(rng) else jax.random.fold_in
 
-  def draw(step, logits):
+  penalize = repetition_penalty != 1.0
+
+  def draw(step, logits, seen):
     if fns.guide is not None:
       logits = fns.guide(logits, step)
+    if penalize:
+      logits = penalize_repeats(logits, seen, repetition_penalty)
     return sample_token(logits, fold_in(rng, step), greedy, temperature, top_k, top_p,
                         use_top_p)
 
@@ -264,6 +282,8 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
       carry["window"], carry["lengths"], carry["done"] = _track_stops(
           stops, step, token, carry["window"], carry["lengths"], carry["done"])
     carry["tokens"] = carry["tokens"].at[:, step].set(token)
+    if penalize:
+      carry["seen"] = carry["seen"].at[jnp.arange(token.shape[0]), token].set(True)
     if return_logits:
       carry["logits"] = carry["logits"].at[:, step].set(logits)
     carry["token"] = token
@@ -271,7 +291,7 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
 
   def body(step, carry):
     logits, cache = fns.decode(params, carry["token"], start + step - 1, carry["cache"], context)
-    return record(step, draw(step, logits), logits, dict(carry, cache=cache))
+    return record(step, draw(step, logits, carry.get("seen")), logits, dict(carry, cache=cache))
 
   runs = segment_runs(num_tokens, segments)
 
@@ -280,9 +300,14 @@ def decode_loop(fns: LogitsFns, params: Any, inputs: Any, context: Any, cache: A
     return llama.resize_cache(cache, start + end - 1) if len(runs) > 1 else cache
 
   logits, cache = fns.prefill(params, inputs, fit(cache, runs[0][1] if runs else 1), context)
-  token = draw(0, logits)
+  if penalize and seen is None:
+    rows = logits.shape[0] if fns.guide is None else fns.guide(logits, 0).shape[0]
+    seen = jnp.zeros((rows, logits.shape[-1]), bool)
+  token = draw(0, logits, seen)
   batch = token.shape[0]
   carry = dict(cache=cache, tokens=jnp.full((batch, num_tokens), pad_id, jnp.int32))
+  if penalize:
+    carry["seen"] = seen
   if return_logits:
     carry["logits"] = jnp.zeros((logits.shape[0], num_tokens, logits.shape[-1]), jnp.float32)
   if stops:

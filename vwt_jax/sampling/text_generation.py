@@ -5,7 +5,8 @@ decode loop the image GPT sampler runs too (`sampling.decode`): a prefill of
 the left-padded prompt embeddings, then single-token decodes that end once
 every row has produced a stop sequence or `max_new_tokens` tokens. Tokens are
 drawn by `decode.sample_token` (temperature, then top-k, then top-p);
-temperature 0 is greedy.
+temperature 0 is greedy. An optional repetition penalty comes first, as
+transformers applies its logits processors before its warpers.
 
 The model enters as `decode`'s two logits functions, with the prompt mask as
 their context:
@@ -47,15 +48,16 @@ def module_fns(module: nn.Module) -> tuple[decode_lib.PrefillFn, decode_lib.Deco
 @functools.lru_cache(maxsize=32)
 def _build(prefill_fn: decode_lib.PrefillFn, decode_fn: decode_lib.DecodeFn,
            max_new_tokens: int, greedy: bool, top_k: int, use_top_p: bool,
-           stops: tuple[tuple[int, ...], ...], pad_id: int):
+           stops: tuple[tuple[int, ...], ...], pad_id: int, repetition_penalty: float):
   """The jitted generation program for these static settings."""
   fns = decode_lib.LogitsFns(prefill_fn, decode_fn)
 
-  def run(params, inputs_embeds, prompt_mask, cache, key, temperature, top_p):
+  def run(params, inputs_embeds, prompt_mask, cache, key, temperature, top_p, seen):
     tokens, lengths, _ = decode_lib.decode_loop(
         fns, params, inputs_embeds, prompt_mask, cache, key, temperature, top_p,
         num_tokens=max_new_tokens, start=prompt_mask.shape[1], greedy=greedy, top_k=top_k,
-        use_top_p=use_top_p, stops=stops, pad_id=pad_id)
+        use_top_p=use_top_p, stops=stops, pad_id=pad_id,
+        repetition_penalty=repetition_penalty, seen=seen)
     return tokens, lengths
 
   return jax.jit(run)
@@ -72,8 +74,9 @@ def generate(prefill_fn: decode_lib.PrefillFn, decode_fn: decode_lib.DecodeFn, p
              inputs_embeds: jax.Array, prompt_mask: Optional[jax.Array], *, cache: Any,
              max_new_tokens: int, key: Optional[jax.Array] = None, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0,
-             stop_sequences: Sequence[Sequence[int]] = (),
-             pad_id: int = 0) -> tuple[jax.Array, jax.Array]:
+             stop_sequences: Sequence[Sequence[int]] = (), pad_id: int = 0,
+             repetition_penalty: float = 1.0,
+             penalized: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
   """Continues a batch of prompts given as embeddings.
 
   Args:
@@ -93,6 +96,9 @@ def generate(prefill_fn: decode_lib.PrefillFn, decode_fn: decode_lib.DecodeFn, p
     stop_sequences: token-id sequences that end a row (e.g. the ids of '###'
       and `(eos_id,)`), matched on the generated tokens only.
     pad_id: what follows a row's stop sequence.
+    repetition_penalty: transformers' repetition penalty (1 = off) of the
+      tokens generated so far and of those `penalized` (B, V) bool marks
+      (`decode.decode_loop`'s `seen`; e.g. `penalty_marks` of the prompts).
 
   Returns:
     tokens int32 (B, max_new_tokens) and lengths int32 (B,). A row that
@@ -102,6 +108,8 @@ def generate(prefill_fn: decode_lib.PrefillFn, decode_fn: decode_lib.DecodeFn, p
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens={max_new_tokens}: expected >= 1")
+  if repetition_penalty <= 0:
+    raise ValueError(f"repetition_penalty={repetition_penalty}: expected > 0")
   if inputs_embeds.ndim != 3:
     raise ValueError(f"inputs_embeds {inputs_embeds.shape}: expected (B, T, D)")
   batch, prompt_len = inputs_embeds.shape[:2]
@@ -120,10 +128,11 @@ def generate(prefill_fn: decode_lib.PrefillFn, decode_fn: decode_lib.DecodeFn, p
       raise ValueError(f"temperature={temperature} samples: pass a PRNG key")
     key = jax.random.key(0)
   fn = _build(prefill_fn, decode_fn, int(max_new_tokens), bool(greedy), int(top_k),
-              bool(top_p < 1.0), _stop_tuples(stop_sequences), int(pad_id))
+              bool(top_p < 1.0), _stop_tuples(stop_sequences), int(pad_id),
+              float(repetition_penalty))
   # Greedy: the argmax ignores the temperature, which must only stay positive.
   return fn(params, inputs_embeds, prompt_mask, cache, key,
-            jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p))
+            jnp.float32(1.0 if greedy else temperature), jnp.float32(top_p), penalized)
 
 
 def left_pad(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,15 +148,24 @@ def left_pad(prompt_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarr
   return ids, mask
 
 
+def penalty_marks(ids: Sequence[Sequence[int]], vocab_size: int) -> np.ndarray:
+  """(B, vocab_size) bool marks of each row's `ids`, for `generate`'s `penalized`."""
+  marks = np.zeros((len(ids), vocab_size), bool)
+  for row, row_ids in enumerate(ids):
+    marks[row, list(row_ids)] = True
+  return marks
+
+
 def generate_text(params: Any, config: llama_lm.LlamaLMConfig,
                   prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int,
                   key: Optional[jax.Array] = None, temperature: float = 0.0, top_k: int = 0,
                   top_p: float = 1.0, stop_sequences: Sequence[Sequence[int]] = (),
-                  pad_id: int = 0) -> list[list[int]]:
+                  pad_id: int = 0, repetition_penalty: float = 1.0) -> list[list[int]]:
   """`generate` for a plain `LlamaLM` on token-id prompts of any lengths.
 
-  The prompts are left-padded into one batch. Returns each row's generated
-  ids up to (without) its stop sequence; the other arguments are `generate`'s.
+  The prompts are left-padded into one batch. A repetition penalty counts each
+  row's prompt too, as transformers does. Returns each row's generated ids up
+  to (without) its stop sequence; the other arguments are `generate`'s.
   """
   model = llama_lm.LlamaLM(config)
   ids, mask = left_pad(prompt_ids, pad_id)
@@ -156,6 +174,8 @@ def generate_text(params: Any, config: llama_lm.LlamaLMConfig,
   tokens, lengths = generate(
       *module_fns(model), params, embeds, mask, cache=cache, max_new_tokens=max_new_tokens,
       key=key, temperature=temperature, top_k=top_k, top_p=top_p,
-      stop_sequences=stop_sequences, pad_id=pad_id)
+      stop_sequences=stop_sequences, pad_id=pad_id, repetition_penalty=repetition_penalty,
+      penalized=penalty_marks(prompt_ids, config.vocab_size)
+      if repetition_penalty != 1.0 else None)
   tokens, lengths = jax.device_get((tokens, lengths))
   return [row[:n].tolist() for row, n in zip(tokens, lengths)]
