@@ -1,14 +1,24 @@
-"""ST-LLM (the released Vriptor's architecture): sizes, the video inputs, config files."""
+"""ST-LLM (the released Vriptor's architecture): parity with the official captioner,
+the released checkpoint layout, sizes, the video inputs, the Q-Former's tokenizer."""
 
 import dataclasses
+import os
+import re
+import shutil
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
+import transformers
 
+from vwt_jax.conversion import st_llm as st_llm_conversion
+from vwt_jax.conversion.torch_state import ConversionError
+from vwt_jax.data import text_tokenizer
 from vwt_jax.models import eva_vit, llama_lm, qformer, st_llm
+from vwt_jax.tools import parity_common, parity_vriptor
 
 # The released Mutonix/Vriptor-STLLM: EVA ViT-g with ln_vision 985,897,344, the
 # Q-Former with query tokens and llama_proj 188,834,560, Vicuna-7B with the
@@ -81,3 +91,69 @@ def test_config_round_trip_and_checks():
     dataclasses.replace(TINY, vision=dataclasses.replace(TINY.vision, width=48, mlp_dim=96))
   with pytest.raises(ValueError, match="llm_hidden_size=64 but the LLM is 128 wide"):
     dataclasses.replace(TINY, lm=dataclasses.replace(TINY.lm, dim=128))
+
+
+@pytest.fixture(scope="module")
+def vriptor_dir(fixtures_dir):
+  return os.path.join(fixtures_dir, "vriptor")
+
+
+def test_parity_with_the_official_captioner(vriptor_dir):
+  """Frames to video tokens, logits and greedy generations (repetition penalty 1.5 and 1)."""
+  results = parity_vriptor.stllm_results(vriptor_dir)
+  assert [r.line() for r in results if not r.ok] == []
+  assert {"stllm/video_tokens", "stllm/logits", "stllm/greedy_penalty_1_5",
+          "stllm/qformer_input_ids"} <= {r.name for r in results}
+
+
+def test_a_released_layout_folder_loads(vriptor_dir, tmp_path):
+  config = parity_vriptor.stllm_config(vriptor_dir)
+  state_dict = parity_common.load_arrays(vriptor_dir, "stllm_state_dict.npz")
+  shutil.copy(os.path.join(vriptor_dir, "stllm_llm_config.json"), tmp_path / "config.json")
+  safetensors.numpy.save_file(dict(state_dict), str(tmp_path / "model.safetensors"))
+  loaded, params = st_llm_conversion.load_vriptor(
+      str(tmp_path), vision=config.vision, qformer_config=config.qformer,
+      residual_size=config.residual_size, residual_hidden=config.residual_hidden,
+      param_dtype=jnp.bfloat16)
+  assert loaded == dataclasses.replace(
+      config, lm=dataclasses.replace(config.lm, param_dtype=jnp.bfloat16))
+  assert loaded.lm.rope_dynamic_factor == 4.0 and loaded.lm.max_positions == 8192
+  assert params["lm"]["embed_tokens"]["embedding"].dtype == jnp.bfloat16
+  assert params["vision"]["cls_token"].dtype == np.float32
+  np.testing.assert_array_equal(
+      params["up_proj"]["kernel"],
+      state_dict["model.stllm_model.up_proj.weight"].T.astype(jnp.bfloat16))
+
+
+def test_converter_refuses_keys_of_no_part(vriptor_dir):
+  config = parity_vriptor.stllm_config(vriptor_dir)
+  state_dict = dict(parity_common.load_arrays(vriptor_dir, "stllm_state_dict.npz"))
+  with pytest.raises(ConversionError, match=r"unexpected ST-LLM keys.*mvm_decoder\.head\.weight"):
+    st_llm_conversion.convert_state_dict(
+        {**state_dict, "model.stllm_model.mvm_decoder.head.weight": np.zeros((4, 4))}, config)
+  shared = "model.stllm_model.embed_tokens.weight"
+  with pytest.raises(ConversionError, match="differs from model.embed_tokens.weight"):
+    st_llm_conversion.convert_state_dict({**state_dict, shared: state_dict[shared] + 1}, config)
+  del state_dict["model.stllm_model.down_proj.bias"]
+  with pytest.raises(ConversionError, match="down_proj.bias"):
+    st_llm_conversion.convert_state_dict(state_dict, config)
+
+
+@pytest.mark.parametrize("text", [
+    "Describe the video in detail (Duration: [0.0, 12.5]s, Sample Rate: 0.20s/frame).",
+    "Voiceover:\"Héllo, WORLD!\". Based on the video and voiceover, describe it.",
+    "tabs\tand  spaces, ünïcödé, 日本語 and emoji 🙂",
+])
+def test_qformer_tokenizer_equals_transformers_bert(tmp_path, text):
+  words = sorted({w for w in re.findall(r"[a-z]+", text.lower())})
+  vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *".,:!\"()[]", *"0123456789",
+           *words, "##s", "##ll", "he", "describe"]
+  (tmp_path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+  ours = text_tokenizer.load_qformer_tokenizer(str(tmp_path), 12)
+  reference = transformers.BertTokenizer(str(tmp_path / "vocab.txt"), truncation_side="left")
+  reference.add_special_tokens({"bos_token": "[DEC]"})
+  expected = reference([text, "short"], padding="longest", truncation=True, max_length=12)
+  got = ours.encode_batch([text, "short"])
+  assert [e.ids for e in got] == expected["input_ids"]
+  assert [e.attention_mask for e in got] == expected["attention_mask"]
+  assert ours.token_to_id("[DEC]") == len(reference) - 1

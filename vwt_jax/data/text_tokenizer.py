@@ -17,6 +17,9 @@ separately as ST-LLM does, each start with a '▁' word.
 
   tokenizer = text_tokenizer.load_tokenizer('/ckpt/vicuna-7b')
   pad = text_tokenizer.special_id(tokenizer, '<unk>')
+
+`load_qformer_tokenizer` reads bert-base-uncased's WordPiece (`tokenizer.json`
+or `vocab.txt`) as ST-LLM's Q-Former tokenizes its instruction.
 """
 
 import json
@@ -27,13 +30,18 @@ from etils import epath
 import tokenizers
 from tokenizers import decoders
 from tokenizers import models
+from tokenizers import normalizers
 from tokenizers import pre_tokenizers
+from tokenizers import processors
 from tokenizers import trainers
 
 from vwt_jax.core import files
 
 TOKENIZER_FILE = 'tokenizer.json'
 SENTENCEPIECE_FILE = 'tokenizer.model'
+BERT_VOCAB_FILE = 'vocab.txt'
+# `Blip2Base.init_tokenizer` adds it as BOS: the Q-Former's vocabulary has one more row.
+QFORMER_BOS = '[DEC]'
 DEFAULT_SPECIAL_TOKENS = ('<unk>', '<s>', '</s>', '<pad>')
 # SentencePiece's word-start marker (U+2581), as in LLaMA's vocabulary.
 WORD_START = '\u2581'
@@ -242,6 +250,41 @@ def load_tokenizer(path_or_dir: str) -> tokenizers.Tokenizer:
     tokenizer = tokenizers.Tokenizer.from_str(files.read_text(path_or_dir))
   tokenizer.no_padding()
   tokenizer.no_truncation()
+  return tokenizer
+
+
+def load_qformer_tokenizer(path: str, max_length: int) -> tokenizers.Tokenizer:
+  """bert-base-uncased's tokenizer as ST-LLM's Q-Former calls it on instructions.
+
+  `Blip2Base.init_tokenizer` with `truncation_side='left'` and `encode_img`'s
+  call: [CLS] text [SEP], lower-cased with accents stripped, at most
+  `max_length` tokens (512 - queries - 10) cut from the left, a batch padded
+  on the right to its longest with [PAD]; '[DEC]' is added after the
+  vocabulary. `path`: a tokenizer.json, a vocab.txt (transformers'
+  `BertTokenizer` settings), or a folder holding either.
+  """
+  if epath.Path(path).is_dir():
+    found = [os.path.join(path, name) for name in (TOKENIZER_FILE, BERT_VOCAB_FILE)
+             if epath.Path(os.path.join(path, name)).is_file()]
+    if not found:
+      raise FileNotFoundError(f'{path} has neither {TOKENIZER_FILE} nor {BERT_VOCAB_FILE}')
+    path = found[0]
+  if not epath.Path(path).is_file():
+    raise FileNotFoundError(f'Q-Former tokenizer file {path} not found')
+  if path.endswith('.json'):
+    tokenizer = tokenizers.Tokenizer.from_str(files.read_text(path))
+  else:
+    vocab = {token: i for i, token in enumerate(files.read_text(path).splitlines())}
+    tokenizer = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token='[UNK]'))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.post_processor = processors.BertProcessing(
+        ('[SEP]', special_id(tokenizer, '[SEP]')), ('[CLS]', special_id(tokenizer, '[CLS]')))
+  tokenizer.add_special_tokens([QFORMER_BOS])
+  tokenizer.enable_truncation(max_length, direction='left')
+  tokenizer.enable_padding(direction='right', pad_id=special_id(tokenizer, '[PAD]'),
+                           pad_token='[PAD]')
   return tokenizer
 
 

@@ -262,3 +262,18 @@ def test_normalize_uses_clip_statistics():
   tol = dict(reduction=2, depth=2, scale=2 / min(frames.CLIP_STD))
   helpers.assert_allclose_f32(out[0], [-1.7922625, -1.7520971, -1.4802198], **tol)
   helpers.assert_allclose_f32(out[1], [1.9303363, 2.0748838, 2.1458970], **tol)
+
+
+def test_seq_frame_indices_are_the_official_inference_frames():
+  # `get_seq_frames(vlen, min(vlen, 64))` of stllm/test/video_utils.py, run on these lengths.
+  assert frames.seq_frame_indices(64, 250)[:8] == [2, 6, 10, 14, 17, 21, 25, 29]
+  assert frames.seq_frame_indices(64, 250)[-3:] == [239, 243, 247]
+  assert frames.seq_frame_indices(64, 1000)[-3:] == [960, 975, 991]
+  # A clip of exactly 64 frames repeats frame 32 and never reaches 63, as the official.
+  assert frames.seq_frame_indices(64, 64)[30:36] == [30, 31, 32, 32, 33, 34]
+  assert frames.seq_frame_indices(64, 64)[-1] == 62
+  # Shorter clips give fewer frames.
+  assert frames.seq_frame_indices(64, 7) == [0, 1, 2, 3, 3, 4, 5]
+  assert frames.seq_frame_indices(64, 3) == [0, 1, 1]
+  with pytest.raises(ValueError, match="from a clip of 0 frames"):
+    frames.seq_frame_indices(64, 0)

@@ -116,6 +116,22 @@ def sample_frame_indices(num_frames, vlen, sample, rng=None):
   return indices + [indices[-1]] * (num_frames - k)
 
 
+def seq_frame_indices(num_frames, vlen):
+  """ST-LLM's inference frame indices, which Vriptor's demo reads
+  (`stllm/test/video_utils.py` `get_seq_frames` of k = min(num_frames, vlen)).
+
+  Frame (a_i + a_{i+1}) // 2 of the bounds a_i = round(i * (vlen - 1) / k)
+  (numpy rounds half to even), i < k: a clip shorter than `num_frames` gives
+  all its frames, fewer than asked, and one of exactly k frames repeats a frame
+  and skips its last, as the official.
+  """
+  if vlen < 1 or num_frames < 1:
+    raise ValueError(f'cannot sample {num_frames} frames from a clip of {vlen} frames')
+  k = min(num_frames, vlen)
+  bounds = np.round((vlen - 1) / k * np.arange(k + 1)).astype(int)
+  return ((bounds[:-1] + bounds[1:]) // 2).tolist()
+
+
 def read_media(path):
   """What PyAV opens for the clip at `path`: a local path itself, the bytes
   of a remote one (read whole: clips are a few MB and demuxing seeks in them).
