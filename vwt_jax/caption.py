@@ -1,4 +1,4 @@
-r"""Captions videos with a trained Vriptor-style captioner run.
+r"""Captions videos with a trained Vriptor-style captioner run, or the released Vriptor.
 
   # every captioned clip of an extracted Vript root, one caption per clip, scored
   python -m vwt_jax.caption --checkpoint demo_workdir/captioner demo_workdir/vript/heldout \
@@ -7,6 +7,9 @@ r"""Captions videos with a trained Vriptor-style captioner run.
   python -m vwt_jax.caption --checkpoint RUN vript_long_videos_clips/VIDEO_ID \
       --format multi_scene
   python -m vwt_jax.caption --checkpoint RUN clip.mp4 --voiceover clip_asr.jsonl
+  # the released Vriptor (ST-LLM, families/st_llm.py), from the Hub or a local copy
+  python -m vwt_jax.caption --pretrained vriptor-stllm my_videos/ --format multi_scene
+  python -m vwt_jax.caption --checkpoint /models/Vriptor-STLLM clip.mp4
 
 Input: an extracted Vript root (its captioned clips, via the cached index of
 `clip_source.load_videos`, with their ground-truth captions), a folder of
@@ -25,7 +28,8 @@ durations are frames / frame rate of the file. A file that cannot be read is
 reported and skipped (with its whole window in multi_scene).
 
 Prompts are those of training (`captioner_text`, `formats`), at the run's
-`config.data.stage`:
+`config.data.stage` (stage 2 for the released Vriptor, whose frames and
+decoding are described in `families/st_llm.py`):
 - single_scene: one caption per clip, from `num_frames` frames taken at the
   middle of equal ranges; clips with voice-over lines (the Vript ASR, or
   --voiceover) get the voice-over prompt unless --no_voiceover.
@@ -67,6 +71,7 @@ from tqdm import tqdm
 
 from vwt_jax import cli
 from vwt_jax.core import files
+from vwt_jax.core import hub
 from vwt_jax.data.vript import captioner_text
 from vwt_jax.data.vript import clip_source
 from vwt_jax.data.vript import formats
@@ -74,6 +79,8 @@ from vwt_jax.data.vript import frames as frames_lib
 from vwt_jax.data.vript import schema
 from vwt_jax.evaluation import vript_hal
 from vwt_jax.families import captioner as captioner_family
+from vwt_jax.families import pretrained
+from vwt_jax.families import st_llm as st_llm_family
 
 FLAGS = flags.FLAGS
 CAPTION_FORMATS = ("single_scene", "multi_scene")
@@ -84,6 +91,7 @@ PREDICTIONS_FILE = "predictions.jsonl"
 CAPTIONS_FILE = "captions.jsonl"
 CAPTION_FIELDS = ("video", "caption", "voiceover")
 HAL_FILE = "hal_scores.json"
+CAPTIONER_RELEASES = sorted(n for n, r in pretrained.RELEASES.items() if r.kind == "captioner")
 # The caption group of clips that are not under a '{group}_clips' folder.
 DEFAULT_GROUP = "captioned"
 
@@ -309,24 +317,31 @@ def _batches(items: Sequence[Any], size: int):
     yield items[start:start + size]
 
 
-def _run_batch(gen: captioner_family.CaptionGenerator, params: Any, frames: list[np.ndarray],
-               prompts: list[str], key: jax.Array, batch_size: int,
-               sampling: dict[str, Any]) -> list[str]:
+def _run_batch(gen: Any, params: Any, frames: list[np.ndarray], prompts: list[str],
+               key: jax.Array, batch_size: int, sampling: dict[str, Any]) -> list[str]:
   """Captions of a batch of windows, padded to `batch_size` rows by repeating
-  the last one so that every batch compiles alike."""
-  pad = batch_size - len(frames)
-  return gen.caption(params, np.stack(frames + frames[-1:] * pad), prompts + prompts[-1:] * pad,
-                     key=key, **sampling)[:len(frames)]
+  the last one so that every batch compiles alike; windows of other frame
+  counts (a video shorter than the released Vriptor's 64 frames) run apart."""
+  captions = [""] * len(frames)
+  for shape in dict.fromkeys(f.shape for f in frames):
+    rows = [i for i, f in enumerate(frames) if f.shape == shape]
+    group, texts = [frames[i] for i in rows], [prompts[i] for i in rows]
+    pad = batch_size - len(rows)
+    answers = gen.caption(params, np.stack(group + group[-1:] * pad),
+                          texts + texts[-1:] * pad, key=key, **sampling)
+    for i, answer in zip(rows, answers):
+      captions[i] = answer
+  return captions
 
 
-def caption_videos(gen: captioner_family.CaptionGenerator, params: Any,
+def caption_videos(gen: Any, params: Any,
                    videos: Sequence[VideoInput], *, fmt: str = "single_scene",
                    batch_size: int = 8, seed: int = 0, **sampling
                    ) -> tuple[list[tuple[VideoInput, list[dict[str, Any]]]], list[tuple[str, str]]]:
   """Per video, one record per clip ({'scene', 'content', 'scene_title', 'voiceover'}).
 
   Args:
-    gen, params: from `load`.
+    gen, params: from `load_captioner`.
     videos: from `find_videos`.
     fmt: 'single_scene' (a batch row per clip) or 'multi_scene' (per video).
     batch_size: rows per generation call.
@@ -444,6 +459,14 @@ def score(rows: Sequence[dict[str, Any]], scorer: vript_hal.HalScorer) -> dict[s
   return {"config": scorer.description, "metrics": vript_hal.aggregate(results)}
 
 
+def load_captioner(config: Optional[ml_collections.ConfigDict], checkpoint: str):
+  """(generator, params): a captioner run folder, or Vriptor weights in the
+  released ST-LLM layout (a folder or `hf://`, `families.st_llm`)."""
+  if hub.is_hub(checkpoint) or st_llm_family.is_released_layout(checkpoint):
+    return st_llm_family.load(checkpoint)
+  return captioner_family.load_run(config, checkpoint)
+
+
 def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.ConfigDict] = None,
         output_dir: str = "captions", fmt: str = "single_scene", voiceover: Optional[str] = None,
         use_voiceover: bool = True, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -455,8 +478,10 @@ def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.Con
   {'predictions', 'num_videos', 'num_clips', 'format', 'skipped', 'hal'?}
   ('skipped': (path, reason) of the files that could not be read).
 
+  `checkpoint` is a captioner run or the released Vriptor (`load_captioner`).
   `max_new_tokens` 0 takes the run's `config.text.max_answer_length` (if
-  unset: as many as the LM's max_positions leave).
+  unset: as many as the LM's max_positions leave; the released Vriptor: the
+  demo's 2048).
 
   Raises:
     cli.SettingsError: the input does not exist, its `captions.jsonl` is malformed, or
@@ -464,15 +489,14 @@ def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.Con
   """
   if not epath.Path(input_path).exists():
     raise cli.SettingsError(f"{input_path} not found")
-  gen, params = captioner_family.load_run(config, checkpoint)
+  gen, params = load_captioner(config, checkpoint)
   videos = find_videos(input_path, voiceover=voiceover, use_voiceover=use_voiceover,
                        cache_dir=cache_dir)
   if score_hal and not any(c.gt for v in videos for c in v.clips):
     raise cli.SettingsError("--score needs ground truth: caption a Vript root with captions, "
                             f"or a folder of videos with a {CAPTIONS_FILE}")
   # `caption` cuts this to what max_positions leaves after each batch's prompts.
-  max_new = (max_new_tokens or gen.config.text.get("max_answer_length")
-             or gen.cfg.lm.max_positions)
+  max_new = max_new_tokens or gen.default_max_new_tokens()
   results, skipped = caption_videos(
       gen, params, videos, fmt=fmt, batch_size=batch_size, seed=seed, max_new_tokens=max_new,
       temperature=temperature, top_k=top_k, top_p=top_p, prompt_bucket=prompt_bucket)
@@ -498,7 +522,10 @@ def run(input_path: str, checkpoint: str, *, config: Optional[ml_collections.Con
 def define_flags():
   cli.define_config_flag("The captioner run's config with overrides (a run folder or config "
                          "file); default: the --checkpoint run's.")
-  flags.DEFINE_string("checkpoint", None, "A captioner run folder (the trainer's workdir).")
+  flags.DEFINE_string("checkpoint", None, "A captioner run folder (the trainer's workdir), or "
+                      "the released Vriptor's folder (ST-LLM layout, local or hf://).")
+  flags.DEFINE_enum("pretrained", None, CAPTIONER_RELEASES, "Released captioner weights by "
+                    "name (docs/pretrained.md).")
   flags.DEFINE_string("voiceover", None, "An _asr.jsonl for the input's clips.")
   flags.DEFINE_bool("no_voiceover", False,
                     "Prompt without voice-over lines even where ASR exists.")
@@ -516,14 +543,17 @@ def define_flags():
   flags.DEFINE_enum("hal_config", "minilm_sm", sorted(vript_hal.CONFIGS), "Vript-HAL scorer.")
   flags.DEFINE_string("encoder_dir", None,
                       "HAL sentence-transformers directory (overrides the config's).")
-  flags.mark_flags_as_required(["checkpoint"])
+  flags.register_multi_flags_validator(
+      ["checkpoint", "pretrained"], lambda f: bool(f["checkpoint"]) != bool(f["pretrained"]),
+      "give --checkpoint or --pretrained")
 
 
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("expected one INPUT: a Vript root, a folder of videos or one video")
   try:
-    run(argv[1], FLAGS.checkpoint, config=FLAGS.config, output_dir=FLAGS.output_dir,
+    checkpoint = FLAGS.checkpoint or pretrained.get(FLAGS.pretrained).checkpoint
+    run(argv[1], checkpoint, config=FLAGS.config, output_dir=FLAGS.output_dir,
         fmt=FLAGS.format, voiceover=FLAGS.voiceover, use_voiceover=not FLAGS.no_voiceover,
         temperature=FLAGS.temperature or 0.0, top_k=FLAGS.top_k or 0,
         top_p=1.0 if FLAGS.top_p is None else FLAGS.top_p, seed=FLAGS.seed,

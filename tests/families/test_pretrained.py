@@ -21,6 +21,7 @@ from vwt_jax.families import common
 from vwt_jax.families import pretrained
 from vwt_jax.families import titok as titok_family
 from vwt_jax.models import layers
+from vwt_jax.models import st_llm
 from vwt_jax.models.maskgit_vqgan import MaskGitVQGAN
 from vwt_jax.models.t5 import T5Encoder, T5EncoderConfig
 from vwt_jax.models.text_encoders import TextEncoder, TextEncoderConfig
@@ -47,6 +48,8 @@ def _abstract_params(release: pretrained.Release):
     return layers.abstract_params(T5Encoder(T5EncoderConfig.named(release.name)), ids, ids)
   if release.kind == "sentence encoder":
     return layers.abstract_params(TextEncoder(SENTENCE_ENCODERS[release.name]), ids, ids)
+  if release.kind == "captioner":
+    return st_llm.abstract_params(st_llm.STLLMConfig())
   if release.kind == "teacher":
     teacher = common.load_config(os.path.join(pretrained.configs_dir(), "titok.py:L-32")).teacher
     return layers.abstract_params(MaskGitVQGAN(titok_family.teacher_config(teacher)),

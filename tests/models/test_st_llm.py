@@ -2,6 +2,7 @@
 the released checkpoint layout, sizes, the video inputs, the Q-Former's tokenizer."""
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -111,15 +112,20 @@ def test_a_released_layout_folder_loads(vriptor_dir, tmp_path):
   state_dict = parity_common.load_arrays(vriptor_dir, "stllm_state_dict.npz")
   shutil.copy(os.path.join(vriptor_dir, "stllm_llm_config.json"), tmp_path / "config.json")
   safetensors.numpy.save_file(dict(state_dict), str(tmp_path / "model.safetensors"))
-  loaded, params = st_llm_conversion.load_vriptor(
-      str(tmp_path), vision=config.vision, qformer_config=config.qformer,
-      residual_size=config.residual_size, residual_hidden=config.residual_hidden,
-      param_dtype=jnp.bfloat16)
+  # Without st_llm_config.json the parts are the released model's, which these weights are not.
+  with pytest.raises(ConversionError, match="missing state-dict key: visual_encoder.blocks.2"):
+    st_llm_conversion.load_vriptor(str(tmp_path))
+  sizes = {k: v for k, v in config.to_dict().items() if k != "lm"}
+  (tmp_path / st_llm_conversion.SIDECAR_FILE).write_text(json.dumps(sizes))
+  loaded, params = st_llm_conversion.load_vriptor(str(tmp_path), param_dtype=jnp.bfloat16)
+  bf16 = dict(param_dtype=jnp.bfloat16)
   assert loaded == dataclasses.replace(
-      config, lm=dataclasses.replace(config.lm, param_dtype=jnp.bfloat16))
+      config, vision=dataclasses.replace(config.vision, **bf16),
+      qformer=dataclasses.replace(config.qformer, **bf16),
+      lm=dataclasses.replace(config.lm, **bf16))
   assert loaded.lm.rope_dynamic_factor == 4.0 and loaded.lm.max_positions == 8192
   assert params["lm"]["embed_tokens"]["embedding"].dtype == jnp.bfloat16
-  assert params["vision"]["cls_token"].dtype == np.float32
+  assert params["vision"]["cls_token"].dtype == jnp.bfloat16
   np.testing.assert_array_equal(
       params["up_proj"]["kernel"],
       state_dict["model.stllm_model.up_proj.weight"].T.astype(jnp.bfloat16))

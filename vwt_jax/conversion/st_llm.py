@@ -18,10 +18,14 @@ use and this refuses rather than drop silently). The 7B stays on the host:
 each part is cast to its config's `param_dtype` as it is converted.
 """
 
+import dataclasses
+import json
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
+from etils import epath
 import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 from vwt_jax.conversion import eva_vit
@@ -29,12 +33,12 @@ from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import hf_llama
 from vwt_jax.conversion import qformer
 from vwt_jax.conversion import torch_state as ts
+from vwt_jax.core import files
 from vwt_jax.models import llama_lm
-from vwt_jax.models.eva_vit import EvaViTConfig
-from vwt_jax.models.qformer import QFormerConfig
 from vwt_jax.models.st_llm import STLLMConfig, abstract_params
 
 STLLM_PREFIX = "model.stllm_model."
+SIDECAR_FILE = "st_llm_config.json"
 # ST-LLM's own modules under STLLM_PREFIX, by the part that converts them.
 _VISION = ("visual_encoder.", "ln_vision.")
 _QFORMER = ("Qformer.", "query_tokens", "llama_proj.", "llm_proj.")
@@ -81,24 +85,32 @@ def convert_state_dict(state_dict: Mapping[str, Any], config: STLLMConfig) -> di
   return params
 
 
-def load_vriptor(model_dir: str, *, vision: Optional[EvaViTConfig] = None,
-                 qformer_config: Optional[QFormerConfig] = None, video_input: str = "residual",
-                 residual_size: int = 64, residual_hidden: int = 1024,
+def load_vriptor(model_dir: str, *, dtype: Any = None, param_dtype: Any = None,
                  **lm_overrides) -> tuple[STLLMConfig, dict]:
   """A released-layout folder (config.json + weights) -> (config, params).
 
-  The LLaMA's sizes and RoPE come from config.json; the vision encoder, the
-  Q-Former and the video input are not in the file: the released stage-2
-  model's unless given. `lm_overrides` set LlamaLMConfig layout and precision
-  fields (scan_layers, dtype, param_dtype).
+  The LLaMA's sizes and RoPE come from config.json. The vision encoder, the
+  Q-Former and the video input are not in it: they are the released stage-2
+  model's, or those of the folder's `st_llm_config.json` (`STLLMConfig.to_dict()`
+  without 'lm'), which a model of other sizes carries. `dtype` and
+  `param_dtype` (compute and storage, None = float32) apply to every part;
+  `lm_overrides` set other LlamaLMConfig layout fields (scan_layers, remat).
   """
   hf_config = hf_checkpoint.read_config(model_dir)
+  dtypes = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
   lm = llama_lm.LlamaLMConfig.from_hf_config(
-      hf_config, os.path.join(model_dir, "config.json"), **lm_overrides)
-  config = STLLMConfig(vision=vision or EvaViTConfig(),
-                       qformer=qformer_config or QFormerConfig(), lm=lm,
-                       video_input=video_input, residual_size=residual_size,
-                       residual_hidden=residual_hidden)
+      hf_config, os.path.join(model_dir, "config.json"), **dtypes, **lm_overrides)
+  sidecar = os.path.join(model_dir, SIDECAR_FILE)
+  parts = (json.loads(files.read_text(sidecar)) if epath.Path(sidecar).is_file()
+           else STLLMConfig().to_dict())
+  for part in ("vision", "qformer"):
+    parts[part] = {**parts[part], **{k: jnp.dtype(v).name for k, v in dtypes.items()}}
+  # `llama_proj` maps onto the LLM's width, whatever it is.
+  parts["qformer"]["llm_hidden_size"] = lm.dim
+  try:
+    config = STLLMConfig.from_dict({**parts, "lm": dataclasses.asdict(lm)})
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{sidecar}: {e}") from None
   try:
     return config, convert_state_dict(hf_checkpoint.read_state_dict(model_dir), config)
   except ts.ConversionError as e:

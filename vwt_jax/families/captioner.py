@@ -232,17 +232,26 @@ class CaptionGenerator:
     return [self._answer(row, n) for row, n in zip(tokens, lengths)]
 
   def _answer(self, tokens: np.ndarray, length: int) -> str:
-    """The text of a generated row, up to the end symbol.
+    return decode_answer(self.tokenizer, tokens, length, self.pad_id)
 
-    The stop sequence (the tokens from `length` up to the padding) is decoded
-    too: a merged stop token such as '.###' holds the answer's last
-    characters; the text is then cut at the symbol.
-    """
-    end = length
-    while end < len(tokens) and tokens[end] != self.pad_id:
-      end += 1
-    text = self.tokenizer.decode(tokens[:end].tolist(), skip_special_tokens=True)
-    return captioner_text.strip_end_symbol(text).strip()
+  def default_max_new_tokens(self) -> int:
+    """The run's `text.max_answer_length`, else what max_positions allows."""
+    return self.config.text.get("max_answer_length") or self.cfg.lm.max_positions
+
+
+def decode_answer(tokenizer: tokenizers.Tokenizer, tokens: np.ndarray, length: int,
+                  pad_id: int) -> str:
+  """The text of a generated row (`text_generation.generate`), up to the end symbol.
+
+  The stop sequence (the tokens from `length` up to the padding) is decoded
+  too: a merged stop token such as '.###' holds the answer's last characters;
+  the text is then cut at the symbol.
+  """
+  end = length
+  while end < len(tokens) and tokens[end] != pad_id:
+    end += 1
+  text = tokenizer.decode(tokens[:end].tolist(), skip_special_tokens=True)
+  return captioner_text.strip_end_symbol(text).strip()
 
 
 def load_run(config: Optional[ml_collections.ConfigDict],

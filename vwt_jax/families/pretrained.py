@@ -32,7 +32,8 @@ MIT, APACHE = "MIT", "Apache-2.0"
 class Release:
   name: str
   paper: str
-  kind: str  # 'tokenizer', 'generator', 'teacher', 'text encoder', 'sentence encoder'
+  kind: str  # 'tokenizer', 'generator', 'teacher', 'text encoder', 'sentence encoder',
+  # 'captioner'
   checkpoint: str  # hf://ORG/REPO[/FILE]
   params_m: float  # parameters once converted, millions (one decimal)
   licence: str
@@ -108,6 +109,10 @@ RELEASES = {r.name: r for r in (
     _t2i(1, 256),
     _t2i(2, 512),
     Release("flan-t5-xl", "LlamaGen", "text encoder", "hf://google/flan-t5-xl", 1223.5, APACHE),
+    # ST-LLM in the released layout (`families.st_llm`); its Q-Former reads
+    # bert-base-uncased's vocabulary, fetched from the Hub with it.
+    Release("vriptor-stllm", "Vript", "captioner", "hf://Mutonix/Vriptor-STLLM", 7921.5,
+            APACHE),
     Release("all-minilm-l6-v2", "Vript", "sentence encoder",
             "hf://sentence-transformers/all-MiniLM-L6-v2", 22.6, APACHE),
     Release("all-mpnet-base-v2", "Vript", "sentence encoder",

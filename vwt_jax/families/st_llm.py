@@ -1,0 +1,185 @@
+"""Captioning with the released Vriptor (ST-LLM) weights.
+
+`load(checkpoint)` reads a folder in the released layout (`Mutonix/Vriptor-STLLM`,
+`conversion.st_llm.load_vriptor`), its Vicuna tokenizer (`tokenizer.model`
+with the added '[PAD]') and the Q-Former's bert-base-uncased vocabulary, and
+places the parameters split over the devices. `STLLMCaptionGenerator` then
+captions frames as `python -m vwt_jax.caption` asks any captioner to
+(`stage`, `read_frames`, `caption`, `default_max_new_tokens`):
+
+* frames: one video file gives ST-LLM's inference frames
+  (`frames.seq_frame_indices`, 64 at most: a shorter video gives all of its
+  frames); the clips of a multi-scene window are read as in training
+  ('middle' frames split over the clips). Each frame: shorter side to 224
+  (bicubic), centre crop, CLIP normalisation, as the demo's transform.
+* input: the video tokens, then '</s>' (ST-LLM makes it the BOS) and the
+  prompt as ST-LLM trained it (`formats.model_input` after '<ImageHere>');
+  the Q-Former reads `captioner_text.qformer_instruction` of it, the request
+  without its voice-over, as in training. (The demo's prompt differs by a
+  space and says 'Sample Rate'; it also gives the Q-Former the raw prompt.)
+  A batch's prompts are left-padded in front of the video, so every row keeps
+  the positions it has alone.
+* decoding: greedy or sampled as asked, with the demo's repetition penalty
+  1.5, which also counts the BOS transformers starts its generation from;
+  stops at '###' or '</s>'; the answer is cut at '###' and after
+  'Assistant:' as the demo's `Chat.answer` does.
+"""
+
+import functools
+import os
+from typing import Any, Optional, Sequence
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tokenizers
+
+from vwt_jax.conversion import hf_checkpoint
+from vwt_jax.conversion import st_llm as st_llm_conversion
+from vwt_jax.core import hub
+from vwt_jax.core import sharding as sharding_lib
+from vwt_jax.data import text_tokenizer
+from vwt_jax.data.vript import captioner_text
+from vwt_jax.data.vript import frames as frames_lib
+from vwt_jax.families import captioner as captioner_family
+from vwt_jax.models import llama_lm
+from vwt_jax.models import st_llm
+from vwt_jax.sampling import text_generation
+
+MODEL_TYPE = "st_llm_hf"
+# Where `Blip2Base.init_tokenizer` reads the Q-Former's vocabulary from.
+QFORMER_TOKENIZER = "hf://google-bert/bert-base-uncased"
+NUM_FRAMES = 64  # the demo's `upload_video(..., 64)`
+STAGE = "stage2"  # the released model's prompts
+REPETITION_PENALTY = 1.5  # what the demo's `Chat.answer` forces
+MAX_NEW_TOKENS = 2048  # the demo's
+# `STLLMModel.__init__` with qformer_text_input: '</s>' is the BOS, '[PAD]' is added.
+BOS_TOKEN, PAD_TOKEN = "</s>", "[PAD]"
+
+
+def is_released_layout(path: str) -> bool:
+  """Whether `path` is a folder whose config.json is ST-LLM's (model_type 'st_llm_hf')."""
+  if not epath.Path(os.path.join(path, "config.json")).is_file():
+    return False
+  return hf_checkpoint.read_config(path).get("model_type") == MODEL_TYPE
+
+
+@functools.lru_cache(maxsize=4)
+def _embed_fn(model: st_llm.STLLM):
+  """[video tokens; prompt embeddings] with each row's padding moved in front."""
+
+  def embed(params, frames, text_ids, text_mask, ids, order):
+    video = model.apply({"params": params}, frames, text_ids, text_mask,
+                        method=model.encode_video)
+    prompt = model.apply({"params": params}, ids, method=model.embed)
+    both = jnp.concatenate([video.astype(prompt.dtype), prompt], axis=1)
+    return jnp.take_along_axis(both, order[:, :, None], axis=1)
+
+  return jax.jit(embed)
+
+
+class STLLMCaptionGenerator:
+  """The released Vriptor as `vwt_jax.caption` drives a captioner (module docstring)."""
+  stage = STAGE
+
+  def __init__(self, cfg: st_llm.STLLMConfig, tokenizer: tokenizers.Tokenizer,
+               qformer_tokenizer: tokenizers.Tokenizer, *, num_frames: int = NUM_FRAMES,
+               repetition_penalty: float = REPETITION_PENALTY, bos_id: int = 1):
+    self.cfg = cfg
+    self.model = st_llm.STLLM(cfg)
+    self.tokenizer = tokenizer
+    self.qformer_tokenizer = qformer_tokenizer
+    self.num_frames = num_frames
+    self.repetition_penalty = repetition_penalty
+    # transformers' generation starts from the config's BOS, which the penalty counts.
+    self.generation_bos = bos_id
+    self.bos_id = text_tokenizer.special_id(tokenizer, BOS_TOKEN)
+    self.pad_id = text_tokenizer.special_id(tokenizer, PAD_TOKEN)
+    self.stops = captioner_family.stop_sequences(tokenizer)
+
+  def default_max_new_tokens(self) -> int:
+    return MAX_NEW_TOKENS
+
+  def read_frames(self, paths: Sequence[str]) -> np.ndarray:
+    """float32 (T, 224, 224, 3): one video's inference frames, or a window's clips."""
+    if len(paths) == 1:
+      media = frames_lib.read_media(paths[0])
+      indices = frames_lib.seq_frame_indices(self.num_frames,
+                                             frames_lib.count_frames(paths[0], media))
+      clips = [frames_lib.decode_frames(paths[0], indices, media)]
+    else:
+      clips, _ = frames_lib.read_window(list(paths), self.num_frames, "middle")
+    return frames_lib.normalize(frames_lib.transform_clips(
+        clips, image_size=self.cfg.vision.image_size, train=False))
+
+  def prompt_ids(self, model_input: str) -> list[int]:
+    """'</s>' and the tokens of the prompt after the video."""
+    text = model_input.split("<ImageHere>")[-1]
+    return [self.bos_id] + self.tokenizer.encode(text, add_special_tokens=False).ids
+
+  def caption(self, params: Any, frames: np.ndarray, model_inputs: Sequence[str], *,
+              key: jax.Array, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+              top_p: float = 1.0, prompt_bucket: int = captioner_family.PROMPT_BUCKET
+              ) -> list[str]:
+    """Answers for frames (B, T, H, W, 3) and their prompts (`formats.model_input`)."""
+    encoded = self.qformer_tokenizer.encode_batch(
+        [captioner_text.qformer_instruction(m) for m in model_inputs])
+    text_ids = np.array([e.ids for e in encoded], np.int32)
+    text_mask = np.array([e.attention_mask for e in encoded], np.int32)
+    rows = [self.prompt_ids(m) for m in model_inputs]
+    longest = max(len(r) for r in rows)
+    length = -(-longest // prompt_bucket) * prompt_bucket
+    ids = np.array([[self.pad_id] * (length - len(r)) + r for r in rows], np.int32)
+    video = self.cfg.num_video_tokens(frames.shape[1])
+    # Row r: its padding (prompt slots 0..p-1) first, then the video, then its prompt.
+    pads = [length - len(r) for r in rows]
+    order = np.stack([np.concatenate([video + np.arange(p), np.arange(video),
+                                      video + np.arange(p, length)]) for p in pads])
+    mask = np.arange(video + length)[None, :] >= np.array(pads)[:, None]
+    embeds = _embed_fn(self.model)(params, jnp.asarray(frames), jnp.asarray(text_ids),
+                                   jnp.asarray(text_mask), jnp.asarray(ids),
+                                   jnp.asarray(order, jnp.int32))
+    cache = llama_lm.init_cache(self.cfg.lm, len(rows), video + length + max_new_tokens - 1)
+    penalized = text_generation.penalty_marks([[self.generation_bos]] * len(rows),
+                                              self.cfg.lm.vocab_size)
+    tokens, lengths = text_generation.generate(
+        *text_generation.module_fns(self.model), params, embeds, mask, cache=cache,
+        max_new_tokens=max_new_tokens, key=key, temperature=temperature, top_k=top_k,
+        top_p=top_p, stop_sequences=self.stops, pad_id=self.pad_id,
+        repetition_penalty=self.repetition_penalty, penalized=penalized)
+    tokens, lengths = jax.device_get((tokens, lengths))
+    return [captioner_family.decode_answer(self.tokenizer, row, n, self.pad_id)
+            .split("Assistant:")[-1].strip() for row, n in zip(tokens, lengths)]
+
+
+def load(checkpoint: str, *, qformer_tokenizer: str = QFORMER_TOKENIZER,
+         dtype: Any = None, mesh: Optional[Any] = None) -> tuple[STLLMCaptionGenerator, Any]:
+  """(generator, parameters split over `mesh`) of a released-layout folder.
+
+  `checkpoint` and `qformer_tokenizer` may be `hf://` references. The
+  parameters are converted on the host in `dtype` (also the compute dtype;
+  default bfloat16 on accelerators, float32 on CPUs, whose bfloat16 matrix
+  products are slow) and placed with FSDP over all devices unless a mesh is
+  given.
+  """
+  model_dir = hub.resolve(checkpoint)
+  if not is_released_layout(model_dir):
+    raise ValueError(f"{checkpoint}: not an ST-LLM folder (config.json with model_type "
+                     f"{MODEL_TYPE!r})")
+  if dtype is None:
+    dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+  cfg, params = st_llm_conversion.load_vriptor(model_dir, dtype=dtype, param_dtype=dtype)
+  tokenizer = text_tokenizer.load_tokenizer(model_dir)
+  # ST-LLM adds '[PAD]' after the vocabulary when it loads; a saved tokenizer may lack it.
+  if tokenizer.token_to_id(PAD_TOKEN) is None:
+    tokenizer.add_special_tokens([PAD_TOKEN])
+  # `STLLMModel.max_bert_txt_len`.
+  bert = text_tokenizer.load_qformer_tokenizer(hub.resolve(qformer_tokenizer),
+                                               512 - cfg.qformer.num_query_tokens - 10)
+  bos = hf_checkpoint.read_config(model_dir).get("bos_token_id", 1)
+  mesh = mesh or sharding_lib.create_mesh((1, -1, 1))
+  shardings = sharding_lib.logical_to_sharding(st_llm.abstract_params(cfg), mesh,
+                                               sharding_lib.DEFAULT_LOGICAL_AXIS_RULES)
+  return (STLLMCaptionGenerator(cfg, tokenizer, bert, bos_id=bos),
+          jax.device_put(params, shardings))
