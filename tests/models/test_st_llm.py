@@ -13,13 +13,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
+from jax.sharding import PartitionSpec as P
 import transformers
 
+import helpers
 from vwt_jax.conversion import st_llm as st_llm_conversion
 from vwt_jax.conversion.torch_state import ConversionError
 from vwt_jax.data import text_tokenizer
+from vwt_jax.core import sharding
 from vwt_jax.models import eva_vit, llama_lm, qformer, st_llm
 from vwt_jax.tools import parity_common, parity_vriptor
+from vwt_jax.training import optimizer as optimizer_lib
 
 # The released Mutonix/Vriptor-STLLM: EVA ViT-g with ln_vision 985,897,344, the
 # Q-Former with query tokens and llama_proj 188,834,560, Vicuna-7B with the
@@ -163,3 +167,35 @@ def test_qformer_tokenizer_equals_transformers_bert(tmp_path, text):
   assert [e.ids for e in got] == expected["input_ids"]
   assert [e.attention_mask for e in got] == expected["attention_mask"]
   assert ours.token_to_id("[DEC]") == len(reference) - 1
+
+
+def test_the_released_size_fine_tunes_split_over_eight_devices():
+  """Parameters and AdamW moments of the 7.9B under FSDP 4 x tensor 2 (8 fake
+  devices), the vision encoder and the Q-Former frozen as ST-LLM's recipes
+  freeze them (`llama_proj`, the residual projections and the LLM train)."""
+  boxed = st_llm.abstract_params(st_llm.STLLMConfig())
+  frozen = ("^vision/", "^qformer/(?!llama_proj/)")
+  tx, _ = optimizer_lib.make_optimizer(helpers.load_config("vriptor.py", "stage2").optimizer,
+                                       nn.meta.unbox(boxed), 1000, frozen)
+  state = jax.eval_shape(lambda p: {"params": p, "opt_state": tx.init(p)}, boxed)
+  mesh = sharding.create_mesh((1, 4, 2))
+  # The 32001-row vocabulary splits over fsdp alone (`fit_to_shapes`).
+  shardings = sharding.fit_to_shapes(state, sharding.logical_to_sharding(
+      state, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES))
+  assert shardings["params"]["lm"]["lm_head"]["kernel"].spec == P("fsdp", None)
+
+  def per_device(tree, specs):
+    return sum(int(np.prod(s.shard_shape(x.shape))) for x, s in
+               zip(jax.tree.leaves(nn.meta.unbox(tree)), jax.tree.leaves(specs)))
+
+  params = per_device(state["params"], shardings["params"])
+  moments = per_device(state["opt_state"], shardings["opt_state"])
+  # Every weight is split 8 ways but the embedding and lm_head (4 ways: 32001
+  # rows do not split in 2) and the norms and biases (whole, under 1 %).
+  vocab = 2 * 32001 * 4096
+  assert RELEASED_PARAMS / 8 <= params < (1.01 * RELEASED_PARAMS + vocab) / 8
+  trainable = RELEASED_PARAMS - 985_897_344 - (188_834_560 - 768 * 4096 - 4096)
+  # Two moments of each trainable weight, none of the frozen ones.
+  assert 2 * trainable / 8 <= moments < 2 * (1.01 * trainable + vocab) / 8
+  # float32 weights and moments: 11 GB of each device's memory, against 86 GB on one.
+  assert 4 * (params + moments) < 11.2e9

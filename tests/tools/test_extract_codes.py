@@ -102,12 +102,18 @@ class _CorruptEveryFifth:
     return record
 
 
-def test_views_land_in_order_and_corrupt_images_are_skipped(run, tmp_path, monkeypatch):
-  config = run[0]
-  monkeypatch.setattr(tokenizer_lib, "load_tokenizer", _top_left_pixels)
+@pytest.fixture
+def every_fifth_corrupt(monkeypatch):
+  """Sources whose records 0, 5, 10, ... do not decode (named 'shapes')."""
   open_source = pipeline.open_source
   monkeypatch.setattr(pipeline, "open_source",
                       lambda c, s: (_CorruptEveryFifth(open_source(c, s)[0]), "shapes"))
+
+
+@pytest.mark.usefixtures("every_fifth_corrupt")
+def test_views_land_in_order_and_corrupt_images_are_skipped(run, tmp_path, monkeypatch):
+  config = run[0]
+  monkeypatch.setattr(tokenizer_lib, "load_tokenizer", _top_left_pixels)
   out = str(tmp_path / "codes")
   summary = extract.extract_codes(config, "unused", out, split="train[:30]", views="ten_crop",
                                   crop_range=1.3, batch_size=5)
@@ -241,12 +247,10 @@ def _files(folder):
   return found
 
 
-def test_two_processes_write_the_files_one_writes(run, tmp_path, monkeypatch, caplog):
+@pytest.mark.usefixtures("every_fifth_corrupt")
+def test_two_processes_write_the_files_one_writes(run, tmp_path, caplog):
   _, workdir, _, _ = run
   config = common.run_config(workdir)
-  open_source = pipeline.open_source
-  monkeypatch.setattr(pipeline, "open_source",
-                      lambda c, s: (_CorruptEveryFifth(open_source(c, s)[0]), "shapes"))
   # 20 records in shards of 3 (the last of 2); batches of 4 straddle them.
   kwargs = dict(split="train[:20]", views="flip", batch_size=4, shard_size=3)
   one = extract.extract_codes(config, workdir, str(tmp_path / "one"), **kwargs)
@@ -283,12 +287,10 @@ def test_two_processes_write_the_files_one_writes(run, tmp_path, monkeypatch, ca
     extract.extract_codes(config, workdir, two, process_index=2, process_count=2, **kwargs)
 
 
+@pytest.mark.usefixtures("every_fifth_corrupt")
 def test_a_shard_of_corrupt_records_only_has_no_file(run, tmp_path, monkeypatch):
   config = run[0]
   monkeypatch.setattr(tokenizer_lib, "load_tokenizer", _top_left_pixels)
-  open_source = pipeline.open_source
-  monkeypatch.setattr(pipeline, "open_source",
-                      lambda c, s: (_CorruptEveryFifth(open_source(c, s)[0]), "shapes"))
   out = str(tmp_path / "codes")
   summary = extract.extract_codes(config, "unused", out, split="train[:7]", views="center",
                                   batch_size=2, shard_size=1)

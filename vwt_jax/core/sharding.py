@@ -98,6 +98,23 @@ def logical_to_sharding(tree: Any, mesh: Mesh, rules) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, normalize_rules(rules))
 
 
+def fit_to_shapes(tree: Any, shardings: Any) -> Any:
+  """`shardings` of the (possibly boxed) abstract `tree`, each mesh axis that
+  does not divide its dimension dropped, so that dimension stays whole: a
+  vocabulary of 32001 rows (LLaMA's 32000 and an added '[PAD]') cannot be
+  split two ways."""
+
+  def fit(x, sharding):
+    spec = list(sharding.spec) + [None] * (len(x.shape) - len(sharding.spec))
+    for dim, axes in enumerate(spec):
+      names = axes if isinstance(axes, tuple) else (axes,)
+      if axes is not None and x.shape[dim] % np.prod([sharding.mesh.shape[n] for n in names]):
+        spec[dim] = None
+    return NamedSharding(sharding.mesh, P(*spec))
+
+  return jax.tree.map(fit, nn.meta.unbox(tree), shardings)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 

@@ -179,7 +179,8 @@ def load(checkpoint: str, *, qformer_tokenizer: str = QFORMER_TOKENIZER,
                                                512 - cfg.qformer.num_query_tokens - 10)
   bos = hf_checkpoint.read_config(model_dir).get("bos_token_id", 1)
   mesh = mesh or sharding_lib.create_mesh((1, -1, 1))
-  shardings = sharding_lib.logical_to_sharding(st_llm.abstract_params(cfg), mesh,
-                                               sharding_lib.DEFAULT_LOGICAL_AXIS_RULES)
+  abstract = st_llm.abstract_params(cfg)
+  shardings = sharding_lib.fit_to_shapes(abstract, sharding_lib.logical_to_sharding(
+      abstract, mesh, sharding_lib.DEFAULT_LOGICAL_AXIS_RULES))
   return (STLLMCaptionGenerator(cfg, tokenizer, bert, bos_id=bos),
           jax.device_put(params, shardings))
