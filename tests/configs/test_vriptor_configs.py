@@ -15,9 +15,11 @@ from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import hf_llama
 from vwt_jax.core import sharding
 from vwt_jax.families import captioner as captioner_family
+from vwt_jax.families import st_llm as st_llm_family
 from vwt_jax.models import captioner as captioner_lib
 from vwt_jax.models import llama_lm
 from vwt_jax.training import captioner
+from vwt_jax.training import st_llm
 
 # Every LM and vision-tower matrix of at least this many elements must be split
 # over both 'fsdp' and 'tensor' (the smaller ones: patch and position embeddings).
@@ -112,3 +114,23 @@ def test_7b_parameters_shard_over_fsdp_and_tensor():
   assert name == "lm/layers/attention/wqkv/kernel" and shard_size * 8 == size
   # Only norms and biases are replicated.
   assert per_device * 8 <= total * 4 * 1.01
+
+
+def test_st_llm_stages_follow_vriptors_stllm_configs():
+  """`vriptor_stllm_stage{1,2}.yaml` with `STLLMForCausalLM.from_config`'s RoPE."""
+  s1, s2 = (load_config("vriptor.py", f"{s},arch=st_llm") for s in ("stage1", "stage2"))
+  for c, frames, residual, positions, factor, answers in (
+      (s1, 64, 16, 2048, 1.0, 1024), (s2, 256, 64, 8192, 4.0, 4096)):
+    cfg = st_llm_family.model_config(c)
+    assert (c.family, c.data.num_frames, cfg.residual_size, cfg.video_input) == (
+        "st_llm", frames, residual, "residual")
+    assert (cfg.lm.max_positions, cfg.lm.rope_dynamic_factor, cfg.lm.vocab_size) == (
+        positions, factor, 32001)
+    assert (c.text.max_length, c.text.max_answer_length) == (positions, answers)
+    assert tuple(c.train.freeze) == ("vision", "qformer")
+    assert (c.optimizer.lr, c.optimizer.schedule, c.data.image_size) == (2e-5, "constant", 224)
+    # The video tokens, a prompt and the longest answer fit the positions.
+    assert cfg.num_video_tokens(frames) + answers < positions
+  assert importlib.import_module(families.get(s1.family).TRAINER).train is st_llm.train
+  with pytest.raises(ValueError, match="arch='blip2'"):
+    load_config("vriptor.py", "stage1,arch=blip2")

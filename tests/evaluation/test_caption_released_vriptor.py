@@ -11,32 +11,13 @@ from huggingface_hub import constants
 import jax
 import numpy as np
 import pytest
-import safetensors.numpy
-import tokenizers
-from tokenizers import models
-from tokenizers import pre_tokenizers
 
 import helpers
 from vwt_jax import caption
-from vwt_jax.conversion import st_llm as st_llm_conversion
 from vwt_jax.families import pretrained
 from vwt_jax.families import st_llm as st_llm_family
-from vwt_jax.tools import parity_common, parity_vriptor
 
 MAX_NEW = 6
-
-
-def _llama_tokenizer(path):
-  """A word-level stand-in for Vicuna's tokenizer over the tiny LLM's 119 ids
-  ('[PAD]' comes as the 120th, as ST-LLM adds it)."""
-  words = ["###", "Human", ":", "Assistant", "Describe", "the", "video", "in", "detail",
-           "scene", "by", "(", ")", "Duration", "Sampling", "Rate", "[", "]", ",", "."]
-  vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>"] + words +
-                                      [f"w{i}" for i in range(119 - 3 - len(words))])}
-  tokenizer = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-  tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-  tokenizer.add_special_tokens(["<unk>", "<s>", "</s>"])
-  tokenizer.save(path)
 
 
 def _short_video(path, num_frames=20):
@@ -55,21 +36,13 @@ def _short_video(path, num_frames=20):
 @pytest.fixture
 def released(fixtures_dir, tmp_path, monkeypatch):
   """A Hub cache holding the tiny Vriptor and bert-base-uncased's stand-in, offline."""
-  vriptor = os.path.join(fixtures_dir, "vriptor")
   folder = tmp_path / "Vriptor-STLLM"
-  folder.mkdir()
-  shutil.copy(os.path.join(vriptor, "stllm_llm_config.json"), folder / "config.json")
-  state_dict = parity_common.load_arrays(vriptor, "stllm_state_dict.npz")
-  safetensors.numpy.save_file(dict(state_dict), str(folder / "model.safetensors"))
-  sizes = parity_vriptor.stllm_config(vriptor).to_dict()
-  del sizes["lm"]
-  (folder / st_llm_conversion.SIDECAR_FILE).write_text(json.dumps(sizes))
-  _llama_tokenizer(str(folder / "tokenizer.json"))
+  names = helpers.released_stllm_folder(fixtures_dir, str(folder))
   cache = str(tmp_path / "hub")
   repo = pretrained.get("vriptor-stllm").checkpoint.removeprefix("hf://")
-  helpers.hub_cache(cache, repo, {name: str(folder / name) for name in os.listdir(folder)})
+  helpers.hub_cache(cache, repo, {name: str(folder / name) for name in names})
   helpers.hub_cache(cache, st_llm_family.QFORMER_TOKENIZER.removeprefix("hf://"),
-                    {"vocab.txt": os.path.join(vriptor, "stllm_bert_vocab.txt")})
+                    {"vocab.txt": os.path.join(fixtures_dir, "vriptor", "stllm_bert_vocab.txt")})
   monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
   monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
   return pretrained.get("vriptor-stllm").checkpoint

@@ -15,7 +15,7 @@ A family module (`get(config.family)`) offers
 import importlib
 import types
 
-FAMILIES = ("titok", "vqgan", "gpt", "maskgit", "captioner")
+FAMILIES = ("titok", "vqgan", "gpt", "maskgit", "captioner", "st_llm")
 
 
 def get(name: str) -> types.ModuleType:

@@ -1,4 +1,7 @@
-"""Captioning with the released Vriptor (ST-LLM) weights.
+"""ST-LLM, the released Vriptor's architecture: fine-tuning runs and captioning.
+
+`model_config(config)` is the `STLLMConfig` of a run config (`configs/vriptor.py`
+with `arch=st_llm`, trained by `training/st_llm.py`).
 
 `load(checkpoint)` reads a folder in the released layout (`Mutonix/Vriptor-STLLM`,
 `conversion.st_llm.load_vriptor`), its Vicuna tokenizer (`tokenizer.model`
@@ -43,10 +46,14 @@ from vwt_jax.data import text_tokenizer
 from vwt_jax.data.vript import captioner_text
 from vwt_jax.data.vript import frames as frames_lib
 from vwt_jax.families import captioner as captioner_family
+from vwt_jax.families import common
+from vwt_jax.models import eva_vit
 from vwt_jax.models import llama_lm
+from vwt_jax.models import qformer
 from vwt_jax.models import st_llm
 from vwt_jax.sampling import text_generation
 
+TRAINER = "vwt_jax.training.st_llm"
 MODEL_TYPE = "st_llm_hf"
 # Where `Blip2Base.init_tokenizer` reads the Q-Former's vocabulary from.
 QFORMER_TOKENIZER = "hf://google-bert/bert-base-uncased"
@@ -56,6 +63,23 @@ REPETITION_PENALTY = 1.5  # what the demo's `Chat.answer` forces
 MAX_NEW_TOKENS = 2048  # the demo's
 # `STLLMModel.__init__` with qformer_text_input: '</s>' is the BOS, '[PAD]' is added.
 BOS_TOKEN, PAD_TOKEN = "</s>", "[PAD]"
+
+
+def model_config(config) -> st_llm.STLLMConfig:
+  """`STLLMConfig(**config.model)`; `vision`, `qformer` and `lm` hold their
+  dataclasses' fields, in the run's dtypes."""
+  kw = common.dtypes(config)
+  m = config.model
+  parts = {"vision": eva_vit.EvaViTConfig, "qformer": qformer.QFormerConfig,
+           "lm": llama_lm.LlamaLMConfig}
+  return common.from_fields(
+      st_llm.STLLMConfig, {k: v for k, v in m.items() if k not in parts},
+      **{k: common.from_fields(cls, m[k], f"config.model.{k}", **kw)
+         for k, cls in parts.items()})
+
+
+def build(cfg: st_llm.STLLMConfig) -> st_llm.STLLM:
+  return st_llm.STLLM(cfg)
 
 
 def is_released_layout(path: str) -> bool:

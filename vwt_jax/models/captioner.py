@@ -133,6 +133,16 @@ def check_visual_slots(visual: Any, num_tokens: int) -> None:
                      f"frames give {num_tokens} visual tokens per row")
 
 
+def fill_visual_slots(embeds: jax.Array, tokens: jax.Array, visual: jax.Array) -> jax.Array:
+  """Token embeddings (B, S, D) whose k-th `visual` (B, S) slot of a row holds
+  the row's k-th visual token of `tokens` (B, V, D)."""
+  visual = visual.astype(bool)
+  # Slot -> index of its visual token; text slots gather an unused token.
+  index = jnp.clip(jnp.cumsum(visual, axis=1) - 1, 0, tokens.shape[1] - 1)
+  picked = jnp.take_along_axis(tokens, index[..., None], axis=1)
+  return jnp.where(visual[..., None], picked.astype(embeds.dtype), embeds)
+
+
 class Captioner(nn.Module):
   """Frames + token ids with visual slots -> next-token logits (see module docstring)."""
   config: CaptionerConfig
@@ -177,13 +187,7 @@ class Captioner(nn.Module):
     if num_tokens > ids.shape[1]:
       raise ValueError(f"{num_tokens} visual tokens do not fit sequences of {ids.shape[1]}")
     check_visual_slots(visual, num_tokens)
-    tokens = self.encode_frames(frames)
-    embeds = self.lm.embed(ids)
-    visual = visual.astype(bool)
-    # Slot -> index of its visual token; text slots gather an unused token.
-    index = jnp.clip(jnp.cumsum(visual, axis=1) - 1, 0, num_tokens - 1)
-    picked = jnp.take_along_axis(tokens, index[..., None], axis=1)
-    return jnp.where(visual[..., None], picked.astype(embeds.dtype), embeds)
+    return fill_visual_slots(self.lm.embed(ids), self.encode_frames(frames), visual)
 
   def __call__(self, frames: jax.Array, ids: jax.Array, visual: jax.Array,
                attention: Optional[jax.Array] = None, *,

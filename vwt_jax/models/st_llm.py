@@ -22,6 +22,7 @@ nothing to the frames.
 """
 
 import dataclasses
+import json
 from typing import Any, Mapping, Optional
 
 import flax.linen as nn
@@ -29,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vwt_jax.models import captioner
 from vwt_jax.models import eva_vit as eva_vit_lib
 from vwt_jax.models import layers
 from vwt_jax.models import llama_lm
@@ -95,6 +97,9 @@ class STLLMConfig:
             "video_input": self.video_input, "residual_size": self.residual_size,
             "residual_hidden": self.residual_hidden}
 
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2)
+
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "STLLMConfig":
     def typed(part_cls, part):
@@ -114,8 +119,8 @@ class STLLM(nn.Module):
   """Frames and instruction -> video tokens; video tokens and prompt -> LLaMA.
 
   `encode_video` gives the video tokens, `embed` the prompt's embeddings;
-  `__call__` scores a whole [video; prompt] sequence, `prefill`/`decode` run
-  it through a KV cache (`sampling.text_generation`).
+  `__call__` scores a training sequence, `prefill`/`decode` run a [video;
+  prompt] sequence through a KV cache (`sampling.text_generation`).
   """
   config: STLLMConfig
 
@@ -158,9 +163,17 @@ class STLLM(nn.Module):
     """Prompt token ids (B, S) -> the LLaMA's embeddings (B, S, D)."""
     return self.lm.embed(ids)
 
-  def __call__(self, inputs_embeds: jax.Array, attn_mask: Optional[jax.Array] = None):
-    """`LlamaLM.__call__` on a [video; prompt] sequence of embeddings."""
-    return self.lm(inputs_embeds=inputs_embeds, attn_mask=attn_mask)
+  def __call__(self, frames: jax.Array, ids: jax.Array, visual: jax.Array,
+               text_ids: jax.Array, text_mask: jax.Array, *,
+               train: bool = False) -> tuple[jax.Array, dict[str, Any]]:
+    """Next-token logits (B, S, vocab) float32 of a training sequence, as the
+    captioner lays it out (`captioner_text.encode_batch`): the video tokens in
+    the `visual` (B, S) slots, the Q-Former reading `text_ids` / `text_mask`
+    (B, L), the instruction. Right-padded rows need no mask beyond the causal one."""
+    video = self.encode_video(frames, text_ids, text_mask)
+    captioner.check_visual_slots(visual, video.shape[1])
+    embeds = captioner.fill_visual_slots(self.lm.embed(ids), video, visual)
+    return self.lm(inputs_embeds=embeds, train=train)
 
   def prefill(self, inputs_embeds: jax.Array, cache: Any, *, mask: Optional[jax.Array] = None):
     return self.lm.prefill(inputs_embeds, cache, mask=mask)
@@ -170,14 +183,19 @@ class STLLM(nn.Module):
     return self.lm.decode(token, position, cache, mask=mask)
 
 
-def _every_part(module: STLLM, frames, ids, embeds):
-  return module.encode_video(frames, ids, ids), module.embed(ids), module(embeds)
+def init_inputs(config: STLLMConfig) -> tuple[jax.Array, ...]:
+  """Small zero (frames, ids, visual, text_ids, text_mask) for `STLLM.init`:
+  one frame, its video tokens first in the sequence; the parameters depend on
+  neither the frame count nor the lengths."""
+  size, channels = config.vision.image_size, config.vision.num_channels
+  video = config.num_video_tokens(1)
+  frames = jnp.zeros((1, 1, size, size, channels), jnp.float32)
+  ids = jnp.zeros((1, video + 1), jnp.int32)
+  visual = jnp.arange(video + 1)[None] < video
+  text = jnp.ones((1, 4), jnp.int32)
+  return frames, ids, visual, text, text
 
 
 def abstract_params(config: STLLMConfig) -> Any:
   """The boxed parameter tree of `STLLM(config)`, by shape only."""
-  size, channels = config.vision.image_size, config.vision.num_channels
-  frames = jax.ShapeDtypeStruct((1, 1, size, size, channels), jnp.float32)
-  ids = jax.ShapeDtypeStruct((1, 4), jnp.int32)
-  embeds = jax.ShapeDtypeStruct((1, 2, config.lm.dim), jnp.float32)
-  return layers.abstract_params(STLLM(config), frames, ids, embeds, method=_every_part)
+  return layers.abstract_params(STLLM(config), *init_inputs(config))

@@ -183,7 +183,7 @@ def stllm_results(fixture_dir: str) -> list[Result]:
     video = module.encode_video(frames, ids[:1], mask[:1])
     embeds = jnp.concatenate([video, module.embed(question)], axis=1)
     return (features, aux["query_output"], module.encode_frames(frames, ids[:1], mask[:1])[0],
-            video, embeds, module(embeds)[0])
+            video, embeds, module.lm(inputs_embeds=embeds)[0])
 
   variables = {"params": params}
   with jax.default_matmul_precision("highest"):

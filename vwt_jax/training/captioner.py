@@ -39,6 +39,7 @@ of the samples in record order (Vript has no held-out split).
 
 import math
 import os
+import re
 from typing import Any, Callable, Optional
 
 from absl import logging
@@ -63,6 +64,7 @@ from vwt_jax.families import captioner as captioner_family
 from vwt_jax.losses import classification
 from vwt_jax.models import captioner as captioner_lib
 from vwt_jax.training import loop
+from vwt_jax.training import optimizer as optimizer_lib
 from vwt_jax.training import trainer as trainer_lib
 
 TOKENIZER_FILE = captioner_family.TOKENIZER_FILE
@@ -138,7 +140,7 @@ def prepare_tokenizer(config: ml_collections.ConfigDict, workdir: str,
     tokenizer, source = text_tokenizer.load_tokenizer(config.tokenizer.path), config.tokenizer.path
   elif previous is not None and previous.exists():
     tokenizer, source = _read_tokenizer(previous), str(previous)
-  elif config.init.llm_dir:
+  elif config.init.get("llm_dir"):
     tokenizer, source = text_tokenizer.load_tokenizer(config.init.llm_dir), config.init.llm_dir
   else:
     texts = tokenizer_texts(samples() if samples else training_samples(config.data))
@@ -189,22 +191,32 @@ class _EncodedIterator(grain.DatasetIterator):
 
 
 class CaptionerTrainer(trainer_lib.Trainer):
-  """The captioner's data, tokenizer, freezing and answer-token loss on the generic trainer."""
+  """The captioner's data, tokenizer, freezing and answer-token loss on the generic trainer.
+
+  A model of another architecture on the same data and loss (`training.st_llm`)
+  overrides the model hooks: `FREEZABLE`, `MODEL_CONFIG_FILE`, `build_model`,
+  `init_inputs`, `num_visual_tokens`, `extra_inputs`, `logits`,
+  `pretrained_params` and `title`.
+  """
+  # Name -> the parameter paths (regex) of each part `config.train.freeze` may name.
+  FREEZABLE = {p: f"^{p}/" for p in PARTS}
+  MODEL_CONFIG_FILE = MODEL_CONFIG_FILE
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: str, mesh=None):
     if config.ema_decay:
       raise ValueError("config.ema_decay: the captioner trainer keeps no EMA; set it to 0")
-    unknown = sorted(set(config.train.freeze) - set(PARTS))
+    unknown = sorted(set(config.train.freeze) - set(self.FREEZABLE))
     if unknown:
-      raise ValueError(f"config.train.freeze has {unknown}; parts are {PARTS}")
+      raise ValueError(f"config.train.freeze has {unknown}; parts are {tuple(self.FREEZABLE)}")
     super().__init__(config, workdir, mesh)
     self.frozen_parts = tuple(config.train.freeze)
+    self._frozen = (re.compile("|".join(self.FREEZABLE[p] for p in self.frozen_parts))
+                    if self.frozen_parts else None)
     prepare_synthetic_data(config)
     self._samples = None
     self.tokenizer, source = prepare_tokenizer(config, workdir, self.samples)
     logging.info("tokenizer: %s", source)
-    self.cfg = captioner_family.model_config(config)
-    self.model = captioner_family.build(self.cfg)
+    self.cfg, self.model = self.build_model()
     self._check_sizes()
     if not config.total_steps:
       config.total_steps = self._epoch_steps()
@@ -216,12 +228,12 @@ class CaptionerTrainer(trainer_lib.Trainer):
     if config.eval.batch_size % dp:
       raise ValueError(f"eval.batch_size={config.eval.batch_size} must divide evenly over "
                        f"{dp} data-parallel devices")
-    self.setup_state(tuple(f"^{p}/" for p in self.frozen_parts))
+    self.setup_state(tuple(self.FREEZABLE[p] for p in self.frozen_parts))
     self._eval_step = jax.jit(
         self._eval_step_fn, in_shardings=(self.param_shardings, self.batch_sharding),
         out_shardings=self.replicated)
     if jax.process_index() == 0:
-      files.write_text(epath.Path(workdir) / MODEL_CONFIG_FILE, self.cfg.to_json())
+      files.write_text(epath.Path(workdir) / self.MODEL_CONFIG_FILE, self.cfg.to_json())
     abstract = nn.meta.unbox(self.abstract_state()["params"])
     counts = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v))
               for k, v in abstract.items()}
@@ -229,9 +241,30 @@ class CaptionerTrainer(trainer_lib.Trainer):
                  {k: f"{v / 1e6:.1f}M" for k, v in counts.items()},
                  self.frozen_parts or "nothing", self.num_visual_tokens, config.text.max_length)
 
+  def build_model(self) -> tuple[Any, nn.Module]:
+    """(model config, Flax module) of `self.config`."""
+    cfg = captioner_family.model_config(self.config)
+    return cfg, captioner_family.build(cfg)
+
+  def init_inputs(self) -> tuple[jax.Array, ...]:
+    """Small inputs `init_params` builds the parameters from."""
+    return captioner_lib.init_inputs(self.cfg)
+
   @property
   def num_visual_tokens(self) -> int:
     return self.cfg.num_visual_tokens()
+
+  def extra_inputs(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Device-batch entries beyond `BATCH_KEYS` (none for the captioner)."""
+    del batch
+    return {}
+
+  def logits(self, params, batch, train: bool, rng) -> jax.Array:
+    """Next-token logits (B, S, vocab) of a device batch."""
+    logits, _ = self.model.apply(
+        {"params": params}, batch["frames"], batch["ids"], batch["visual"], train=train,
+        rngs={"dropout": rng} if train else None)
+    return logits
 
   def samples(self) -> list:
     """The training samples (loaded once)."""
@@ -275,7 +308,8 @@ class CaptionerTrainer(trainer_lib.Trainer):
     # The tower casts frames to the compute dtype first, so casting here only
     # halves the host-to-device traffic under bfloat16.
     frames = np.asarray(batch["frames"]).astype(jnp.dtype(self.config.compute_dtype))
-    return {"frames": frames, **{k: text[k] for k in BATCH_KEYS[1:]}}
+    return {"frames": frames, **{k: text[k] for k in BATCH_KEYS[1:]},
+            **self.extra_inputs(batch)}
 
   def _dataset(self, train: bool, batch_size: int):
     count = jax.process_count()
@@ -292,7 +326,7 @@ class CaptionerTrainer(trainer_lib.Trainer):
   # -- state, loss ---------------------------------------------------------------
 
   def init_params(self, rng):
-    return self.model.init(rng, *captioner_lib.init_inputs(self.cfg))["params"]
+    return self.model.init(rng, *self.init_inputs())["params"]
 
   def pretrained_params(self) -> dict[str, Any]:
     """The parts `init_from` and `config.init`'s directories provide (host arrays)."""
@@ -317,11 +351,11 @@ class CaptionerTrainer(trainer_lib.Trainer):
 
   def _loss(self, params, batch, rng, train: bool, num_tokens=None):
     # Frozen parts are constants of the loss: no gradient is computed for them.
-    params = {k: jax.lax.stop_gradient(v) if k in self.frozen_parts else v
-              for k, v in params.items()}
-    logits, _ = self.model.apply(
-        {"params": params}, batch["frames"], batch["ids"], batch["visual"], train=train,
-        rngs={"dropout": rng} if train else None)
+    if self._frozen is not None:
+      params = jax.tree_util.tree_map_with_path(
+          lambda path, x: (jax.lax.stop_gradient(x)
+                           if self._frozen.search(optimizer_lib.path_name(path)) else x), params)
+    logits = self.logits(params, batch, train, rng)
     return answer_token_loss(logits, batch["targets"], batch["loss_mask"], num_tokens)
 
   def loss(self, params, batch, rng, context, frozen):
@@ -345,7 +379,7 @@ class CaptionerTrainer(trainer_lib.Trainer):
   def summary_notes(self, result):
     del result
     return [f"tokenizer: {os.path.join(self.workdir, TOKENIZER_FILE)}",
-            f"model config: {os.path.join(self.workdir, MODEL_CONFIG_FILE)}",
+            f"model config: {os.path.join(self.workdir, self.MODEL_CONFIG_FILE)}",
             f"frozen: {', '.join(self.frozen_parts) or 'nothing'}"]
 
   def evaluate(self, state, step: int, writer) -> dict[str, float]:
