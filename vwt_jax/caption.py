@@ -79,6 +79,7 @@ from vwt_jax.data.vript import frames as frames_lib
 from vwt_jax.data.vript import schema
 from vwt_jax.evaluation import vript_hal
 from vwt_jax.families import captioner as captioner_family
+from vwt_jax.families import common
 from vwt_jax.families import pretrained
 from vwt_jax.families import st_llm as st_llm_family
 
@@ -460,10 +461,14 @@ def score(rows: Sequence[dict[str, Any]], scorer: vript_hal.HalScorer) -> dict[s
 
 
 def load_captioner(config: Optional[ml_collections.ConfigDict], checkpoint: str):
-  """(generator, params): a captioner run folder, or Vriptor weights in the
-  released ST-LLM layout (a folder or `hf://`, `families.st_llm`)."""
+  """(generator, params): a captioner run folder, a run fine-tuning ST-LLM,
+  or Vriptor weights in the released ST-LLM layout (a folder or `hf://`,
+  `families.st_llm`)."""
   if hub.is_hub(checkpoint) or st_llm_family.is_released_layout(checkpoint):
     return st_llm_family.load(checkpoint)
+  config = config or common.run_config(checkpoint)
+  if config.family == "st_llm":
+    return st_llm_family.load_run(config, checkpoint)
   return captioner_family.load_run(config, checkpoint)
 
 

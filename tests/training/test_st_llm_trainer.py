@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import helpers
+from vwt_jax import caption
 from vwt_jax import config_common
 from vwt_jax.conversion import st_llm as st_llm_conversion
 from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax.families import common
 from vwt_jax.tools import parity_common, parity_vriptor
 from vwt_jax.training import loop
 from vwt_jax.training import st_llm
@@ -69,6 +71,19 @@ def test_the_loss_falls_and_the_frozen_parts_stay(run):
                             after["qformer"]["llama_proj"]["kernel"])
   with open(os.path.join(workdir, st_llm.STLLMTrainer.MODEL_CONFIG_FILE)) as f:
     assert json.load(f)["residual_size"] == 4
+
+
+def test_the_run_captions_videos(run, tmp_path):
+  trainer, workdir, _ = run
+  common.save_config(trainer.config, workdir)  # as `vwt_jax.main` does
+  gen, _ = caption.load_captioner(None, workdir)
+  assert (gen.stage, gen.num_frames, gen.repetition_penalty) == ("stage1", 2, 1.0)
+  result = caption.run(trainer.config.data.root, workdir, output_dir=str(tmp_path / "out"),
+                       max_new_tokens=4, batch_size=4)
+  with open(result["predictions"], encoding="utf-8") as f:
+    rows = [json.loads(line) for line in f]
+  # Every captioned clip of the 2 videos, with its ground truth.
+  assert len(rows) == result["num_clips"] == 4 and all("gt" in r for r in rows)
 
 
 def test_a_released_layout_folder_initialises_the_run(fixtures_dir, tmp_path):

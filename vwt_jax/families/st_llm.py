@@ -29,6 +29,7 @@ captions frames as `python -m vwt_jax.caption` asks any captioner to
 """
 
 import functools
+import json
 import os
 from typing import Any, Optional, Sequence
 
@@ -40,6 +41,8 @@ import tokenizers
 
 from vwt_jax.conversion import hf_checkpoint
 from vwt_jax.conversion import st_llm as st_llm_conversion
+from vwt_jax.core import checkpoint as checkpoint_lib
+from vwt_jax.core import files
 from vwt_jax.core import hub
 from vwt_jax.core import sharding as sharding_lib
 from vwt_jax.data import text_tokenizer
@@ -54,6 +57,9 @@ from vwt_jax.models import st_llm
 from vwt_jax.sampling import text_generation
 
 TRAINER = "vwt_jax.training.st_llm"
+# A fine-tuning run's model config and tokenizer, next to its checkpoints.
+MODEL_CONFIG_FILE = "st_llm_config.json"
+TOKENIZER_FILE = captioner_family.TOKENIZER_FILE
 MODEL_TYPE = "st_llm_hf"
 # Where `Blip2Base.init_tokenizer` reads the Q-Former's vocabulary from.
 QFORMER_TOKENIZER = "hf://google-bert/bert-base-uncased"
@@ -104,30 +110,38 @@ def _embed_fn(model: st_llm.STLLM):
 
 
 class STLLMCaptionGenerator:
-  """The released Vriptor as `vwt_jax.caption` drives a captioner (module docstring)."""
-  stage = STAGE
+  """ST-LLM as `vwt_jax.caption` drives a captioner: the released Vriptor
+  (`load`, as the module docstring describes), or a fine-tuning run
+  (`load_run`: its stage, frames, tokens and layout, no repetition penalty)."""
 
   def __init__(self, cfg: st_llm.STLLMConfig, tokenizer: tokenizers.Tokenizer,
-               qformer_tokenizer: tokenizers.Tokenizer, *, num_frames: int = NUM_FRAMES,
-               repetition_penalty: float = REPETITION_PENALTY, bos_id: int = 1):
+               qformer_tokenizer: tokenizers.Tokenizer, *, stage: str = STAGE,
+               num_frames: int = NUM_FRAMES, inference_frames: bool = True,
+               repetition_penalty: float = REPETITION_PENALTY, bos_id: Optional[int] = 1,
+               bos_token: str = BOS_TOKEN, pad_token: str = PAD_TOKEN,
+               max_new_tokens: int = MAX_NEW_TOKENS):
     self.cfg = cfg
     self.model = st_llm.STLLM(cfg)
     self.tokenizer = tokenizer
     self.qformer_tokenizer = qformer_tokenizer
+    self.stage = stage
     self.num_frames = num_frames
+    self.inference_frames = inference_frames
     self.repetition_penalty = repetition_penalty
     # transformers' generation starts from the config's BOS, which the penalty counts.
     self.generation_bos = bos_id
-    self.bos_id = text_tokenizer.special_id(tokenizer, BOS_TOKEN)
-    self.pad_id = text_tokenizer.special_id(tokenizer, PAD_TOKEN)
+    self.bos_id = text_tokenizer.special_id(tokenizer, bos_token)
+    self.pad_id = text_tokenizer.special_id(tokenizer, pad_token)
     self.stops = captioner_family.stop_sequences(tokenizer)
+    self.max_new_tokens = max_new_tokens
 
   def default_max_new_tokens(self) -> int:
-    return MAX_NEW_TOKENS
+    return self.max_new_tokens
 
   def read_frames(self, paths: Sequence[str]) -> np.ndarray:
-    """float32 (T, 224, 224, 3): one video's inference frames, or a window's clips."""
-    if len(paths) == 1:
+    """float32 (T, H, W, 3): one video's inference frames (released model), or
+    the 'middle' frames split over the clips as training reads them."""
+    if len(paths) == 1 and self.inference_frames:
       media = frames_lib.read_media(paths[0])
       indices = frames_lib.seq_frame_indices(self.num_frames,
                                              frames_lib.count_frames(paths[0], media))
@@ -165,8 +179,9 @@ class STLLMCaptionGenerator:
                                    jnp.asarray(text_mask), jnp.asarray(ids),
                                    jnp.asarray(order, jnp.int32))
     cache = llama_lm.init_cache(self.cfg.lm, len(rows), video + length + max_new_tokens - 1)
-    penalized = text_generation.penalty_marks([[self.generation_bos]] * len(rows),
-                                              self.cfg.lm.vocab_size)
+    penalized = text_generation.penalty_marks(
+        [[self.generation_bos] if self.generation_bos is not None else []] * len(rows),
+        self.cfg.lm.vocab_size)
     tokens, lengths = text_generation.generate(
         *text_generation.module_fns(self.model), params, embeds, mask, cache=cache,
         max_new_tokens=max_new_tokens, key=key, temperature=temperature, top_k=top_k,
@@ -208,3 +223,25 @@ def load(checkpoint: str, *, qformer_tokenizer: str = QFORMER_TOKENIZER,
       abstract, mesh, sharding_lib.DEFAULT_LOGICAL_AXIS_RULES))
   return (STLLMCaptionGenerator(cfg, tokenizer, bert, bos_id=bos),
           jax.device_put(params, shardings))
+
+
+def load_run(config, checkpoint: str) -> tuple[STLLMCaptionGenerator, Any]:
+  """(generator, parameters placed as in training) of a run of `training/st_llm.py`:
+  its `st_llm_config.json`, tokenizer.json and latest checkpoint, captioning
+  with the run's stage, frame count, text layout and answer length."""
+  cfg = st_llm.STLLMConfig.from_dict(json.loads(files.read_text(
+      os.path.join(checkpoint, MODEL_CONFIG_FILE))))
+  tokenizer = text_tokenizer.load_tokenizer(os.path.join(checkpoint, TOKENIZER_FILE))
+  bert = text_tokenizer.load_qformer_tokenizer(hub.resolve(config.tokenizer.qformer),
+                                               config.text.qformer_length)
+  params = checkpoint_lib.load_state_subtree(checkpoint, "params")
+  mesh = sharding_lib.create_mesh(config.mesh_shape)
+  abstract = st_llm.abstract_params(cfg)
+  shardings = sharding_lib.fit_to_shapes(abstract, sharding_lib.logical_to_sharding(
+      abstract, mesh, config.logical_axis_rules))
+  t = config.text
+  generator = STLLMCaptionGenerator(
+      cfg, tokenizer, bert, stage=config.data.stage, num_frames=config.data.num_frames,
+      inference_frames=False, repetition_penalty=1.0, bos_id=None, bos_token=t.bos_token,
+      pad_token=t.pad_token, max_new_tokens=t.max_answer_length or cfg.lm.max_positions)
+  return generator, jax.device_put(params, shardings)

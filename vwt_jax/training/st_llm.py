@@ -44,7 +44,7 @@ class STLLMTrainer(captioner.CaptionerTrainer):
   FREEZABLE = {"vision": "^vision/", "qformer": "^qformer/(?!llama_proj/)",
                "llama_proj": "^qformer/llama_proj/", "residual": "^(down_proj|up_proj)/",
                "lm": "^lm/"}
-  MODEL_CONFIG_FILE = "st_llm_config.json"
+  MODEL_CONFIG_FILE = st_llm_family.MODEL_CONFIG_FILE
 
   def build_model(self):
     cfg = st_llm_family.model_config(self.config)
