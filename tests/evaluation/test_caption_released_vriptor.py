@@ -5,6 +5,8 @@ Hub cache, with the Q-Former's BERT vocabulary, captioning real videos."""
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import av
 from huggingface_hub import constants
@@ -14,10 +16,12 @@ import pytest
 
 import helpers
 from vwt_jax import caption
+from vwt_jax.data.vript import captioner_text
 from vwt_jax.families import pretrained
 from vwt_jax.families import st_llm as st_llm_family
 
 MAX_NEW = 6
+REPO = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
 def _short_video(path, num_frames=20):
@@ -45,33 +49,47 @@ def released(fixtures_dir, tmp_path, monkeypatch):
                     {"vocab.txt": os.path.join(fixtures_dir, "vriptor", "stllm_bert_vocab.txt")})
   monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
   monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-  return pretrained.get("vriptor-stllm").checkpoint
+  return cache
 
 
-def test_released_vriptor_captions_a_folder_of_real_videos(released, tmp_path):
+def test_released_vriptor_captions_real_videos_with_and_without_voiceover(released, tmp_path):
   videos = tmp_path / "videos"
   videos.mkdir()
   shutil.copy(helpers.real_video("bikes.mp4"), videos / "bikes.mp4")
   shutil.copy(helpers.real_video("carphone_pristine.mp4"), videos / "carphone.mp4")
   _short_video(str(videos / "short.mp4"))
+  # References, and a voice-over for one video.
+  (videos / caption.CAPTIONS_FILE).write_text("".join(json.dumps(r) + "\n" for r in (
+      {"video": "bikes.mp4", "caption": "Cyclists ride past.", "voiceover": "Here they come."},
+      {"video": "carphone.mp4", "caption": "A man talks on a phone in a car."})))
   out = str(tmp_path / "out")
-  result = caption.run(str(videos), released, output_dir=out, max_new_tokens=MAX_NEW,
-                       batch_size=2)
-  assert (result["num_videos"], result["num_clips"], result["skipped"]) == (3, 3, [])
+  env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO), JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=2", HF_HUB_CACHE=released,
+             HF_HUB_OFFLINE="1")
+  result = subprocess.run(
+      [sys.executable, "-m", "vwt_jax.caption", str(videos), "--pretrained", "vriptor-stllm",
+       "--output_dir", out, f"--max_new_tokens={MAX_NEW}", "--batch_size=2"],
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
   with open(os.path.join(out, caption.PREDICTIONS_FILE)) as f:
-    predicted = {row["id"]: row["pred"] for row in map(json.loads, f)}
-  assert sorted(predicted) == ["bikes", "carphone", "short"] and all(predicted.values())
+    rows = {row["id"]: row for row in map(json.loads, f)}
+  assert sorted(rows) == ["bikes", "carphone", "short"]
+  assert all(r["pred"] for r in rows.values())
+  assert rows["bikes"]["gt"] == ["Cyclists ride past."] and "gt" not in rows["short"]
 
   # Each caption is what the model gives that video alone: the short video
   # (20 frames) ran apart from the 64-frame ones, and batching padded the
-  # shorter prompt in front of its video.
-  gen, params = caption.load_captioner(None, released)
+  # shorter prompt in front of its video. The voice-over reaches the LLM's
+  # prompt, not the Q-Former's instruction.
+  gen, params = caption.load_captioner(None, pretrained.get("vriptor-stllm").checkpoint)
   assert isinstance(gen, st_llm_family.STLLMCaptionGenerator)
+  clips = {v.video_id: v.clips[0].clip for v in caption.find_videos(str(videos))}
   for name, frames in (("bikes", 64), ("short", 20)):
-    path = str(videos / f"{name}.mp4")
-    window = gen.read_frames([path])
+    window = gen.read_frames([clips[name].path])
     assert window.shape == (frames, 28, 28, 3)
-    clip = caption.find_videos(path)[0].clips[0].clip
-    alone = gen.caption(params, window[None], [caption.single_prompt(clip, gen.stage)],
-                        key=jax.random.key(0), max_new_tokens=MAX_NEW)
-    assert alone == [predicted[name]]
+    prompt = caption.single_prompt(clips[name], gen.stage)
+    assert ("Voiceover:" in prompt) == (name == "bikes")
+    assert "voiceover" not in captioner_text.qformer_instruction(prompt)
+    alone = gen.caption(params, window[None], [prompt], key=jax.random.key(0),
+                        max_new_tokens=MAX_NEW)
+    assert alone == [rows[name]["pred"]]

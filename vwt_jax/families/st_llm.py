@@ -170,6 +170,13 @@ class STLLMCaptionGenerator:
     length = -(-longest // prompt_bucket) * prompt_bucket
     ids = np.array([[self.pad_id] * (length - len(r)) + r for r in rows], np.int32)
     video = self.cfg.num_video_tokens(frames.shape[1])
+    if not self.cfg.lm.dynamic_rope:
+      # The answer gets what max_positions leaves after the video and the prompts.
+      room = self.cfg.lm.max_positions - video - length + 1
+      if room < 1:
+        raise ValueError(f"{video} video tokens and a prompt of {length} leave no room in "
+                         f"max_positions={self.cfg.lm.max_positions}")
+      max_new_tokens = min(max_new_tokens, room)
     # Row r: its padding (prompt slots 0..p-1) first, then the video, then its prompt.
     pads = [length - len(r) for r in rows]
     order = np.stack([np.concatenate([video + np.arange(p), np.arange(video),
