@@ -23,7 +23,8 @@ object a line:
 
 `video` is a file name in the folder, `caption` its ground truth (predictions
 and --score use it as a Vript root's), `voiceover` (optional) what is said in
-it, given to the prompt as one voice-over line over the whole clip. Clip
+it: a string, one voice-over line over the whole clip, or timed lines
+[[start, end, text], ...] in seconds, as an ASR gives them. Clip
 durations are frames / frame rate of the file. A file that cannot be read is
 reported and skipped (with its whole window in multi_scene).
 
@@ -158,9 +159,24 @@ def _bare_clip(path: str) -> schema.Clip:
                      path=files.absolute(path), relpath=os.path.basename(path))
 
 
-def read_captions(folder: str, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+def _voiceover_lines(value: Any, where: str) -> list[tuple[float, float, str]]:
+  """A `voiceover` field as timed lines ((0, -1, text) spans the whole clip)."""
+  if isinstance(value, str):
+    return [(0.0, -1.0, value)] if value.strip() else []
+  ok = isinstance(value, list) and all(
+      isinstance(v, list) and len(v) == 3 and all(isinstance(t, (int, float)) for t in v[:2])
+      and 0 <= v[0] <= v[1] and isinstance(v[2], str) for v in value)
+  if not ok:
+    raise cli.SettingsError(f"{where}: field 'voiceover': expected a string or "
+                            f"[[start, end, text], ...] with 0 <= start <= end, got {value!r}")
+  return [(float(a), float(b), text) for a, b, text in value]
+
+
+def read_captions(folder: str, names: Sequence[str]
+                  ) -> dict[str, tuple[str, list[tuple[float, float, str]]]]:
   """The folder's `captions.jsonl` (module docstring) as {file name: (caption,
-  voiceover)}; {} without one.
+  voice-over lines (start, end, text), end -1 meaning the clip's end)}; {}
+  without one.
 
   Args:
     folder: the folder of videos.
@@ -190,8 +206,8 @@ def read_captions(folder: str, names: Sequence[str]) -> dict[str, tuple[str, str
           raise cli.SettingsError(
               f"{where}: field {key!r}: expected only {', '.join(CAPTION_FIELDS)} (a clip is a "
               "whole file: cut a part of a video into a file of its own)")
-      for key in CAPTION_FIELDS:
-        if (key in record or key != "voiceover") and not isinstance(record.get(key), str):
+      for key in ("video", "caption"):
+        if not isinstance(record.get(key), str):
           raise cli.SettingsError(
               f"{where}: field {key!r}: expected a string, got {record.get(key)!r}")
       name = os.path.normpath(record["video"])
@@ -200,21 +216,24 @@ def read_captions(folder: str, names: Sequence[str]) -> dict[str, tuple[str, str
                                 f"got {record['video']!r}")
       if name in captions:
         raise cli.SettingsError(f"{where}: field 'video': {name} has a caption on an earlier line")
-      captions[name] = (record["caption"], record.get("voiceover", ""))
+      captions[name] = (record["caption"],
+                        _voiceover_lines(record.get("voiceover", ""), where))
   return captions
 
 
-def _voiceover_asr(clip: schema.Clip, text: str) -> Optional[schema.AsrRecord]:
-  """An ASR record of one line spanning the whole clip; None when the file
-  cannot be read (the clip is reported when it is captioned)."""
+def _voiceover_asr(clip: schema.Clip,
+                   lines: Sequence[tuple[float, float, str]]) -> Optional[schema.AsrRecord]:
+  """The ASR record of a clip's voice-over lines (an end of -1 is the clip's);
+  None when the file cannot be read (the clip is reported when it is captioned)."""
   try:
     duration = clip_duration(clip.path)
   except frames_lib.CorruptClipError:
     return None
   # Whisper's segment texts, which the prompts print, start with a space.
-  return schema.AsrRecord(clip_id=clip.clip_id, duration=duration, lang="",
-                          segments=(schema.AsrSegment(0.0, duration, " " + text.strip()),),
-                          full_text=text)
+  segments = tuple(schema.AsrSegment(start, duration if end < 0 else end, " " + text.strip())
+                   for start, end, text in lines)
+  return schema.AsrRecord(clip_id=clip.clip_id, duration=duration, lang="", segments=segments,
+                          full_text=" ".join(text.strip() for _, _, text in lines))
 
 
 def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bool = True,
@@ -261,7 +280,7 @@ def find_videos(path: str, *, voiceover: Optional[str] = None, use_voiceover: bo
       for c in clips:
         if c.relpath in references:
           gts[c.clip_id], voiceover = references[c.relpath]
-          asr = _voiceover_asr(c, voiceover) if voiceover.strip() else None
+          asr = _voiceover_asr(c, voiceover) if voiceover else None
           if asr is not None:
             own[c.clip_id] = asr
       videos.append((video_id, group, "", clips, own, gts))

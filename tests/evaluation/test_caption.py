@@ -229,13 +229,25 @@ def test_captions_file_gives_ground_truth_and_voiceover(folder):
   assert "Voiceover:" not in caption.single_prompt(videos["carphone"].clip, "stage1")
 
 
+def test_timed_voiceover_lines(folder):
+  _write_lines(folder / caption.CAPTIONS_FILE, [
+      {"video": "bikes.mp4", "caption": "Cyclists.",
+       "voiceover": [[0, 2.5, "Here they come."], [6, 9.5, " Go! "]]}])
+  clip = {v.video_id: v.clips[0].clip for v in caption.find_videos(str(folder))}["bikes"]
+  assert 'Voiceover:"[0.0, 2.5] Here they come.\n[6.0, 9.5] Go!\n"' in caption.single_prompt(
+      clip, "stage1")
+  assert clip.asr.full_text == "Here they come. Go!"
+
+
 @pytest.mark.parametrize("line, message", [
     ("not json", "line 2: expected a JSON object"),
     ('["bikes.mp4"]', "line 2: expected a JSON object"),
     ({"video": "bikes.mp4"}, "line 2: field 'caption': expected a string, got None"),
     ({"video": "bikes.mp4", "caption": 3}, "line 2: field 'caption': expected a string, got 3"),
     ({"video": "bikes.mp4", "caption": "a", "voiceover": ["hi"]},
-     "line 2: field 'voiceover': expected a string"),
+     "line 2: field 'voiceover': expected a string or"),
+    ({"video": "bikes.mp4", "caption": "a", "voiceover": [[3, 1, "late"]]},
+     r"line 2: field 'voiceover': expected a string or \[\[start, end, text\], ...\] with"),
     ({"video": "absent.mp4", "caption": "a"},
      "line 2: field 'video': expected a video file in .*, got 'absent.mp4'"),
     ({"video": "carphone.MOV", "caption": "again"},
