@@ -77,14 +77,15 @@ def test_video_inputs(video_input, tokens):
   elif video_input == "residual":
     # up_proj starts at zero: an untrained residual input is the kept frames alone.
     np.testing.assert_array_equal(video.reshape(2, 4, 4, 64), per_frame[:, [0, 2, 3, 4]])
-  if video_input == "residual":
+    # Two frames for four residual slots: the last index (2) reads frame 1.
     two = model.apply({"params": params}, frames[:, :2], ids, mask, method=model.encode_video)
-    two_frames = model.apply({"params": params}, frames[:, :2], ids, mask,
-                             method=model.encode_frames)
-    np.testing.assert_array_equal(two.reshape(2, 4, 4, 64), two_frames[:, [0, 0, 1, 1]])
-  # Every frame reads the same instruction: a frame's tokens do not depend on the others.
-  alone = model.apply({"params": params}, frames[:, 1:2], ids, mask, method=model.encode_frames)
-  np.testing.assert_allclose(alone[:, 0], per_frame[:, 1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(two.reshape(2, 4, 4, 64), per_frame[:, [0, 0, 1, 1]],
+                               rtol=1e-5, atol=1e-5)
+  else:
+    # Every frame reads the same instruction: its tokens do not depend on the others.
+    alone = model.apply({"params": params}, frames[:, 1:2], ids, mask,
+                        method=model.encode_frames)
+    np.testing.assert_allclose(alone[:, 0], per_frame[:, 1], rtol=1e-5, atol=1e-5)
 
 
 def test_config_round_trip_and_checks():

@@ -98,7 +98,10 @@ def test_a_released_layout_folder_initialises_the_run(fixtures_dir, tmp_path):
   config.text.update(dict(bos_token="</s>", pad_token="<unk>"))
   config.init.stllm_dir = folder
   trainer = st_llm.STLLMTrainer(config, str(tmp_path / "run"))
-  params = trainer.init_state(jax.random.key(0))["params"]
+  # Every parameter comes from the folder, in the shapes of the run's model.
+  loaded = trainer.pretrained_params()
+  abstract = jax.tree.map(lambda x: x.shape, trainer.abstract_state()["params"])
+  assert jax.tree.map(np.shape, loaded) == abstract
   expected = st_llm_conversion.convert_state_dict(
       parity_common.load_arrays(vriptor, "stllm_state_dict.npz"), trainer.cfg)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(params), expected)
+  jax.tree.map(np.testing.assert_array_equal, loaded, expected)
