@@ -28,8 +28,6 @@ from vwt_jax.models import projector as projector_lib
 from vwt_jax.models.clip_vision import CLIPVisionConfig, CLIPVisionTower
 from vwt_jax.models.llama_lm import LlamaLMConfig
 
-_DTYPE_FIELDS = ("dtype", "param_dtype")
-
 
 @dataclasses.dataclass(frozen=True)
 class CaptionerConfig:
@@ -95,19 +93,11 @@ class CaptionerConfig:
 
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready fields (dtypes by name), read back by `from_dict`."""
-    def plain(sub):
-      return {k: (jnp.dtype(v).name if k in _DTYPE_FIELDS else v)
-              for k, v in dataclasses.asdict(sub).items()}
-    out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-    out["vision"], out["lm"] = plain(self.vision), plain(self.lm)
-    return out
+    return layers.config_to_dict(self)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "CaptionerConfig":
-    def typed(sub_cls, sub):
-      return sub_cls(**{**sub, **{k: jnp.dtype(sub[k]) for k in _DTYPE_FIELDS}})
-    return cls(**{**values, "vision": typed(CLIPVisionConfig, values["vision"]),
-                  "lm": typed(LlamaLMConfig, values["lm"])})
+    return layers.config_from_dict(cls, values)
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)

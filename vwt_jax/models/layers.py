@@ -4,7 +4,9 @@ Every parameter is created through `nn.with_logical_partitioning` so the mesh
 rules in `vwt_jax.core.sharding` decide its placement.
 """
 
+import dataclasses
 import math
+import typing
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -13,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 Dtype = Any
+# The fields of a config dataclass that hold dtypes (by name in JSON).
+DTYPE_FIELDS = ("dtype", "param_dtype")
 Axes = Sequence[Optional[str]]
 
 # transformers' ACT2FN names used by the BERT/MPNet, T5 and CLIP configs we read.
@@ -43,6 +47,32 @@ def variant(table: Mapping[str, Any], name: str, what: str) -> Any:
   if name not in table:
     raise ValueError(f"unknown {what} variant {name!r}; expected one of {sorted(table)}")
   return table[name]
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+  """A (nested) config dataclass's fields, JSON-ready: dtypes by name."""
+  out = {}
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    if dataclasses.is_dataclass(value):
+      value = config_to_dict(value)
+    elif f.name in DTYPE_FIELDS:
+      value = jnp.dtype(value).name
+    out[f.name] = value
+  return out
+
+
+def config_from_dict(cls, values: Mapping[str, Any]) -> Any:
+  """`cls` from `config_to_dict` output: nested dataclasses and dtypes read back."""
+  hints = typing.get_type_hints(cls)
+  fields = {}
+  for key, value in values.items():
+    if dataclasses.is_dataclass(hints.get(key)):
+      value = config_from_dict(hints[key], value)
+    elif key in DTYPE_FIELDS:
+      value = jnp.dtype(value)
+    fields[key] = value
+  return cls(**fields)
 
 
 def require_fields(config: Mapping[str, Any], names: Sequence[str], source: str) -> None:

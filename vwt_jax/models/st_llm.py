@@ -90,29 +90,15 @@ class STLLMConfig:
             "all": num_frames * queries}[self.video_input]
 
   def to_dict(self) -> dict[str, Any]:
-    def plain(part):
-      return {k: (jnp.dtype(v).name if k in ("dtype", "param_dtype") else v)
-              for k, v in dataclasses.asdict(part).items()}
-    return {"vision": plain(self.vision), "qformer": plain(self.qformer), "lm": plain(self.lm),
-            "video_input": self.video_input, "residual_size": self.residual_size,
-            "residual_hidden": self.residual_hidden}
+    """JSON-ready fields (dtypes by name), read back by `from_dict`."""
+    return layers.config_to_dict(self)
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2)
 
   @classmethod
   def from_dict(cls, values: Mapping[str, Any]) -> "STLLMConfig":
-    def typed(part_cls, part):
-      part = dict(part)
-      for key in ("dtype", "param_dtype"):
-        if key in part:
-          part[key] = jnp.dtype(part[key])
-      return part_cls(**part)
-    return cls(vision=typed(eva_vit_lib.EvaViTConfig, values["vision"]),
-               qformer=typed(qformer_lib.QFormerConfig, values["qformer"]),
-               lm=typed(llama_lm.LlamaLMConfig, values["lm"]),
-               **{k: values[k] for k in ("video_input", "residual_size", "residual_hidden")
-                  if k in values})
+    return layers.config_from_dict(cls, values)
 
 
 class STLLM(nn.Module):

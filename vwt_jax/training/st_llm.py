@@ -55,6 +55,8 @@ class STLLMTrainer(captioner.CaptionerTrainer):
     if size > cfg.qformer.vocab_size:
       raise ValueError(f"config.tokenizer.qformer has {size} tokens, more than "
                        f"config.model.qformer.vocab_size={cfg.qformer.vocab_size}")
+    # Padded to one length; not truncated, so that a longer instruction is reported.
+    self.qformer_tokenizer.no_truncation()
     self.qformer_tokenizer.enable_padding(
         direction="right", pad_id=text_tokenizer.special_id(self.qformer_tokenizer, "[PAD]"),
         pad_token="[PAD]", length=t.qformer_length)
@@ -73,7 +75,6 @@ class STLLMTrainer(captioner.CaptionerTrainer):
     texts = [captioner_text.qformer_instruction(str(m)) if mask is None or mask[i] else ""
              for i, m in enumerate(batch["model_input"])]
     limit = self.config.text.qformer_length
-    self.qformer_tokenizer.no_truncation()
     encoded = self.qformer_tokenizer.encode_batch(texts)
     longest = max(len(e.ids) for e in encoded)
     if longest > limit:
