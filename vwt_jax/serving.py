@@ -20,7 +20,9 @@ over the same params share them.
 `submit(request)` returns a `Handle` at once; a full batch runs as its last
 request is submitted, and `Handle.result()` (or `flush()`) runs a partial one.
 Calls may come from several threads (a web front end's workers): batches run
-one at a time.
+one at a time. For such a front end, `max_wait_s` makes a partial batch wait
+for companions: it runs when full or when its first request has waited that
+long, and `Handle.result()` waits for it instead of running it at once.
 """
 
 import collections
@@ -29,6 +31,7 @@ import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
+from absl import logging
 import jax
 from jax.sharding import Mesh
 import numpy as np
@@ -85,18 +88,24 @@ class Handle:
     self._sampler = sampler
     self._result: Optional[Result] = None
     self._error: Optional[Exception] = None
+    self._finished = threading.Event()
     self._submitted = time.perf_counter()
 
   def done(self) -> bool:
-    return self._result is not None or self._error is not None
+    return self._finished.is_set()
 
-  def result(self) -> Result:
+  def result(self, timeout: Optional[float] = None) -> Result:
     """The result; runs the partial batch this request waits in, if any.
 
-    Raises what its batch raised (e.g. the decoder's error).
+    With the Sampler's `max_wait_s`, waits instead for its batch to fill or
+    time out (at most `timeout` seconds, then TimeoutError). Raises what its
+    batch raised (e.g. the decoder's error).
     """
     if not self.done():
-      self._sampler.flush(self)
+      if self._sampler.max_wait_s is None:
+        self._sampler.flush(self)
+      elif not self._finished.wait(timeout):
+        raise TimeoutError(f"no result after {timeout} s: its batch has not run yet")
     if self._error is not None:
       raise self._error
     return self._result
@@ -109,7 +118,7 @@ class Sampler:
                num_tokens: Optional[int] = None, top_k: int = 0, use_top_p: bool = False,
                cfg: Optional[bool] = None, defaults: Optional[dict] = None,
                decode: Optional[Decode] = None, encode_prompts: Optional[EncodePrompts] = None,
-               mesh: Optional[Mesh] = None, rules=None):
+               mesh: Optional[Mesh] = None, rules=None, max_wait_s: Optional[float] = None):
     """
     Args:
       config, params: the GPT and its `params` collection.
@@ -124,6 +133,9 @@ class Sampler:
       decode: tokens to pixels (the tokenizer's); results then hold images.
       encode_prompts: the caption encoder of a t2i GPT, for prompt requests.
       mesh, rules: as `autoregressive.generate`'s.
+      max_wait_s: seconds a partial batch waits for more requests, counted from
+        its first; then a background thread runs it. None: partial batches run
+        on `Handle.result()` or `flush()`.
     """
     num_tokens = config.block_size if num_tokens is None else num_tokens
     cfg = config.has_null_condition if cfg is None else cfg
@@ -142,6 +154,8 @@ class Sampler:
       raise ValueError("cfg=True needs a null class: this GPT's class_dropout_prob is 0")
     if unknown := set(self.defaults) - set(ROW_SETTINGS):
       raise ValueError(f"defaults {sorted(unknown)}: expected some of {sorted(ROW_SETTINGS)}")
+    if max_wait_s is not None and not (isinstance(max_wait_s, (int, float)) and max_wait_s >= 0):
+      raise ValueError(f"max_wait_s={max_wait_s!r}: expected None or seconds >= 0")
     if decode is not None and num_tokens != config.block_size:
       raise ValueError(f"decode needs whole images: num_tokens={num_tokens} != block_size="
                        f"{config.block_size}")
@@ -150,6 +164,8 @@ class Sampler:
                        f"{sharding_lib.data_parallel_size(mesh)} data-parallel devices")
     self.config, self.batch_size, self.num_tokens = config, batch_size, num_tokens
     self.top_k, self.use_top_p, self.cfg = top_k, use_top_p, cfg
+    self.max_wait_s = max_wait_s
+    self.batches_run = 0  # Compiled calls so far, partial ones included.
     self._decode, self._encode_prompts = decode, encode_prompts
     self._program, param_shardings = autoregressive.row_program(
         config, num_tokens=num_tokens, cfg=cfg, top_k=top_k, use_top_p=use_top_p, mesh=mesh,
@@ -161,7 +177,9 @@ class Sampler:
     for name in ROW_SETTINGS:
       self._check_setting(name, self.defaults[name], "defaults")
     self._pending: list[tuple[Request, Handle]] = []
-    self._lock = threading.Lock()
+    self._lock = threading.Condition()
+    # Runs timed-out partial batches; lives while requests wait (`max_wait_s`).
+    self._timer: Optional[threading.Thread] = None
 
   @classmethod
   def from_pretrained(cls, name: str, *, batch_size: int = 8, resize: int = 0,
@@ -244,6 +262,10 @@ class Sampler:
       self._pending.append((request, handle))
       if len(self._pending) == self.batch_size:
         self._run_pending()
+      elif self.max_wait_s is not None and self._timer is None:
+        self._timer = threading.Thread(target=self._run_when_due, daemon=True,
+                                       name="Sampler.max_wait_s")
+        self._timer.start()
     return handle
 
   def flush(self, handle: Optional[Handle] = None) -> None:
@@ -259,6 +281,8 @@ class Sampler:
       waiting.append(self.submit(request))
       while waiting and waiting[0].done():
         yield waiting.popleft().result()
+    # No more companions are coming: the last batch need not wait out `max_wait_s`.
+    self.flush()
     while waiting:
       yield waiting.popleft().result()
 
@@ -267,7 +291,9 @@ class Sampler:
     start = time.perf_counter()
     condition = 0 if self.config.model_type == "c2i" else np.zeros(
         (self.config.cls_token_num, self.config.caption_dim), np.float32)
-    self.submit(Request(condition)).result()
+    handle = self.submit(Request(condition))
+    self.flush()
+    handle.result()
     return time.perf_counter() - start
 
   def _conditions(self, requests: list[Request]) -> tuple[np.ndarray, Optional[np.ndarray]]:
@@ -287,9 +313,26 @@ class Sampler:
       mask.append(np.asarray(m, bool))
     return np.stack(cond), np.stack(mask)
 
+  def _run_when_due(self) -> None:
+    """The `max_wait_s` thread: runs each partial batch when its first request has
+    waited that long (a full one runs at submit); ends when nothing waits."""
+    with self._lock:
+      while self._pending:
+        wait = self._pending[0][1]._submitted + self.max_wait_s - time.perf_counter()
+        if wait > 0:
+          self._lock.wait(wait)
+          continue
+        try:
+          self._run_pending()
+        except Exception as e:  # Each request of the batch holds the error.
+          logging.warning("a batch of %d requests failed: %r", self.batch_size, e)
+      self._timer = None
+
   def _run_pending(self) -> None:
     """Samples the pending requests (under the lock), padded to the batch size."""
     pending, self._pending = self._pending, []
+    self._lock.notify_all()  # A waiting `max_wait_s` thread re-reads the queue.
+    self.batches_run += 1
     requests = [r for r, _ in pending]
     rows = requests + [requests[0]] * (self.batch_size - len(requests))
 
@@ -308,8 +351,10 @@ class Sampler:
       # Every request of the batch fails with it, not only the submitter's.
       for _, handle in pending:
         handle._error = e
+        handle._finished.set()
       raise
     done = time.perf_counter()
     for i, (request, handle) in enumerate(pending):
       handle._result = Result(request, tokens[i], None if images is None else images[i],
                               done - handle._submitted)
+      handle._finished.set()

@@ -1,6 +1,8 @@
 """The request-batching Sampler: per-request results, padding, one compile, clear refusals."""
 
 import dataclasses
+import threading
+import time
 
 import flax.linen as nn
 import jax
@@ -131,6 +133,64 @@ def test_a_failed_batch_fails_each_of_its_requests(tiny, sampler):
   assert first.done()
   with pytest.raises(RuntimeError, match="decoder down"):
     first.result()
+
+
+def _timed(tiny, max_wait_s, **kwargs):
+  """A Sampler with `sampler`'s statics (its compiled program) and a timed flush."""
+  return serving.Sampler(TINY, tiny[1], batch_size=4, top_k=20, use_top_p=True,
+                         max_wait_s=max_wait_s, **kwargs)
+
+
+def test_max_wait_runs_a_partial_batch_without_being_asked(tiny, sampler):
+  s = _timed(tiny, 0.05)
+  handle = s.submit(MIXED[0])
+  # Nobody calls result() or flush(): the batch runs once it has waited 0.05 s.
+  assert handle._finished.wait(120)  # pylint: disable=protected-access
+  result = handle.result()
+  assert result.latency_s >= 0.05
+  np.testing.assert_array_equal(result.tokens, next(sampler.run(MIXED[:1])).tokens)
+
+
+def test_max_wait_batches_concurrent_callers_together(tiny, sampler, monkeypatch):
+  s = _timed(tiny, 600.0)
+  calls = []
+  program = s._program  # pylint: disable=protected-access
+  monkeypatch.setattr(s, "_program", lambda *a: calls.append(1) or program(*a))
+  results = {}
+
+  def client(i):
+    results[i] = s.submit(MIXED[i]).result(timeout=120)
+
+  # Three front-end workers wait in one batch; the fourth request fills and runs it.
+  threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+  for t in threads:
+    t.start()
+  deadline = time.monotonic() + 60
+  while len(s._pending) < 3 and time.monotonic() < deadline:  # pylint: disable=protected-access
+    time.sleep(0.01)
+  assert not any(h.done() for _, h in s._pending)  # pylint: disable=protected-access
+  fourth = s.submit(MIXED[3])
+  for t in threads:
+    t.join(120)
+  assert fourth.done() and len(results) == 3 and calls == [1]
+  expected = [r.tokens for r in sampler.run(MIXED[:4])]
+  for i in range(3):
+    np.testing.assert_array_equal(results[i].tokens, expected[i])
+  with pytest.raises(TimeoutError, match="its batch has not run yet"):
+    s.submit(MIXED[4]).result(timeout=0.01)
+  assert [r.request for r in s.run(MIXED[:2])] == MIXED[:2]  # run() does not wait 600 s.
+
+
+def test_max_wait_batch_failures_reach_their_requests(tiny, sampler):
+  def broken(tokens):
+    raise RuntimeError("decoder down")
+
+  s = _timed(tiny, 0.0, decode=broken)
+  for request in MIXED[:2]:  # The timer survives a failed batch.
+    with pytest.raises(RuntimeError, match="decoder down"):
+      s.submit(request).result(timeout=120)
+  with pytest.raises(ValueError, match=r"max_wait_s=-1: expected None or seconds >= 0"):
+    _timed(tiny, -1)
 
 
 def test_sharded_equals_unsharded(tiny, sampler):
