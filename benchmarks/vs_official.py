@@ -68,7 +68,9 @@ cache) and `ratio_compiled`, with
 `official_compiled_greedy_equal` for sampling (reported, not required:
 inductor's kernels sum in their own order); where compiling fails (inductor
 on CPU needs a C++ compiler) `official_compiled_error` gives the reason
-instead.
+instead. The tokenizer cases have no such baseline: 1d-tokenizer's scripts
+never call `torch.compile`, and LlamaGen compiles its VQ model only for
+training (`vq_train.py`), not for the decoding timed here.
 """
 
 import argparse
