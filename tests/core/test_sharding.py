@@ -56,6 +56,19 @@ def test_parameters_shard_as_the_rules_say():
 
 
 @helpers.needs_devices(8)
+def test_a_dimension_an_axis_does_not_divide_stays_whole_on_it():
+  mesh = sharding.create_mesh((2, 2, 2))
+  module = nn.Dense(3, kernel_init=nn.with_logical_partitioning(nn.initializers.normal(),
+                                                                ("embed", "mlp")))
+  boxed = jax.eval_shape(module.init, jax.random.key(0), np.zeros((1, 8)))["params"]
+  # Under a program's mesh too, where unboxing would constrain the abstract values.
+  with sharding.mesh_rules(mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES):
+    shardings = sharding.logical_to_sharding(boxed, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES)
+  # 3 output features cannot split over tensor = 2; 8 inputs still split over fsdp.
+  assert shardings["kernel"].spec == P("fsdp", None)
+
+
+@helpers.needs_devices(8)
 def test_host_batch_becomes_global_array_split_over_data_axes():
   mesh = sharding.create_mesh((2, 2, 2))
   batch = {"image": np.arange(8 * 3, dtype=np.float32).reshape(8, 3)}

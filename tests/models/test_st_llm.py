@@ -180,9 +180,8 @@ def test_the_released_size_fine_tunes_split_over_eight_devices():
                                        nn.meta.unbox(boxed), 1000, frozen)
   state = jax.eval_shape(lambda p: {"params": p, "opt_state": tx.init(p)}, boxed)
   mesh = sharding.create_mesh((1, 4, 2))
-  # The 32001-row vocabulary splits over fsdp alone (`fit_to_shapes`).
-  shardings = sharding.fit_to_shapes(state, sharding.logical_to_sharding(
-      state, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES))
+  # The 32001-row vocabulary splits over fsdp alone.
+  shardings = sharding.logical_to_sharding(state, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES)
   assert shardings["params"]["lm"]["lm_head"]["kernel"].spec == P("fsdp", None)
 
   def per_device(tree, specs):

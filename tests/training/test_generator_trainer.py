@@ -56,6 +56,15 @@ def test_train_writes_checkpoints_metrics_and_samples(arg, code_dir, tmp_path):
     assert f"{SEQ_LEN} tokens of {VOCAB} codes" in f.read()
 
 
+def test_tensor_parallel_run_with_heads_the_mesh_does_not_divide(code_dir, tmp_path):
+  """3 heads on tensor = 2: those weights stay whole on 'tensor', train and sample."""
+  config = _tiny("llamagen.py:tiny", code_dir, mesh_shape=(-1, 2, 2))
+  config.model.update(dict(n_head=3, dim=48))
+  result = generator.train(config, str(tmp_path))
+  assert result["step"] == 4 and np.isfinite(result["train"]["loss"])
+  assert os.path.exists(os.path.join(str(tmp_path), "samples.png"))
+
+
 def test_sizes_come_from_the_code_dataset_and_must_agree(code_dir):
   config = _tiny("llamagen.py:tiny", code_dir)
   meta = codes.read_metadata(code_dir)

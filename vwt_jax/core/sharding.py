@@ -93,26 +93,29 @@ def mesh_rules(mesh: Mesh, rules):
 
 
 def logical_to_sharding(tree: Any, mesh: Mesh, rules) -> Any:
-  """NamedShardings for a pytree of (possibly boxed) abstract parameters."""
+  """NamedShardings for a pytree of (possibly boxed) abstract parameters.
+
+  A mesh axis that does not divide its dimension is dropped there, so that
+  dimension stays whole on it rather than stopping the program: a vocabulary
+  of 32001 rows (LLaMA's 32000 and an added '[PAD]') cannot split two ways.
+  """
   specs = nn.get_partition_spec(tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, normalize_rules(rules))
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, normalize_rules(rules))
 
-
-def fit_to_shapes(tree: Any, shardings: Any) -> Any:
-  """`shardings` of the (possibly boxed) abstract `tree`, each mesh axis that
-  does not divide its dimension dropped, so that dimension stays whole: a
-  vocabulary of 32001 rows (LLaMA's 32000 and an added '[PAD]') cannot be
-  split two ways."""
-
-  def fit(x, sharding):
-    spec = list(sharding.spec) + [None] * (len(x.shape) - len(sharding.spec))
+  def fit(shape, sharding):
+    spec = list(sharding.spec)
     for dim, axes in enumerate(spec):
       names = axes if isinstance(axes, tuple) else (axes,)
-      if axes is not None and x.shape[dim] % np.prod([sharding.mesh.shape[n] for n in names]):
+      if axes is not None and shape[dim] % np.prod([sharding.mesh.shape[n] for n in names]):
         spec[dim] = None
     return NamedSharding(sharding.mesh, P(*spec))
 
-  return jax.tree.map(fit, nn.meta.unbox(tree), shardings)
+  # Shapes read from the boxes, not `nn.meta.unbox`: under a mesh context that
+  # would apply the logical constraints to the abstract values.
+  boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  shapes = [getattr(x, "value", x).shape for x in jax.tree.leaves(tree, is_leaf=boxed)]
+  flat, treedef = jax.tree.flatten(shardings)
+  return treedef.unflatten([fit(shape, s) for shape, s in zip(shapes, flat, strict=True)])
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

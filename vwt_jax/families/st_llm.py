@@ -226,8 +226,8 @@ def load(checkpoint: str, *, qformer_tokenizer: str = QFORMER_TOKENIZER,
   bos = hf_checkpoint.read_config(model_dir).get("bos_token_id", 1)
   mesh = mesh or sharding_lib.create_mesh((1, -1, 1))
   abstract = st_llm.abstract_params(cfg)
-  shardings = sharding_lib.fit_to_shapes(abstract, sharding_lib.logical_to_sharding(
-      abstract, mesh, sharding_lib.DEFAULT_LOGICAL_AXIS_RULES))
+  shardings = sharding_lib.logical_to_sharding(abstract, mesh,
+                                               sharding_lib.DEFAULT_LOGICAL_AXIS_RULES)
   return (STLLMCaptionGenerator(cfg, tokenizer, bert, bos_id=bos),
           jax.device_put(params, shardings))
 
@@ -244,8 +244,7 @@ def load_run(config, checkpoint: str) -> tuple[STLLMCaptionGenerator, Any]:
   params = checkpoint_lib.load_state_subtree(checkpoint, "params")
   mesh = sharding_lib.create_mesh(config.mesh_shape)
   abstract = st_llm.abstract_params(cfg)
-  shardings = sharding_lib.fit_to_shapes(abstract, sharding_lib.logical_to_sharding(
-      abstract, mesh, config.logical_axis_rules))
+  shardings = sharding_lib.logical_to_sharding(abstract, mesh, config.logical_axis_rules)
   t = config.text
   generator = STLLMCaptionGenerator(
       cfg, tokenizer, bert, stage=config.data.stage, num_frames=config.data.num_frames,

@@ -139,8 +139,7 @@ class Trainer(abc.ABC):
     self.tx, self.schedule = optimizer_lib.make_optimizer(
         self.config.optimizer, abstract_params, self.config.total_steps, frozen_patterns)
     boxed = jax.eval_shape(self._boxed_state, jax.random.key(0))
-    self.state_shardings = nn.logical_to_mesh_sharding(
-        nn.get_partition_spec(boxed), self.mesh, self.rules)
+    self.state_shardings = sharding_lib.logical_to_sharding(boxed, self.mesh, self.rules)
     self.param_shardings = self.state_shardings["params"]
     self._abstract_state = jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
