@@ -1,5 +1,6 @@
 """The TiTok trainer end to end on tiny models and the synthetic shapes."""
 
+import functools
 import json
 import os
 import signal
@@ -186,13 +187,18 @@ def test_vae_stage1_and_stage2_recipes_train(shapes_dir, tmp_path, monkeypatch):
   stage1.teacher.update(dict(hidden_channels=32, channel_mult=(1, 2, 2)))
   stage1.model.dec_patch_size = 4
 
-  def random_teacher(section, image_size):
-    assert section.checkpoint == "teacher.bin"
+  @functools.cache
+  def teacher(image_size):
     cfg = common.from_fields(maskgit_vqgan.MaskGitVQGANConfig,
-                             {k: v for k, v in section.items() if k != "checkpoint"})
-    params = maskgit_vqgan.MaskGitVQGAN(cfg).init(
+                             {k: v for k, v in stage1.teacher.items() if k != "checkpoint"})
+    params = jax.jit(maskgit_vqgan.MaskGitVQGAN(cfg).init)(
         jax.random.key(3), np.zeros((1, image_size, image_size, 3), np.float32))["params"]
     return cfg, jax.tree.map(np.asarray, nn.meta.unbox(params))
+
+  def random_teacher(section, image_size):
+    # Both stages read the one teacher, as they would read one file.
+    assert section.to_dict() == stage1.teacher.to_dict()
+    return teacher(image_size)
 
   monkeypatch.setattr(titok_family, "load_vqgan", random_teacher)
   result = main_lib.run(stage1, str(tmp_path / "stage1"))
