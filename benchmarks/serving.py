@@ -18,7 +18,7 @@ long for the other clients' requests.
   python benchmarks/serving.py --config B --grid 16 --requests 512 --batch_size 64
   python benchmarks/serving.py --pretrained llamagen-c2i-b-256 --requests 256 --batch_size 32
   python benchmarks/serving.py --config tiny --grid 8 --requests 64 --batch_size 8 \
-      --clients 8 --max_wait_s 0.02
+      --clients 8 --max_wait_s 0.05
 """
 
 import argparse

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 # Orbax has each replica of a replicated array slice out its part on device
 # and write it. For a tiny train state on 8 CPU devices that slicing is most
 # of a checkpoint save (thousands of small dispatches); arrays under 1 MiB a
-# replica are written whole by one replica instead. The files are the same.
+# replica are written whole by one replica instead. The saved values are the same.
 ocp.type_handlers.register_type_handler(
     jax.Array, ocp.type_handlers.ArrayHandler(
         min_slice_bytes_for_replica_parallel=1 << 20,

@@ -325,7 +325,7 @@ class Sampler:
         try:
           self._run_pending()
         except Exception as e:  # Each request of the batch holds the error.
-          logging.warning("a batch of %d requests failed: %r", self.batch_size, e)
+          logging.warning("a partial batch run after max_wait_s failed: %r", e)
       self._timer = None
 
   def _run_pending(self) -> None:

@@ -112,8 +112,8 @@ def logical_to_sharding(tree: Any, mesh: Mesh, rules) -> Any:
 
   # Shapes read from the boxes, not `nn.meta.unbox`: under a mesh context that
   # would apply the logical constraints to the abstract values.
-  boxed = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  shapes = [getattr(x, "value", x).shape for x in jax.tree.leaves(tree, is_leaf=boxed)]
+  leaves = jax.tree.leaves(tree, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+  shapes = [getattr(x, "value", x).shape for x in leaves]
   flat, treedef = jax.tree.flatten(shardings)
   return treedef.unflatten([fit(shape, s) for shape, s in zip(shapes, flat, strict=True)])
 
