@@ -7,9 +7,10 @@ enter the step as arguments, weights to start from, data and evaluation.
 
 The whole train state is built once under `jax.eval_shape` with its
 parameters and optimizer moments still carrying their logical axis names;
-`nn.get_partition_spec` and the config's rules turn that one abstract state
-into the `NamedSharding`s of every entry (moments shard like their
-parameters, counters and statistics are replicated). `train_step` is one
+`sharding.logical_to_sharding` and the config's rules turn that one abstract
+state into the `NamedSharding`s of every entry (moments shard like their
+parameters, counters and statistics are replicated, a dimension its mesh axis
+does not divide stays whole on that axis). `train_step` is one
 pure, module-level function, jitted with those shardings and the state
 donated.
 """
