@@ -130,7 +130,8 @@ class EvaAttention(nn.Module):
       return nn.DenseGeneral(
           (cfg.num_heads, cfg.head_dim), use_bias=use_bias,
           kernel_init=layers.weight_init(("embed", "heads", "kv")),
-          bias_init=layers.zeros_init(("heads", "kv")), name=name, **kw)(x)
+          bias_init=layers.zeros_init(("heads", "kv")),
+          dot_general=layers.flat_dot_general, name=name, **kw)(x)
 
     q, k, v = project("query", True), project("key", False), project("value", True)
     y = jax.nn.dot_product_attention(q, k, v)

@@ -165,7 +165,8 @@ class Attention(nn.Module):
     qkv = nn.DenseGeneral(
         (n_kv, group + 2, head_dim), axis=-1, use_bias=False, dtype=s.dtype,
         param_dtype=s.param_dtype,
-        kernel_init=layers.weight_init(("embed", "heads", None, "kv")), name="wqkv")(x)
+        kernel_init=layers.weight_init(("embed", "heads", None, "kv")),
+        dot_general=layers.flat_dot_general, name="wqkv")(x)
     q = qkv[:, :, :, :group].reshape(batch, seq, s.n_head, head_dim)
     k, v = qkv[:, :, :, group], qkv[:, :, :, group + 1]
     q, k = apply_rope(q, rope), apply_rope(k, rope)

@@ -119,7 +119,8 @@ class STLLM(nn.Module):
       kw = dict(dtype=cfg.lm.dtype, param_dtype=cfg.lm.param_dtype)
       self.down_proj = layers.dense(cfg.residual_hidden, ("embed", "mlp"), **kw)
       self.up_proj = nn.Dense(cfg.lm.dim, kernel_init=layers.zeros_init(("mlp", "embed")),
-                              bias_init=layers.zeros_init(("embed",)), **kw)
+                              bias_init=layers.zeros_init(("embed",)),
+                              dot_general=layers.flat_dot_general, **kw)
 
   def encode_frames(self, frames: jax.Array, text_ids: jax.Array,
                     text_mask: jax.Array) -> jax.Array:
