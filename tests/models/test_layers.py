@@ -70,3 +70,25 @@ def test_layers_compute_what_flax_computes():
     params = jax.tree.map(lambda p: _integers(rng, p.shape),
                           nn.meta.unbox(ours.init(jax.random.key(0), inputs)))
     np.testing.assert_array_equal(ours.apply(params, inputs), plain.apply(params, inputs))
+
+
+@pytest.mark.parametrize("dtype,is_causal,atol", [
+    # float32: the same products summed in another order, a few ulps of
+    # outputs that are averages of unit-normal values.
+    (jnp.float32, False, 1e-5), (jnp.float32, True, 1e-5),
+    # bfloat16 outputs: one rounding of values below 4, 2**-7 relative.
+    (jnp.bfloat16, False, 4 * 2.0 ** -7),
+])
+def test_dot_product_attention_equals_jax(dtype, is_causal, atol):
+  rng = np.random.default_rng(3)
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 7, 3, 8)), dtype) for _ in range(3))
+  if not is_causal:
+    k, v = (jnp.asarray(rng.normal(size=(2, 5, 3, 8)), dtype) for _ in range(2))
+  got = layers.dot_product_attention(q, k, v, is_causal=is_causal)
+  expected = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
+  assert got.dtype == expected.dtype and got.shape == expected.shape
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(expected, np.float32),
+                             atol=atol, rtol=0)
+  if is_causal:
+    # The first query sees only the first key.
+    np.testing.assert_allclose(got[:, 0], v[:, 0], atol=atol)

@@ -134,7 +134,7 @@ class EvaAttention(nn.Module):
           dot_general=layers.flat_dot_general, name=name, **kw)(x)
 
     q, k, v = project("query", True), project("key", False), project("value", True)
-    y = jax.nn.dot_product_attention(q, k, v)
+    y = layers.dot_product_attention(q, k, v)
     return layers.attention_out(cfg.width, name="out", **kw)(y)
 
 

@@ -247,6 +247,28 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Arr
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
+                          is_causal: bool = False) -> jax.Array:
+  """q (B, L, H, D) over k, v (B, N, H, D) -> (B, L, H, D), as the XLA
+  implementation of `jax.nn.dot_product_attention` computes it: float32
+  logits scaled by 1/sqrt(D), a float32 softmax, probabilities cast to v's
+  dtype.
+
+  The heads are moved before the positions first, so that both products are
+  plain batched matrix products: XLA:CPU otherwise transposes the (L, N)
+  logits and their gradients (12 heads of 64, 8 × 256 tokens, 2-core CPU:
+  51 -> 27 ms forward, 105 -> 84 ms with the backward pass).
+  """
+  q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+  logits = jnp.einsum("bhqd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32)
+  logits = logits * jnp.float32(1.0 / math.sqrt(q.shape[-1]))
+  if is_causal:
+    allowed = jnp.tril(jnp.ones(logits.shape[-2:], bool))
+    logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", probs, v), 1, 2)
+
+
 def relative_position_bias(module: nn.Module, table_size: int, num_heads: int,
                            buckets: np.ndarray) -> jax.Array:
   """[1, heads, L, L] bias of [L, L] `buckets` from `module`'s 'relative_attention_bias'."""
@@ -274,7 +296,7 @@ class MultiHeadAttention(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, use_bias=self.use_bias)
     q, k, v = project_qkv(x, x if context is None else context, self.num_heads,
                           width // self.num_heads, **kw)
-    y = jax.nn.dot_product_attention(q, k, v, is_causal=is_causal)
+    y = dot_product_attention(q, k, v, is_causal=is_causal)
     return attention_out(width, **kw)(y)
 
 
