@@ -31,6 +31,8 @@ def test_a_norm_beyond_float32_counts_as_non_finite():
   # Every entry is finite, but the sum of squares (4 * 1e40) overflows float32.
   assert not bool(train_state.all_finite({"g": jnp.full(4, 1e20, jnp.float32)}))
   assert bool(train_state.all_finite({"g": jnp.full(4, 1e18, jnp.float32)}))
+  # Half-precision leaves are squared in float32: 1e3 squared overflows float16 alone.
+  assert bool(train_state.all_finite({"g": jnp.full(4, 1e3, jnp.float16)}))
 
 
 def test_keep_if_returns_the_old_tree_when_not_ok():

@@ -90,13 +90,15 @@ def all_finite(tree: Any) -> jnp.ndarray:
   """Whether every floating leaf is finite, read from the tree's global norm.
 
   A NaN or an infinity anywhere makes the norm NaN or infinite, so one
-  reduction (the one gradient clipping and the `grad_norm` metric compute
-  anyway, merged by XLA) replaces a test per leaf: on CPU, each per-leaf
-  test was its own kernel to compile and its own pass over the gradients. A
-  tree of finite values whose norm overflows float32 (above 1.8e19) counts
-  as non-finite too: no step that large should reach the state.
+  reduction (for float32 gradients, the norm that clipping and the
+  `grad_norm` metric compute too) replaces a test per leaf: on CPU, each
+  per-leaf test was its own kernel to compile and its own pass over the
+  gradients. The norm is taken in float32, so a tree of finite values counts
+  as non-finite only when its norm overflows float32 (above 1.8e19): no step
+  that large should reach the state.
   """
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)]
+  leaves = [x.astype(jnp.float32) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
   return jnp.isfinite(optax.tree.norm(leaves)) if leaves else jnp.array(True)
 
 
