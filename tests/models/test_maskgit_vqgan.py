@@ -1,15 +1,12 @@
-"""MaskGIT-VQGAN: shapes, code round trip, the nin_shortcut quirk, the upsampling conv."""
+"""MaskGIT-VQGAN: shapes, code round trip and the nin_shortcut quirk."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import helpers
 from vwt_jax.conversion.titok import convert_maskgit_vqgan
-from vwt_jax.models.maskgit_vqgan import (MaskGitVQGAN, MaskGitVQGANConfig, ResnetBlock,
-                                          UpsampleConv)
+from vwt_jax.models.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig, ResnetBlock
 
 CONFIG = MaskGitVQGANConfig(hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1,
                             z_channels=8, codebook_size=16)
@@ -47,39 +44,6 @@ def test_channel_changing_shortcut_acts_on_block_output():
   # Official quirk: out = h + W h, so an identity shortcut doubles h. Exact: the
   # identity 1x1 conv sums one nonzero term, h + h = 2h; 1e-5 is margin only.
   np.testing.assert_allclose(run(jnp.eye(32)), 2 * run(jnp.zeros((32, 32))), rtol=1e-5)
-
-
-@pytest.mark.parametrize("height,width", [(5, 7), (1, 1), (4, 4)])
-def test_upsample_conv_is_a_3x3_conv_of_the_upsampled_input(height, width):
-  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, height, width, 6)), jnp.float32)
-  module = UpsampleConv(4)
-  params = module.init(jax.random.key(0), x)
-  # Unit-scale weights and a nonzero bias, so every tap and the bias count.
-  params = jax.tree.map(
-      lambda p: jnp.asarray(np.random.default_rng(3).normal(size=p.shape), jnp.float32), params)
-  upsampled = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-  direct = nn.Conv(4, (3, 3), padding="SAME")  # the same parameter names and shapes
-
-  def loss(apply, params, inputs):
-    return jnp.sum(jnp.sin(apply(params, inputs)))
-
-  with jax.default_matmul_precision("highest"):
-    ours, ours_grads = module.apply(params, x), jax.grad(loss, 1)(module.apply, params, x)
-    want, want_grads = (direct.apply(params, upsampled),
-                        jax.grad(loss, 1)(direct.apply, params, upsampled))
-  assert ours.shape == (2, 2 * height, 2 * width, 4)
-  # Both sum 9 taps x 6 channels per output; ours first adds the (up to 4)
-  # taps that meet one source pixel. The scale is the sum of |terms|, the
-  # same conv of |x| with |weights|.
-  terms = direct.apply(jax.tree.map(jnp.abs, params), jnp.abs(upsampled))
-  helpers.assert_allclose_f32(ours, want, reduction=3 * 3 * 6, depth=2,
-                              scale=float(jnp.max(terms)))
-  # The parameter gradients sum |cos| <= 1 times an input over every output
-  # pixel; the forward difference enters through cos (depth 3).
-  pixels = int(np.prod(ours.shape[:3]))
-  for got, expected in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(want_grads)):
-    helpers.assert_allclose_f32(got, expected, reduction=pixels + 4, depth=3,
-                                scale=pixels * max(1.0, float(jnp.max(jnp.abs(x)))))
 
 
 def _official_resnet(sd, prefix, cin, cout):

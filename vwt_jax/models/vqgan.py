@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from vwt_jax.models import layers
-from vwt_jax.models.maskgit_vqgan import RGB_CHANNELS, UpsampleConv, conv, group_norm
+from vwt_jax.models.maskgit_vqgan import RGB_CHANNELS, conv, group_norm, upsample_nearest_2x
 from vwt_jax.models.quantizers import VectorQuantizer
 
 Dtype = Any
@@ -175,7 +175,8 @@ class Decoder(nn.Module):
         if j == 0:
           h = AttnBlock(name=f"conv_blocks_{j}_attn_{i}", **kw)(h)
       if j != cfg.num_levels - 1:
-        h = UpsampleConv(h.shape[-1], name=f"conv_blocks_{j}_upsample", **kw)(h)
+        h = conv(h.shape[-1], 3, h.shape[-1], use_bias=True, name=f"conv_blocks_{j}_upsample",
+                 **kw)(upsample_nearest_2x(h))
     h = nn.silu(group_norm(name="norm_out", **kw)(h))
     return conv(RGB_CHANNELS, 3, h.shape[-1], use_bias=True, name="conv_out", **kw)(h)
 
