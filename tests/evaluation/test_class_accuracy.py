@@ -53,8 +53,23 @@ def _write_samples(path, images, labels):
 
 
 def test_command_scores_real_images_as_samples_and_wrong_labels_low(shapes_run, tmp_path,
-                                                                    capsys):
+                                                                    capsys, monkeypatch):
   run, config = shapes_run
+  # Both commands train on the same images with the same settings and seed,
+  # which gives one classifier: the second reuses the first's.
+  train, trained = class_accuracy.train, {}
+
+  def train_once(images, labels, num_classes, settings):
+    if not trained:
+      trained.update(inputs=(images, labels, num_classes, settings),
+                     result=train(images, labels, num_classes, settings))
+    first = trained["inputs"]
+    np.testing.assert_array_equal(images, first[0])
+    np.testing.assert_array_equal(labels, first[1])
+    assert (num_classes, settings) == first[2:]
+    return trained["result"]
+
+  monkeypatch.setattr(class_accuracy, "train", train_once)
   images, labels = class_accuracy_tool.read_split(config, "validation", 32)
   right = _write_samples(tmp_path / "right.npz", images, labels)
   # Every image labelled as the next class: a generator that draws the wrong shape.
