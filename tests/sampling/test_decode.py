@@ -1,5 +1,7 @@
 """The shared decode loop: token filters, draws, stop sequences and classifier-free guidance."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -150,6 +152,9 @@ def test_segments_attend_the_filled_cache_with_the_same_results(scan_layers):
                                                   method="decode"))
   labels = jnp.array([1, 2, 3], jnp.int32)
 
+  # One compiled program per run; run eagerly, each of the loops' operations compiles
+  # on its own.
+  @functools.partial(jax.jit, static_argnums=(0, 1))
   def run(segments, stops=()):
     cache = gpt.init_cache(config, 3, 1 + 16)
     return decode.decode_loop(fns, params, labels, None, cache, jax.random.key(0),
