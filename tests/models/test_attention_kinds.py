@@ -32,16 +32,20 @@ def _inputs(config, batch=2):
   return caption, idx, {"attn_mask": gpt.t2i_attention_mask(emb_mask, seq)}
 
 
+def _random_params(model, cond, idx, kwargs):
+  # Random values of the right shapes: compiling `model.init` would cost seconds.
+  abstract = jax.eval_shape(model.init, jax.random.key(0), cond, idx, **kwargs)["params"]
+  rng = np.random.default_rng(2)
+  return jax.tree.map(lambda a: jnp.asarray(0.3 * rng.normal(size=a.shape), a.dtype),
+                      nn.meta.unbox(abstract))
+
+
 @pytest.mark.parametrize("config", [TINY, TINY_T2I], ids=["c2i_causal", "t2i_masked"])
 def test_dot_product_attention_matches_the_einsum(config):
   cond, idx, kwargs = _inputs(config)
   model = gpt.GPT(config)
   fused = gpt.GPT(dataclasses.replace(config, attention="dot_product"))
-  # Random values of the right shapes: compiling `model.init` would cost seconds.
-  abstract = jax.eval_shape(model.init, jax.random.key(0), cond, idx, **kwargs)["params"]
-  rng = np.random.default_rng(2)
-  params = jax.tree.map(lambda a: jnp.asarray(0.3 * rng.normal(size=a.shape), a.dtype),
-                        nn.meta.unbox(abstract))
+  params = _random_params(model, cond, idx, kwargs)
 
   def loss(m, p, mask_kwargs):
     logits, _ = m.apply({"params": p}, cond, idx, **mask_kwargs)
@@ -69,6 +73,42 @@ def test_dot_product_attention_matches_the_einsum(config):
     assert np.max(np.abs(np.asarray(unmasked) - np.asarray(out_logits))) > 1e-3
 
 
+@pytest.mark.parametrize("n_kv_head", [2, None], ids=["grouped", "multi_head"])
+def test_causal_blocks_match_the_whole_causal_pass(n_kv_head):
+  # 16 positions in blocks of 5: three whole blocks and one of a single query.
+  whole = dataclasses.replace(TINY, n_kv_head=n_kv_head, causal_block=0)
+  cond, idx, _ = _inputs(whole)
+  params = _random_params(gpt.GPT(whole), cond, idx, {})
+
+  @jax.jit
+  def logits_and_grads(p):
+    def run(config):
+      def loss(q):
+        logits, _ = gpt.GPT(config).apply({"params": q}, cond, idx)
+        return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+      return jax.value_and_grad(loss, has_aux=True)(p)
+    return run(whole), run(dataclasses.replace(whole, causal_block=5))
+
+  ((_, ref_logits), ref_grads), ((_, out_logits), out_grads) = logits_and_grads(params)
+  # The blocks leave out only scores the mask sets to -inf (exp = 0): the sums
+  # differ at most in their order. Tolerances as in the fused-attention test.
+  ffn = whole.ffn_hidden_dim
+  helpers.assert_allclose_f32(out_logits, ref_logits, reduction=ffn, depth=8)
+  for ref, out in zip(jax.tree.leaves(ref_grads), jax.tree.leaves(out_grads)):
+    helpers.assert_allclose_f32(out, ref, reduction=ffn, depth=18, scale=np.abs(ref).max())
+  blocked = gpt.GPT(dataclasses.replace(whole, causal_block=5))
+  # One layer: 2 attention products per block, 4 blocks instead of 1.
+  dots = lambda m: str(jax.make_jaxpr(m.apply)({"params": params}, cond, idx)).count(
+      "dot_general")
+  assert dots(blocked) - dots(gpt.GPT(whole)) == 6
+  # A query never reads a later position: changing the last token moves only the last logits.
+  changed = idx.at[:, -1].set((idx[:, -1] + 1) % whole.vocab_size)
+  before = blocked.apply({"params": params}, cond, idx)[0]
+  after = blocked.apply({"params": params}, cond, changed)[0]
+  np.testing.assert_array_equal(after[:, :-1], before[:, :-1])
+  assert np.max(np.abs(np.asarray(after[:, -1] - before[:, -1]))) > 1e-3
+
+
 def test_fused_attention_groups_query_heads_like_the_wqkv_layout():
   rng = np.random.default_rng(1)
   q = jnp.asarray(rng.normal(size=(1, 5, 4, 8)), jnp.float32)
@@ -87,6 +127,8 @@ def test_fused_attention_groups_query_heads_like_the_wqkv_layout():
 def test_attention_settings_are_checked():
   with pytest.raises(ValueError, match="attention='flash': expected one of"):
     dataclasses.replace(TINY, attention="flash")
+  with pytest.raises(ValueError, match="causal_block=-1: expected 0"):
+    dataclasses.replace(TINY, causal_block=-1)
   with pytest.raises(ValueError, match="has no attention dropout"):
     dataclasses.replace(TINY, attention="cudnn", attn_dropout_p=0.1, dtype=jnp.bfloat16)
   with pytest.raises(ValueError, match="'cudnn' needs a bfloat16 or float16 compute dtype"):

@@ -70,6 +70,8 @@ class GPTConfig:
   remat: bool = False
   # 'xla' | 'dot_product' | 'cudnn': see `llama.ATTENTION_KINDS`.
   attention: str = "xla"
+  # Query block of the causal teacher-forced pass (`llama.StackConfig`).
+  causal_block: int = 64
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 

@@ -189,17 +189,33 @@ class Attention(nn.Module):
       # axis is left out for plain multi-head attention, where a size-1 axis
       # brings the transposes back.
       q = q.reshape(batch, seq, n_kv, group, head_dim).transpose(0, 2, 3, 1, 4)
-      allowed = _broadcast_mask(mask, seq, k.shape[2])
-      if group == 1:
-        q, allowed = q[:, :, 0], allowed[:, :, 0]
       spec = "bhgqd" if group > 1 else "bhqd"
-      scores = jnp.einsum(f"{spec},bhkd->{spec[:-1]}k", q, k,
-                          preferred_element_type=jnp.float32)
-      scores = scores * (1.0 / np.sqrt(head_dim))
-      scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
-      probs = jax.nn.softmax(scores, axis=-1)
-      probs = nn.Dropout(s.attn_dropout)(probs, deterministic=not train).astype(s.dtype)
-      y = jnp.einsum(f"{spec[:-1]}k,bhkd->{spec}", probs, v)
+      if group == 1:
+        q = q[:, :, 0]
+
+      def attend(q, k, v, allowed):
+        scores = jnp.einsum(f"{spec},bhkd->{spec[:-1]}k", q, k,
+                            preferred_element_type=jnp.float32)
+        scores = scores * (1.0 / np.sqrt(head_dim))
+        scores = jnp.where(allowed, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = nn.Dropout(s.attn_dropout)(probs, deterministic=not train).astype(s.dtype)
+        return jnp.einsum(f"{spec[:-1]}k,bhkd->{spec}", probs, v)
+
+      if cache is None and mask is None and 0 < s.causal_block < seq:
+        # Causal: each block of queries attends only the keys up to its last
+        # query, skipping the scores above the diagonal that the softmax would
+        # zero (GPT-B's attention at batch 8 over 256 positions, forward and
+        # backward on a 2-core CPU: 92-124 -> 64-70 ms a layer).
+        ys = []
+        for start in range(0, seq, s.causal_block):
+          end = min(start + s.causal_block, seq)
+          allowed = np.arange(start, end)[:, None] >= np.arange(end)[None, :]
+          ys.append(attend(q[..., start:end, :], k[:, :, :end], v[:, :, :end], allowed))
+        y = jnp.concatenate(ys, axis=-2)
+      else:
+        allowed = _broadcast_mask(mask, seq, k.shape[2])
+        y = attend(q, k, v, allowed[:, :, 0] if group == 1 else allowed)
       y = jnp.moveaxis(y, -2, 1).reshape(batch, seq, s.n_head, head_dim)
     y = layers.attention_out(x.shape[-1], dtype=s.dtype, param_dtype=s.param_dtype,
                              use_bias=False, name="wo")(y)
@@ -245,7 +261,10 @@ class StackConfig:
   `nn.scan` module (one compiled block instead of n_layer); `remat` recomputes
   each block's activations in the backward pass. `drop_path_rate` grows
   linearly from 0 at the first block to this value at the last. `attention`
-  is one of `ATTENTION_KINDS` (see the module docstring).
+  is one of `ATTENTION_KINDS` (see the module docstring). `causal_block`: with
+  'xla' attention, a causal pass without a KV cache runs its queries in blocks
+  of this many positions, each over the keys up to its last query (0: all
+  queries over all keys, the upper triangle masked).
   """
   n_layer: int
   n_head: int
@@ -260,12 +279,15 @@ class StackConfig:
   scan_layers: bool = False
   remat: bool = False
   attention: str = "xla"
+  causal_block: int = 64
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   def __post_init__(self):
     if self.attention not in ATTENTION_KINDS:
       raise ValueError(f"attention={self.attention!r}: expected one of {ATTENTION_KINDS}")
+    if self.causal_block < 0:
+      raise ValueError(f"causal_block={self.causal_block}: expected 0 (off) or a block size")
     if self.attention in FUSED_ATTENTION and self.attn_dropout:
       raise ValueError(f"attention={self.attention!r} has no attention dropout "
                        f"(attn_dropout={self.attn_dropout}); use attention='xla'")
