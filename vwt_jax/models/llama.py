@@ -206,7 +206,7 @@ class Attention(nn.Module):
         # Causal: each block of queries attends only the keys up to its last
         # query, skipping the scores above the diagonal that the softmax would
         # zero (GPT-B's attention at batch 8 over 256 positions, forward and
-        # backward on a 2-core CPU: 92-124 -> 64-70 ms a layer).
+        # backward on a 2-core CPU: 92-124 -> 69-70 ms a layer).
         ys = []
         for start in range(0, seq, s.causal_block):
           end = min(start + s.causal_block, seq)
